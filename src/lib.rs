@@ -1,0 +1,28 @@
+//! # hcn-prerank
+//!
+//! A pre-ranking scoring engine for the HCN model ("Hierarchical Multi-Interest Co-Network For
+//! Coarse-Grained Ranking", Yuan et al.). Per request it computes a user's `n` interest vectors from
+//! a long-term and a short-term behavior sequence, fuses them with a co-interest network and the
+//! user's profile, and scores every candidate by a softmax-weighted inner product against
+//! precomputed item vectors. `SPEC.md` (shipped beside the repository) is the contract for the math
+//! and the file formats.
+//!
+//! Layout: [`config`] and [`model`] read the model file, [`store`] the item stores, [`reference`]
+//! is the plain scalar oracle of SPEC §1, [`engine`] is the public API.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod reference;
+pub mod store;
+pub mod tensor;
+
+pub use config::{Block, HcnConfig, ScoreMode};
+pub use engine::{
+    Device, Engine, EngineOptions, Limits, Parallelism, Request, Response, Scored, Scores,
+    UnknownIds, UserInterests, UserRequest,
+};
+pub use error::{Error, Result};
+pub use model::Model;
+pub use store::ItemStore;
