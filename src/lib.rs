@@ -11,6 +11,7 @@
 //! is the plain scalar oracle of SPEC §1, [`engine`] is the public API.
 
 pub mod config;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod model;
