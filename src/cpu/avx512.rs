@@ -71,6 +71,10 @@ impl Simd for Avx512 {
         _mm512_mul_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn div(self, a: __m512, b: __m512) -> __m512 {
+        _mm512_div_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn max(self, a: __m512, b: __m512) -> __m512 {
         _mm512_max_ps(a, b)
     }
@@ -94,6 +98,40 @@ impl Simd for Avx512 {
     unsafe fn pow2i(self, v: __m512) -> __m512 {
         let e = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(127));
         _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e))
+    }
+    /// 16×16 transpose in 64 shuffles: unpack pairs and shuffle quads inside each 128-bit lane
+    /// (as the 8×8 AVX2 one), then a 4×4 transpose of the 128-bit lanes with `vshuff32x4`.
+    #[inline(always)]
+    unsafe fn transpose(self, v: &mut [__m512]) {
+        let r: &mut [__m512; 16] = match v.try_into() {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + c], lane L = column 4L + c of rows 4g .. 4g + 3.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let b = 4 * g;
+            u[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+            u[b + 1] = _mm512_shuffle_ps::<0xee>(t[b], t[b + 2]);
+            u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+            u[b + 3] = _mm512_shuffle_ps::<0xee>(t[b + 1], t[b + 3]);
+        }
+        for c in 0..4 {
+            let (a0, a1, a2, a3) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+            let v0 = _mm512_shuffle_f32x4::<0x44>(a0, a1);
+            let v1 = _mm512_shuffle_f32x4::<0xee>(a0, a1);
+            let v2 = _mm512_shuffle_f32x4::<0x44>(a2, a3);
+            let v3 = _mm512_shuffle_f32x4::<0xee>(a2, a3);
+            r[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            r[4 + c] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
+            r[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            r[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
+        }
     }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {

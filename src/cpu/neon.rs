@@ -80,6 +80,10 @@ impl Simd for Neon {
         vmulq_f32(a, b)
     }
     #[inline(always)]
+    unsafe fn div(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vdivq_f32(a, b)
+    }
+    #[inline(always)]
     unsafe fn max(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
         vmaxq_f32(a, b)
     }

@@ -62,6 +62,10 @@ impl Simd for Scalar {
         a * b
     }
     #[inline(always)]
+    unsafe fn div(self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
     unsafe fn max(self, a: f32, b: f32) -> f32 {
         a.max(b)
     }

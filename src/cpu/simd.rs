@@ -40,6 +40,7 @@ pub(crate) trait Simd: Copy {
     unsafe fn add(self, a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(self, a: Self::V, b: Self::V) -> Self::V;
     unsafe fn max(self, a: Self::V, b: Self::V) -> Self::V;
     unsafe fn min(self, a: Self::V, b: Self::V) -> Self::V;
     unsafe fn reduce_add(self, v: Self::V) -> f32;
@@ -52,6 +53,27 @@ pub(crate) trait Simd: Copy {
     /// dereferenced), so callers compute it with wrapping arithmetic.
     #[inline(always)]
     unsafe fn prefetch(self, _p: *const u8) {}
+
+    /// Transposes the `W × W` matrix whose rows are the `W` vectors of `v` (`v.len() == W`).
+    /// This default goes through memory; levels override it with register shuffles.
+    #[inline(always)]
+    unsafe fn transpose(self, v: &mut [Self::V]) {
+        let w = Self::W;
+        debug_assert!(v.len() == w && w * w <= 256);
+        let mut a = [0.0f32; 256];
+        let mut t = [0.0f32; 256];
+        for (i, &x) in v.iter().enumerate() {
+            self.store(a.as_mut_ptr().add(i * w), x);
+        }
+        for i in 0..w {
+            for j in 0..w {
+                t[j * w + i] = a[i * w + j];
+            }
+        }
+        for (j, x) in v.iter_mut().enumerate() {
+            *x = self.load(t.as_ptr().add(j * w));
+        }
+    }
 
     /// `e^x`, Cephes `expf` scheme: `x = k ln2 + r` with `|r| ≤ ln2/2`, a degree-6 polynomial for
     /// `e^r`, `2^k` put into the exponent. Relative error ≈ 2 ulp, far inside SPEC §5's 1e-4.
@@ -152,16 +174,20 @@ pub(crate) struct RawRows {
     pub dtype: DType,
 }
 
-/// Rows scored together: each X^U vector load feeds this many FMAs, and this many independent
-/// FMA chains hide the FMA latency (4 cycles × 2 ports).
-pub(crate) const BLOCK: usize = 8;
+/// Most rows scored together (sizes the caller's scratch buffers); see [`score_rows`].
+pub(crate) const BLOCK: usize = 16;
 /// How many rows ahead to prefetch. Rows are random gathers from a mapping far larger than the
-/// caches, so each costs a DRAM round trip (~100 ns) while scoring one takes ~10–30 ns.
+/// caches, so each costs a DRAM round trip (~100 ns) while scoring one takes ~10–50 ns.
 const PREFETCH_AHEAD: usize = 16;
 
 /// Scores `rows` into `out` (same length). `scratch` holds `BLOCK * d` floats (widened rows) and
 /// `sbuf` `BLOCK * nv * W` floats (the raw scores). Returns the position of the first row index
 /// that is out of range, leaving later outputs unwritten.
+///
+/// Rows go in blocks: each X^U vector load then feeds one FMA per row of the block, and the
+/// block's rows are independent FMA chains that hide the FMA latency (4 cycles × 2 pipes needs
+/// ≥ 8 in flight). With 32 vector registers (AVX-512) a block of 16 fits; with 16 (AVX2, NEON)
+/// 8 rows + the X^U vector + a broadcast fill the register file.
 #[inline(always)]
 pub(crate) unsafe fn score_rows<S: Simd>(
     s: S,
@@ -172,36 +198,47 @@ pub(crate) unsafe fn score_rows<S: Simd>(
     scratch: &mut [f32],
     sbuf: &mut [f32],
 ) -> Result<(), usize> {
+    if S::W >= 16 {
+        score_rows_by::<S, ZMM_BLOCK>(s, q, src, rows, out, scratch, sbuf)
+    } else {
+        score_rows_by::<S, 8>(s, q, src, rows, out, scratch, sbuf)
+    }
+}
+
+const ZMM_BLOCK: usize = 16;
+
+#[inline(always)]
+unsafe fn score_rows_by<S: Simd, const B: usize>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    sbuf: &mut [f32],
+) -> Result<(), usize> {
     debug_assert_eq!(rows.len(), out.len());
-    debug_assert!(scratch.len() >= BLOCK * q.d && sbuf.len() >= BLOCK * q.nv * S::W);
+    debug_assert!(B <= BLOCK && scratch.len() >= B * q.d && sbuf.len() >= B * q.nv * S::W);
     let m = rows.len();
     let mut i = 0;
-    while i + BLOCK <= m {
-        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, BLOCK);
-        block::<S, BLOCK>(
+    while i + B <= m {
+        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, B);
+        block::<S, B>(
             s,
             q,
             src,
-            &rows[i..i + BLOCK],
-            &mut out[i..i + BLOCK],
+            &rows[i..i + B],
+            &mut out[i..i + B],
             scratch,
             sbuf,
         )
         .map_err(|p| i + p)?;
-        i += BLOCK;
+        i += B;
     }
-    while i < m {
-        block::<S, 1>(
-            s,
-            q,
-            src,
-            &rows[i..i + 1],
-            &mut out[i..i + 1],
-            scratch,
-            sbuf,
-        )
-        .map_err(|p| i + p)?;
-        i += 1;
+    if i < m {
+        // The tail runs as a padded block, so a row's score never depends on where chunk
+        // boundaries fall (same operations in the same order for every row).
+        block::<S, B>(s, q, src, &rows[i..], &mut out[i..], scratch, sbuf).map_err(|p| i + p)?;
     }
     Ok(())
 }
@@ -225,7 +262,8 @@ unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, 
     }
 }
 
-/// Scores `R` rows at once. Returns the position (within the block) of a bad row index.
+/// Scores `rows.len() ≤ R` rows as one block of `R` (missing rows repeat the first one and
+/// their results are dropped). Returns the position (within the block) of a bad row index.
 // Indexing keeps the R parallel arrays (rows, pointers, accumulators, outputs) in step.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -239,8 +277,10 @@ unsafe fn block<S: Simd, const R: usize>(
     sbuf: &mut [f32],
 ) -> Result<(), usize> {
     let d = q.d;
+    let valid = rows.len();
+    debug_assert!(valid >= 1 && valid <= R && out.len() == valid);
     let mut xp = [std::ptr::null::<f32>(); R];
-    for r in 0..R {
+    for r in 0..valid {
         let row = rows[r] as usize;
         if row >= src.rows {
             return Err(r);
@@ -256,8 +296,28 @@ unsafe fn block<S: Simd, const R: usize>(
             }
         };
     }
+    for r in valid..R {
+        xp[r] = xp[0];
+    }
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();
+    if R == S::W && q.nv == 1 {
+        let mut acc = [s.zero(); R];
+        for k in 0..d {
+            let uv = s.load(ut.add(k * S::W));
+            for r in 0..R {
+                acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
+            }
+        }
+        if valid == R {
+            finish_transposed(s, q, &mut acc, out.as_mut_ptr());
+        } else {
+            let mut y = [0.0f32; 16];
+            finish_transposed(s, q, &mut acc, y.as_mut_ptr());
+            out.copy_from_slice(&y[..valid]);
+        }
+        return Ok(());
+    }
     for v in 0..q.nv {
         let u = ut.add(v * d * S::W);
         let mut acc = [s.zero(); R];
@@ -271,10 +331,37 @@ unsafe fn block<S: Simd, const R: usize>(
             s.store(sb.add((r * q.nv + v) * S::W), acc[r]);
         }
     }
-    for r in 0..R {
+    for r in 0..valid {
         out[r] = finish(s, q, sb.add(r * q.nv * S::W));
     }
     Ok(())
+}
+
+/// `y` for a block of `W` rows whose scores fit one vector each (`n ≤ W`): transpose so that
+/// vector `j` holds interest `j`'s score for every row, then the mode is plain lane-wise
+/// arithmetic over `n` vectors — no horizontal reductions — and `W` outputs store at once.
+#[inline(always)]
+unsafe fn finish_transposed<S: Simd>(s: S, q: &ScoreLayout<'_>, acc: &mut [S::V], out: *mut f32) {
+    s.transpose(acc);
+    let t = &acc[..q.n];
+    let y = match q.mode {
+        ScoreMode::Mean => {
+            let sum = t.iter().fold(s.zero(), |a, &x| s.add(a, x));
+            s.div(sum, s.splat(q.n as f32))
+        }
+        ScoreMode::Max => t.iter().fold(t[0], |a, &x| s.max(a, x)),
+        ScoreMode::Softmax => {
+            let m = t.iter().fold(t[0], |a, &x| s.max(a, x));
+            let (mut num, mut den) = (s.zero(), s.zero());
+            for &x in t {
+                let e = s.exp(s.sub(x, m));
+                num = s.fma(e, x, num);
+                den = s.add(den, e);
+            }
+            s.div(num, den)
+        }
+    };
+    s.store(out, y);
 }
 
 /// `y` from one row's `nv` score vectors, by mode (SPEC §1.5). Softmax subtracts the max first,
