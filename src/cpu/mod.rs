@@ -18,7 +18,9 @@
 //! Every kernel checks its lengths and row indices and returns an error instead of panicking;
 //! beyond the checks, each inner loop runs on raw pointers.
 
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx2;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;

@@ -301,19 +301,43 @@ unsafe fn block<S: Simd, const R: usize>(
     }
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();
-    if R == S::W && q.nv == 1 {
-        let mut acc = [s.zero(); R];
-        for k in 0..d {
-            let uv = s.load(ut.add(k * S::W));
-            for r in 0..R {
-                acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
-            }
-        }
-        if valid == R {
-            finish_transposed(s, q, &mut acc, out.as_mut_ptr());
+    if R == S::W {
+        // Transposed finish: see `finish_columns`.
+        let mut y = [0.0f32; 16];
+        let yp = if valid == R {
+            out.as_mut_ptr()
         } else {
-            let mut y = [0.0f32; 16];
-            finish_transposed(s, q, &mut acc, y.as_mut_ptr());
+            y.as_mut_ptr()
+        };
+        if q.nv == 1 {
+            let mut acc = [s.zero(); R];
+            for k in 0..d {
+                let uv = s.load(ut.add(k * S::W));
+                for r in 0..R {
+                    acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
+                }
+            }
+            s.transpose(&mut acc);
+            finish_columns(s, q, |j| acc[j], yp);
+        } else {
+            // More than W interests: park each transposed group in `sbuf`, column j at j·W.
+            for v in 0..q.nv {
+                let u = ut.add(v * d * S::W);
+                let mut acc = [s.zero(); R];
+                for k in 0..d {
+                    let uv = s.load(u.add(k * S::W));
+                    for r in 0..R {
+                        acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
+                    }
+                }
+                s.transpose(&mut acc);
+                for (j, &a) in acc.iter().enumerate() {
+                    s.store(sb.add((v * S::W + j) * S::W), a);
+                }
+            }
+            finish_columns(s, q, |j| s.load(sb.add(j * S::W)), yp);
+        }
+        if valid < R {
             out.copy_from_slice(&y[..valid]);
         }
         return Ok(());
@@ -337,23 +361,28 @@ unsafe fn block<S: Simd, const R: usize>(
     Ok(())
 }
 
-/// `y` for a block of `W` rows whose scores fit one vector each (`n ≤ W`): transpose so that
-/// vector `j` holds interest `j`'s score for every row, then the mode is plain lane-wise
-/// arithmetic over `n` vectors — no horizontal reductions — and `W` outputs store at once.
+/// `y` for a block of `W` rows, given `col(j)`: interest `j`'s score for each of the rows (the
+/// block's score vectors transposed). The mode is then plain lane-wise arithmetic over `n`
+/// vectors — no horizontal reductions, no padding lanes — and the `W` outputs store at once.
 #[inline(always)]
-unsafe fn finish_transposed<S: Simd>(s: S, q: &ScoreLayout<'_>, acc: &mut [S::V], out: *mut f32) {
-    s.transpose(acc);
-    let t = &acc[..q.n];
+unsafe fn finish_columns<S: Simd>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    col: impl Fn(usize) -> S::V,
+    out: *mut f32,
+) {
+    let n = q.n;
     let y = match q.mode {
         ScoreMode::Mean => {
-            let sum = t.iter().fold(s.zero(), |a, &x| s.add(a, x));
-            s.div(sum, s.splat(q.n as f32))
+            let sum = (1..n).fold(col(0), |a, j| s.add(a, col(j)));
+            s.div(sum, s.splat(n as f32))
         }
-        ScoreMode::Max => t.iter().fold(t[0], |a, &x| s.max(a, x)),
+        ScoreMode::Max => (1..n).fold(col(0), |a, j| s.max(a, col(j))),
         ScoreMode::Softmax => {
-            let m = t.iter().fold(t[0], |a, &x| s.max(a, x));
+            let m = (1..n).fold(col(0), |a, j| s.max(a, col(j)));
             let (mut num, mut den) = (s.zero(), s.zero());
-            for &x in t {
+            for j in 0..n {
+                let x = col(j);
                 let e = s.exp(s.sub(x, m));
                 num = s.fma(e, x, num);
                 den = s.add(den, e);
