@@ -6,6 +6,7 @@
 //!   same random gathers from a cache-cold mapping as serving. Throughput: candidates.
 //! - `cpu/matmul/industrial/{level}`: a 500×128 · 128×128 projection (one K or V of the long
 //!   tower). Throughput: multiply-adds.
+//! - `cpu/top_k/industrial/k1000`: top 1,000 of 50,000 scores (1% invalid). Throughput: scores.
 //! - `cpu/fma_peak/{level}`: a register-only loop of independent FMAs, this core's ceiling for
 //!   the GFLOP/s figures above. Throughput: flops.
 //!
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use hcn_prerank::cpu::{transpose, Kernels, Level, RowSource};
+use hcn_prerank::cpu::{transpose, Kernels, Level, RowSource, TopK};
 use hcn_prerank::tensor::{DType, MappedMatrix};
 use hcn_prerank::ScoreMode;
 
@@ -202,5 +203,32 @@ fn bench_fma_peak(c: &mut Criterion) {
     let _ = c;
 }
 
-criterion_group!(benches, bench_score, bench_matmul, bench_fma_peak);
+fn bench_top_k(c: &mut Criterion) {
+    let (m, k) = (50_000, 1000);
+    let mut g = c.benchmark_group("cpu/top_k/industrial");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(m as u64));
+    let mut rng = Rng(13);
+    let scores: Vec<f32> = (0..m).map(|_| rng.sym()).collect();
+    let valid: Vec<bool> = (0..m).map(|i| i % 97 != 0).collect();
+    let mut tk = TopK::new();
+    let mut out = Vec::with_capacity(k);
+    g.bench_function("k1000", |b| {
+        b.iter(|| {
+            tk.select(black_box(&scores), |i| valid[i], k, &mut out);
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_score,
+    bench_matmul,
+    bench_top_k,
+    bench_fma_peak
+);
 criterion_main!(benches);
