@@ -6,7 +6,7 @@ use std::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::simd::Simd;
+use super::simd::{transpose_via_memory, Simd};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2;
@@ -110,11 +110,11 @@ impl Simd for Avx2 {
     }
     /// The classic 8×8 transpose: 24 shuffles (unpack pairs, shuffle quads, swap 128-bit halves).
     #[inline(always)]
-    unsafe fn transpose(self, v: &mut [__m256]) {
-        let r: &mut [__m256; 8] = match v.try_into() {
-            Ok(r) => r,
-            Err(_) => return,
-        };
+    unsafe fn transpose<const N: usize>(self, v: [__m256; N]) -> [__m256; N] {
+        if N != 8 {
+            return transpose_via_memory(self, v);
+        }
+        let mut r: [__m256; 8] = std::array::from_fn(|i| v[i]);
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -139,6 +139,7 @@ impl Simd for Avx2 {
         r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
         r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
         r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
+        std::array::from_fn(|i| r[i % 8])
     }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {

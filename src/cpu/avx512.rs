@@ -6,7 +6,7 @@ use std::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::simd::Simd;
+use super::simd::{transpose_via_memory, Simd};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;
@@ -102,11 +102,11 @@ impl Simd for Avx512 {
     /// 16×16 transpose in 64 shuffles: unpack pairs and shuffle quads inside each 128-bit lane
     /// (as the 8×8 AVX2 one), then a 4×4 transpose of the 128-bit lanes with `vshuff32x4`.
     #[inline(always)]
-    unsafe fn transpose(self, v: &mut [__m512]) {
-        let r: &mut [__m512; 16] = match v.try_into() {
-            Ok(r) => r,
-            Err(_) => return,
-        };
+    unsafe fn transpose<const N: usize>(self, v: [__m512; N]) -> [__m512; N] {
+        if N != 16 {
+            return transpose_via_memory(self, v);
+        }
+        let r: [__m512; 16] = std::array::from_fn(|i| v[i]);
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -121,17 +121,19 @@ impl Simd for Avx512 {
             u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
             u[b + 3] = _mm512_shuffle_ps::<0xee>(t[b + 1], t[b + 3]);
         }
+        let mut o = [_mm512_setzero_ps(); 16];
         for c in 0..4 {
             let (a0, a1, a2, a3) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
             let v0 = _mm512_shuffle_f32x4::<0x44>(a0, a1);
             let v1 = _mm512_shuffle_f32x4::<0xee>(a0, a1);
             let v2 = _mm512_shuffle_f32x4::<0x44>(a2, a3);
             let v3 = _mm512_shuffle_f32x4::<0xee>(a2, a3);
-            r[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
-            r[4 + c] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
-            r[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
-            r[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
+            o[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            o[4 + c] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
+            o[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            o[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
         }
+        std::array::from_fn(|i| o[i % 16])
     }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {

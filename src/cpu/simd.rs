@@ -54,25 +54,12 @@ pub(crate) trait Simd: Copy {
     #[inline(always)]
     unsafe fn prefetch(self, _p: *const u8) {}
 
-    /// Transposes the `W × W` matrix whose rows are the `W` vectors of `v` (`v.len() == W`).
-    /// This default goes through memory; levels override it with register shuffles.
+    /// Transposes the `W × W` matrix whose rows are the vectors of `v` (`N == W`). By value,
+    /// not through `&mut`: an accumulator array whose address is taken stops living in
+    /// registers, and the compiler then stores every accumulator on every FMA step.
     #[inline(always)]
-    unsafe fn transpose(self, v: &mut [Self::V]) {
-        let w = Self::W;
-        debug_assert!(v.len() == w && w * w <= 256);
-        let mut a = [0.0f32; 256];
-        let mut t = [0.0f32; 256];
-        for (i, &x) in v.iter().enumerate() {
-            self.store(a.as_mut_ptr().add(i * w), x);
-        }
-        for i in 0..w {
-            for j in 0..w {
-                t[j * w + i] = a[i * w + j];
-            }
-        }
-        for (j, x) in v.iter_mut().enumerate() {
-            *x = self.load(t.as_ptr().add(j * w));
-        }
+    unsafe fn transpose<const N: usize>(self, v: [Self::V; N]) -> [Self::V; N] {
+        transpose_via_memory(self, v)
     }
 
     /// `e^x`, Cephes `expf` scheme: `x = k ln2 + r` with `|r| ≤ ln2/2`, a degree-6 polynomial for
@@ -96,6 +83,23 @@ pub(crate) trait Simd: Copy {
         let e = self.add(self.fma(p, r2, r), self.splat(1.0));
         self.mul(e, self.pow2i(k))
     }
+}
+
+/// The portable transpose: through a stack buffer. Only for `N == W ≤ 16`.
+#[inline(always)]
+pub(crate) unsafe fn transpose_via_memory<S: Simd, const N: usize>(s: S, v: [S::V; N]) -> [S::V; N] {
+    debug_assert!(N == S::W && N <= 16);
+    let mut a = [0.0f32; 256];
+    let mut t = [0.0f32; 256];
+    for (i, &x) in v.iter().enumerate() {
+        s.store(a.as_mut_ptr().add(i * N), x);
+    }
+    for i in 0..N {
+        for j in 0..N {
+            t[j * N + i] = a[i * N + j];
+        }
+    }
+    std::array::from_fn(|j| s.load(t.as_ptr().add(j * N)))
 }
 
 /// Widens one stored row of `d` elements at `src` into `dst` (F16/BF16 only; F32 rows are read
@@ -317,8 +321,8 @@ unsafe fn block<S: Simd, const R: usize>(
                     acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
                 }
             }
-            s.transpose(&mut acc);
-            finish_columns(s, q, |j| acc[j], yp);
+            let t = s.transpose(acc);
+            finish_columns(s, q, |j| t[j], yp);
         } else {
             // More than W interests: park each transposed group in `sbuf`, column j at j·W.
             for v in 0..q.nv {
@@ -330,8 +334,8 @@ unsafe fn block<S: Simd, const R: usize>(
                         acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
                     }
                 }
-                s.transpose(&mut acc);
-                for (j, &a) in acc.iter().enumerate() {
+                let t = s.transpose(acc);
+                for (j, &a) in t.iter().enumerate() {
                     s.store(sb.add((v * S::W + j) * S::W), a);
                 }
             }
