@@ -114,7 +114,8 @@ impl Simd for Avx2 {
         if N != 8 {
             return transpose_via_memory(self, v);
         }
-        let mut r: [__m256; 8] = std::array::from_fn(|i| v[i]);
+        let mut r = [_mm256_setzero_ps(); 8];
+        r.copy_from_slice(&v[..8]);
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -139,7 +140,9 @@ impl Simd for Avx2 {
         r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
         r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
         r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
-        std::array::from_fn(|i| r[i % 8])
+        let mut out = v;
+        out[..8].copy_from_slice(&r);
+        out
     }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {

@@ -106,7 +106,8 @@ impl Simd for Avx512 {
         if N != 16 {
             return transpose_via_memory(self, v);
         }
-        let r: [__m512; 16] = std::array::from_fn(|i| v[i]);
+        let mut r = [_mm512_setzero_ps(); 16];
+        r.copy_from_slice(&v[..16]);
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -133,7 +134,9 @@ impl Simd for Avx512 {
             o[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
             o[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
         }
-        std::array::from_fn(|i| o[i % 16])
+        let mut out = v;
+        out[..16].copy_from_slice(&o);
+        out
     }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {
