@@ -1,9 +1,11 @@
 //! Micro-benchmarks of the CPU kernels (`src/cpu`), one per SIMD level this machine has.
 //!
-//! - `cpu/score/{public,industrial}/{level}/{dtype}`: one request's scoring loop (SPEC §6
+//! - `cpu/score_kernel/{public,industrial}/{level}/{dtype}`: one request's scoring loop (SPEC §6
 //!   profiles: public n=8 D=48 10,000 candidates, industrial n=16 D=128 50,000 candidates) over
 //!   uniformly random rows of a 1,000,000-row synthetic store in an anonymous mapping, i.e. the
-//!   same random gathers from a cache-cold mapping as serving. Throughput: candidates.
+//!   same random gathers from a cache-cold mapping as serving. Throughput: candidates. (Named
+//!   `score_kernel` to keep it apart from `benches/engine.rs`'s `cpu/score`, which times the
+//!   whole `Engine::score` stage.)
 //! - `cpu/matmul/industrial/{level}`: a 500×128 · 128×128 projection (one K or V of the long
 //!   tower). Throughput: multiply-adds.
 //! - `cpu/top_k/industrial/k1000`: top 1,000 of 50,000 scores (1% invalid). Throughput: scores.
@@ -63,7 +65,7 @@ fn bench_score<M: Measurement>(c: &mut Criterion<M>) {
     const STORE_ROWS: usize = 1_000_000;
     const HOT_ROWS: usize = 2_048;
     for (profile, n, d, m) in [("public", 8, 48, 10_000), ("industrial", 16, 128, 50_000)] {
-        let mut g = c.benchmark_group(format!("cpu/score/{profile}"));
+        let mut g = c.benchmark_group(format!("cpu/score_kernel/{profile}"));
         g.sample_size(20)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2))
