@@ -10,9 +10,11 @@
 //! Layout: [`config`] and [`model`] read the model file, [`store`] the item stores, [`reference`]
 //! is the plain scalar oracle of SPEC §1, [`engine`] is the public API.
 
+pub mod auc;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod json;
 pub mod model;
 pub mod reference;
 pub mod store;
