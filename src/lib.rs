@@ -17,6 +17,7 @@ pub mod model;
 pub mod reference;
 pub mod store;
 pub mod tensor;
+pub mod topk;
 
 pub use config::{Block, HcnConfig, ScoreMode};
 pub use engine::{
