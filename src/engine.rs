@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::exec::user::{self, UserPlan};
 use crate::model::Model;
 use crate::reference;
 use crate::store::ItemStore;
@@ -74,10 +75,21 @@ impl Default for Limits {
     }
 }
 
+/// Which CPU implementation computes the math.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// The fast path (f32, SPEC §1.2's cheaper evaluation order, SIMD where the CPU has it).
+    #[default]
+    Auto,
+    /// The scalar f64 reference path ([`crate::reference`]): slow, the oracle.
+    Reference,
+}
+
 /// Engine options; `Default` is SPEC's behavior on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineOptions {
     pub device: Device,
+    pub kernels: Kernels,
     pub unknown_behaviors: UnknownIds,
     pub unknown_candidates: UnknownIds,
     pub parallelism: Parallelism,
@@ -152,6 +164,7 @@ pub struct Engine {
     candidates: Arc<ItemStore>,
     options: EngineOptions,
     device_report: String,
+    plan: UserPlan,
 }
 
 impl std::fmt::Debug for Engine {
@@ -206,12 +219,14 @@ impl Engine {
                 )))
             }
         };
+        let plan = UserPlan::new(&model);
         Ok(Engine {
             model,
             tokens,
             candidates,
             options,
             device_report,
+            plan,
         })
     }
 
@@ -258,13 +273,28 @@ impl Engine {
         let cfg = &self.model.config;
         let x_long = self.gather_tokens(&resolved.long_rows);
         let x_short = self.gather_tokens(&resolved.short_rows);
-        let values = reference::user_interests(
-            &self.model,
-            &x_long,
-            &x_short,
-            &resolved.field_ids,
-            &user.dense,
-        );
+        let values = match self.options.kernels {
+            Kernels::Reference => reference::user_interests(
+                &self.model,
+                &x_long,
+                &x_short,
+                &resolved.field_ids,
+                &user.dense,
+            ),
+            Kernels::Auto => {
+                let mut out = vec![0.0f32; cfg.interests * cfg.dim];
+                user::user_interests(
+                    &self.model,
+                    &self.plan,
+                    &x_long,
+                    &x_short,
+                    &resolved.field_ids,
+                    &user.dense,
+                    &mut out,
+                );
+                out
+            }
+        };
         Ok(UserInterests {
             n: cfg.interests,
             dim: cfg.dim,

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+mod exec;
 pub mod model;
 pub mod reference;
 pub mod store;
@@ -21,7 +22,7 @@ pub mod topk;
 
 pub use config::{Block, HcnConfig, ScoreMode};
 pub use engine::{
-    Device, Engine, EngineOptions, Limits, Parallelism, Request, Response, Scored, Scores,
+    Device, Engine, EngineOptions, Kernels, Limits, Parallelism, Request, Response, Scored, Scores,
     UnknownIds, UserInterests, UserRequest,
 };
 pub use error::{Error, Result};

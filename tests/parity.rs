@@ -5,38 +5,59 @@
 
 mod common;
 
-use hcn_prerank::{reference, Engine, EngineOptions, Parallelism};
+use hcn_prerank::{reference, Engine, EngineOptions, Kernels, Parallelism};
 
 use common::{cases, check_response, CPU_TOL};
 
 #[test]
 fn fixtures_exist_and_cover_the_spec() {
     let cases = cases();
-    assert!(cases.len() >= 10, "expected the full fixture set, found {}", cases.len());
+    assert!(
+        cases.len() >= 10,
+        "expected the full fixture set, found {}",
+        cases.len()
+    );
     let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     for needle in ["tiny", "public", "f16", "bf16", "f32"] {
-        assert!(names.iter().any(|n| n.contains(needle)), "no fixture named *{needle}*: {names:?}");
+        assert!(
+            names.iter().any(|n| n.contains(needle)),
+            "no fixture named *{needle}*: {names:?}"
+        );
     }
 }
 
 #[test]
 fn engine_matches_reference_outputs() {
-    for par in [Parallelism::None, Parallelism::Rayon(0), Parallelism::Rayon(3)] {
+    for par in [
+        Parallelism::None,
+        Parallelism::Rayon(0),
+        Parallelism::Rayon(3),
+    ] {
         for case in cases() {
-            let opts = EngineOptions { parallelism: par, ..Default::default() };
+            let opts = EngineOptions {
+                parallelism: par,
+                ..Default::default()
+            };
             let engine = Engine::load(&case.model, &case.tokens, &case.candidates, opts)
                 .unwrap_or_else(|e| panic!("{}: {e}", case.name));
             assert_eq!(case.requests.len(), case.expected.len(), "{}", case.name);
             for (i, (req, exp)) in case.requests.iter().zip(&case.expected).enumerate() {
-                let what = format!("{} request {i} ({par:?})", case.name);
-                let resp = engine.run(req, Some(case.top_k)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let what = format!("{} request {i} ({kernels:?}, {par:?})", case.name);
+                let resp = engine
+                    .run(req, Some(case.top_k))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
                 check_response(&what, &resp, exp, &req.candidates, case.top_k, CPU_TOL);
             }
             // The batch call returns the same responses in order.
             let batch = engine.run_batch(&case.requests, Some(case.top_k));
             for (i, (b, req)) in batch.into_iter().zip(&case.requests).enumerate() {
                 let single = engine.run(req, Some(case.top_k)).unwrap();
-                assert_eq!(b.unwrap(), single, "{} request {i}: batch differs", case.name);
+                assert_eq!(
+                    b.unwrap(),
+                    single,
+                    "{} request {i}: batch differs",
+                    case.name
+                );
             }
         }
     }
@@ -45,7 +66,13 @@ fn engine_matches_reference_outputs() {
 #[test]
 fn split_calls_equal_run_and_reference_score() {
     for case in cases() {
-        let engine = Engine::load(&case.model, &case.tokens, &case.candidates, EngineOptions::default()).unwrap();
+        let engine = Engine::load(
+            &case.model,
+            &case.tokens,
+            &case.candidates,
+            EngineOptions::default(),
+        )
+        .unwrap();
         let mode = engine.model().config.score;
         for req in &case.requests {
             let interests = engine.user_interests(&req.user).unwrap();

@@ -36,7 +36,8 @@ pub fn cases() -> Vec<Case> {
 }
 
 fn load_case(dir: &Path) -> Case {
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let file = |k: &str| dir.join(meta[k].as_str().unwrap_or_else(|| panic!("case.json: {k}")));
     let lines = |f: &str| -> Vec<Value> {
         std::fs::read_to_string(dir.join(f))
@@ -46,7 +47,10 @@ fn load_case(dir: &Path) -> Case {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    let requests = lines("requests.jsonl").iter().map(request_from_json).collect();
+    let requests = lines("requests.jsonl")
+        .iter()
+        .map(request_from_json)
+        .collect();
     Case {
         name: dir.file_name().unwrap().to_string_lossy().into_owned(),
         dir: dir.to_path_buf(),
@@ -69,7 +73,11 @@ fn ids(v: &Value) -> Vec<u64> {
 pub fn request_from_json(v: &Value) -> Request {
     let fields = v["fields"]
         .as_object()
-        .map(|o| o.iter().map(|(k, x)| (k.clone(), x.as_u64().unwrap())).collect())
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| (k.clone(), x.as_u64().unwrap()))
+                .collect()
+        })
         .unwrap_or_default();
     let dense = v["dense"]
         .as_array()
@@ -106,7 +114,10 @@ pub fn check_response(
         for (c, want) in row.as_array().unwrap().iter().enumerate() {
             let want = want.as_f64().unwrap();
             let got = f64::from(resp.interests.row(j)[c]);
-            assert!(close(got, want, tol), "{what}: X^U[{j}][{c}] = {got}, reference {want}");
+            assert!(
+                close(got, want, tol),
+                "{what}: X^U[{j}][{c}] = {got}, reference {want}"
+            );
         }
     }
     // Every score, with nulls aligned.
@@ -116,7 +127,11 @@ pub fn check_response(
         .iter()
         .map(Value::as_f64)
         .collect();
-    assert_eq!(resp.scores.len(), want_scores.len(), "{what}: number of scores");
+    assert_eq!(
+        resp.scores.len(),
+        want_scores.len(),
+        "{what}: number of scores"
+    );
     for (i, (got, want)) in resp.scores.iter().zip(&want_scores).enumerate() {
         match (got, want) {
             (Some(g), Some(w)) => assert!(
@@ -127,7 +142,11 @@ pub fn check_response(
             _ => panic!("{what}: score[{i}] is {got:?}, reference {want:?}"),
         }
     }
-    assert_eq!(resp.missing_candidates, ids(&exp["missing_candidates"]), "{what}: missing_candidates");
+    assert_eq!(
+        resp.missing_candidates,
+        ids(&exp["missing_candidates"]),
+        "{what}: missing_candidates"
+    );
     assert_eq!(
         resp.skipped_behaviors as u64,
         exp["skipped_behaviors"].as_u64().unwrap(),
@@ -144,13 +163,25 @@ pub fn check_response(
     order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let want_k = k.min(order.len());
     assert_eq!(resp.top_k.len(), want_k, "{what}: top-k length");
-    let exp_top: Vec<u64> = exp["top_k"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    let exp_top: Vec<u64> = exp["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(exp_top.len(), want_k, "{what}: fixture top_k length");
     let separated = |a: f64, b: f64| (a - b).abs() > tol * (1.0 + a.abs().max(b.abs()));
     for (r, got) in resp.top_k.iter().enumerate() {
         let (pos, score) = order[r];
-        assert_eq!(got.id, candidates[got.position], "{what}: top_k[{r}] id/position");
-        assert!(close(f64::from(got.score), score, tol), "{what}: top_k[{r}] score {} vs {score}", got.score);
+        assert_eq!(
+            got.id, candidates[got.position],
+            "{what}: top_k[{r}] id/position"
+        );
+        assert!(
+            close(f64::from(got.score), score, tol),
+            "{what}: top_k[{r}] score {} vs {score}",
+            got.score
+        );
         let above = r == 0 || separated(order[r - 1].1, score);
         let below = r + 1 >= order.len() || separated(score, order[r + 1].1);
         if above && below {
