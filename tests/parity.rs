@@ -28,13 +28,16 @@ fn fixtures_exist_and_cover_the_spec() {
 
 #[test]
 fn engine_matches_reference_outputs() {
-    for par in [
-        Parallelism::None,
-        Parallelism::Rayon(0),
-        Parallelism::Rayon(3),
-    ] {
+    let configs = [
+        (Kernels::Reference, Parallelism::None),
+        (Kernels::Auto, Parallelism::None),
+        (Kernels::Auto, Parallelism::Rayon(0)),
+        (Kernels::Auto, Parallelism::Rayon(3)),
+    ];
+    for (kernels, par) in configs {
         for case in cases() {
             let opts = EngineOptions {
+                kernels,
                 parallelism: par,
                 ..Default::default()
             };
