@@ -17,6 +17,7 @@ mod exec;
 pub mod model;
 pub mod reference;
 pub mod store;
+pub mod swap;
 pub mod tensor;
 pub mod topk;
 
@@ -28,3 +29,4 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use model::Model;
 pub use store::ItemStore;
+pub use swap::SharedEngine;
