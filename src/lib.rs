@@ -14,17 +14,21 @@ pub mod auc;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod exec;
 pub mod json;
 pub mod model;
 pub mod reference;
 pub mod store;
+pub mod swap;
 pub mod tensor;
+pub mod topk;
 
 pub use config::{Block, HcnConfig, ScoreMode};
 pub use engine::{
-    Device, Engine, EngineOptions, Limits, Parallelism, Request, Response, Scored, Scores,
+    Device, Engine, EngineOptions, Kernels, Limits, Parallelism, Request, Response, Scored, Scores,
     UnknownIds, UserInterests, UserRequest,
 };
 pub use error::{Error, Result};
 pub use model::Model;
 pub use store::ItemStore;
+pub use swap::SharedEngine;
