@@ -612,3 +612,187 @@ fn eval_reports_auc_and_logloss() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
 }
+
+/// SPEC §5's CPU tolerance.
+fn close(got: f64, want: f64) -> bool {
+    (got - want).abs() <= 1e-4 * (1.0 + want.abs())
+}
+
+/// Runs `hcn score --top-k K --emit-interests` on a reference case (model, stores, requests and
+/// float64 expected output, the format of `tests/fixtures/README.md`) and compares every line.
+fn check_reference_case(
+    name: &str,
+    dir: &Path,
+    model: &str,
+    tokens: &str,
+    candidates: &str,
+    top_k: u64,
+) {
+    let args: Vec<String> = [
+        "score",
+        "--model",
+        &dir.join(model).display().to_string(),
+        "--tokens",
+        &dir.join(tokens).display().to_string(),
+        "--candidates",
+        &dir.join(candidates).display().to_string(),
+        "--request",
+        &dir.join("requests.jsonl").display().to_string(),
+        "--top-k",
+        &top_k.to_string(),
+        "--emit-interests",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run(&args, "");
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    let got = stdout_lines(&out);
+    let expected: Vec<Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), expected.len(), "{name}: line count");
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        let at = format!("{name} line {}", i + 1);
+        assert!(g.get("error").is_none(), "{at}: {g}");
+        assert_eq!(g["missing_candidates"], e["missing_candidates"], "{at}");
+        assert_eq!(g["skipped_behaviors"], e["skipped_behaviors"], "{at}");
+
+        let (gs, es) = (
+            g["scores"].as_array().unwrap(),
+            e["scores"].as_array().unwrap(),
+        );
+        assert_eq!(gs.len(), es.len(), "{at}: scores");
+        for (j, (x, y)) in gs.iter().zip(es).enumerate() {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => assert!(close(x, y), "{at}: scores[{j}] {x} vs {y}"),
+                (None, None) => assert!(x.is_null() && y.is_null()),
+                _ => panic!("{at}: scores[{j}] {x} vs {y}"),
+            }
+        }
+
+        let (gi, ei) = (
+            g["interests"].as_array().unwrap(),
+            e["interests"].as_array().unwrap(),
+        );
+        assert_eq!(gi.len(), ei.len(), "{at}: interests rows");
+        for (gr, er) in gi.iter().zip(ei) {
+            let (gr, er) = (gr.as_array().unwrap(), er.as_array().unwrap());
+            assert_eq!(gr.len(), er.len(), "{at}: interests width");
+            for (x, y) in gr.iter().zip(er) {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!(close(x, y), "{at}: interests {x} vs {y}");
+            }
+        }
+
+        // The generator avoids near-ties at the top-k boundary, so the ids must match exactly.
+        let (gt, et) = (
+            g["top_k"].as_array().unwrap(),
+            e["top_k"].as_array().unwrap(),
+        );
+        assert_eq!(gt.len(), et.len(), "{at}: top_k length");
+        for (x, y) in gt.iter().zip(et) {
+            assert_eq!(x["id"], y["id"], "{at}: top_k");
+            let (xs, ys) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+            assert!(close(xs, ys), "{at}: top_k score {xs} vs {ys}");
+        }
+    }
+}
+
+#[test]
+fn fixtures_score_like_the_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        eprintln!("no {}: skipped", root.display());
+        return;
+    };
+    let mut cases: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("case.json").is_file())
+        .collect();
+    cases.sort();
+    for dir in &cases {
+        let case: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        check_reference_case(
+            &name,
+            dir,
+            case["model"].as_str().unwrap(),
+            case["tokens"].as_str().unwrap(),
+            case["candidates"].as_str().unwrap(),
+            case["top_k"].as_u64().unwrap(),
+        );
+    }
+    eprintln!("{} fixture cases checked", cases.len());
+}
+
+#[test]
+fn default_weights_score_like_the_reference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    if !dir.join("expected.jsonl").is_file() {
+        eprintln!("no {}/expected.jsonl: skipped", dir.display());
+        return;
+    }
+    // weights/README.md: the expected output keeps the top 10.
+    check_reference_case(
+        "weights",
+        &dir,
+        "hcn-public.safetensors",
+        "tokens.safetensors",
+        "candidates.safetensors",
+        10,
+    );
+}
+
+#[test]
+fn default_weights_inspect_and_bench() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let model = dir.join("hcn-public.safetensors");
+    if !model.is_file() {
+        eprintln!("no {}: skipped", model.display());
+        return;
+    }
+    let out = run(&["inspect".into(), model.display().to_string()], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("dim (D):            48"), "{text}");
+    assert!(text.contains("long_len:           120"), "{text}");
+
+    let args: Vec<String> = [
+        "bench",
+        "--model",
+        &model.display().to_string(),
+        "--tokens",
+        &dir.join("tokens.safetensors").display().to_string(),
+        "--candidates",
+        &dir.join("candidates.safetensors").display().to_string(),
+        "--requests",
+        "5",
+        "--candidates-per-request",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run(&args, "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 1);
+    for key in [
+        "requests",
+        "batch",
+        "threads",
+        "device",
+        "median_us",
+        "p90_us",
+        "p99_us",
+        "candidates_per_s",
+    ] {
+        assert!(lines[0].get(key).is_some(), "{key} missing: {}", lines[0]);
+    }
+    assert_eq!(lines[0]["threads"].as_u64(), Some(2));
+}
