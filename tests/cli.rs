@@ -575,6 +575,22 @@ fn bench_prints_one_json_line() {
     assert!(v["candidates_per_s"].as_f64().unwrap() > 0.0);
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
     assert_eq!(keys.len(), 8, "{keys:?}");
+    // Keys in SPEC §4's order.
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    let at: Vec<usize> = [
+        "requests",
+        "batch",
+        "threads",
+        "device",
+        "median_us",
+        "p90_us",
+        "p99_us",
+        "candidates_per_s",
+    ]
+    .iter()
+    .map(|k| text.find(&format!("\"{k}\"")).unwrap())
+    .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use clap::Args;
 use hcn_prerank::{Engine, ItemStore, Request, UserRequest};
+use serde::Serialize;
 
 use crate::common::{device_label, load_engine, row_ids, DeviceArg, EngineFiles, Rng};
 
@@ -71,18 +72,36 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     })?;
 
     latencies_us.sort_by(f64::total_cmp);
-    let line = serde_json::json!({
-        "requests": requests.len(),
-        "batch": batch,
-        "threads": threads,
-        "device": device_label(engine.device_report()),
-        "median_us": percentile(&latencies_us, 0.5),
-        "p90_us": percentile(&latencies_us, 0.9),
-        "p99_us": percentile(&latencies_us, 0.99),
-        "candidates_per_s": if timed_seconds > 0.0 { scored as f64 / timed_seconds } else { 0.0 },
-    });
+    let report = Report {
+        requests: requests.len(),
+        batch,
+        threads,
+        device: device_label(engine.device_report()),
+        median_us: percentile(&latencies_us, 0.5),
+        p90_us: percentile(&latencies_us, 0.9),
+        p99_us: percentile(&latencies_us, 0.99),
+        candidates_per_s: if timed_seconds > 0.0 {
+            scored as f64 / timed_seconds
+        } else {
+            0.0
+        },
+    };
+    let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     println!("{line}");
     Ok(())
+}
+
+/// The output line, keys in SPEC §4 order.
+#[derive(Serialize)]
+struct Report<'a> {
+    requests: usize,
+    batch: usize,
+    threads: usize,
+    device: &'a str,
+    median_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    candidates_per_s: f64,
 }
 
 /// A failed request in a benchmark is a failure of the benchmark.

@@ -14,6 +14,7 @@ use hcn_prerank::auc::{auc, logloss};
 use hcn_prerank::json::{parse_labels, parse_request_value};
 use hcn_prerank::{Engine, Error, Request};
 use rayon::prelude::*;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::common::{load_engine, DeviceArg, EngineFiles};
@@ -30,6 +31,15 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+}
+
+/// The output line; `auc` is `null` without both classes, `logloss` without examples.
+#[derive(Serialize)]
+struct Report {
+    requests: usize,
+    examples: usize,
+    auc: Option<f64>,
+    logloss: Option<f64>,
 }
 
 /// The pooled evaluation pairs.
@@ -59,12 +69,13 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
     }
     run_chunk(&engine, &chunk, &mut pooled).map_err(|e| format!("{shown}: {e}"))?;
 
-    let line = serde_json::json!({
-        "requests": pooled.requests,
-        "examples": pooled.logits.len(),
-        "auc": auc(&pooled.logits, &pooled.labels),
-        "logloss": logloss(&pooled.logits, &pooled.labels),
-    });
+    let report = Report {
+        requests: pooled.requests,
+        examples: pooled.logits.len(),
+        auc: auc(&pooled.logits, &pooled.labels),
+        logloss: logloss(&pooled.logits, &pooled.labels),
+    };
+    let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     println!("{line}");
     Ok(())
 }
