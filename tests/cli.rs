@@ -259,7 +259,8 @@ fn bad_store_fails_before_reading_requests() {
 fn a_bad_line_gets_its_own_error_and_the_stream_goes_on() {
     let tiny = Tiny::new("bad_line");
     let good = request(&[id_of(0), id_of(4)]);
-    let input = format!("{good}\n{{\"candidates\": [1, \n\n   \n{good}\n");
+    // CRLF line ends are fine; blank and whitespace-only lines are skipped.
+    let input = format!("{good}\r\n{{\"candidates\": [1, \n\n   \r\n{good}\n");
     let out = tiny.score(&[], &input);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = stdout_lines(&out);

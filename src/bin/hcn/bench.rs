@@ -32,6 +32,7 @@ pub struct BenchArgs {
     /// Top-k returned per request.
     #[arg(long, default_value_t = 1000)]
     pub top_k: usize,
+    /// Where the engine runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Seed of the request generator.

@@ -9,6 +9,7 @@ use hcn_prerank::{Device, Engine, EngineOptions, ItemStore};
 /// `--device cpu|cuda|auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU executor.
     Cpu,
     /// CUDA device 0.
     Cuda,

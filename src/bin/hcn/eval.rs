@@ -29,6 +29,7 @@ pub struct EvalArgs {
     /// JSON Lines: requests with a `labels` array (0/1 per candidate).
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
+    /// Where the engine runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
 }

@@ -31,6 +31,7 @@ pub struct ScoreArgs {
     /// Also return the K best candidates (`top_k`), by score, ties by lower position.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
+    /// Where the engine runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Also write the user's interests X^U (n rows of D floats).
