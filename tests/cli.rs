@@ -813,3 +813,49 @@ fn default_weights_inspect_and_bench() {
     }
     assert_eq!(lines[0]["threads"].as_u64(), Some(2));
 }
+
+#[test]
+fn stdin_requests_are_answered_one_at_a_time() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    // A client that writes one request and waits for its answer before sending the next: the
+    // binary must not wait for a full batch of lines before answering.
+    let tiny = Tiny::new("interactive");
+    let mut args = vec!["score".to_string()];
+    args.extend(tiny.engine_args());
+    let mut child = Command::new(HCN)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    for i in 0..3 {
+        writeln!(stdin, "{}", request(&[id_of(i), id_of(i + 1)])).unwrap();
+        stdin.flush().unwrap();
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(v["scores"].as_array().unwrap().len(), 2, "{line}");
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no answer to request {i} while stdin stays open: {e}");
+            }
+        }
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

@@ -5,9 +5,13 @@
 //! to [`Engine::run_batch`] together, and its lines are written in order. So memory holds one
 //! chunk, never the whole stream. A bad line (not UTF-8, not JSON, a rejected request, an engine
 //! error) becomes its own `{"error": …}` line and the stream goes on.
+//!
+//! On stdin a chunk is also cut short, and the output flushed, whenever no further complete line
+//! is buffered: the next read may block (a client that sends one request and waits for its
+//! answer), so the lines already read are answered first.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -16,6 +20,10 @@ use hcn_prerank::{Engine, Error, Request};
 use rayon::prelude::*;
 
 use crate::common::{load_engine, DeviceArg, EngineFiles};
+
+/// Input buffer: large enough that many small requests arrive together (and form one batch),
+/// while a line larger than it simply takes several reads.
+const INPUT_BUFFER: usize = 1 << 20;
 
 /// Requests per engine batch: enough to keep every core busy across requests, small enough that
 /// a chunk's responses (~0.5 MB each at 50,000 candidates) stay a modest amount of memory.
@@ -42,24 +50,28 @@ pub struct ScoreArgs {
 pub fn run(args: ScoreArgs) -> Result<(), String> {
     // The engine first: a bad model, store or device fails before any request is read.
     let engine = load_engine(&args.files, args.device)?;
-    let input: Box<dyn BufRead> = if args.request == "-" {
-        Box::new(io::stdin().lock())
+    let interactive = args.request == "-";
+    let source: Box<dyn Read> = if interactive {
+        Box::new(io::stdin())
     } else {
         let path = PathBuf::from(&args.request);
         let file = File::open(&path)
             .map_err(|e| format!("cannot open requests {}: {e}", path.display()))?;
-        Box::new(BufReader::new(file))
+        Box::new(file)
     };
+    let mut input = BufReader::with_capacity(INPUT_BUFFER, source);
     let stdout = io::stdout().lock();
     let mut out = BufWriter::with_capacity(1 << 20, stdout);
-    serve(&engine, input, &mut out, &args)?;
+    serve(&engine, &mut input, interactive, &mut out, &args)?;
     out.flush().map_err(|e| format!("writing output: {e}"))
 }
 
-/// Reads every line of `input`, writes one line per non-blank one to `out`.
-fn serve(
+/// Reads every line of `input`, writes one line per non-blank one to `out`. With `interactive`, a
+/// chunk is also run (and the output flushed) when the input buffer holds no further complete line.
+fn serve<R: Read>(
     engine: &Engine,
-    mut input: impl BufRead,
+    input: &mut BufReader<R>,
+    interactive: bool,
     out: &mut impl Write,
     args: &ScoreArgs,
 ) -> Result<(), String> {
@@ -76,16 +88,19 @@ fn serve(
             break;
         }
         line_no += 1;
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
+        if !buf.iter().all(u8::is_ascii_whitespace) {
+            chunk.push(match std::str::from_utf8(&buf) {
+                Ok(s) => Ok(s.to_string()),
+                Err(e) => Err(format!("line {line_no} is not valid UTF-8: {e}")),
+            });
         }
-        chunk.push(match std::str::from_utf8(&buf) {
-            Ok(s) => Ok(s.to_string()),
-            Err(e) => Err(format!("line {line_no} is not valid UTF-8: {e}")),
-        });
-        if chunk.len() == CHUNK {
+        let may_block = interactive && !input.buffer().contains(&b'\n');
+        if chunk.len() == CHUNK || (may_block && !chunk.is_empty()) {
             run_chunk(engine, &chunk, out, args)?;
             chunk.clear();
+            if may_block {
+                out.flush().map_err(|e| format!("writing output: {e}"))?;
+            }
         }
     }
     if !chunk.is_empty() {
