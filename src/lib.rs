@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod reference;
+mod safetensors_file;
 pub mod store;
 pub mod tensor;
 
