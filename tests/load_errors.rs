@@ -530,6 +530,25 @@ fn co_interest_width_follows_the_concat_list() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn unreadable_paths_are_io_errors() {
+    let missing = std::env::temp_dir().join(format!("hcn-no-such-file-{}", std::process::id()));
+    assert!(matches!(Model::load(&missing), Err(Error::Io { .. })));
+    assert!(matches!(ItemStore::load(&missing), Err(Error::Io { .. })));
+    let dir = std::env::temp_dir();
+    assert!(matches!(
+        Model::load(&dir),
+        Err(Error::Io { .. }) | Err(Error::Format { .. })
+    ));
+}
+
+#[test]
+fn loaded_model_and_store_are_shareable() {
+    fn send_sync<X: Send + Sync>() {}
+    send_sync::<Model>();
+    send_sync::<ItemStore>();
+}
+
+#[test]
 fn truncated_files_are_format_errors() {
     let bytes = tiny().bytes();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
