@@ -405,6 +405,10 @@ fn valid_model_round_trips_in_every_dtype() {
                 Model::load(f.path()).unwrap_or_else(|e| panic!("{dtype} biases={biases}: {e}"));
             check_round_trip(&spec, &model);
             assert_eq!(model.path, f.path());
+            // `tensors` is in file (data offset) order, which here is the order written.
+            let names: Vec<String> = spec.file_tensors().into_iter().map(|t| t.name).collect();
+            let got: Vec<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
+            assert_eq!(got, names);
         }
     }
 }
