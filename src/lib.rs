@@ -16,6 +16,7 @@ pub mod error;
 mod exec;
 pub mod model;
 pub mod reference;
+mod safetensors_file;
 pub mod store;
 pub mod swap;
 pub mod tensor;
