@@ -42,8 +42,14 @@ PUBLIC = dict(dim=48, interests=8, heads=4, layers=4, long_len=120, short_len=30
 # Models and stores
 
 
-def init_model(config: dict, seed: int, field_widths=None, bias_std: float = 0.2, fusion_gain: float = 1.0) -> HCN:
-    """A randomly initialised HCN with non-degenerate scales (seeds N(0,1), W ~ N(0, 1/fan_in))."""
+def init_model(config: dict, seed: int, field_widths=None, bias_std: float = 0.2, fusion_gain: float = 1.0,
+               deep_q_gain: float = 2.5) -> HCN:
+    """A randomly initialised HCN with non-degenerate scales (seeds N(0,1), W ~ N(0, 1/fan_in)).
+
+    Layers after the first take queries from H_{l-1}, which averages V and so is ~3x smaller than
+    the seeds; their query weights get ``deep_q_gain`` so those softmaxes are not nearly uniform
+    (a flat softmax would hide attention errors from the parity test).
+    """
     rng = np.random.default_rng(seed)
     model = HCN(config, field_widths=field_widths)
     with torch.no_grad():
@@ -54,6 +60,8 @@ def init_model(config: dict, seed: int, field_widths=None, bias_std: float = 0.2
                 v = rng.standard_normal(p.shape) / math.sqrt(p.shape[1])
                 if name == "fusion.weight":
                     v *= fusion_gain
+                if ".layers." in name and name.endswith(".q.weight") and ".layers.0." not in name:
+                    v *= deep_q_gain
             else:
                 v = rng.standard_normal(p.shape) * bias_std
             p.copy_(torch.from_numpy(v))
