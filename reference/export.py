@@ -47,6 +47,7 @@ CONFIG_KEYS = (
     "score",
 )
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+ELEM_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "U64": 8, "I64": 8}
 ST_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "u64": "U64", "i64": "I64"}
 
 DTypeSpec = Union[str, Mapping[str, str]]
@@ -82,7 +83,10 @@ def write_safetensors(path: str, tensors: Dict[str, Tuple[str, Tuple[int, ...], 
     if metadata:
         header["__metadata__"] = dict(metadata)
     offset = 0
-    order = sorted(tensors)
+    # Largest element size first, then by name: the order safetensors' own writers use, so every
+    # tensor's data is naturally aligned (the header is padded to 8 bytes). Readers must not rely
+    # on it (the format promises no alignment), but zero-copy readers appreciate it.
+    order = sorted(tensors, key=lambda n: (-ELEM_SIZE[tensors[n][0]], n))
     for name in order:
         dt, shape, data = tensors[name]
         header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
