@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(dim=10, interests=3, heads=2, layers=2, long_len=7, short_len=3)  # d = 5: odd head width
 TINIER = dict(dim=6, interests=2, heads=3, layers=1, long_len=4, short_len=1)  # d = 2, one layer, ℓ_S = 1
+SINGLE = dict(dim=5, interests=1, heads=1, layers=3, long_len=5, short_len=2)  # n=1, h=1 (d=D), prime D
 PUBLIC = dict(dim=48, interests=8, heads=4, layers=4, long_len=120, short_len=30)  # SPEC §6
 
 
@@ -378,14 +379,14 @@ def cases() -> List[Case]:
         ),
         Case(
             name="public_f16",
-            description="public profile (SPEC §6: D=48, n=8, h=4, r=4, ℓ=120/30); F16 model and stores (2000 rows each, "
+            description="public profile (SPEC §6: D=48, n=8, h=4, r=4, ℓ=120/30); F16 model and stores (1600 rows each, "
             "U64 random ids); default concat; fields age(10)/gender(3)/city(50) + 4 dense, MLP hidden [64]; softmax",
             config=dict(PUBLIC, user_fields=[{"name": "age", "vocab": 10}, {"name": "gender", "vocab": 3},
                                              {"name": "city", "vocab": 50}], user_dense=4, user_mlp_hidden=[64],
                         score="softmax"),
             model_dtype="f16", field_widths={"age": 8, "gender": 4, "city": 8},
-            token_rows=2000, token_dtype="f16", token_ids="u64",
-            cand_rows=2000, cand_dtype="f16", cand_ids="u64",
+            token_rows=1600, token_dtype="f16", token_ids="u64",
+            cand_rows=1600, cand_dtype="f16", cand_ids="u64",
             requests=["full", "overlong", "unknown_interleaved", "empty_short", "candidates_missing_dup"],
             n_cand=200, top_k=20,
         ),
@@ -412,6 +413,53 @@ def cases() -> List[Case]:
             cand_rows=800, cand_dtype="f16", cand_ids="i64",
             drop_biases=["long.layers.2.q.bias", "short.layers.0.v.bias", "user.mlp.0.bias", "fusion.bias"],
             requests=["full", "overlong", "both_empty", "candidates_missing_dup"],
+            n_cand=150, top_k=20,
+        ),
+        Case(
+            name="single_interest_f32",
+            description="D=5 (prime), n=1, h=1 (d=D), r=3, ℓ=5/2; F32 model, BF16 stores with U64 ids; concat "
+            "[long, short_aligned]; one field (vocab 2) + 2 dense, MLP hidden [3]; softmax (with n=1, y = s)",
+            config=dict(SINGLE, co_interest_concat=["long", "short_aligned"], user_fields=[{"name": "segment", "vocab": 2}],
+                        user_dense=2, user_mlp_hidden=[3], score="softmax"),
+            model_dtype="f32", field_widths={"segment": 1},
+            token_rows=25, token_dtype="bf16", token_ids="u64",
+            cand_rows=25, cand_dtype="bf16", cand_ids="u64",
+            requests=["normal", "overlong", "unknown_interleaved", "empty_short", "both_empty", "candidates_missing_dup"],
+            n_cand=10, top_k=4,
+        ),
+        Case(
+            name="tiny_f16_large_logits",
+            description="tiny profile; F16 model, F32 stores (no ids); fusion weights scaled ×14 so scores exceed ±88 "
+            "(a softmax over s must subtract its max; exp(100) overflows f32); default concat; dense only (3), MLP "
+            "hidden []; softmax",
+            config=dict(TINY, user_dense=3, score="softmax"),
+            model_dtype="f16", fusion_gain=14.0,
+            token_rows=30, token_dtype="f32", token_ids="rows",
+            cand_rows=30, cand_dtype="f32", cand_ids="rows",
+            requests=["normal", "full", "overlong", "empty_long", "candidates_missing_dup"],
+        ),
+        Case(
+            name="public_mixed_mean",
+            description="public profile; per-tensor mixed F32/F16/BF16 model; F16 token store and BF16 candidate store "
+            "(700 rows each, U64 ids); concat [short_aligned, long_aligned] (not the default order); fields age(10)/"
+            "gender(3) + 4 dense, MLP hidden [32, 16]; score mean",
+            config=dict(PUBLIC, co_interest_concat=["short_aligned", "long_aligned"],
+                        user_fields=[{"name": "age", "vocab": 10}, {"name": "gender", "vocab": 3}], user_dense=4,
+                        user_mlp_hidden=[32, 16], score="mean"),
+            model_dtype="mixed", field_widths={"age": 5, "gender": 2},
+            token_rows=700, token_dtype="f16", token_ids="u64",
+            cand_rows=700, cand_dtype="bf16", cand_ids="u64",
+            requests=["full", "unknown_interleaved", "unknown_fits", "empty_long"],
+            n_cand=150, top_k=20,
+        ),
+        Case(
+            name="public_f16_noprofile_onefile",
+            description="public profile; F16 model without user profile (X̂ = 0, no user tensors); tokens and "
+            "candidates one F16 file (1000 rows, no ids); default concat; softmax",
+            config=dict(PUBLIC, score="softmax"),
+            model_dtype="f16",
+            token_rows=1000, token_dtype="f16", token_ids="rows", one_file=True,
+            requests=["full", "overlong", "both_empty", "all_unknown_long", "candidates_missing_dup"],
             n_cand=150, top_k=20,
         ),
     ]
