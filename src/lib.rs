@@ -31,3 +31,8 @@ pub use error::{Error, Result};
 pub use model::Model;
 pub use store::ItemStore;
 pub use swap::SharedEngine;
+
+/// The README's Rust example is compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
