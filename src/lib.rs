@@ -18,6 +18,7 @@ mod exec;
 pub mod json;
 pub mod model;
 pub mod reference;
+mod safetensors_file;
 pub mod store;
 pub mod swap;
 pub mod tensor;
@@ -32,3 +33,8 @@ pub use error::{Error, Result};
 pub use model::Model;
 pub use store::ItemStore;
 pub use swap::SharedEngine;
+
+/// The README's Rust example is compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
