@@ -52,9 +52,23 @@ pub fn load_engine(files: &EngineFiles, device: DeviceArg) -> Result<Engine, Str
         .map_err(|e| format!("cannot load the engine: {e}"))
 }
 
-/// The short name of the device serving requests, from [`Engine::device_report`], whose form is
-/// `"<device>: <why>"` (e.g. `"cpu: requested"`, `"cuda:0: NVIDIA H100"`).
+/// The short name of the device serving requests (`cpu`, `cuda:0`), from
+/// [`Engine::device_report`], which starts with it (e.g. `"cpu: requested"`,
+/// `"cuda:0: NVIDIA H100"`, `"cuda:0 (NVIDIA H100)"`). Falls back to the text before the first
+/// `": "`.
 pub fn device_label(report: &str) -> &str {
+    if let Some(rest) = report.strip_prefix("cuda") {
+        // "cuda" plus an optional ":<index>".
+        let index_len = rest
+            .strip_prefix(':')
+            .map(|r| r.bytes().take_while(u8::is_ascii_digit).count())
+            .filter(|&n| n > 0)
+            .map_or(0, |n| n + 1);
+        return &report[..4 + index_len];
+    }
+    if report.starts_with("cpu") {
+        return "cpu";
+    }
     report.split(": ").next().unwrap_or(report)
 }
 
@@ -137,6 +151,10 @@ mod tests {
     fn device_label_takes_the_device_part() {
         assert_eq!(device_label("cpu: requested"), "cpu");
         assert_eq!(device_label("cuda:0: NVIDIA H100"), "cuda:0");
+        assert_eq!(device_label("cuda:12 (NVIDIA H100)"), "cuda:12");
+        assert_eq!(device_label("cuda: no index"), "cuda");
         assert_eq!(device_label("cpu"), "cpu");
+        assert_eq!(device_label("cpu (fallback: no GPU)"), "cpu");
+        assert_eq!(device_label("metal: hypothetical"), "metal");
     }
 }
