@@ -21,6 +21,8 @@ pub mod reference;
 mod safetensors_file;
 pub mod store;
 pub mod swap;
+#[doc(hidden)]
+pub mod synth;
 pub mod tensor;
 pub mod topk;
 
