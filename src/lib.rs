@@ -11,6 +11,8 @@
 //! is the plain scalar oracle of SPEC §1, [`engine`] is the public API.
 
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod model;
