@@ -31,8 +31,13 @@ pub trait Backend {
     /// An item store's `vectors` in its own dtype.
     type Store;
 
-    fn upload_store(&self, dtype: DType, bytes: &[u8], rows: usize, dim: usize)
-        -> Result<Self::Store>;
+    fn upload_store(
+        &self,
+        dtype: DType,
+        bytes: &[u8],
+        rows: usize,
+        dim: usize,
+    ) -> Result<Self::Store>;
     fn store_desc(&self, s: &Self::Store) -> StoreDesc;
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F>;
     fn upload_i32(&self, v: &[i32]) -> Result<Self::I>;
@@ -57,8 +62,13 @@ pub trait Backend {
         relu: bool,
     ) -> Result<()>;
     /// `gather.cu`: the first `count` entries of `rows`.
-    fn gather(&self, store: &Self::Store, rows: &Self::U, count: usize, out: &mut Self::F)
-        -> Result<()>;
+    fn gather(
+        &self,
+        store: &Self::Store,
+        rows: &Self::U,
+        count: usize,
+        out: &mut Self::F,
+    ) -> Result<()>;
     /// `attention.cu`; K and V are column blocks `k_off`, `v_off` of one buffer.
     fn attention(
         &self,

@@ -78,10 +78,11 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and loads the embedded kernels. Call [`super::probe_device`] first:
     /// cudarc panics when the driver library is absent, this function assumes it is present.
     pub fn new(ordinal: usize) -> Result<Self> {
-        let ctx = CudaContext::new(ordinal).map_err(|e| {
-            Error::Device(format!("cannot open CUDA device {ordinal}: {e}"))
-        })?;
-        let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::Device(format!("cannot open CUDA device {ordinal}: {e}")))?;
+        let name = ctx
+            .name()
+            .unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         let stream = ctx.default_stream();
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(super::FATBIN.to_vec()))
@@ -127,10 +128,15 @@ impl CudaBackend {
     }
 
     /// cudarc rejects zero-length allocations; empty buffers get one (unused) element.
-    fn upload<T: cudarc::driver::DeviceRepr + Copy + Default>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+    fn upload<T: cudarc::driver::DeviceRepr + Copy + Default>(
+        &self,
+        v: &[T],
+    ) -> Result<CudaSlice<T>> {
         let one = [T::default()];
         let src = if v.is_empty() { &one[..] } else { v };
-        self.stream.clone_htod(src).map_err(dev("upload to the GPU"))
+        self.stream
+            .clone_htod(src)
+            .map_err(dev("upload to the GPU"))
     }
 }
 
@@ -145,7 +151,13 @@ impl Backend for CudaBackend {
     type U = CudaSlice<u32>;
     type Store = DeviceStore;
 
-    fn upload_store(&self, dtype: DType, bytes: &[u8], rows: usize, dim: usize) -> Result<DeviceStore> {
+    fn upload_store(
+        &self,
+        dtype: DType,
+        bytes: &[u8],
+        rows: usize,
+        dim: usize,
+    ) -> Result<DeviceStore> {
         let len = rows * dim * dtype.size();
         let bytes = bytes.get(..len).ok_or_else(|| {
             Error::Device(format!("store has {} bytes, expected {len}", bytes.len()))
@@ -168,19 +180,39 @@ impl Backend for CudaBackend {
         self.upload(v)
     }
     fn zeros_f32(&self, len: usize) -> Result<Self::F> {
-        self.stream.alloc_zeros(len.max(1)).map_err(dev("GPU allocation"))
+        self.stream
+            .alloc_zeros(len.max(1))
+            .map_err(dev("GPU allocation"))
     }
     fn zeros_i32(&self, len: usize) -> Result<Self::I> {
-        self.stream.alloc_zeros(len.max(1)).map_err(dev("GPU allocation"))
+        self.stream
+            .alloc_zeros(len.max(1))
+            .map_err(dev("GPU allocation"))
     }
     fn download_f32(&self, b: &Self::F) -> Result<Vec<f32>> {
-        self.stream.clone_dtoh(b).map_err(dev("download from the GPU"))
+        self.stream
+            .clone_dtoh(b)
+            .map_err(dev("download from the GPU"))
     }
     fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>> {
-        self.stream.clone_dtoh(b).map_err(dev("download from the GPU"))
+        self.stream
+            .clone_dtoh(b)
+            .map_err(dev("download from the GPU"))
     }
 
-    fn linear(&self, x: (&Self::F, usize), ldx: usize, w: &Self::F, b: &Self::F, y: (&mut Self::F, usize), ldy: usize, rows: usize, in_dim: usize, out_dim: usize, relu: bool) -> Result<()> {
+    fn linear(
+        &self,
+        x: (&Self::F, usize),
+        ldx: usize,
+        w: &Self::F,
+        b: &Self::F,
+        y: (&mut Self::F, usize),
+        ldy: usize,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+        relu: bool,
+    ) -> Result<()> {
         let g = launch::linear(rows, out_dim)?;
         if g.is_empty() {
             return Ok(());
@@ -192,23 +224,44 @@ impl Backend for CudaBackend {
             Error::Device(format!("offset {yoff} past a device buffer of {ylen}"))
         })?;
         let (ldx, ldy) = (i32_of(ldx, "ldx")?, i32_of(ldy, "ldy")?);
-        let (rows, in_dim, out_dim) = (i32_of(rows, "rows")?, i32_of(in_dim, "in")?, i32_of(out_dim, "out")?);
+        let (rows, in_dim, out_dim) = (
+            i32_of(rows, "rows")?,
+            i32_of(in_dim, "in")?,
+            i32_of(out_dim, "out")?,
+        );
         let relu = i32::from(relu);
         let mut l = self.stream.launch_builder(&self.k.linear);
-        l.arg(&xv).arg(&ldx).arg(w).arg(b).arg(&mut yv).arg(&ldy).arg(&rows).arg(&in_dim).arg(&out_dim).arg(&relu);
+        l.arg(&xv)
+            .arg(&ldx)
+            .arg(w)
+            .arg(b)
+            .arg(&mut yv)
+            .arg(&ldy)
+            .arg(&rows)
+            .arg(&in_dim)
+            .arg(&out_dim)
+            .arg(&relu);
         // SAFETY: the argument list matches `linear_f32`'s parameters in order and type; the
         // plan sizes every buffer for the extents documented in linear.cu.
         unsafe { l.launch(cfg(&g)) }.map_err(dev("launching linear_f32"))?;
         Ok(())
     }
 
-    fn gather(&self, store: &DeviceStore, rows: &Self::U, count: usize, out: &mut Self::F) -> Result<()> {
+    fn gather(
+        &self,
+        store: &DeviceStore,
+        rows: &Self::U,
+        count: usize,
+        out: &mut Self::F,
+    ) -> Result<()> {
         let g = launch::gather(count)?;
         if g.is_empty() {
             return Ok(());
         }
         let (count, dim) = (i32_of(count, "rows")?, i32_of(store.desc.dim, "D")?);
-        let mut l = self.stream.launch_builder(by_dtype(&self.k.gather, store.desc.dtype));
+        let mut l = self
+            .stream
+            .launch_builder(by_dtype(&self.k.gather, store.desc.dtype));
         l.arg(&store.bytes).arg(rows).arg(&count).arg(&dim).arg(out);
         // SAFETY: matches `gather_<dtype>`; row indices were validated against the store by the
         // plan before upload.
@@ -216,7 +269,23 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn attention(&self, q: (&Self::F, usize), ldq: usize, q_user_stride: usize, kv: &Self::F, k_off: usize, v_off: usize, ldkv: usize, offsets: &Self::I, out: (&mut Self::F, usize), ldo: usize, users: usize, n: usize, heads: usize, head_dim: usize) -> Result<()> {
+    fn attention(
+        &self,
+        q: (&Self::F, usize),
+        ldq: usize,
+        q_user_stride: usize,
+        kv: &Self::F,
+        k_off: usize,
+        v_off: usize,
+        ldkv: usize,
+        offsets: &Self::I,
+        out: (&mut Self::F, usize),
+        ldo: usize,
+        users: usize,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
         let g = launch::attention(heads, users, head_dim)?;
         if g.is_empty() || n == 0 {
             return Ok(());
@@ -231,42 +300,110 @@ impl Backend for CudaBackend {
         })?;
         let ldq = i32_of(ldq, "ldq")?;
         let stride = i64::try_from(q_user_stride).map_err(|_| Error::Device("q stride".into()))?;
-        let (ldkv, ldo, n, hd) = (i32_of(ldkv, "ldkv")?, i32_of(ldo, "ldo")?, i32_of(n, "n")?, i32_of(head_dim, "d")?);
+        let (ldkv, ldo, n, hd) = (
+            i32_of(ldkv, "ldkv")?,
+            i32_of(ldo, "ldo")?,
+            i32_of(n, "n")?,
+            i32_of(head_dim, "d")?,
+        );
         let mut l = self.stream.launch_builder(&self.k.attention);
-        l.arg(&qv).arg(&ldq).arg(&stride).arg(&kvw).arg(&vvw).arg(&ldkv).arg(offsets).arg(&mut ov).arg(&ldo).arg(&n).arg(&hd);
+        l.arg(&qv)
+            .arg(&ldq)
+            .arg(&stride)
+            .arg(&kvw)
+            .arg(&vvw)
+            .arg(&ldkv)
+            .arg(offsets)
+            .arg(&mut ov)
+            .arg(&ldo)
+            .arg(&n)
+            .arg(&hd);
         // SAFETY: matches `attention_f32`; offsets ascend and index rows of the K/V buffer.
         unsafe { l.launch(cfg(&g)) }.map_err(dev("launching attention_f32"))?;
         Ok(())
     }
 
-    fn co_interest(&self, lhat: &Self::F, shat: &Self::F, ld_in: usize, out: &mut Self::F, ldo: usize, users: usize, n: usize, dim: usize, blocks: &[u8]) -> Result<()> {
+    fn co_interest(
+        &self,
+        lhat: &Self::F,
+        shat: &Self::F,
+        ld_in: usize,
+        out: &mut Self::F,
+        ldo: usize,
+        users: usize,
+        n: usize,
+        dim: usize,
+        blocks: &[u8],
+    ) -> Result<()> {
         let g = launch::co_interest(users)?;
         if g.is_empty() || n == 0 {
             return Ok(());
         }
         let codes = super::emu::pack_blocks(blocks);
-        let (ld_in, ldo, n, dim, nb) = (i32_of(ld_in, "ld")?, i32_of(ldo, "ldo")?, i32_of(n, "n")?, i32_of(dim, "D")?, i32_of(blocks.len(), "blocks")?);
+        let (ld_in, ldo, n, dim, nb) = (
+            i32_of(ld_in, "ld")?,
+            i32_of(ldo, "ldo")?,
+            i32_of(n, "n")?,
+            i32_of(dim, "D")?,
+            i32_of(blocks.len(), "blocks")?,
+        );
         let mut l = self.stream.launch_builder(&self.k.co_interest);
-        l.arg(lhat).arg(shat).arg(&ld_in).arg(out).arg(&ldo).arg(&n).arg(&dim).arg(&nb).arg(&codes);
+        l.arg(lhat)
+            .arg(shat)
+            .arg(&ld_in)
+            .arg(out)
+            .arg(&ldo)
+            .arg(&n)
+            .arg(&dim)
+            .arg(&nb)
+            .arg(&codes);
         // SAFETY: matches `co_interest_f32`; n ≤ 64 and ≤ 16 blocks (checked at plan creation).
         unsafe { l.launch(cfg(&g)) }.map_err(dev("launching co_interest_f32"))?;
         Ok(())
     }
 
-    fn score(&self, store: &DeviceStore, rows: &Self::U, offsets: &Self::I, xu: &Self::F, users: usize, max_m: usize, n: usize, mode: i32, out: &mut Self::F) -> Result<()> {
+    fn score(
+        &self,
+        store: &DeviceStore,
+        rows: &Self::U,
+        offsets: &Self::I,
+        xu: &Self::F,
+        users: usize,
+        max_m: usize,
+        n: usize,
+        mode: i32,
+        out: &mut Self::F,
+    ) -> Result<()> {
         let g = launch::score(max_m, users)?;
         if g.is_empty() || n == 0 {
             return Ok(());
         }
         let (dim, n) = (i32_of(store.desc.dim, "D")?, i32_of(n, "n")?);
-        let mut l = self.stream.launch_builder(by_dtype(&self.k.score, store.desc.dtype));
-        l.arg(&store.bytes).arg(&dim).arg(rows).arg(offsets).arg(xu).arg(&n).arg(&mode).arg(out);
+        let mut l = self
+            .stream
+            .launch_builder(by_dtype(&self.k.score, store.desc.dtype));
+        l.arg(&store.bytes)
+            .arg(&dim)
+            .arg(rows)
+            .arg(offsets)
+            .arg(xu)
+            .arg(&n)
+            .arg(&mode)
+            .arg(out);
         // SAFETY: matches `score_<dtype>`; candidate rows validated against the store.
         unsafe { l.launch(cfg(&g)) }.map_err(dev("launching score"))?;
         Ok(())
     }
 
-    fn topk(&self, scores: &Self::F, offsets: &Self::I, users: usize, k: usize, pos: &mut Self::I, val: &mut Self::F) -> Result<()> {
+    fn topk(
+        &self,
+        scores: &Self::F,
+        offsets: &Self::I,
+        users: usize,
+        k: usize,
+        pos: &mut Self::I,
+        val: &mut Self::F,
+    ) -> Result<()> {
         let g = launch::topk(users)?;
         if g.is_empty() || k == 0 {
             return Ok(());

@@ -117,7 +117,11 @@ pub fn topk(users: usize) -> Result<Geometry> {
 
 /// Checks a model's shape against the kernels' compile-time limits (once, at executor creation).
 pub fn check_model_shape(dim: usize, heads: usize, interests: usize, blocks: usize) -> Result<()> {
-    let fail = |what: String| Err(Error::Device(format!("model not supported by the CUDA kernels: {what}")));
+    let fail = |what: String| {
+        Err(Error::Device(format!(
+            "model not supported by the CUDA kernels: {what}"
+        )))
+    };
     if dim == 0 || dim > MAX_DIM {
         return fail(format!("D = {dim}, the kernels support 1..={MAX_DIM}"));
     }
@@ -127,7 +131,9 @@ pub fn check_model_shape(dim: usize, heads: usize, interests: usize, blocks: usi
         ));
     }
     if interests == 0 || interests > MAX_INTERESTS {
-        return fail(format!("n = {interests}, the kernels support 1..={MAX_INTERESTS}"));
+        return fail(format!(
+            "n = {interests}, the kernels support 1..={MAX_INTERESTS}"
+        ));
     }
     if interests * dim > MAX_SCORE_XU {
         return fail(format!(

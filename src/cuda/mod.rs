@@ -86,7 +86,9 @@ pub fn probe_device(ordinal: usize) -> std::result::Result<(), String> {
         return Err("the CUDA driver sees no GPU".into());
     }
     if ordinal >= count {
-        return Err(format!("no CUDA device {ordinal}: the driver sees {count} GPU(s)"));
+        return Err(format!(
+            "no CUDA device {ordinal}: the driver sees {count} GPU(s)"
+        ));
     }
     Ok(())
 }
@@ -101,7 +103,12 @@ impl CudaExecutor {
     /// Opens GPU `device`, loads the kernels, uploads the model's weights and both stores.
     /// Errors: [`Error::Device`] (no usable GPU — the message is [`probe_device`]'s reason —,
     /// out of memory, model outside the kernels' limits), [`Error::Incompatible`] (store D).
-    pub fn new(model: &Model, tokens: &ItemStore, candidates: &ItemStore, device: usize) -> Result<Self> {
+    pub fn new(
+        model: &Model,
+        tokens: &ItemStore,
+        candidates: &ItemStore,
+        device: usize,
+    ) -> Result<Self> {
         probe_device(device).map_err(Error::Device)?;
         let backend = device::CudaBackend::new(device)?;
         let plan = Plan::new(

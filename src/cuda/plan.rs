@@ -200,7 +200,11 @@ impl<B: Backend> Plan<B> {
             co_b: backend.upload_f32(&w.co_interest.bias)?,
             fusion_w: backend.upload_f32(&w.fusion.weight)?,
             fusion_b: backend.upload_f32(&w.fusion.bias)?,
-            blocks: cfg.co_interest_concat.iter().map(|&b| block_code(b)).collect(),
+            blocks: cfg
+                .co_interest_concat
+                .iter()
+                .map(|&b| block_code(b))
+                .collect(),
             mode: match cfg.score {
                 ScoreMode::Softmax => 0,
                 ScoreMode::Max => 1,
@@ -268,14 +272,21 @@ impl<B: Backend> Plan<B> {
             ("candidate_rows", u.candidate_rows, cand),
         ] {
             if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
-                return Err(Error::request(field(name), format!("row {r} is outside a store of {n} rows")));
+                return Err(Error::request(
+                    field(name),
+                    format!("row {r} is outside a store of {n} rows"),
+                ));
             }
         }
         let p = &self.profile;
         if u.field_ids.len() != p.fields.len() {
             return Err(Error::request(
                 field("field_ids"),
-                format!("{} ids for {} profile fields", u.field_ids.len(), p.fields.len()),
+                format!(
+                    "{} ids for {} profile fields",
+                    u.field_ids.len(),
+                    p.fields.len()
+                ),
             ));
         }
         for (f, &id) in p.fields.iter().zip(u.field_ids) {
@@ -311,14 +322,32 @@ impl<B: Backend> Plan<B> {
         let (b, n, d) = (users.len(), self.cfg.interests, self.cfg.dim);
         let bn = b * n;
 
-        let long_hat = self.tower(&self.long, users.iter().map(|u| tail(u.long_rows, self.cfg.long_len)), b)?;
-        let short_hat = self.tower(&self.short, users.iter().map(|u| tail(u.short_rows, self.cfg.short_len)), b)?;
+        let long_hat = self.tower(
+            &self.long,
+            users.iter().map(|u| tail(u.long_rows, self.cfg.long_len)),
+            b,
+        )?;
+        let short_hat = self.tower(
+            &self.short,
+            users.iter().map(|u| tail(u.short_rows, self.cfg.short_len)),
+            b,
+        )?;
 
         // Co-interest concat, then X̃ into the left half of the fusion input; its right half is
         // tile_n(X̂) (SPEC §1.4), computed on the host.
         let k = self.blocks.len();
         let mut cat = be.zeros_f32(bn * k * d)?;
-        be.co_interest(&long_hat, &short_hat, d, &mut cat, k * d, b, n, d, &self.blocks)?;
+        be.co_interest(
+            &long_hat,
+            &short_hat,
+            d,
+            &mut cat,
+            k * d,
+            b,
+            n,
+            d,
+            &self.blocks,
+        )?;
         let mut fuse_host = vec![0.0f32; bn * 2 * d];
         for (ui, u) in users.iter().enumerate() {
             let xhat = host_profile(&self.profile, d, u.field_ids, u.dense);
@@ -328,18 +357,54 @@ impl<B: Backend> Plan<B> {
             }
         }
         let mut fuse_in = be.upload_f32(&fuse_host)?;
-        be.linear((&cat, 0), k * d, &self.co_w, &self.co_b, (&mut fuse_in, 0), 2 * d, bn, k * d, d, false)?;
+        be.linear(
+            (&cat, 0),
+            k * d,
+            &self.co_w,
+            &self.co_b,
+            (&mut fuse_in, 0),
+            2 * d,
+            bn,
+            k * d,
+            d,
+            false,
+        )?;
         let mut xu = be.zeros_f32(bn * d)?;
-        be.linear((&fuse_in, 0), 2 * d, &self.fusion_w, &self.fusion_b, (&mut xu, 0), d, bn, 2 * d, d, false)?;
+        be.linear(
+            (&fuse_in, 0),
+            2 * d,
+            &self.fusion_w,
+            &self.fusion_b,
+            (&mut xu, 0),
+            d,
+            bn,
+            2 * d,
+            d,
+            false,
+        )?;
 
         // Scores and top-k over every user's candidates in one launch each.
         let (rows, offsets) = stack(users.iter().map(|u| u.candidate_rows))?;
         let total = rows.len();
-        let max_m = users.iter().map(|u| u.candidate_rows.len()).max().unwrap_or(0);
+        let max_m = users
+            .iter()
+            .map(|u| u.candidate_rows.len())
+            .max()
+            .unwrap_or(0);
         let rows_dev = be.upload_u32(&rows)?;
         let offs_dev = be.upload_i32(&offsets)?;
         let mut scores = be.zeros_f32(total)?;
-        be.score(&self.candidates, &rows_dev, &offs_dev, &xu, b, max_m, n, self.mode, &mut scores)?;
+        be.score(
+            &self.candidates,
+            &rows_dev,
+            &offs_dev,
+            &xu,
+            b,
+            max_m,
+            n,
+            self.mode,
+            &mut scores,
+        )?;
         let k_dev = top_k.min(max_m);
         let mut pos = be.zeros_i32(b * k_dev)?;
         let mut val = be.zeros_f32(b * k_dev)?;
@@ -354,7 +419,10 @@ impl<B: Backend> Plan<B> {
         for ui in 0..b {
             let (s0, s1) = (offsets[ui] as usize, offsets[ui + 1] as usize);
             let mut top: Vec<(usize, f32)> = (ui * k_dev..(ui + 1) * k_dev)
-                .filter_map(|t| (pos_h.get(t).copied().unwrap_or(-1) >= 0).then(|| (pos_h[t] as usize, val_h[t])))
+                .filter_map(|t| {
+                    (pos_h.get(t).copied().unwrap_or(-1) >= 0)
+                        .then(|| (pos_h[t] as usize, val_h[t]))
+                })
                 .collect();
             // The kernel returns the winners in position order; best first, ties by position.
             top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -375,7 +443,12 @@ impl<B: Backend> Plan<B> {
         users: usize,
     ) -> Result<B::F> {
         let be = &self.backend;
-        let (n, d, r, h) = (self.cfg.interests, self.cfg.dim, self.cfg.layers, self.cfg.heads);
+        let (n, d, r, h) = (
+            self.cfg.interests,
+            self.cfg.dim,
+            self.cfg.layers,
+            self.cfg.heads,
+        );
         let bn = users * n;
         let (rows, offsets) = stack(seqs)?;
         let count = rows.len();
@@ -384,24 +457,100 @@ impl<B: Backend> Plan<B> {
         let mut x = be.zeros_f32(count * d)?;
         be.gather(&self.tokens, &rows_dev, count, &mut x)?;
 
-        let mut kv = be.zeros_f32(count * 2 * d)?;
+        // At least one row: V is addressed at column offset D of this buffer even when the whole
+        // batch has no token (every attention then reads nothing and writes zeros).
+        let mut kv = be.zeros_f32(count.max(1) * 2 * d)?;
         let mut q = be.zeros_f32(bn * d)?;
         let mut a = be.zeros_f32(bn * d)?;
         let mut hcat = be.zeros_f32(bn * r * d)?;
         for (l, layer) in t.layers.iter().enumerate() {
-            be.linear((&x, 0), d, &layer.wkv, &layer.bkv, (&mut kv, 0), 2 * d, count, d, 2 * d, false)?;
+            be.linear(
+                (&x, 0),
+                d,
+                &layer.wkv,
+                &layer.bkv,
+                (&mut kv, 0),
+                2 * d,
+                count,
+                d,
+                2 * d,
+                false,
+            )?;
             match &layer.q0 {
-                Some(q0) => be.attention((q0, 0), d, 0, &kv, 0, d, 2 * d, &offs_dev, (&mut a, 0), d, users, n, h, d / h)?,
+                Some(q0) => be.attention(
+                    (q0, 0),
+                    d,
+                    0,
+                    &kv,
+                    0,
+                    d,
+                    2 * d,
+                    &offs_dev,
+                    (&mut a, 0),
+                    d,
+                    users,
+                    n,
+                    h,
+                    d / h,
+                )?,
                 None => {
                     // C = H_{l−1}, read in place from its column block of the concat buffer.
-                    be.linear((&hcat, (l - 1) * d), r * d, &layer.wq, &layer.bq, (&mut q, 0), d, bn, d, d, false)?;
-                    be.attention((&q, 0), d, n * d, &kv, 0, d, 2 * d, &offs_dev, (&mut a, 0), d, users, n, h, d / h)?;
+                    be.linear(
+                        (&hcat, (l - 1) * d),
+                        r * d,
+                        &layer.wq,
+                        &layer.bq,
+                        (&mut q, 0),
+                        d,
+                        bn,
+                        d,
+                        d,
+                        false,
+                    )?;
+                    be.attention(
+                        (&q, 0),
+                        d,
+                        n * d,
+                        &kv,
+                        0,
+                        d,
+                        2 * d,
+                        &offs_dev,
+                        (&mut a, 0),
+                        d,
+                        users,
+                        n,
+                        h,
+                        d / h,
+                    )?;
                 }
             }
-            be.linear((&a, 0), d, &layer.wo, &layer.bo, (&mut hcat, l * d), r * d, bn, d, d, false)?;
+            be.linear(
+                (&a, 0),
+                d,
+                &layer.wo,
+                &layer.bo,
+                (&mut hcat, l * d),
+                r * d,
+                bn,
+                d,
+                d,
+                false,
+            )?;
         }
         let mut f = be.zeros_f32(bn * d)?;
-        be.linear((&hcat, 0), r * d, &t.merge_w, &t.merge_b, (&mut f, 0), d, bn, r * d, d, false)?;
+        be.linear(
+            (&hcat, 0),
+            r * d,
+            &t.merge_w,
+            &t.merge_b,
+            (&mut f, 0),
+            d,
+            bn,
+            r * d,
+            d,
+            false,
+        )?;
         Ok(f)
     }
 }
