@@ -46,7 +46,6 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=NVCC_CCBIN");
-    println!("cargo:rerun-if-env-changed=PATH");
 
     build_fatbin(&root, &kdir, &kernels, &out);
     build_emulation(&kdir);

@@ -418,11 +418,13 @@ impl<B: Backend> Plan<B> {
         let mut out = Vec::with_capacity(b);
         for ui in 0..b {
             let (s0, s1) = (offsets[ui] as usize, offsets[ui + 1] as usize);
-            let mut top: Vec<(usize, f32)> = (ui * k_dev..(ui + 1) * k_dev)
-                .filter_map(|t| {
-                    (pos_h.get(t).copied().unwrap_or(-1) >= 0)
-                        .then(|| (pos_h[t] as usize, val_h[t]))
-                })
+            let mut top: Vec<(usize, f32)> = pos_h
+                .iter()
+                .zip(&val_h)
+                .skip(ui * k_dev)
+                .take(k_dev)
+                .filter(|(&p, _)| p >= 0)
+                .map(|(&p, &v)| (p as usize, v))
                 .collect();
             // The kernel returns the winners in position order; best first, ties by position.
             top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
