@@ -727,6 +727,16 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
             inp.dense,
         );
         assert_close(&o.interests, &xu, &format!("X^U user {u}"));
+        // The project's oracle (`hcn_prerank::reference`) agrees with this file's own reference.
+        let as_f32 = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
+        let oracle = hcn_prerank::reference::user_interests(
+            &m,
+            &as_f32(rows_f64(inp.long_rows, cfg.long_len)),
+            &as_f32(rows_f64(inp.short_rows, cfg.short_len)),
+            inp.field_ids,
+            inp.dense,
+        );
+        assert_close(&oracle, &xu, &format!("reference::user_interests user {u}"));
         let want: Vec<f64> = inp
             .candidate_rows
             .iter()
@@ -736,6 +746,12 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
             })
             .collect();
         assert_close(&o.scores, &want, &format!("scores user {u}"));
+        for (&r, &w) in inp.candidate_rows.iter().zip(&want) {
+            let r = r as usize;
+            let x: Vec<f32> = cand_w[r * d..(r + 1) * d].iter().map(|&v| v as f32).collect();
+            let y = hcn_prerank::reference::score(&oracle, cfg.interests, &x, cfg.score);
+            assert_close(&[y], &[w], &format!("reference::score user {u}"));
+        }
         // Top-k agrees exactly with a host top-k of the returned scores (ties by position).
         assert_eq!(o.top_k, ref_topk(&o.scores, k), "top-k user {u}");
         assert_eq!(o.top_k.len(), k.min(inp.candidate_rows.len()));
