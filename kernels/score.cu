@@ -7,9 +7,10 @@
 // [256·x, 256·x + 256) of user b (blocks past the user's count exit at once, uniformly).  The
 // user's X^U (n × D) is staged in shared memory once per block; each warp takes one candidate
 // at a time: its lanes hold the row's columns c ≡ lane (mod 32) in registers (coalesced read of
-// the store row), and for each interest j the warp forms s_j with a butterfly reduction, so every
-// lane holds the same s_j and the softmax aggregate runs online (running max m, Σexp l, Σexp·s t)
-// without storing the n scores.
+// the store row; their number per lane is a compile-time 2/4/8/16/32 picked from D), and for
+// each interest j the warp forms s_j with a butterfly reduction, so every lane holds the same
+// s_j and the softmax aggregate runs online (running max, Σ exp, Σ exp·s) without storing the
+// n scores.
 // Assumes: D ≤ HCN_MAX_DIM, n · D ≤ SCORE_MAX_XU floats; every row index < N (resolved and
 // checked on the host); X^U is [B·n × D] contiguous; cand_offsets[B + 1] ascending, user b's
 // candidates are entries cand_offsets[b] … cand_offsets[b+1] of `rows` and of `out`.
@@ -19,27 +20,16 @@
 #define SCORE_PER_BLOCK 256
 #define SCORE_MAX_XU 8192  // floats of X^U in shared memory: 32 KB
 
-template <class T>
-__device__ __forceinline__ void score_impl(const T* __restrict__ store, int dim,
-                                           const unsigned* __restrict__ rows,
-                                           const int* __restrict__ cand_offsets,
-                                           const float* __restrict__ xu, int n, int mode,
+// One warp scores candidates [start + warp, end) step SCORE_WARPS.  CH = the number of columns
+// per lane rounded up to a power of two, a compile-time constant so the row lives in registers
+// and the dot-product loops unroll without dead iterations (CH = 2 for D ≤ 64, 4 for D ≤ 128).
+template <int CH, class T>
+__device__ __forceinline__ void score_rows(const T* __restrict__ store, int dim,
+                                           const unsigned* __restrict__ rows, int first, int start,
+                                           int end, const float* xus, int n, int mode,
                                            float* __restrict__ out) {
-  __shared__ float xus[SCORE_MAX_XU];
-  const int user = blockIdx.y;
-  const int first = cand_offsets[user];
-  const int m = cand_offsets[user + 1] - first;
-  const int start = blockIdx.x * SCORE_PER_BLOCK;
-  if (start >= m) return;  // uniform over the block, before any barrier
-  const int end = hcn_min_i(start + SCORE_PER_BLOCK, m);
-
-  const float* xu_user = xu + (long long)user * n * dim;
-  for (int e = threadIdx.x; e < n * dim; e += blockDim.x) xus[e] = xu_user[e];
-  __syncthreads();
-
   const int warp = threadIdx.x / HCN_WARP;
   const int lane = threadIdx.x % HCN_WARP;
-  constexpr int CH = HCN_MAX_DIM / HCN_WARP;
   for (int cand = start + warp; cand < end; cand += SCORE_WARPS) {
     const long long src = (long long)rows[first + cand] * dim;
     float x[CH];
@@ -58,7 +48,7 @@ __device__ __forceinline__ void score_impl(const T* __restrict__ store, int dim,
       }
       const float s = hcn_warp_sum(part);
       if (mode == HCN_SCORE_SOFTMAX) {
-        if (s > mx) {  // rescale the running sums to the new max
+        if (s > mx) {  // rescale the running sums to the new max (0 on the first interest)
           const float r = __expf(mx - s);
           l = l * r + 1.0f;
           acc = acc * r + s;
@@ -80,6 +70,33 @@ __device__ __forceinline__ void score_impl(const T* __restrict__ store, int dim,
     else y = acc / (float)n;
     if (lane == 0) out[first + cand] = y;
   }
+}
+
+template <class T>
+__device__ __forceinline__ void score_impl(const T* __restrict__ store, int dim,
+                                           const unsigned* __restrict__ rows,
+                                           const int* __restrict__ cand_offsets,
+                                           const float* __restrict__ xu, int n, int mode,
+                                           float* __restrict__ out) {
+  __shared__ float xus[SCORE_MAX_XU];
+  const int user = blockIdx.y;
+  const int first = cand_offsets[user];
+  const int m = cand_offsets[user + 1] - first;
+  const int start = blockIdx.x * SCORE_PER_BLOCK;
+  if (start >= m) return;  // uniform over the block, before any barrier
+  const int end = hcn_min_i(start + SCORE_PER_BLOCK, m);
+
+  const float* xu_user = xu + (long long)user * n * dim;
+  for (int e = threadIdx.x; e < n * dim; e += blockDim.x) xus[e] = xu_user[e];
+  __syncthreads();
+
+  // Uniform over the block (dim is a kernel argument).
+  const int ch = (dim + HCN_WARP - 1) / HCN_WARP;
+  if (ch <= 2) score_rows<2>(store, dim, rows, first, start, end, xus, n, mode, out);
+  else if (ch <= 4) score_rows<4>(store, dim, rows, first, start, end, xus, n, mode, out);
+  else if (ch <= 8) score_rows<8>(store, dim, rows, first, start, end, xus, n, mode, out);
+  else if (ch <= 16) score_rows<16>(store, dim, rows, first, start, end, xus, n, mode, out);
+  else score_rows<HCN_MAX_DIM / HCN_WARP>(store, dim, rows, first, start, end, xus, n, mode, out);
 }
 
 extern "C" __global__ void score_f32(const float* store, int dim, const unsigned* rows,

@@ -388,8 +388,14 @@ fn co_interest_matches_reference_for_every_block_kind() {
 #[test]
 fn score_matches_reference_for_every_dtype_and_mode() {
     let mut rng = Rng(5);
-    let cases: &[(usize, usize, &[usize])] =
-        &[(37, 5, &[0, 1, 300, 7]), (48, 1, &[33]), (96, 8, &[257, 2])];
+    let cases: &[(usize, usize, &[usize])] = &[
+        (37, 5, &[0, 1, 300, 7]),
+        (48, 1, &[33]),
+        (96, 8, &[257, 2]),
+        // Every register-width instance of score.cu: D/32 rounded up to 16 and to 32.
+        (300, 3, &[5, 40]),
+        (1000, 8, &[3, 9]),
+    ];
     for dtype in DTYPES {
         for &(dim, n, lens) in cases {
             let n_rows = 50;
