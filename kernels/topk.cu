@@ -6,8 +6,8 @@
 // ordered_bits maps floats to u32 monotonically, and the low word makes keys unique with a
 // *lower* position ranking *higher* among equal scores — so "the k largest keys" is exactly the
 // SPEC's top-k.  8 passes of 8 bits (MSB first) find the k-th largest key T: each pass builds a
-// 256-bucket shared-memory histogram of the keys that match the digits fixed so far, and thread 0
-// walks it from the top.  Then every i with key(i) ≥ T (exactly min(k, m) of them) is written in
+// 256-bucket shared-memory histogram (one per warp, then summed) of the keys that match the
+// digits fixed so far, and thread 0 walks it from the top.  Then every i with key(i) ≥ T (exactly min(k, m) of them) is written in
 // ascending position order using a block-wide prefix sum (warp shuffle scans + per-warp totals).
 // The k winners come back unordered by score; the host sorts those k (k log k, negligible next
 // to m) — documented in src/cuda/mod.rs.
@@ -28,6 +28,9 @@ __device__ __forceinline__ unsigned long long topk_key(float s, int i) {
 extern "C" __global__ void topk_f32(const float* __restrict__ scores,
                                     const int* __restrict__ offsets, int k,
                                     int* __restrict__ out_pos, float* __restrict__ out_score) {
+  // Per-warp histograms: the first passes see scores with equal high bits (same sign and
+  // exponent), so one shared histogram would put every thread's atomic on the same word.
+  __shared__ unsigned warp_hist[TOPK_WARPS][256];
   __shared__ unsigned hist[256];
   __shared__ unsigned long long prefix;
   __shared__ unsigned long long mask;
@@ -52,12 +55,18 @@ extern "C" __global__ void topk_f32(const float* __restrict__ scores,
   // With m ≤ k every candidate is selected: threshold 0 keeps all of them.
   if (m > k && k > 0) {
     for (int shift = 56; shift >= 0; shift -= 8) {
-      for (int b = tid; b < 256; b += blockDim.x) hist[b] = 0u;
+      for (int b = tid; b < TOPK_WARPS * 256; b += blockDim.x) warp_hist[b / 256][b % 256] = 0u;
       __syncthreads();
       const unsigned long long pf = prefix, mk = mask;
       for (int i = tid; i < m; i += blockDim.x) {
         const unsigned long long key = topk_key(s[i], i);
-        if ((key & mk) == pf) atomicAdd(&hist[(key >> shift) & 255ull], 1u);
+        if ((key & mk) == pf) atomicAdd(&warp_hist[warp][(key >> shift) & 255ull], 1u);
+      }
+      __syncthreads();
+      for (int b = tid; b < 256; b += blockDim.x) {
+        unsigned total = 0u;
+        for (int w = 0; w < TOPK_WARPS; ++w) total += warp_hist[w][b];
+        hist[b] = total;
       }
       __syncthreads();
       if (tid == 0) {
