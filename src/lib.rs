@@ -12,6 +12,8 @@
 
 pub mod auc;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 mod exec;
