@@ -306,3 +306,37 @@ fn hot_swap_serves_old_or_new_never_a_mix() {
         .sum();
     assert!(total > 0);
 }
+
+/// `Device::Cuda(i)` either runs on that GPU or fails with a device error that says why;
+/// without the `cuda` feature it always fails clearly.
+#[test]
+fn cuda_device_runs_or_fails_clearly() {
+    let (case, _) = tiny();
+    let opts = EngineOptions {
+        device: Device::Cuda(0),
+        ..Default::default()
+    };
+    match Engine::load(&case.model, &case.tokens, &case.candidates, opts) {
+        Ok(engine) => {
+            assert!(cfg!(feature = "cuda"));
+            assert!(
+                engine.device_report().starts_with("cuda:0"),
+                "{}",
+                engine.device_report()
+            );
+        }
+        Err(Error::Device(msg)) => assert!(!msg.is_empty()),
+        Err(other) => panic!("expected a device error, got {other}"),
+    }
+    let opts = EngineOptions {
+        device: Device::Cuda(7),
+        ..Default::default()
+    };
+    match Engine::load(&case.model, &case.tokens, &case.candidates, opts) {
+        Err(Error::Device(msg)) => assert!(
+            msg.contains("cuda:7") || msg.contains('7') || msg.contains("CUDA"),
+            "{msg}"
+        ),
+        other => panic!("GPU 7 should not exist: {other:?}"),
+    }
+}
