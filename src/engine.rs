@@ -9,9 +9,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
+use crate::exec::user::{self, UserPlan};
 use crate::model::Model;
+use crate::reference;
 use crate::store::ItemStore;
+use crate::topk;
 
 /// Where the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,10 +75,21 @@ impl Default for Limits {
     }
 }
 
+/// Which CPU implementation computes the math.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// The fast path (f32, SPEC §1.2's cheaper evaluation order, SIMD where the CPU has it).
+    #[default]
+    Auto,
+    /// The scalar f64 reference path ([`crate::reference`]): slow, the oracle.
+    Reference,
+}
+
 /// Engine options; `Default` is SPEC's behavior on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineOptions {
     pub device: Device,
+    pub kernels: Kernels,
     pub unknown_behaviors: UnknownIds,
     pub unknown_candidates: UnknownIds,
     pub parallelism: Parallelism,
@@ -148,6 +164,10 @@ pub struct Engine {
     candidates: Arc<ItemStore>,
     options: EngineOptions,
     device_report: String,
+    plan: UserPlan,
+    /// The GPU executor when the engine runs on CUDA (`run` / `run_batch` go there).
+    #[cfg(feature = "cuda")]
+    cuda: Option<crate::cuda::CudaExecutor>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -193,6 +213,26 @@ impl Engine {
                 )));
             }
         }
+        #[cfg(feature = "cuda")]
+        let (cuda, device_report) = match options.device {
+            Device::Cpu => (None, "cpu: requested".to_string()),
+            Device::Cuda(i) => {
+                let exec = crate::cuda::CudaExecutor::new(&model, &tokens, &candidates, i)?;
+                let report = format!("cuda:{i} ({})", exec.device_name());
+                (Some(exec), report)
+            }
+            Device::Auto => match crate::cuda::probe()
+                .map_err(Error::Device)
+                .and_then(|_| crate::cuda::CudaExecutor::new(&model, &tokens, &candidates, 0))
+            {
+                Ok(exec) => {
+                    let report = format!("cuda:0 ({})", exec.device_name());
+                    (Some(exec), report)
+                }
+                Err(e) => (None, format!("cpu: CUDA not usable: {e}")),
+            },
+        };
+        #[cfg(not(feature = "cuda"))]
         let device_report = match options.device {
             Device::Cpu => "cpu: requested".to_string(),
             Device::Auto => "cpu: no CUDA support in this build (feature `cuda` off)".to_string(),
@@ -202,12 +242,16 @@ impl Engine {
                 )))
             }
         };
+        let plan = UserPlan::new(&model);
         Ok(Engine {
             model,
             tokens,
             candidates,
             options,
             device_report,
+            plan,
+            #[cfg(feature = "cuda")]
+            cuda,
         })
     }
 
@@ -231,4 +275,430 @@ impl Engine {
     pub fn device_report(&self) -> &str {
         &self.device_report
     }
+}
+
+/// A user request after validation: token rows (SPEC §1.1 applied) and field ids in config order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResolvedUser {
+    pub long_rows: Vec<u32>,
+    pub short_rows: Vec<u32>,
+    pub field_ids: Vec<usize>,
+    pub skipped_behaviors: usize,
+}
+
+/// Smallest number of candidates worth handing to another thread.
+const MIN_PARALLEL_CHUNK: usize = 2048;
+
+impl Engine {
+    /// `X^U` for one user (SPEC §1.1–1.4). Validates the profile fields and dense features, skips
+    /// behavior ids not in the token store (or rejects them under [`UnknownIds::Reject`]) and keeps
+    /// the most recent `long_len` / `short_len` tokens.
+    pub fn user_interests(&self, user: &UserRequest) -> Result<UserInterests> {
+        let resolved = self.resolve_user(user)?;
+        let cfg = &self.model.config;
+        let x_long = self.gather_tokens(&resolved.long_rows);
+        let x_short = self.gather_tokens(&resolved.short_rows);
+        let values = match self.options.kernels {
+            Kernels::Reference => reference::user_interests(
+                &self.model,
+                &x_long,
+                &x_short,
+                &resolved.field_ids,
+                &user.dense,
+            ),
+            Kernels::Auto => {
+                let mut out = vec![0.0f32; cfg.interests * cfg.dim];
+                user::user_interests(
+                    &self.model,
+                    &self.plan,
+                    &x_long,
+                    &x_short,
+                    &resolved.field_ids,
+                    &user.dense,
+                    &mut out,
+                );
+                out
+            }
+        };
+        Ok(UserInterests {
+            n: cfg.interests,
+            dim: cfg.dim,
+            values,
+            skipped_behaviors: resolved.skipped_behaviors,
+        })
+    }
+
+    /// One score per candidate (SPEC §1.5), aligned with `candidates`; candidates not in the store
+    /// get `None` and are listed in `missing_candidates` (or reject the request under
+    /// [`UnknownIds::Reject`]).
+    pub fn score(&self, interests: &UserInterests, candidates: &[u64]) -> Result<Scores> {
+        self.check_interests(interests)?;
+        let limit = self.options.limits.max_candidates;
+        if candidates.len() > limit {
+            return Err(Error::request(
+                "candidates",
+                format!(
+                    "{} candidates exceed the limit of {limit}",
+                    candidates.len()
+                ),
+            ));
+        }
+        let (rows, missing_candidates) = self.resolve_candidates(candidates)?;
+        let mut scores = vec![None; candidates.len()];
+        let chunks = self.parallel_chunks(candidates.len());
+        if chunks <= 1 {
+            self.score_rows(interests, &rows, &mut scores);
+        } else {
+            let size = candidates.len().div_ceil(chunks);
+            scores
+                .par_chunks_mut(size)
+                .zip(rows.par_chunks(size))
+                .for_each(|(out, rows)| self.score_rows(interests, rows, out));
+        }
+        Ok(Scores {
+            scores,
+            missing_candidates,
+        })
+    }
+
+    /// The `k` best scored candidates, descending, ties by lower position (SPEC §1.5).
+    pub fn top_k(&self, scores: &Scores, candidates: &[u64], k: usize) -> Vec<Scored> {
+        let mut scratch = Vec::new();
+        topk::top_k_into(&scores.scores, k, &mut scratch);
+        scratch
+            .into_iter()
+            .map(|(position, score)| Scored {
+                position,
+                id: candidates[position],
+                score,
+            })
+            .collect()
+    }
+
+    /// The whole request: interests, scores, top-k (when `top_k` is given).
+    pub fn run(&self, request: &Request, top_k: Option<usize>) -> Result<Response> {
+        #[cfg(feature = "cuda")]
+        if let Some(exec) = &self.cuda {
+            return self
+                .run_cuda(exec, std::slice::from_ref(request), top_k)
+                .pop()
+                .unwrap_or_else(|| Err(Error::Device("the GPU returned no response".into())));
+        }
+        let interests = self.user_interests(&request.user)?;
+        let scores = self.score(&interests, &request.candidates)?;
+        let top_k = match top_k {
+            Some(k) => self.top_k(&scores, &request.candidates, k),
+            None => Vec::new(),
+        };
+        Ok(Response {
+            scores: scores.scores,
+            top_k,
+            missing_candidates: scores.missing_candidates,
+            skipped_behaviors: interests.skipped_behaviors,
+            interests,
+        })
+    }
+
+    /// Many requests; results in request order, one failure does not affect the others.
+    pub fn run_batch(&self, requests: &[Request], top_k: Option<usize>) -> Vec<Result<Response>> {
+        #[cfg(feature = "cuda")]
+        if let Some(exec) = &self.cuda {
+            return self.run_cuda(exec, requests, top_k);
+        }
+        match self.options.parallelism {
+            Parallelism::None => requests.iter().map(|r| self.run(r, top_k)).collect(),
+            Parallelism::Rayon(_) => requests.par_iter().map(|r| self.run(r, top_k)).collect(),
+        }
+    }
+
+    /// A batch on the GPU: ids resolved here (same rules and errors as the CPU path), one
+    /// `run_batch` of the executor for every valid request, results mapped back to ids.
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        exec: &crate::cuda::CudaExecutor,
+        requests: &[Request],
+        top_k: Option<usize>,
+    ) -> Vec<Result<Response>> {
+        struct Prepared {
+            user: ResolvedUser,
+            rows: Vec<u32>,
+            positions: Vec<usize>,
+            missing: Vec<u64>,
+            len: usize,
+        }
+        let prepared: Vec<Result<Prepared>> = requests
+            .iter()
+            .map(|r| {
+                let user = self.resolve_user(&r.user)?;
+                let (rows, missing) = self.resolve_candidates(&r.candidates)?;
+                let positions: Vec<usize> =
+                    (0..rows.len()).filter(|&i| rows[i].is_some()).collect();
+                let rows = rows.into_iter().flatten().collect();
+                Ok(Prepared {
+                    user,
+                    rows,
+                    positions,
+                    missing,
+                    len: r.candidates.len(),
+                })
+            })
+            .collect();
+        let inputs: Vec<crate::cuda::UserInput<'_>> = prepared
+            .iter()
+            .zip(requests)
+            .filter_map(|(p, r)| p.as_ref().ok().map(|p| (p, r)))
+            .map(|(p, r)| crate::cuda::UserInput {
+                long_rows: &p.user.long_rows,
+                short_rows: &p.user.short_rows,
+                field_ids: &p.user.field_ids,
+                dense: &r.user.dense,
+                candidate_rows: &p.rows,
+            })
+            .collect();
+        let outputs = match exec.run_batch(&inputs, top_k.unwrap_or(0)) {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                return prepared
+                    .into_iter()
+                    .map(|p| p.and_then(|_| Err(Error::Device(msg.clone()))))
+                    .collect();
+            }
+        };
+        let cfg = &self.model.config;
+        let mut outputs = outputs.into_iter();
+        prepared
+            .into_iter()
+            .zip(requests)
+            .map(|(p, r)| {
+                let p = p?;
+                let out = outputs.next().ok_or_else(|| {
+                    Error::Device("the GPU returned fewer users than sent".into())
+                })?;
+                let mut scores = vec![None; p.len];
+                for (&pos, &s) in p.positions.iter().zip(&out.scores) {
+                    scores[pos] = Some(s);
+                }
+                let top_k = out
+                    .top_k
+                    .iter()
+                    .map(|&(i, score)| {
+                        let position = p.positions[i];
+                        Scored {
+                            position,
+                            id: r.candidates[position],
+                            score,
+                        }
+                    })
+                    .collect();
+                Ok(Response {
+                    scores,
+                    top_k,
+                    missing_candidates: p.missing,
+                    skipped_behaviors: p.user.skipped_behaviors,
+                    interests: UserInterests {
+                        n: cfg.interests,
+                        dim: cfg.dim,
+                        values: out.interests,
+                        skipped_behaviors: p.user.skipped_behaviors,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Store rows of the candidates (`None` for unknown ids) and the unknown ids in order.
+    fn resolve_candidates(&self, candidates: &[u64]) -> Result<(Vec<Option<u32>>, Vec<u64>)> {
+        let limit = self.options.limits.max_candidates;
+        if candidates.len() > limit {
+            return Err(Error::request(
+                "candidates",
+                format!(
+                    "{} candidates exceed the limit of {limit}",
+                    candidates.len()
+                ),
+            ));
+        }
+        let mut rows = Vec::with_capacity(candidates.len());
+        let mut missing = Vec::new();
+        for (i, &id) in candidates.iter().enumerate() {
+            match self.candidates.lookup(id) {
+                Some(r) => rows.push(Some(r)),
+                None => {
+                    if self.options.unknown_candidates == UnknownIds::Reject {
+                        return Err(Error::request(
+                            format!("candidates[{i}]"),
+                            format!("id {id} is not in the candidate store"),
+                        ));
+                    }
+                    missing.push(id);
+                    rows.push(None);
+                }
+            }
+        }
+        Ok((rows, missing))
+    }
+
+    fn check_interests(&self, interests: &UserInterests) -> Result<()> {
+        let cfg = &self.model.config;
+        if interests.n != cfg.interests
+            || interests.dim != cfg.dim
+            || interests.values.len() != cfg.interests * cfg.dim
+        {
+            return Err(Error::request(
+                "interests",
+                format!(
+                    "expected {} × {} values, found {} × {} ({} values)",
+                    cfg.interests,
+                    cfg.dim,
+                    interests.n,
+                    interests.dim,
+                    interests.values.len()
+                ),
+            ));
+        }
+        if let Some(i) = interests.values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::request(
+                "interests",
+                format!("value {i} is not finite"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many pieces to split `m` candidates into.
+    fn parallel_chunks(&self, m: usize) -> usize {
+        match self.options.parallelism {
+            Parallelism::None => 1,
+            Parallelism::Rayon(t) => {
+                let threads = if t == 0 {
+                    rayon::current_num_threads()
+                } else {
+                    t
+                };
+                threads.min(m / MIN_PARALLEL_CHUNK).max(1)
+            }
+        }
+    }
+
+    fn score_rows(&self, interests: &UserInterests, rows: &[Option<u32>], out: &mut [Option<f32>]) {
+        let mode = self.model.config.score;
+        let mut x = vec![0.0f32; self.model.config.dim];
+        for (o, row) in out.iter_mut().zip(rows) {
+            *o = row.map(|r| {
+                self.candidates.vectors.row_into(r as usize, &mut x);
+                reference::score(&interests.values, interests.n, &x, mode)
+            });
+        }
+    }
+
+    fn gather_tokens(&self, rows: &[u32]) -> Vec<f32> {
+        let d = self.model.config.dim;
+        let mut x = vec![0.0f32; rows.len() * d];
+        for (chunk, &r) in x.chunks_exact_mut(d).zip(rows) {
+            self.tokens.vectors.row_into(r as usize, chunk);
+        }
+        x
+    }
+
+    /// SPEC §1.1 and §4's request rules for the user side.
+    pub(crate) fn resolve_user(&self, user: &UserRequest) -> Result<ResolvedUser> {
+        let cfg = &self.model.config;
+        let mut skipped = 0;
+        let long_rows = self.resolve_sequence("long", &user.long, cfg.long_len, &mut skipped)?;
+        let short_rows =
+            self.resolve_sequence("short", &user.short, cfg.short_len, &mut skipped)?;
+
+        // Profile fields: every configured field exactly once, by name, id inside its vocabulary.
+        let mut field_ids = vec![usize::MAX; cfg.user_fields.len()];
+        for (name, id) in &user.fields {
+            let Some(f) = cfg.user_fields.iter().position(|f| &f.name == name) else {
+                let known: Vec<&str> = cfg.user_fields.iter().map(|f| f.name.as_str()).collect();
+                return Err(Error::request(
+                    format!("fields.{name}"),
+                    format!("not a profile field of this model (fields: {known:?})"),
+                ));
+            };
+            if field_ids[f] != usize::MAX {
+                return Err(Error::request(format!("fields.{name}"), "given twice"));
+            }
+            let vocab = cfg.user_fields[f].vocab;
+            if *id >= vocab as u64 {
+                return Err(Error::request(
+                    format!("fields.{name}"),
+                    format!("id {id} is outside the vocabulary 0..{vocab}"),
+                ));
+            }
+            field_ids[f] = *id as usize;
+        }
+        if let Some(f) = field_ids.iter().position(|&v| v == usize::MAX) {
+            return Err(Error::request(
+                format!("fields.{}", cfg.user_fields[f].name),
+                "missing (every profile field of the model is required)",
+            ));
+        }
+        if user.dense.len() != cfg.user_dense {
+            return Err(Error::request(
+                "dense",
+                format!(
+                    "expected {} values, found {}",
+                    cfg.user_dense,
+                    user.dense.len()
+                ),
+            ));
+        }
+        if let Some(i) = user.dense.iter().position(|v| !v.is_finite()) {
+            return Err(Error::request(
+                format!("dense[{i}]"),
+                format!("{} is not a finite number", user.dense[i]),
+            ));
+        }
+        Ok(ResolvedUser {
+            long_rows,
+            short_rows,
+            field_ids,
+            skipped_behaviors: skipped,
+        })
+    }
+
+    /// Drops ids not in the token store (counting them), then keeps the most recent `max_len`.
+    fn resolve_sequence(
+        &self,
+        field: &str,
+        ids: &[u64],
+        max_len: usize,
+        skipped: &mut usize,
+    ) -> Result<Vec<u32>> {
+        let limit = self.options.limits.max_behavior_ids;
+        if ids.len() > limit {
+            return Err(Error::request(
+                field,
+                format!("{} behavior ids exceed the limit of {limit}", ids.len()),
+            ));
+        }
+        let mut rows = Vec::with_capacity(ids.len().min(max_len));
+        for (i, &id) in ids.iter().enumerate() {
+            match self.tokens.lookup(id) {
+                Some(r) => rows.push(r),
+                None if self.options.unknown_behaviors == UnknownIds::Reject => {
+                    return Err(Error::request(
+                        format!("{field}[{i}]"),
+                        format!("behavior id {id} is not in the token store"),
+                    ))
+                }
+                None => *skipped += 1,
+            }
+        }
+        if rows.len() > max_len {
+            rows.drain(..rows.len() - max_len);
+        }
+        Ok(rows)
+    }
+}
+
+#[allow(dead_code)]
+fn assert_engine_is_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Engine>();
 }

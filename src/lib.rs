@@ -10,20 +10,36 @@
 //! Layout: [`config`] and [`model`] read the model file, [`store`] the item stores, [`reference`]
 //! is the plain scalar oracle of SPEC §1, [`engine`] is the public API.
 
+pub mod auc;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
+mod exec;
+pub mod json;
 pub mod model;
 pub mod reference;
+mod safetensors_file;
 pub mod store;
+pub mod swap;
+#[doc(hidden)]
+pub mod synth;
 pub mod tensor;
+pub mod topk;
 
 pub use config::{Block, HcnConfig, ScoreMode};
 pub use engine::{
-    Device, Engine, EngineOptions, Limits, Parallelism, Request, Response, Scored, Scores,
+    Device, Engine, EngineOptions, Kernels, Limits, Parallelism, Request, Response, Scored, Scores,
     UnknownIds, UserInterests, UserRequest,
 };
 pub use error::{Error, Result};
 pub use model::Model;
 pub use store::ItemStore;
+pub use swap::SharedEngine;
+
+/// The README's Rust example is compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

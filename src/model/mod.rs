@@ -119,6 +119,10 @@ pub struct Model {
 impl Model {
     /// Memory-maps and validates a SPEC §2 model file. Every problem is an [`crate::Error`] that
     /// names the file and, where there is one, the tensor.
+    ///
+    /// The file must not be modified or truncated while the model (or a clone of one of its
+    /// embedding tables) is alive: the tables are read from the mapping, and a truncated file makes
+    /// those reads fault. Replace a model file by writing a new file and renaming it over the old.
     pub fn load(path: impl AsRef<Path>) -> crate::Result<Self> {
         load::load(path.as_ref())
     }

@@ -1,6 +1,122 @@
-//! Loading and validating a store file (SPEC §3).
+//! Loading and validating a store file (SPEC §3). The container checks live in
+//! [`crate::safetensors_file`]; here: `vectors` `[N, D]` (F32/F16/BF16, `D ≥ 1`, every value finite,
+//! scanned once in place), optional `ids` `[N]` (U64, or I64 read as the same 64 bits, unique), and
+//! nothing else. `__metadata__` is ignored. The vectors stay in the mapping; only the id index is
+//! built in memory.
+//!
+//! I64 ids: a PyTorch exporter has no unsigned 64-bit tensor, so it writes ids as I64. We take the
+//! stored 64 bits as the u64 id (two's complement), so an I64 `-1` is id `2^64 - 1`, exactly the id
+//! a U64 file would store for the same bits, and the same one a request writes as
+//! `18446744073709551615`.
+
 use std::path::Path;
 
-pub(super) fn load(_path: &Path) -> crate::Result<super::ItemStore> {
-    todo!("store loading")
+use super::{BuildIdHasher, IdIndex, ItemStore};
+use crate::error::{Error, Result};
+use crate::safetensors_file::{fmt_shape, SafetensorsFile};
+use crate::tensor::{first_non_finite, widen, DType, MappedMatrix};
+
+const VECTORS: &str = "vectors";
+const IDS: &str = "ids";
+
+pub(super) fn load(path: &Path) -> Result<ItemStore> {
+    let file = SafetensorsFile::open(path)?;
+    let err = |tensor: &str, reason: String| Error::Tensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        reason,
+    };
+
+    // SPEC §3 lets the token and candidate stores be one file, which is still just these two
+    // tensors; anything else means the wrong file was passed (e.g. the model).
+    if let Some(t) = file
+        .tensors()
+        .iter()
+        .find(|t| t.name != VECTORS && t.name != IDS)
+    {
+        return Err(err(
+            &t.name,
+            "not a store tensor (a store holds only `vectors` and optionally `ids`)".into(),
+        ));
+    }
+
+    let v = file
+        .get(VECTORS)
+        .ok_or_else(|| err(VECTORS, "missing (required, shape [N, D])".into()))?;
+    let dtype = DType::from_safetensors(v.dtype).ok_or_else(|| {
+        err(
+            VECTORS,
+            format!("dtype {}, expected F32, F16 or BF16", v.dtype),
+        )
+    })?;
+    let (rows, cols) = match v.shape.as_slice() {
+        [n, d] if *d >= 1 => (*n, *d),
+        _ => {
+            return Err(err(
+                VECTORS,
+                format!("shape {}, expected [N, D] with D >= 1", fmt_shape(&v.shape)),
+            ))
+        }
+    };
+    if u32::try_from(rows).is_err() {
+        return Err(err(
+            VECTORS,
+            format!("{rows} rows; a store holds at most {} items", u32::MAX),
+        ));
+    }
+    let bytes = file.bytes(v);
+    if let Some(i) = first_non_finite(dtype, bytes) {
+        let size = dtype.size();
+        let value = widen(dtype, &bytes[i * size..(i + 1) * size])[0];
+        return Err(err(
+            VECTORS,
+            format!(
+                "row {}, column {} is {value}; every value must be finite",
+                i / cols,
+                i % cols
+            ),
+        ));
+    }
+
+    let index = match file.get(IDS) {
+        None => IdIndex::RowNumber,
+        Some(t) => {
+            match t.dtype {
+                safetensors::Dtype::U64 | safetensors::Dtype::I64 => {}
+                other => return Err(err(IDS, format!("dtype {other}, expected U64 or I64"))),
+            }
+            if t.shape != [rows] {
+                return Err(err(
+                    IDS,
+                    format!(
+                        "shape {}, expected [{rows}] (one id per row of `vectors`)",
+                        fmt_shape(&t.shape)
+                    ),
+                ));
+            }
+            let mut map =
+                std::collections::HashMap::with_capacity_and_hasher(rows, BuildIdHasher::default());
+            // safetensors data is not aligned, so read each id from its bytes.
+            for (row, c) in file.bytes(t).chunks_exact(8).enumerate() {
+                let id = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                // row < rows <= u32::MAX (checked above).
+                if let Some(first) = map.insert(id, row as u32) {
+                    return Err(err(
+                        IDS,
+                        format!("id {id} appears twice, at rows {first} and {row}"),
+                    ));
+                }
+            }
+            IdIndex::Map(map)
+        }
+    };
+
+    let vectors = MappedMatrix::new(file.map.clone(), v.start, rows, cols, dtype)
+        // The container check proved the tensor lies inside the mapping.
+        .ok_or_else(|| err(VECTORS, "data does not lie inside the file".into()))?;
+    Ok(ItemStore {
+        vectors,
+        index,
+        path: path.to_path_buf(),
+    })
 }

@@ -52,6 +52,9 @@ pub struct ItemStore {
 
 impl ItemStore {
     /// Memory-maps and validates a SPEC §3 store file.
+    ///
+    /// The file must not be modified or truncated while the store (or a clone) is alive: vectors
+    /// are read from the mapping. Replace a store by writing a new file and renaming it over the old.
     pub fn load(path: impl AsRef<Path>) -> crate::Result<Self> {
         load::load(path.as_ref())
     }

@@ -1,0 +1,188 @@
+//! `hcn bench`: latency and throughput of the engine itself (SPEC §4). Requests are drawn from a
+//! seeded RNG before any timing: full-length long and short sequences (the model's `long_len` /
+//! `short_len`) from the token store, candidates uniformly from the candidate store, profile field
+//! ids uniformly within their vocabularies and dense features uniform in [-1, 1). Everything runs
+//! inside a rayon pool of `--threads` threads; after a warm-up, each batch of `--batch` requests is
+//! timed from [`Engine::run_batch`] call to its top-k results. No JSON is parsed in the timed part.
+
+use std::time::Instant;
+
+use clap::Args;
+use hcn_prerank::{Engine, ItemStore, Request, UserRequest};
+use serde::Serialize;
+
+use crate::common::{device_label, load_engine, row_ids, DeviceArg, EngineFiles, Rng};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub files: EngineFiles,
+    /// Candidates scored per request.
+    #[arg(long, default_value_t = 50_000)]
+    pub candidates_per_request: usize,
+    /// Requests timed (after the warm-up).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Requests per engine call; one latency sample is one batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+    /// Threads of the rayon pool the engine runs in.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: u64,
+    /// Top-k returned per request.
+    #[arg(long, default_value_t = 1000)]
+    pub top_k: usize,
+    /// Where the engine runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Seed of the request generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let threads = usize::try_from(args.threads).map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+    let engine = load_engine(&args.files, args.device)?;
+    let requests = generate(&engine, &args)?;
+    let batch = usize::try_from(args.batch).map_err(|e| e.to_string())?;
+    let batches: Vec<&[Request]> = requests.chunks(batch).collect();
+
+    let (mut latencies_us, timed_seconds, scored) = pool.install(|| {
+        // Warm-up: caches, page faults of the mapped stores, lazy device setup.
+        let warmup = (batches.len() / 10).clamp(1, 10);
+        for b in batches.iter().cycle().take(warmup) {
+            check(engine.run_batch(b, Some(args.top_k)))?;
+        }
+        let mut latencies = Vec::with_capacity(batches.len());
+        let mut total = 0.0f64;
+        let mut scored = 0u64;
+        for b in &batches {
+            let start = Instant::now();
+            let out = engine.run_batch(b, Some(args.top_k));
+            let seconds = start.elapsed().as_secs_f64();
+            check(out)?;
+            latencies.push(seconds * 1e6);
+            total += seconds;
+            scored += b.iter().map(|r| r.candidates.len() as u64).sum::<u64>();
+        }
+        Ok::<_, String>((latencies, total, scored))
+    })?;
+
+    latencies_us.sort_by(f64::total_cmp);
+    let report = Report {
+        requests: requests.len(),
+        batch,
+        threads,
+        device: device_label(engine.device_report()),
+        median_us: percentile(&latencies_us, 0.5),
+        p90_us: percentile(&latencies_us, 0.9),
+        p99_us: percentile(&latencies_us, 0.99),
+        candidates_per_s: if timed_seconds > 0.0 {
+            scored as f64 / timed_seconds
+        } else {
+            0.0
+        },
+    };
+    let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+    println!("{line}");
+    Ok(())
+}
+
+/// The output line, keys in SPEC §4 order.
+#[derive(Serialize)]
+struct Report<'a> {
+    requests: usize,
+    batch: usize,
+    threads: usize,
+    device: &'a str,
+    median_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    candidates_per_s: f64,
+}
+
+/// A failed request in a benchmark is a failure of the benchmark.
+fn check(results: Vec<hcn_prerank::Result<hcn_prerank::Response>>) -> Result<(), String> {
+    results.into_iter().try_for_each(|r| {
+        r.map(drop)
+            .map_err(|e| format!("benchmark request failed: {e}"))
+    })
+}
+
+/// All `--requests` requests, drawn before any timing.
+fn generate(engine: &Engine, args: &BenchArgs) -> Result<Vec<Request>, String> {
+    let cfg = &engine.model().config;
+    let token_ids = nonempty_ids(engine.tokens(), "token")?;
+    let candidate_ids = nonempty_ids(engine.candidates(), "candidate")?;
+    let mut rng = Rng::new(args.seed);
+    let draw = |ids: &[u64], count: usize, rng: &mut Rng| -> Vec<u64> {
+        (0..count).map(|_| ids[rng.below(ids.len())]).collect()
+    };
+    let mut out = Vec::with_capacity(args.requests as usize);
+    for _ in 0..args.requests {
+        let long = draw(&token_ids, cfg.long_len, &mut rng);
+        let short = draw(&token_ids, cfg.short_len, &mut rng);
+        let fields = cfg
+            .user_fields
+            .iter()
+            .map(|f| (f.name.clone(), rng.below(f.vocab) as u64))
+            .collect();
+        let dense = (0..cfg.user_dense).map(|_| rng.symmetric_unit()).collect();
+        let candidates = draw(&candidate_ids, args.candidates_per_request, &mut rng);
+        out.push(Request {
+            user: UserRequest {
+                long,
+                short,
+                fields,
+                dense,
+            },
+            candidates,
+        });
+    }
+    Ok(out)
+}
+
+fn nonempty_ids(store: &ItemStore, what: &str) -> Result<Vec<u64>, String> {
+    if store.is_empty() {
+        return Err(format!(
+            "the {what} store {} is empty: nothing to draw requests from",
+            store.path.display()
+        ));
+    }
+    Ok(row_ids(store))
+}
+
+/// The `q`-quantile of sorted samples, interpolating linearly between the two closest ranks
+/// (numpy's default), so the median of an even count is the mean of the middle two.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n => {
+            let pos = q * (n - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = pos.ceil() as usize;
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_interpolate() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile(&v, 0.5), 2.5);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 1.0), 4.0);
+        let w: Vec<f64> = (0..101).map(f64::from).collect();
+        assert_eq!(percentile(&w, 0.9), 90.0);
+        assert_eq!(percentile(&w, 0.99), 99.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+    }
+}
