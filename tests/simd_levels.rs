@@ -209,6 +209,33 @@ fn score_query_is_reusable_and_matches_one_shot() {
 }
 
 #[test]
+fn optional_rows_score_like_dense_rows() {
+    let mut rng = Rng(9);
+    let (d, n) = (33, 5);
+    let xu: Vec<f32> = (0..n * d).map(|_| rng.sym()).collect();
+    let store = Store::new(&mut rng, 40, d, DType::BF16, 1.0, 3, 0);
+    let rows: Vec<Option<u32>> = (0..5000)
+        .map(|_| (rng.below(4) != 0).then(|| rng.below(40) as u32))
+        .collect();
+    for k in kernels() {
+        let q = k.score_query(&xu, n, d, ScoreMode::Softmax).unwrap();
+        let mut out = vec![Some(f32::NAN); rows.len()];
+        q.score_rows_opt(store.source(), &rows, &mut out).unwrap();
+        for (i, (r, o)) in rows.iter().zip(&out).enumerate() {
+            match (r, o) {
+                (None, None) => {}
+                (Some(r), Some(y)) => {
+                    let mut one = [0.0];
+                    q.score_rows(store.source(), &[*r], &mut one).unwrap();
+                    assert_eq!(*y, one[0], "{:?} position {i}", k.level());
+                }
+                _ => panic!("{:?} position {i}: row {r:?} gave {o:?}", k.level()),
+            }
+        }
+    }
+}
+
+#[test]
 fn score_rejects_bad_inputs_without_panicking() {
     let mut rng = Rng(4);
     let (d, n) = (16, 4);

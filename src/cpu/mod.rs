@@ -411,6 +411,39 @@ impl ScoreQuery {
         self.d
     }
 
+    /// [`ScoreQuery::score_rows`] for candidates that may be missing from the store (`None`):
+    /// their output is `None`, the others are scored in compacted runs of at most 4,096 rows.
+    /// A row's score is the same as from `score_rows` (scores never depend on chunking).
+    pub fn score_rows_opt(
+        &self,
+        src: RowSource<'_>,
+        rows: &[Option<u32>],
+        out: &mut [Option<f32>],
+    ) -> Result<()> {
+        check_len("score: out", out.len(), Some(rows.len()))?;
+        const RUN: usize = 4096;
+        let mut present = Vec::with_capacity(RUN.min(rows.len()));
+        let mut at = Vec::with_capacity(RUN.min(rows.len()));
+        let mut ys = vec![0.0f32; RUN.min(rows.len())];
+        for (rows, out) in rows.chunks(RUN).zip(out.chunks_mut(RUN)) {
+            present.clear();
+            at.clear();
+            for (i, r) in rows.iter().enumerate() {
+                if let Some(r) = *r {
+                    present.push(r);
+                    at.push(i);
+                }
+            }
+            let ys = &mut ys[..present.len()];
+            self.score_rows(src, &present, ys)?;
+            out.fill(None);
+            for (&i, &y) in at.iter().zip(ys.iter()) {
+                out[i] = Some(y);
+            }
+        }
+        Ok(())
+    }
+
     /// `out[i] = y` (SPEC §1.5, this query's mode) for the stored row `rows[i]` of `src`.
     /// Rows may repeat and come in any order. Errors when the lengths differ, the source's
     /// width is not `D`, or a row index is out of range (naming its position).
