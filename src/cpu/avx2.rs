@@ -108,40 +108,42 @@ impl Simd for Avx2 {
         let e = _mm256_add_epi32(_mm256_cvtps_epi32(v), _mm256_set1_epi32(127));
         _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
     }
-    /// The classic 8×8 transpose: 24 shuffles (unpack pairs, shuffle quads, swap 128-bit halves).
+    /// The classic 8×8 transpose per group of 8: 24 shuffles (unpack pairs, shuffle quads,
+    /// swap 128-bit halves).
     #[inline(always)]
     unsafe fn transpose<const N: usize>(self, v: [__m256; N]) -> [__m256; N] {
-        if N != 8 {
+        if N % 8 != 0 {
             return transpose_via_memory(self, v);
         }
-        let mut r = [_mm256_setzero_ps(); 8];
-        r.copy_from_slice(&v[..8]);
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
-        r[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
-        r[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
-        r[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
-        r[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
-        r[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
-        r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
-        r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
-        r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
         let mut out = v;
-        out[..8].copy_from_slice(&r);
+        for g in 0..N / 8 {
+            let r = &v[g * 8..g * 8 + 8];
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+            let o = &mut out[g * 8..g * 8 + 8];
+            o[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
+            o[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
+            o[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
+            o[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
+            o[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
+            o[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
+            o[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
+            o[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
+        }
         out
     }
     #[inline(always)]

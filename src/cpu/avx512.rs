@@ -103,39 +103,39 @@ impl Simd for Avx512 {
     /// (as the 8×8 AVX2 one), then a 4×4 transpose of the 128-bit lanes with `vshuff32x4`.
     #[inline(always)]
     unsafe fn transpose<const N: usize>(self, v: [__m512; N]) -> [__m512; N] {
-        if N != 16 {
+        if N % 16 != 0 {
             return transpose_via_memory(self, v);
         }
-        let mut r = [_mm512_setzero_ps(); 16];
-        r.copy_from_slice(&v[..16]);
-        let mut t = [_mm512_setzero_ps(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        // u[4g + c], lane L = column 4L + c of rows 4g .. 4g + 3.
-        let mut u = [_mm512_setzero_ps(); 16];
-        for g in 0..4 {
-            let b = 4 * g;
-            u[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
-            u[b + 1] = _mm512_shuffle_ps::<0xee>(t[b], t[b + 2]);
-            u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
-            u[b + 3] = _mm512_shuffle_ps::<0xee>(t[b + 1], t[b + 3]);
-        }
-        let mut o = [_mm512_setzero_ps(); 16];
-        for c in 0..4 {
-            let (a0, a1, a2, a3) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
-            let v0 = _mm512_shuffle_f32x4::<0x44>(a0, a1);
-            let v1 = _mm512_shuffle_f32x4::<0xee>(a0, a1);
-            let v2 = _mm512_shuffle_f32x4::<0x44>(a2, a3);
-            let v3 = _mm512_shuffle_f32x4::<0xee>(a2, a3);
-            o[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
-            o[4 + c] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
-            o[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
-            o[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
-        }
         let mut out = v;
-        out[..16].copy_from_slice(&o);
+        for g in 0..N / 16 {
+            let r = &v[g * 16..g * 16 + 16];
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4g + c], lane L = column 4L + c of rows 4g .. 4g + 3.
+            let mut u = [_mm512_setzero_ps(); 16];
+            for q in 0..4 {
+                let b = 4 * q;
+                u[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+                u[b + 1] = _mm512_shuffle_ps::<0xee>(t[b], t[b + 2]);
+                u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+                u[b + 3] = _mm512_shuffle_ps::<0xee>(t[b + 1], t[b + 3]);
+            }
+            let o = &mut out[g * 16..g * 16 + 16];
+            for c in 0..4 {
+                let (a0, a1, a2, a3) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+                let v0 = _mm512_shuffle_f32x4::<0x44>(a0, a1);
+                let v1 = _mm512_shuffle_f32x4::<0xee>(a0, a1);
+                let v2 = _mm512_shuffle_f32x4::<0x44>(a2, a3);
+                let v3 = _mm512_shuffle_f32x4::<0xee>(a2, a3);
+                o[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+                o[4 + c] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
+                o[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+                o[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
+            }
+        }
         out
     }
     #[inline(always)]

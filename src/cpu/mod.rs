@@ -43,7 +43,8 @@ pub enum Level {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C, 8 lanes.
     Avx2,
-    /// x86-64 AVX-512F (+ AVX2, FMA, F16C), 16 lanes.
+    /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (8-lane vectors, in 32 registers,
+    /// when `n ≤ 8`).
     Avx512,
     /// aarch64 NEON, 4 lanes.
     Neon,
@@ -75,7 +76,11 @@ impl Level {
                     && is_x86_feature_detected!("f16c")
             }
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Level::Avx512 => Level::Avx2.is_supported() && is_x86_feature_detected!("avx512f"),
+            Level::Avx512 => {
+                Level::Avx2.is_supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+            }
             #[cfg(target_arch = "aarch64")]
             Level::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[allow(unreachable_patterns)]
@@ -184,7 +189,7 @@ macro_rules! entry_points {
             use super::simd::{self, RawRows, ScoreLayout, Simd};
 
             $(#[$attr])*
-            pub(super) unsafe fn score_rows<S: Simd>(
+            pub(super) unsafe fn score_rows<S: Simd, const REGS32: bool>(
                 s: S,
                 q: &ScoreLayout<'_>,
                 src: RawRows,
@@ -194,7 +199,7 @@ macro_rules! entry_points {
                 sbuf: &mut [f32],
             ) -> Result<(), usize> {
                 // SAFETY: forwarded contract (features present, buffers sized) — see caller.
-                unsafe { simd::score_rows(s, q, src, rows, out, scratch, sbuf) }
+                unsafe { simd::score_rows::<S, REGS32>(s, q, src, rows, out, scratch, sbuf) }
             }
 
             $(#[$attr])*
@@ -244,7 +249,7 @@ entry_points!(mod scalar_fns);
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 entry_points!(#[target_feature(enable = "avx2,fma,f16c")] mod avx2_fns);
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-entry_points!(#[target_feature(enable = "avx512f,avx2,fma,f16c")] mod avx512_fns);
+entry_points!(#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")] mod avx512_fns);
 #[cfg(target_arch = "aarch64")]
 entry_points!(#[target_feature(enable = "neon")] mod neon_fns);
 
@@ -482,21 +487,23 @@ impl ScoreQuery {
             // before it is read; `out.len() == rows.len()` was checked.
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             (Level::Avx2, _) => unsafe {
-                avx2_fns::score_rows(avx2::Avx2, &q, raw, rows, out, sc, sb)
+                avx2_fns::score_rows::<_, false>(avx2::Avx2, &q, raw, rows, out, sc, sb)
             },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             (Level::Avx512, 8) => unsafe {
-                avx512_fns::score_rows(avx2::Avx2, &q, raw, rows, out, sc, sb)
+                avx512_fns::score_rows::<_, true>(avx2::Avx2, &q, raw, rows, out, sc, sb)
             },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             (Level::Avx512, _) => unsafe {
-                avx512_fns::score_rows(avx512::Avx512, &q, raw, rows, out, sc, sb)
+                avx512_fns::score_rows::<_, true>(avx512::Avx512, &q, raw, rows, out, sc, sb)
             },
             #[cfg(target_arch = "aarch64")]
             (Level::Neon, _) => unsafe {
-                neon_fns::score_rows(neon::Neon, &q, raw, rows, out, sc, sb)
+                neon_fns::score_rows::<_, false>(neon::Neon, &q, raw, rows, out, sc, sb)
             },
-            _ => unsafe { scalar_fns::score_rows(scalar::Scalar, &q, raw, rows, out, sc, sb) },
+            _ => unsafe {
+                scalar_fns::score_rows::<_, false>(scalar::Scalar, &q, raw, rows, out, sc, sb)
+            },
         };
         res.map_err(|pos| {
             Error::Incompatible(format!(

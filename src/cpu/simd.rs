@@ -54,9 +54,9 @@ pub(crate) trait Simd: Copy {
     #[inline(always)]
     unsafe fn prefetch(self, _p: *const u8) {}
 
-    /// Transposes the `W × W` matrix whose rows are the vectors of `v` (`N == W`). By value,
-    /// not through `&mut`: an accumulator array whose address is taken stops living in
-    /// registers, and the compiler then stores every accumulator on every FMA step.
+    /// Transposes each `W × W` matrix formed by `W` consecutive vectors of `v` (`N` a multiple
+    /// of `W`). By value, not through `&mut`: an accumulator array whose address is taken stops
+    /// living in registers, and the compiler then stores every accumulator on every FMA step.
     #[inline(always)]
     unsafe fn transpose<const N: usize>(self, v: [Self::V; N]) -> [Self::V; N] {
         transpose_via_memory(self, v)
@@ -85,26 +85,29 @@ pub(crate) trait Simd: Copy {
     }
 }
 
-/// The portable transpose: through a stack buffer. Only for `N == W ≤ 16`.
+/// The portable grouped transpose (see [`Simd::transpose`]): through a stack buffer.
 #[inline(always)]
 pub(crate) unsafe fn transpose_via_memory<S: Simd, const N: usize>(
     s: S,
     v: [S::V; N],
 ) -> [S::V; N] {
-    debug_assert!(N == S::W && N <= 16);
+    let w = S::W;
+    debug_assert!(N % w == 0 && w <= 16);
+    let mut out = v;
     let mut a = [0.0f32; 256];
     let mut t = [0.0f32; 256];
-    for (i, &x) in v.iter().enumerate() {
-        s.store(a.as_mut_ptr().add(i * N), x);
-    }
-    for i in 0..N {
-        for j in 0..N {
-            t[j * N + i] = a[i * N + j];
+    for g in 0..N / w {
+        for i in 0..w {
+            s.store(a.as_mut_ptr().add(i * w), v[g * w + i]);
         }
-    }
-    let mut out = v;
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = s.load(t.as_ptr().add(j * N));
+        for i in 0..w {
+            for j in 0..w {
+                t[j * w + i] = a[i * w + j];
+            }
+        }
+        for j in 0..w {
+            out[g * w + j] = s.load(t.as_ptr().add(j * w));
+        }
     }
     out
 }
@@ -199,11 +202,12 @@ const PREFETCH_AHEAD: usize = 16;
 /// Rows go in blocks: each X^U vector load then feeds one FMA per row of the block, and the
 /// block's rows are independent FMA chains that hide the FMA latency (≥ 8 must be in flight).
 /// With 32 vector registers (AVX-512) a block of 16 fits; with 16 (AVX2, NEON) 8 rows + the
-/// X^U vector + a broadcast fill the register file (16 spill: measured 30% slower). Where the
-/// block equals the lane count (AVX2: 8, AVX-512: 16) the block's scores are finished
-/// transposed ([`finish_columns`]); otherwise (scalar, NEON) row by row ([`finish`]).
+/// X^U vector + a broadcast fill the register file (16 spill: measured 30% slower).
+/// `REGS32`: 8-lane vectors in AVX-512 code (n ≤ 8), which has 32 of them, so 16 rows again.
+/// Where the block is a multiple of the lane count (AVX2, AVX-512) the block's scores are
+/// finished transposed ([`finish_columns`]); otherwise (scalar, NEON) row by row ([`finish`]).
 #[inline(always)]
-pub(crate) unsafe fn score_rows<S: Simd>(
+pub(crate) unsafe fn score_rows<S: Simd, const REGS32: bool>(
     s: S,
     q: &ScoreLayout<'_>,
     src: RawRows,
@@ -212,14 +216,12 @@ pub(crate) unsafe fn score_rows<S: Simd>(
     scratch: &mut [f32],
     sbuf: &mut [f32],
 ) -> Result<(), usize> {
-    if S::W >= 16 {
-        score_rows_by::<S, ZMM_BLOCK>(s, q, src, rows, out, scratch, sbuf)
+    if S::W >= 16 || REGS32 {
+        score_rows_by::<S, 16>(s, q, src, rows, out, scratch, sbuf)
     } else {
         score_rows_by::<S, 8>(s, q, src, rows, out, scratch, sbuf)
     }
 }
-
-const ZMM_BLOCK: usize = 16;
 
 #[inline(always)]
 unsafe fn score_rows_by<S: Simd, const B: usize>(
@@ -315,9 +317,10 @@ unsafe fn block<S: Simd, const R: usize>(
     }
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();
-    if R == S::W {
-        // Transposed finish: see `finish_columns`.
-        let mut y = [0.0f32; 16];
+    if R % S::W == 0 {
+        // Transposed finish, `W` rows (one group) at a time: see `finish_columns`.
+        let groups = R / S::W;
+        let mut y = [0.0f32; BLOCK];
         let yp = if valid == R {
             out.as_mut_ptr()
         } else {
@@ -326,18 +329,28 @@ unsafe fn block<S: Simd, const R: usize>(
         if q.nv == 1 {
             let acc = accumulate::<S, R>(s, ut, &xp, d);
             let t = s.transpose(acc);
-            finish_columns(s, q, |j| t[j], yp);
+            for g in 0..groups {
+                finish_columns(s, q, |j| t[g * S::W + j], yp.add(g * S::W));
+            }
         } else {
-            // More than W interests: park each transposed group in `sbuf`, column j at j·W.
+            // More than W interests: park the transposed groups in `sbuf`; group g's column j
+            // (interest j, lanes = the group's rows) at (g·nv·W + j)·W.
+            let gstride = q.nv * S::W * S::W;
             for v in 0..q.nv {
                 let u = ut.add(v * d * S::W);
                 let acc = accumulate::<S, R>(s, u, &xp, d);
                 let t = s.transpose(acc);
-                for (j, &a) in t.iter().enumerate() {
-                    s.store(sb.add((v * S::W + j) * S::W), a);
+                for g in 0..groups {
+                    for i in 0..S::W {
+                        let j = v * S::W + i;
+                        s.store(sb.add(g * gstride + j * S::W), t[g * S::W + i]);
+                    }
                 }
             }
-            finish_columns(s, q, |j| s.load(sb.add(j * S::W)), yp);
+            for g in 0..groups {
+                let col = |j: usize| s.load(sb.add(g * gstride + j * S::W));
+                finish_columns(s, q, col, yp.add(g * S::W));
+            }
         }
         if valid < R {
             out.copy_from_slice(&y[..valid]);
