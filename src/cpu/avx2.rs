@@ -112,7 +112,7 @@ impl Simd for Avx2 {
     /// swap 128-bit halves).
     #[inline(always)]
     unsafe fn transpose<const N: usize>(self, v: [__m256; N]) -> [__m256; N] {
-        if N % 8 != 0 {
+        if !N.is_multiple_of(8) {
             return transpose_via_memory(self, v);
         }
         let mut out = v;

@@ -103,7 +103,7 @@ impl Simd for Avx512 {
     /// (as the 8×8 AVX2 one), then a 4×4 transpose of the 128-bit lanes with `vshuff32x4`.
     #[inline(always)]
     unsafe fn transpose<const N: usize>(self, v: [__m512; N]) -> [__m512; N] {
-        if N % 16 != 0 {
+        if !N.is_multiple_of(16) {
             return transpose_via_memory(self, v);
         }
         let mut out = v;

@@ -92,7 +92,7 @@ pub(crate) unsafe fn transpose_via_memory<S: Simd, const N: usize>(
     v: [S::V; N],
 ) -> [S::V; N] {
     let w = S::W;
-    debug_assert!(N % w == 0 && w <= 16);
+    debug_assert!(N.is_multiple_of(w) && w <= 16);
     let mut out = v;
     let mut a = [0.0f32; 256];
     let mut t = [0.0f32; 256];
@@ -317,7 +317,7 @@ unsafe fn block<S: Simd, const R: usize>(
     }
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();
-    if R % S::W == 0 {
+    if R.is_multiple_of(S::W) {
         // Transposed finish, `W` rows (one group) at a time: see `finish_columns`.
         let groups = R / S::W;
         let mut y = [0.0f32; BLOCK];
