@@ -6,8 +6,8 @@
 //! auto-vectoriser neither widens half floats in registers nor interleaves row gathers with
 //! prefetches, and it cannot assume AVX2/AVX-512 in a portable binary. So:
 //!
-//! - [`Level`] names an instruction set (`Scalar`, `Avx2` = AVX2+FMA+F16C, `Avx512` = AVX-512F on
-//!   top of that, `Neon`); [`Level::detect`] picks the best one once and caches it.
+//! - [`Level`] names an instruction set (`Scalar`, `Avx2` = AVX2+FMA+F16C, `Avx512` = AVX-512F+VL
+//!   on top of that, `Neon`); [`Level::detect`] picks the best one once and caches it.
 //! - [`Kernels`] is the only way to run a kernel. [`Kernels::new`] returns `None` when the CPU
 //!   lacks the level (memchr style), so holding a `Kernels` proves the instructions exist — that
 //!   proof is what makes the `unsafe` calls into `#[target_feature]` code sound. Tests force each
@@ -17,6 +17,12 @@
 //!
 //! Every kernel checks its lengths and row indices and returns an error instead of panicking;
 //! beyond the checks, each inner loop runs on raw pointers.
+//!
+//! Engine use: `let k = Kernels::detect();` once; per request
+//! `let q = k.score_query(&interests.values, n, d, mode)?;` then, per chunk of candidates (any
+//! thread), `q.score_rows_opt(RowSource::from_matrix(&store.vectors)?, rows, out)?`; user-side
+//! linears through [`Kernels::matmul`] with weights transposed once at load ([`transpose`]);
+//! top-k with a per-thread [`TopK`].
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx2;
@@ -253,8 +259,8 @@ entry_points!(#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")] mod a
 #[cfg(target_arch = "aarch64")]
 entry_points!(#[target_feature(enable = "neon")] mod neon_fns);
 
-/// Runs `$call` (a path into one of the `*_fns` modules, called with the level's vector type as
-/// first argument) for the level of `$k`.
+/// Calls the entry point `$f` of the `*_fns` module of `$k`'s level, with that level's vector
+/// type as first argument.
 macro_rules! dispatch {
     ($k:expr, $f:ident($($arg:expr),* $(,)?)) => {{
         match $k.level {
