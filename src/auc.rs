@@ -120,7 +120,7 @@ mod tests {
             let scores: Vec<f32> = (0..len)
                 .map(|_| (next(&mut s) % levels) as f32 - 2.0)
                 .collect();
-            let labels: Vec<bool> = (0..len).map(|_| next(&mut s) % 3 == 0).collect();
+            let labels: Vec<bool> = (0..len).map(|_| next(&mut s).is_multiple_of(3)).collect();
             let want = pairwise_auc(&scores, &labels);
             let got = auc(&scores, &labels);
             match (got, want) {

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::cpu::{Kernels, Level, RowSource, ScoreQuery, TopK};
 use crate::error::{Error, Result};
 use crate::exec::user::{self, UserPlan};
 use crate::model::Model;
 use crate::reference;
 use crate::store::ItemStore;
-use crate::topk;
 
 /// Where the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,10 +77,14 @@ impl Default for Limits {
 
 /// Which CPU implementation computes the math.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Kernels {
-    /// The fast path (f32, SPEC §1.2's cheaper evaluation order, SIMD where the CPU has it).
+pub enum CpuKernels {
+    /// The fast path (f32, SPEC §1.2's cheaper evaluation order) on the best SIMD level of this
+    /// CPU ([`Level::detect`]).
     #[default]
     Auto,
+    /// The fast path forced to one instruction-set level (an error at build time if the CPU
+    /// lacks it); tests use it to check every level.
+    Level(Level),
     /// The scalar f64 reference path ([`crate::reference`]): slow, the oracle.
     Reference,
 }
@@ -89,7 +93,7 @@ pub enum Kernels {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineOptions {
     pub device: Device,
-    pub kernels: Kernels,
+    pub kernels: CpuKernels,
     pub unknown_behaviors: UnknownIds,
     pub unknown_candidates: UnknownIds,
     pub parallelism: Parallelism,
@@ -164,7 +168,8 @@ pub struct Engine {
     candidates: Arc<ItemStore>,
     options: EngineOptions,
     device_report: String,
-    plan: UserPlan,
+    /// The fast CPU path's kernels and precomputed weights; `None` on the reference path.
+    fast: Option<(Kernels, UserPlan)>,
     /// The GPU executor when the engine runs on CUDA (`run` / `run_batch` go there).
     #[cfg(feature = "cuda")]
     cuda: Option<crate::cuda::CudaExecutor>,
@@ -242,14 +247,21 @@ impl Engine {
                 )))
             }
         };
-        let plan = UserPlan::new(&model);
+        let fast = match options.kernels {
+            CpuKernels::Reference => None,
+            CpuKernels::Auto => Some(Kernels::detect()),
+            CpuKernels::Level(level) => Some(Kernels::new(level).ok_or_else(|| {
+                Error::Device(format!("this CPU lacks the {} instructions", level.name()))
+            })?),
+        }
+        .map(|k| (k, UserPlan::new(&model, &k)));
         Ok(Engine {
             model,
             tokens,
             candidates,
             options,
             device_report,
-            plan,
+            fast,
             #[cfg(feature = "cuda")]
             cuda,
         })
@@ -277,6 +289,15 @@ impl Engine {
     }
 }
 
+/// A top-k selector with its dense-score and winner buffers.
+type TopKScratch = (TopK, Vec<f32>, Vec<(usize, f32)>);
+
+thread_local! {
+    /// Per-thread top-k selector and buffers, reused across requests.
+    static TOP_K: std::cell::RefCell<TopKScratch> =
+        std::cell::RefCell::new((TopK::new(), Vec::new(), Vec::new()));
+}
+
 /// A user request after validation: token rows (SPEC §1.1 applied) and field ids in config order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ResolvedUser {
@@ -298,19 +319,20 @@ impl Engine {
         let cfg = &self.model.config;
         let x_long = self.gather_tokens(&resolved.long_rows);
         let x_short = self.gather_tokens(&resolved.short_rows);
-        let values = match self.options.kernels {
-            Kernels::Reference => reference::user_interests(
+        let values = match &self.fast {
+            None => reference::user_interests(
                 &self.model,
                 &x_long,
                 &x_short,
                 &resolved.field_ids,
                 &user.dense,
             ),
-            Kernels::Auto => {
+            Some((kernels, plan)) => {
                 let mut out = vec![0.0f32; cfg.interests * cfg.dim];
                 user::user_interests(
+                    kernels,
                     &self.model,
-                    &self.plan,
+                    plan,
                     &x_long,
                     &x_short,
                     &resolved.field_ids,
@@ -345,15 +367,26 @@ impl Engine {
         }
         let (rows, missing_candidates) = self.resolve_candidates(candidates)?;
         let mut scores = vec![None; candidates.len()];
+        let query = match &self.fast {
+            Some((k, _)) => Some(k.score_query(
+                &interests.values,
+                interests.n,
+                interests.dim,
+                self.model.config.score,
+            )?),
+            None => None,
+        };
         let chunks = self.parallel_chunks(candidates.len());
         if chunks <= 1 {
-            self.score_rows(interests, &rows, &mut scores);
+            self.score_rows(query.as_ref(), interests, &rows, &mut scores)?;
         } else {
             let size = candidates.len().div_ceil(chunks);
             scores
                 .par_chunks_mut(size)
                 .zip(rows.par_chunks(size))
-                .for_each(|(out, rows)| self.score_rows(interests, rows, out));
+                .try_for_each(|(out, rows)| {
+                    self.score_rows(query.as_ref(), interests, rows, out)
+                })?;
         }
         Ok(Scores {
             scores,
@@ -363,16 +396,21 @@ impl Engine {
 
     /// The `k` best scored candidates, descending, ties by lower position (SPEC §1.5).
     pub fn top_k(&self, scores: &Scores, candidates: &[u64], k: usize) -> Vec<Scored> {
-        let mut scratch = Vec::new();
-        topk::top_k_into(&scores.scores, k, &mut scratch);
-        scratch
-            .into_iter()
-            .map(|(position, score)| Scored {
-                position,
-                id: candidates[position],
-                score,
-            })
-            .collect()
+        TOP_K.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let (selector, dense, winners) = &mut *guard;
+            dense.clear();
+            dense.extend(scores.scores.iter().map(|s| s.unwrap_or(f32::NEG_INFINITY)));
+            selector.select(dense, |i| scores.scores[i].is_some(), k, winners);
+            winners
+                .iter()
+                .map(|&(position, score)| Scored {
+                    position,
+                    id: candidates[position],
+                    score,
+                })
+                .collect()
+        })
     }
 
     /// The whole request: interests, scores, top-k (when `top_k` is given).
@@ -582,7 +620,16 @@ impl Engine {
         }
     }
 
-    fn score_rows(&self, interests: &UserInterests, rows: &[Option<u32>], out: &mut [Option<f32>]) {
+    fn score_rows(
+        &self,
+        query: Option<&ScoreQuery>,
+        interests: &UserInterests,
+        rows: &[Option<u32>],
+        out: &mut [Option<f32>],
+    ) -> Result<()> {
+        if let Some(q) = query {
+            return q.score_rows_opt(RowSource::from_matrix(&self.candidates.vectors)?, rows, out);
+        }
         let mode = self.model.config.score;
         let mut x = vec![0.0f32; self.model.config.dim];
         for (o, row) in out.iter_mut().zip(rows) {
@@ -591,6 +638,7 @@ impl Engine {
                 reference::score(&interests.values, interests.n, &x, mode)
             });
         }
+        Ok(())
     }
 
     fn gather_tokens(&self, rows: &[u32]) -> Vec<f32> {

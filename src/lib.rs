@@ -27,12 +27,11 @@ pub mod swap;
 #[doc(hidden)]
 pub mod synth;
 pub mod tensor;
-pub mod topk;
 
 pub use config::{Block, HcnConfig, ScoreMode};
 pub use engine::{
-    Device, Engine, EngineOptions, Kernels, Limits, Parallelism, Request, Response, Scored, Scores,
-    UnknownIds, UserInterests, UserRequest,
+    CpuKernels, Device, Engine, EngineOptions, Limits, Parallelism, Request, Response, Scored,
+    Scores, UnknownIds, UserInterests, UserRequest,
 };
 pub use error::{Error, Result};
 pub use model::Model;

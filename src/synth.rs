@@ -103,7 +103,7 @@ fn write_header(
         offset += len;
     }
     let mut text = serde_json::Value::Object(header).to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' '); // keep the data 8-byte aligned, as the Python writer does
     }
     w.write_all(&(text.len() as u64).to_le_bytes())?;

@@ -5,7 +5,8 @@
 
 mod common;
 
-use hcn_prerank::{reference, Engine, EngineOptions, Kernels, Parallelism};
+use hcn_prerank::cpu::Level;
+use hcn_prerank::{reference, CpuKernels, Engine, EngineOptions, Parallelism};
 
 use common::{cases, check_response, CPU_TOL};
 
@@ -28,12 +29,19 @@ fn fixtures_exist_and_cover_the_spec() {
 
 #[test]
 fn engine_matches_reference_outputs() {
-    let configs = [
-        (Kernels::Reference, Parallelism::None),
-        (Kernels::Auto, Parallelism::None),
-        (Kernels::Auto, Parallelism::Rayon(0)),
-        (Kernels::Auto, Parallelism::Rayon(3)),
+    // The oracle itself, the detected fast path with and without rayon, and every SIMD level
+    // this CPU has, forced.
+    let mut configs = vec![
+        (CpuKernels::Reference, Parallelism::None),
+        (CpuKernels::Auto, Parallelism::None),
+        (CpuKernels::Auto, Parallelism::Rayon(0)),
+        (CpuKernels::Auto, Parallelism::Rayon(3)),
     ];
+    configs.extend(
+        Level::available()
+            .into_iter()
+            .map(|l| (CpuKernels::Level(l), Parallelism::Rayon(2))),
+    );
     for (kernels, par) in configs {
         for case in cases() {
             let opts = EngineOptions {
@@ -91,7 +99,13 @@ fn split_calls_equal_run_and_reference_score() {
                     Some(r) => {
                         store.vectors.row_into(r as usize, &mut x);
                         let want = reference::score(&interests.values, interests.n, &x, mode);
-                        assert_eq!(*s, Some(want), "{}: candidate {id}", case.name);
+                        let got =
+                            s.unwrap_or_else(|| panic!("{}: candidate {id} unscored", case.name));
+                        assert!(
+                            common::close(f64::from(got), f64::from(want), CPU_TOL),
+                            "{}: candidate {id}: {got} vs oracle {want}",
+                            case.name
+                        );
                     }
                     None => assert_eq!(*s, None),
                 }

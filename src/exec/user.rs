@@ -1,72 +1,192 @@
-//! The fast user side (SPEC §1.2–1.4) in f32: the same math as [`crate::reference`], evaluated in
-//! the cheaper order SPEC §1.2 allows:
+//! The fast user side (SPEC §1.2–1.4) in f32 on the SIMD kernels of [`crate::cpu`]: the same
+//! math as [`crate::reference`], evaluated in the cheaper order SPEC §1.2 allows:
 //!
-//! - the key projection is folded into the query: per head `Q̃_k = Q_k Wk_k / sqrt(d)` (`n × D`), and
-//!   the logits are `Q̃_k Xᵀ` over the raw tokens (`Q_k bk_kᵀ` is constant along L, softmax drops it);
+//! - the key projection is folded into the query: per head `Q̃_k = Q_k Wk_k / sqrt(d)` (`n × D`),
+//!   and the logits are `Q̃_k Xᵀ` over the raw tokens (`Q_k bk_kᵀ` is constant along L, the softmax
+//!   drops it);
 //! - attention is taken over the raw tokens and the value projection applied after:
 //!   `A_k V_k = (A_k X) Wv_kᵀ + bv_k` (rows of `A_k` sum to one; an empty sequence keeps the zero
 //!   head output instead).
 //!
-//! With all heads stacked, a layer is two products with the sequence (`(h·n) × D` by `X`), instead
-//! of projecting every token twice (`2·L·D²`). Layer 0's `Q̃` depends only on the seeds and is
-//! computed once when the engine is built. Buffers live in a per-thread [`Scratch`].
+//! With all heads stacked, a layer is two products with the sequence (`(h·n) × D` by `Xᵀ`, then
+//! `(h·n) × L` by `X`) instead of projecting every token twice (`2·L·D²`). Layer 0's `Q̃` depends
+//! only on the seeds and is computed once when the engine is built; every weight is stored
+//! transposed (`[in, out]`) for the kernels, and `1/sqrt(d)` is folded into the query weights.
+//! Buffers live in a per-thread [`Scratch`] that only grows.
 
 use std::cell::RefCell;
 
-use super::linalg::{matmul_t, softmax_rows, transpose};
 use crate::config::{Block, HcnConfig};
+use crate::cpu::{transpose, Kernels};
 use crate::model::{Linear, Model, Tower};
 
-/// Per-tower values that do not depend on the request.
+/// A linear layer stored for the kernels: weight transposed to `[in, out]`.
 #[derive(Debug, Clone)]
-pub(crate) struct TowerPlan {
-    /// Layer 0's `Q̃` for all heads, `(h·n) × D`, head-major, scaled by `1/sqrt(d)`.
+struct Lin {
+    wt: Vec<f32>,
+    bias: Vec<f32>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl Lin {
+    fn new(l: &Linear) -> Self {
+        Lin {
+            wt: transpose(&l.weight, l.out_dim, l.in_dim),
+            bias: l.bias.clone(),
+            in_dim: l.in_dim,
+            out_dim: l.out_dim,
+        }
+    }
+
+    /// Output rows `[rows.start, rows.end)` of `l` only, optionally scaled.
+    fn rows(l: &Linear, rows: std::ops::Range<usize>, scale: f32) -> Self {
+        let w: Vec<f32> = l.weight[rows.start * l.in_dim..rows.end * l.in_dim]
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        let out = rows.len();
+        Lin {
+            wt: transpose(&w, out, l.in_dim),
+            bias: l.bias[rows].iter().map(|v| v * scale).collect(),
+            in_dim: l.in_dim,
+            out_dim: out,
+        }
+    }
+
+    /// `out (m × out) = x (m × in) Wᵀ + b`.
+    fn apply(&self, k: &Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+        // Lengths are fixed by the validated model and the scratch sizing below; an error here
+        // would be a bug in this file, not bad input.
+        k.matmul(
+            x,
+            m,
+            self.in_dim,
+            &self.wt,
+            self.out_dim,
+            Some(&self.bias),
+            out,
+        )
+        .expect("user tower: shapes fixed at load");
+    }
+}
+
+#[derive(Debug, Clone)]
+struct HeadPlan {
+    /// Query rows of this head, scaled by `1/sqrt(d)`: `[D, d]` transposed.
+    q: Lin,
+    /// `Wk_k`: rows `[k·d, (k+1)·d)` of `Wk`, `d × D` (already the `[in, out]` layout for
+    /// `Q_k Wk_k`).
+    wk: Vec<f32>,
+    /// Value rows of this head: `[D, d]` transposed.
+    v: Lin,
+}
+
+#[derive(Debug, Clone)]
+struct LayerPlan {
+    heads: Vec<HeadPlan>,
+    o: Lin,
+}
+
+#[derive(Debug, Clone)]
+struct TowerPlan {
+    layers: Vec<LayerPlan>,
+    merge: Lin,
+    /// Layer 0's `Q̃` for all heads, `(h·n) × D`, head-major.
     layer0_qt: Vec<f32>,
 }
 
-/// What the fast user side precomputes from a model.
+/// What the fast user side precomputes from a model (weights in the kernels' layout).
 #[derive(Debug, Clone)]
 pub(crate) struct UserPlan {
     long: TowerPlan,
     short: TowerPlan,
+    co_interest: Lin,
+    mlp: Vec<Lin>,
+    fusion: Lin,
 }
 
 impl UserPlan {
-    pub(crate) fn new(model: &Model) -> Self {
+    pub(crate) fn new(model: &Model, k: &Kernels) -> Self {
         let cfg = &model.config;
-        let plan = |t: &Tower| {
-            let mut q = vec![0.0f32; cfg.interests * cfg.dim];
-            let l0 = &t.layers[0];
-            matmul_t(
-                &t.seeds,
-                cfg.interests,
-                cfg.dim,
-                &l0.q.weight,
-                cfg.dim,
-                Some(&l0.q.bias),
-                &mut q,
-            );
-            let mut layer0_qt = vec![0.0f32; cfg.heads * cfg.interests * cfg.dim];
-            fold_keys(cfg, &q, &l0.k, &mut layer0_qt);
-            TowerPlan { layer0_qt }
-        };
+        let w = &model.weights;
         UserPlan {
-            long: plan(&model.weights.long),
-            short: plan(&model.weights.short),
+            long: tower_plan(&w.long, cfg, k),
+            short: tower_plan(&w.short, cfg, k),
+            co_interest: Lin::new(&w.co_interest),
+            mlp: w.user.mlp.iter().map(Lin::new).collect(),
+            fusion: Lin::new(&w.fusion),
         }
+    }
+}
+
+fn tower_plan(t: &Tower, cfg: &HcnConfig, k: &Kernels) -> TowerPlan {
+    let (n, dim, h) = (cfg.interests, cfg.dim, cfg.heads);
+    let d = dim / h;
+    let scale = 1.0 / (d as f32).sqrt();
+    let layers: Vec<LayerPlan> = t
+        .layers
+        .iter()
+        .map(|l| LayerPlan {
+            heads: (0..h)
+                .map(|hd| HeadPlan {
+                    q: Lin::rows(&l.q, hd * d..(hd + 1) * d, scale),
+                    wk: l.k.weight[hd * d * dim..(hd + 1) * d * dim].to_vec(),
+                    v: Lin::rows(&l.v, hd * d..(hd + 1) * d, 1.0),
+                })
+                .collect(),
+            o: Lin::new(&l.o),
+        })
+        .collect();
+    let mut layer0_qt = vec![0.0f32; h * n * dim];
+    let mut qk = vec![0.0f32; n * d];
+    fold_keys(k, &layers[0], &t.seeds, n, dim, d, &mut qk, &mut layer0_qt);
+    TowerPlan {
+        layers,
+        merge: Lin::new(&t.merge),
+        layer0_qt,
+    }
+}
+
+/// `Q̃_k = (C Wq_kᵀ + bq_k) Wk_k / sqrt(d)` for every head, into `out` (`(h·n) × D`).
+#[allow(clippy::too_many_arguments)]
+fn fold_keys(
+    k: &Kernels,
+    layer: &LayerPlan,
+    c: &[f32],
+    n: usize,
+    dim: usize,
+    d: usize,
+    qk: &mut [f32],
+    out: &mut [f32],
+) {
+    for (hd, head) in layer.heads.iter().enumerate() {
+        head.q.apply(k, c, n, qk);
+        k.matmul(
+            qk,
+            n,
+            d,
+            &head.wk,
+            dim,
+            None,
+            &mut out[hd * n * dim..(hd + 1) * n * dim],
+        )
+        .expect("user tower: shapes fixed at load");
     }
 }
 
 /// Reused buffers of one thread (grow-only).
 #[derive(Default)]
-pub(crate) struct Scratch {
+struct Scratch {
     xt: Vec<f32>,
     qt: Vec<f32>,
-    q: Vec<f32>,
+    qk: Vec<f32>,
     logits: Vec<f32>,
     z: Vec<f32>,
+    head: Vec<f32>,
     heads: Vec<f32>,
     hs: Vec<f32>,
+    c: Vec<f32>,
     cat: Vec<f32>,
 }
 
@@ -81,29 +201,9 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// `Q̃_k = Q_k Wk_k / sqrt(d)` for every head `k`, into `out` (`(h·n) × D`, head-major).
-fn fold_keys(cfg: &HcnConfig, q: &[f32], wk: &Linear, out: &mut [f32]) {
-    let (n, dim, h) = (cfg.interests, cfg.dim, cfg.heads);
-    let d = dim / h;
-    let scale = 1.0 / (d as f32).sqrt();
-    out.fill(0.0);
-    for k in 0..h {
-        for i in 0..n {
-            let o = &mut out[(k * n + i) * dim..(k * n + i + 1) * dim];
-            for t in 0..d {
-                let coef = q[i * dim + k * d + t] * scale;
-                let w = wk.row(k * d + t);
-                for (oc, &wc) in o.iter_mut().zip(w) {
-                    *oc += coef * wc;
-                }
-            }
-        }
-    }
-}
-
 /// `F(X)` for one sequence (`x`: `L × D`), into `out` (`n × D`).
-pub(crate) fn tower(
-    t: &Tower,
+fn tower(
+    k: &Kernels,
     plan: &TowerPlan,
     cfg: &HcnConfig,
     x: &[f32],
@@ -116,9 +216,13 @@ pub(crate) fn tower(
     let hn = h * n;
 
     let xt = sized(&mut s.xt, dim * len);
-    transpose(x, len, dim, xt);
+    for (j, row) in x.chunks_exact(dim).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            xt[c * len + j] = v;
+        }
+    }
     let hs = sized(&mut s.hs, n * r * dim); // concat(H_0 … H_{r-1}), n × rD
-    for (l, layer) in t.layers.iter().enumerate() {
+    for (l, layer) in plan.layers.iter().enumerate() {
         let heads = sized(&mut s.heads, n * dim);
         if len == 0 {
             heads.fill(0.0); // SPEC's empty-sequence rule: every head output is zero.
@@ -126,65 +230,48 @@ pub(crate) fn tower(
             let qt: &[f32] = if l == 0 {
                 &plan.layer0_qt
             } else {
-                // C = H_{l-1}, stored in hs at column block l-1.
-                let q = sized(&mut s.q, n * dim);
+                // C = H_{l-1}, held in hs at column block l-1.
+                let c = sized(&mut s.c, n * dim);
                 for i in 0..n {
-                    let c = &hs[i * r * dim + (l - 1) * dim..i * r * dim + l * dim];
-                    matmul_t(
-                        c,
-                        1,
-                        dim,
-                        &layer.q.weight,
-                        dim,
-                        Some(&layer.q.bias),
-                        &mut q[i * dim..(i + 1) * dim],
-                    );
+                    c[i * dim..(i + 1) * dim]
+                        .copy_from_slice(&hs[i * r * dim + (l - 1) * dim..i * r * dim + l * dim]);
                 }
                 let qt = sized(&mut s.qt, hn * dim);
-                fold_keys(cfg, q, &layer.k, qt);
+                fold_keys(k, layer, c, n, dim, d, sized(&mut s.qk, n * d), qt);
                 qt
             };
             let logits = sized(&mut s.logits, hn * len);
-            matmul_t(qt, hn, dim, x, len, None, logits);
-            softmax_rows(logits, len);
+            k.matmul(qt, hn, dim, xt, len, None, logits)
+                .expect("shapes");
+            for row in logits.chunks_exact_mut(len) {
+                k.softmax_inplace(row);
+            }
             let z = sized(&mut s.z, hn * dim);
-            matmul_t(logits, hn, len, xt, dim, None, z); // A_k X for every head
-            for k in 0..h {
-                let wv = &layer.v.weight[k * d * dim..(k + 1) * d * dim];
-                let bv = &layer.v.bias[k * d..(k + 1) * d];
+            k.matmul(logits, hn, len, x, dim, None, z).expect("shapes"); // A_k X, every head
+            let head_out = sized(&mut s.head, n * d);
+            for (hd, head) in layer.heads.iter().enumerate() {
+                head.v
+                    .apply(k, &z[hd * n * dim..(hd + 1) * n * dim], n, head_out);
                 for i in 0..n {
-                    let zi = &z[(k * n + i) * dim..(k * n + i + 1) * dim];
-                    matmul_t(
-                        zi,
-                        1,
-                        dim,
-                        wv,
-                        d,
-                        Some(bv),
-                        &mut heads[i * dim + k * d..i * dim + (k + 1) * d],
-                    );
+                    heads[i * dim + hd * d..i * dim + (hd + 1) * d]
+                        .copy_from_slice(&head_out[i * d..(i + 1) * d]);
                 }
             }
         }
+        let h_l = sized(&mut s.c, n * dim);
+        layer.o.apply(k, heads, n, h_l);
         for i in 0..n {
-            let hi = &heads[i * dim..(i + 1) * dim];
-            let dst = &mut hs[i * r * dim + l * dim..i * r * dim + (l + 1) * dim];
-            matmul_t(hi, 1, dim, &layer.o.weight, dim, Some(&layer.o.bias), dst);
+            hs[i * r * dim + l * dim..i * r * dim + (l + 1) * dim]
+                .copy_from_slice(&h_l[i * dim..(i + 1) * dim]);
         }
     }
-    matmul_t(
-        hs,
-        n,
-        r * dim,
-        &t.merge.weight,
-        dim,
-        Some(&t.merge.bias),
-        out,
-    );
+    plan.merge.apply(k, hs, n, out);
 }
 
 /// `X^U` (n × D) from the gathered token rows, field ids (config order) and dense features.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn user_interests(
+    k: &Kernels,
     model: &Model,
     plan: &UserPlan,
     x_long: &[f32],
@@ -197,29 +284,37 @@ pub(crate) fn user_interests(
         let mut guard = cell.borrow_mut();
         let s = &mut *guard;
         let cfg = &model.config;
-        let w = &model.weights;
         let (n, dim) = (cfg.interests, cfg.dim);
         let mut long = vec![0.0f32; n * dim];
         let mut short = vec![0.0f32; n * dim];
-        tower(&w.long, &plan.long, cfg, x_long, s, &mut long);
-        tower(&w.short, &plan.short, cfg, x_short, s, &mut short);
+        tower(k, &plan.long, cfg, x_long, s, &mut long);
+        tower(k, &plan.short, cfg, x_short, s, &mut short);
 
         // Co-interest network (eq. 4–6).
-        let mut e = vec![0.0f32; n * n];
-        matmul_t(&long, n, dim, &short, n, None, &mut e); // E = L̂ Ŝᵀ
-        let mut rows = e.clone();
-        softmax_rows(&mut rows, n); // softmax_j(E_ij)
-        let mut et = vec![0.0f32; n * n];
-        transpose(&e, n, n, &mut et);
-        softmax_rows(&mut et, n); // et[j][i] = softmax_i(E_ij)
         let mut short_t = vec![0.0f32; dim * n];
-        let mut long_t = vec![0.0f32; dim * n];
-        transpose(&short, n, dim, &mut short_t);
-        transpose(&long, n, dim, &mut long_t);
+        for i in 0..n {
+            for c in 0..dim {
+                short_t[c * n + i] = short[i * dim + c];
+            }
+        }
+        let mut e = vec![0.0f32; n * n];
+        k.matmul(&long, n, dim, &short_t, n, None, &mut e)
+            .expect("shapes"); // E = L̂ Ŝᵀ
+        let mut rows = e.clone();
+        rows.chunks_exact_mut(n).for_each(|r| k.softmax_inplace(r)); // softmax_j(E_ij)
+        let mut cols = vec![0.0f32; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                cols[j * n + i] = e[i * n + j];
+            }
+        }
+        cols.chunks_exact_mut(n).for_each(|r| k.softmax_inplace(r)); // cols[j][i] = softmax_i(E_ij)
         let mut long_aligned = vec![0.0f32; n * dim];
         let mut short_aligned = vec![0.0f32; n * dim];
-        matmul_t(&rows, n, n, &short_t, dim, None, &mut long_aligned);
-        matmul_t(&et, n, n, &long_t, dim, None, &mut short_aligned);
+        k.matmul(&rows, n, n, &short, dim, None, &mut long_aligned)
+            .expect("shapes");
+        k.matmul(&cols, n, n, &long, dim, None, &mut short_aligned)
+            .expect("shapes");
         let blocks = &cfg.co_interest_concat;
         let kb = blocks.len();
         let cat = sized(&mut s.cat, n * kb * dim);
@@ -236,19 +331,12 @@ pub(crate) fn user_interests(
             }
         }
         let mut x_tilde = vec![0.0f32; n * dim];
-        matmul_t(
-            cat,
-            n,
-            kb * dim,
-            &w.co_interest.weight,
-            dim,
-            Some(&w.co_interest.bias),
-            &mut x_tilde,
-        );
+        plan.co_interest.apply(k, cat, n, &mut x_tilde);
 
         // Profile (eq. 7): fields in config order, dense last, MLP with ReLU between layers.
         let mut x_hat = vec![0.0f32; dim];
-        if cfg.has_profile() && !w.user.mlp.is_empty() {
+        let w = &model.weights;
+        if cfg.has_profile() && !plan.mlp.is_empty() {
             let mut x: Vec<f32> = Vec::with_capacity(w.user.input_dim());
             for (field, &id) in w.user.fields.iter().zip(field_ids) {
                 let start = x.len();
@@ -256,18 +344,10 @@ pub(crate) fn user_interests(
                 field.table.row_into(id, &mut x[start..]);
             }
             x.extend_from_slice(dense);
-            let last = w.user.mlp.len() - 1;
-            for (i, layer) in w.user.mlp.iter().enumerate() {
+            let last = plan.mlp.len() - 1;
+            for (i, layer) in plan.mlp.iter().enumerate() {
                 let mut y = vec![0.0f32; layer.out_dim];
-                matmul_t(
-                    &x,
-                    1,
-                    layer.in_dim,
-                    &layer.weight,
-                    layer.out_dim,
-                    Some(&layer.bias),
-                    &mut y,
-                );
+                layer.apply(k, &x, 1, &mut y);
                 if i != last {
                     y.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
@@ -282,14 +362,6 @@ pub(crate) fn user_interests(
             fcat[i * 2 * dim..i * 2 * dim + dim].copy_from_slice(&x_tilde[i * dim..(i + 1) * dim]);
             fcat[i * 2 * dim + dim..(i + 1) * 2 * dim].copy_from_slice(&x_hat);
         }
-        matmul_t(
-            fcat,
-            n,
-            2 * dim,
-            &w.fusion.weight,
-            dim,
-            Some(&w.fusion.bias),
-            out,
-        );
+        plan.fusion.apply(k, fcat, n, out);
     });
 }
