@@ -125,7 +125,7 @@ pub fn check_model_shape(dim: usize, heads: usize, interests: usize, blocks: usi
     if dim == 0 || dim > MAX_DIM {
         return fail(format!("D = {dim}, the kernels support 1..={MAX_DIM}"));
     }
-    if heads == 0 || dim % heads != 0 || dim / heads > MAX_HEAD_DIM {
+    if heads == 0 || !dim.is_multiple_of(heads) || dim / heads > MAX_HEAD_DIM {
         return fail(format!(
             "D / h = {dim} / {heads}, the kernels need h | D and d ≤ {MAX_HEAD_DIM}"
         ));
