@@ -289,13 +289,13 @@ impl Engine {
     }
 }
 
-/// A top-k selector with its dense-score and winner buffers.
-type TopKScratch = (TopK, Vec<f32>, Vec<(usize, f32)>);
+/// A top-k selector with its winner buffer.
+type TopKScratch = (TopK, Vec<(usize, f32)>);
 
 thread_local! {
     /// Per-thread top-k selector and buffers, reused across requests.
     static TOP_K: std::cell::RefCell<TopKScratch> =
-        std::cell::RefCell::new((TopK::new(), Vec::new(), Vec::new()));
+        std::cell::RefCell::new((TopK::new(), Vec::new()));
 }
 
 /// A user request after validation: token rows (SPEC §1.1 applied) and field ids in config order.
@@ -398,10 +398,8 @@ impl Engine {
     pub fn top_k(&self, scores: &Scores, candidates: &[u64], k: usize) -> Vec<Scored> {
         TOP_K.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let (selector, dense, winners) = &mut *guard;
-            dense.clear();
-            dense.extend(scores.scores.iter().map(|s| s.unwrap_or(f32::NEG_INFINITY)));
-            selector.select(dense, |i| scores.scores[i].is_some(), k, winners);
+            let (selector, winners) = &mut *guard;
+            selector.select_by(scores.scores.len(), |i| scores.scores[i], k, winners);
             winners
                 .iter()
                 .map(|&(position, score)| Scored {

@@ -16,7 +16,13 @@ use std::cmp::Ordering;
 pub struct TopK {
     keys: Vec<u64>,
     idx: Vec<usize>,
+    sample: Vec<u32>,
 }
+
+/// Below this many candidates the threshold prefilter does not pay for its sample.
+const PREFILTER_MIN: usize = 8192;
+/// Scores sampled (evenly spaced) to estimate the prefilter threshold.
+const SAMPLE: usize = 1024;
 
 /// Maps a score to a `u32` whose unsigned order is the score's numeric order (flip the sign bit
 /// of positives, all bits of negatives), with `-0.0` folded onto `0.0` and NaN below everything.
@@ -35,10 +41,8 @@ fn order_bits(x: f32) -> u32 {
 
 /// Comparator for the general path: best first, ties by lower position.
 #[inline]
-fn better(scores: &[f32], a: usize, b: usize) -> Ordering {
-    order_bits(scores[b])
-        .cmp(&order_bits(scores[a]))
-        .then(a.cmp(&b))
+fn better(sa: f32, sb: f32, a: usize, b: usize) -> Ordering {
+    order_bits(sb).cmp(&order_bits(sa)).then(a.cmp(&b))
 }
 
 impl TopK {
@@ -55,22 +59,50 @@ impl TopK {
         k: usize,
         out: &mut Vec<(usize, f32)>,
     ) {
+        self.select_by(scores.len(), |i| valid(i).then(|| scores[i]), k, out)
+    }
+
+    /// [`TopK::select`] over `m` candidates whose scores come from `score(i)` (`None` =
+    /// unscored, never selected), e.g. the engine's `Option<f32>` scores.
+    ///
+    /// For large `m` and small `k` a sample of the scores gives a threshold that the k winners
+    /// are very likely above; one pass keeps only candidates at or above it, and the selection
+    /// runs on those few. If fewer than `k` pass, the pass is redone without a threshold, so the
+    /// result is exact either way: with at least `k` candidates at or above `t`, the k-th best
+    /// is at or above `t`, so no winner was filtered out.
+    pub fn select_by(
+        &mut self,
+        m: usize,
+        score: impl Fn(usize) -> Option<f32>,
+        k: usize,
+        out: &mut Vec<(usize, f32)>,
+    ) {
         out.clear();
         if k == 0 {
             return;
         }
-        if u32::try_from(scores.len()).is_err() {
-            return self.select_general(scores, valid, k, out);
+        if u32::try_from(m).is_err() {
+            return self.select_general(m, score, k, out);
         }
+        let threshold = self.threshold(m, &score, k);
         // One integer per candidate, larger = better: score order in the high half, the
         // complemented position in the low half (lower position wins a tie). Selection then
         // compares plain integers instead of chasing indices into `scores`.
-        self.keys.clear();
-        self.keys.extend(
-            (0..scores.len())
-                .filter(|&i| valid(i))
-                .map(|i| (order_bits(scores[i]) as u64) << 32 | !(i as u32) as u64),
-        );
+        let fill = |keys: &mut Vec<u64>, t: u32| {
+            keys.clear();
+            for i in 0..m {
+                if let Some(s) = score(i) {
+                    let b = order_bits(s);
+                    if b >= t {
+                        keys.push((b as u64) << 32 | !(i as u32) as u64);
+                    }
+                }
+            }
+        };
+        fill(&mut self.keys, threshold);
+        if self.keys.len() < k && threshold > 0 {
+            fill(&mut self.keys, 0);
+        }
         if k < self.keys.len() {
             self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
             self.keys.truncate(k);
@@ -78,27 +110,51 @@ impl TopK {
         self.keys.sort_unstable_by(|a, b| b.cmp(a));
         out.extend(self.keys.iter().map(|&key| {
             let i = !(key as u32) as usize;
-            (i, scores[i])
+            (i, f32::NAN)
         }));
+        for o in out.iter_mut() {
+            // Positions come from `score`, which returned `Some` for them above.
+            o.1 = score(o.0).unwrap_or(f32::NAN);
+        }
+    }
+
+    /// The prefilter threshold (order bits; 0 = keep everything).
+    fn threshold(&mut self, m: usize, score: &impl Fn(usize) -> Option<f32>, k: usize) -> u32 {
+        if m < PREFILTER_MIN || k.saturating_mul(8) > m {
+            return 0;
+        }
+        let step = m / SAMPLE;
+        self.sample.clear();
+        self.sample
+            .extend((0..SAMPLE).filter_map(|j| score(j * step)).map(order_bits));
+        let s = self.sample.len();
+        // Expected sample members among the winners, with a generous margin.
+        let want = (k as f64 * s as f64 / m as f64 * 1.5) as usize + 16;
+        if want >= s {
+            return 0;
+        }
+        self.sample.select_nth_unstable_by(want, |a, b| b.cmp(a));
+        self.sample[want]
     }
 
     /// The same selection with positions that do not fit 32 bits.
     fn select_general(
         &mut self,
-        scores: &[f32],
-        valid: impl Fn(usize) -> bool,
+        m: usize,
+        score: impl Fn(usize) -> Option<f32>,
         k: usize,
         out: &mut Vec<(usize, f32)>,
     ) {
         self.idx.clear();
-        self.idx.extend((0..scores.len()).filter(|&i| valid(i)));
-        let cmp = |a: &usize, b: &usize| better(scores, *a, *b);
+        self.idx.extend((0..m).filter(|&i| score(i).is_some()));
+        let value = |i: usize| score(i).unwrap_or(f32::NAN);
+        let cmp = |a: &usize, b: &usize| better(value(*a), value(*b), *a, *b);
         if k < self.idx.len() {
             self.idx.select_nth_unstable_by(k - 1, cmp);
             self.idx.truncate(k);
         }
         self.idx.sort_unstable_by(cmp);
-        out.extend(self.idx.iter().map(|&i| (i, scores[i])));
+        out.extend(self.idx.iter().map(|&i| (i, value(i))));
     }
 }
 
@@ -139,8 +195,58 @@ mod tests {
         for k in [1, 10, 299, 300, 301] {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             t.select(&scores, |i| i % 7 != 3, k, &mut a);
-            t.select_general(&scores, |i| i % 7 != 3, k, &mut b);
+            t.select_general(scores.len(), |i| (i % 7 != 3).then(|| scores[i]), k, &mut b);
             assert_eq!(a, b, "k={k}");
+        }
+    }
+
+    /// Large M takes the sampled-threshold path; compare with a full sort on score
+    /// distributions that stress it: distinct, heavy ties at the boundary, ascending (the sample
+    /// misses the tail), a few huge outliers, and many unscored candidates.
+    #[test]
+    fn prefiltered_selection_equals_full_sort() {
+        let m = 50_000usize;
+        let mut state = 11u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let distributions: Vec<Vec<f32>> = vec![
+            (0..m).map(|_| next() as f32 / 1e6).collect(),
+            (0..m).map(|_| (next() % 4) as f32).collect(),
+            (0..m).map(|i| i as f32).collect(),
+            (0..m)
+                .map(|i| if i % 9973 == 0 { 1e30 } else { -(i as f32) })
+                .collect(),
+            // High exactly at the sampled positions (step m / 1024 = 48): the threshold lands
+            // among them, too few pass, and the fallback pass must run.
+            (0..m)
+                .map(|i| {
+                    if i % 48 == 0 {
+                        1e4 + i as f32
+                    } else {
+                        (i % 100) as f32
+                    }
+                })
+                .collect(),
+        ];
+        let mut t = TopK::new();
+        for scores in &distributions {
+            for valid_every in [1usize, 3] {
+                let valid = |i: usize| i % valid_every == 0;
+                for k in [1usize, 10, 1000, 6000, 49_999] {
+                    let mut got = Vec::new();
+                    t.select(scores, valid, k, &mut got);
+                    let mut want: Vec<usize> = (0..m).filter(|&i| valid(i)).collect();
+                    want.sort_by(|&a, &b| better(scores[a], scores[b], a, b));
+                    want.truncate(k);
+                    let got_pos: Vec<usize> = got.iter().map(|g| g.0).collect();
+                    assert_eq!(got_pos, want, "k={k} valid_every={valid_every}");
+                    assert!(got.iter().all(|&(i, s)| s.to_bits() == scores[i].to_bits()));
+                }
+            }
         }
     }
 }
