@@ -227,6 +227,15 @@ const NON_FINITE: [&[u8]; 9] = [
     &[0x80, 0xff],             // bf16 -Inf
 ];
 
+/// Huge but finite values (the file stays valid; the math may overflow).
+const HUGE: [&[u8]; 5] = [
+    &[0xe6, 0xb1, 0x61, 0x7f], // f32 3e38
+    &[0xe6, 0xb1, 0x61, 0xff], // f32 -3e38
+    &[0xff, 0x7b],             // f16 65504
+    &[0x62, 0x7f],             // bf16 ~3e38
+    &[0x62, 0xff],             // bf16 ~-3e38
+];
+
 /// One mutation of a safetensors file. Indices are taken modulo the thing they index.
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -248,6 +257,7 @@ enum Mutation {
     HeaderByte(usize, u8),
     HeaderLen(u64),
     NonFinite(usize, usize),
+    Huge(usize, usize),
     DataByte(usize, u8),
     Truncate(usize),
     Extend(Vec<u8>),
@@ -274,25 +284,28 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         "F32", "F16", "BF16", "F64", "I32", "I64", "U8", "U64", "BOOL", "F8_E4M3", "Q4", "",
     ]);
     prop_oneof![
-        (idx(), dtype).prop_map(|(t, d)| Mutation::Dtype(t, d)),
-        (idx(), idx(), hostile_u64()).prop_map(|(t, a, v)| Mutation::ShapeDim(t, a, v)),
-        idx().prop_map(Mutation::SwapShape),
-        idx().prop_map(Mutation::DropAxis),
-        (idx(), 0usize..2, hostile_u64()).prop_map(|(t, w, v)| Mutation::Offset(t, w, v)),
-        (idx(), "[a-z._0-9]{0,24}").prop_map(|(t, n)| Mutation::Rename(t, n)),
-        idx().prop_map(Mutation::Remove),
-        (idx(), "[a-z._0-9]{1,24}").prop_map(|(t, n)| Mutation::Duplicate(t, n)),
-        (idx(), hostile_json()).prop_map(|(t, v)| Mutation::HeaderValue(t, v)),
-        (idx(), hostile_json()).prop_map(|(k, v)| Mutation::ConfigKey(k, v)),
-        idx().prop_map(Mutation::ConfigRemove),
-        "\\PC{0,40}".prop_map(Mutation::ConfigText),
-        hostile_json().prop_map(Mutation::Metadata),
-        (idx(), any::<u8>()).prop_map(|(i, b)| Mutation::HeaderByte(i, b)),
-        hostile_u64().prop_map(Mutation::HeaderLen),
-        (idx(), 0..NON_FINITE.len()).prop_map(|(i, p)| Mutation::NonFinite(i, p)),
-        (idx(), any::<u8>()).prop_map(|(i, b)| Mutation::DataByte(i, b)),
-        idx().prop_map(Mutation::Truncate),
-        prop::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
+        // Weighted towards mutations that keep the container valid, so that the config and
+        // tensor checks behind it are reached too.
+        2 => (idx(), dtype).prop_map(|(t, d)| Mutation::Dtype(t, d)),
+        1 => (idx(), idx(), hostile_u64()).prop_map(|(t, a, v)| Mutation::ShapeDim(t, a, v)),
+        3 => idx().prop_map(Mutation::SwapShape),
+        1 => idx().prop_map(Mutation::DropAxis),
+        1 => (idx(), 0usize..2, hostile_u64()).prop_map(|(t, w, v)| Mutation::Offset(t, w, v)),
+        3 => (idx(), "[a-z._0-9]{0,24}").prop_map(|(t, n)| Mutation::Rename(t, n)),
+        1 => idx().prop_map(Mutation::Remove),
+        1 => (idx(), "[a-z._0-9]{1,24}").prop_map(|(t, n)| Mutation::Duplicate(t, n)),
+        1 => (idx(), hostile_json()).prop_map(|(t, v)| Mutation::HeaderValue(t, v)),
+        4 => (idx(), hostile_json()).prop_map(|(k, v)| Mutation::ConfigKey(k, v)),
+        2 => idx().prop_map(Mutation::ConfigRemove),
+        1 => "\\PC{0,40}".prop_map(Mutation::ConfigText),
+        1 => hostile_json().prop_map(Mutation::Metadata),
+        1 => (idx(), any::<u8>()).prop_map(|(i, b)| Mutation::HeaderByte(i, b)),
+        1 => hostile_u64().prop_map(Mutation::HeaderLen),
+        4 => (idx(), 0..NON_FINITE.len()).prop_map(|(i, p)| Mutation::NonFinite(i, p)),
+        3 => (idx(), 0..HUGE.len()).prop_map(|(i, p)| Mutation::Huge(i, p)),
+        2 => (idx(), any::<u8>()).prop_map(|(i, b)| Mutation::DataByte(i, b)),
+        1 => idx().prop_map(Mutation::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
     ]
 }
 
@@ -319,9 +332,13 @@ fn apply(b: &[u8], m: &Mutation) -> Vec<u8> {
             }
             return out;
         }
-        NonFinite(i, p) => {
+        NonFinite(i, p) | Huge(i, p) => {
             let mut out = b.to_vec();
-            let pat = NON_FINITE[*p];
+            let pat = if matches!(m, Huge(..)) {
+                HUGE[*p]
+            } else {
+                NON_FINITE[*p]
+            };
             if let Some(e) = header_end.filter(|&e| b.len() >= e + pat.len() && b.len() > e) {
                 // Aligned to the pattern's width, as a stored element would be.
                 let slots = (b.len() - e) / pat.len();
@@ -472,66 +489,153 @@ const STORE_SOURCES: [(&str, &str); 3] = [
 ];
 
 /// Cases per property; the whole file runs in well under 30 s in release mode.
-const LOADER_CASES: u32 = 600;
-const REQUEST_CASES: u32 = 1000;
-const ENGINE_CASES: u32 = 500;
+const LOADER_CASES: u32 = 4000;
+const REQUEST_CASES: u32 = 4000;
+const ENGINE_CASES: u32 = 2000;
 
-proptest! {
-    #![proptest_config(config(LOADER_CASES))]
+/// Outcome counts of a fuzz run, printed with `--nocapture` and checked for coverage.
+type Tally = Mutex<std::collections::BTreeMap<String, usize>>;
 
-    /// Any 1–3 mutations of a valid model: `Ok` or a typed loader error. A model that still loads
-    /// also serves a request over the fixture's stores without panicking.
-    #[test]
-    fn mutated_models_never_panic(src in 0..MODEL_SOURCES.len(), muts in prop::collection::vec(mutation(), 1..4)) {
-        let (case, file) = MODEL_SOURCES[src];
-        let mut b = bytes_of(case, file).to_vec();
-        for m in &muts {
-            b = apply(&b, m);
-        }
-        let f = temp_file(&b);
-        match Model::load(&f.0) {
-            Err(e) => check_load_error(&e)?,
-            Ok(model) => {
-                let (tokens, candidates) = stores(case);
-                let fresh = Engine::new(Arc::new(model), tokens, candidates, EngineOptions::default());
-                match fresh {
-                    Err(Error::Incompatible(m)) => prop_assert!(!m.is_empty()),
-                    Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
-                    Ok(fresh) => {
-                        let req = Request {
-                            user: UserRequest::default(),
-                            candidates: vec![0, 1, 2],
-                        };
-                        if let Err(e) = fresh.run(&req, Some(2)) {
-                            check_request_error(&e)?;
+fn count(tally: &Tally, key: impl Into<String>) {
+    *tally.lock().unwrap().entry(key.into()).or_default() += 1;
+}
+
+fn variant(e: &Error) -> &'static str {
+    match e {
+        Error::Io { .. } => "Io",
+        Error::Format { .. } => "Format",
+        Error::Config { .. } => "Config",
+        Error::Tensor { .. } => "Tensor",
+        Error::Incompatible(_) => "Incompatible",
+        Error::Request { .. } => "Request",
+        Error::Device(_) => "Device",
+    }
+}
+
+/// Runs `LOADER_CASES` cases of 1–3 mutations of `sources` through `check`, which returns the
+/// outcome's name; asserts every outcome in `must_see` occurred at least once.
+fn fuzz_loader(
+    what: &str,
+    sources: &'static [(&'static str, &'static str)],
+    must_see: &[&str],
+    check: impl Fn(&str, &Path, &Tally) -> Result<(), TestCaseError>,
+) {
+    let tally = Tally::default();
+    let mut runner = proptest::test_runner::TestRunner::new(config(LOADER_CASES));
+    let strategy = (0..sources.len(), prop::collection::vec(mutation(), 1..4));
+    runner
+        .run(&strategy, |(src, muts)| {
+            let (case, file) = sources[src];
+            let mut b = bytes_of(case, file).to_vec();
+            for m in &muts {
+                b = apply(&b, m);
+            }
+            let f = temp_file(&b);
+            check(case, &f.0, &tally)
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let tally = tally.into_inner().unwrap();
+    println!("{what}: {LOADER_CASES} cases (+ shrinking, if any): {tally:?}");
+    for key in must_see {
+        assert!(
+            tally.contains_key(*key),
+            "{what}: no case gave {key}: {tally:?}"
+        );
+    }
+}
+
+/// Any 1–3 mutations of a valid model: `Ok` or a typed loader error. A model that still loads
+/// also builds an engine over the fixture's stores (or an `Incompatible` error) and serves a
+/// request without panicking.
+#[test]
+fn mutated_models_never_panic() {
+    fuzz_loader(
+        "models",
+        &MODEL_SOURCES,
+        &["Format", "Config", "Tensor", "Ok"],
+        |case, path, tally| {
+            match Model::load(path) {
+                Err(e) => {
+                    count(tally, variant(&e));
+                    check_load_error(&e)?;
+                }
+                Ok(model) => {
+                    count(tally, "Ok");
+                    let (tokens, candidates) = stores(case);
+                    match Engine::new(
+                        Arc::new(model),
+                        tokens,
+                        candidates,
+                        EngineOptions::default(),
+                    ) {
+                        Err(Error::Incompatible(m)) => prop_assert!(!m.is_empty()),
+                        Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                        Ok(engine) => {
+                            let line = &request_lines(case)[0];
+                            let req =
+                                common::request_from_json(&serde_json::from_str(line).unwrap());
+                            match engine.run(&req, Some(2)) {
+                                Ok(resp) => {
+                                    count(tally, "Ok, served");
+                                    prop_assert!(
+                                        resp.scores.iter().flatten().all(|s| s.is_finite()),
+                                        "non-finite score {:?}",
+                                        resp.scores
+                                    );
+                                }
+                                Err(e) => {
+                                    check_request_error(&e)?;
+                                    count(
+                                        tally,
+                                        format!(
+                                            "Ok, request error on {}",
+                                            match &e {
+                                                Error::Request { field, .. } => field.as_str(),
+                                                _ => "?",
+                                            }
+                                        ),
+                                    );
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    );
+}
 
-    /// Any 1–3 mutations of a valid store: `Ok` or a typed loader error.
-    #[test]
-    fn mutated_stores_never_panic(src in 0..STORE_SOURCES.len(), muts in prop::collection::vec(mutation(), 1..4)) {
-        let (case, file) = STORE_SOURCES[src];
-        let mut b = bytes_of(case, file).to_vec();
-        for m in &muts {
-            b = apply(&b, m);
-        }
-        let f = temp_file(&b);
-        match ItemStore::load(&f.0) {
-            Err(e) => check_load_error(&e)?,
-            Ok(store) => {
-                // Every row of a store that loads is readable and finite.
-                let mut row = vec![0.0f32; store.dim()];
-                for r in 0..store.len() {
-                    store.vectors.row_into(r, &mut row);
-                    prop_assert!(row.iter().all(|v| v.is_finite()));
+/// Any 1–3 mutations of a valid store: `Ok` (every row then readable and finite) or a typed
+/// loader error.
+#[test]
+fn mutated_stores_never_panic() {
+    fuzz_loader(
+        "stores",
+        &STORE_SOURCES,
+        &["Format", "Tensor", "Ok"],
+        |_, path, tally| {
+            match ItemStore::load(path) {
+                Err(e) => {
+                    count(tally, variant(&e));
+                    check_load_error(&e)?;
+                }
+                Ok(store) => {
+                    count(tally, "Ok");
+                    let mut row = vec![0.0f32; store.dim()];
+                    for r in 0..store.len() {
+                        store.vectors.row_into(r, &mut row);
+                        prop_assert!(row.iter().all(|v| v.is_finite()));
+                    }
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    );
+}
+
+proptest! {
+    #![proptest_config(config(LOADER_CASES))]
 
     /// Valid rewrites (header padding, key order, pretty JSON text is not allowed by the format
     /// so only trailing spaces) keep every file loadable, with the same tensors.
@@ -1261,5 +1365,74 @@ fn corpus_requests_through_the_cli_keep_the_stream_going() {
                 assert!(msg.contains(&format!("{f}:")), "{}: {msg}", path.display());
             }
         }
+    }
+}
+
+/// Weights near the F32 maximum load (they are finite) but overflow the arithmetic. The engine
+/// must then fail the request with a request error, never return a non-finite score (which JSON
+/// would write as `null`, the mark of a missing candidate) nor blame its own `interests`.
+#[test]
+fn overflowing_weights_fail_the_request_instead_of_scoring_inf() {
+    let tally = Tally::default();
+    for (case, file) in MODEL_SOURCES {
+        let b = bytes_of(case, file);
+        let data_start = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize + 8;
+        let req =
+            common::request_from_json(&serde_json::from_str(&request_lines(case)[0]).unwrap());
+        let (tokens, candidates) = stores(case);
+        for pat in [HUGE[0], HUGE[3]] {
+            // Every 5th aligned element of the data: each tensor is hit at least once or so.
+            for at in (data_start..b.len() - pat.len()).step_by(5 * pat.len()) {
+                let mut m = b.to_vec();
+                m[at..at + pat.len()].copy_from_slice(pat);
+                let f = temp_file(&m);
+                let Ok(model) = Model::load(&f.0) else {
+                    count(&tally, "load error");
+                    continue;
+                };
+                let engine = Engine::new(
+                    Arc::new(model),
+                    tokens.clone(),
+                    candidates.clone(),
+                    EngineOptions::default(),
+                )
+                .unwrap();
+                match engine.run(&req, Some(3)) {
+                    Ok(resp) => {
+                        assert!(
+                            resp.scores.iter().flatten().all(|s| s.is_finite()),
+                            "{case} @{at}: {:?}",
+                            resp.scores
+                        );
+                        assert!(resp.top_k.iter().all(|t| t.score.is_finite()));
+                        count(&tally, "served");
+                    }
+                    Err(Error::Request { field, reason }) => {
+                        assert!(
+                            reason.contains("overflows F32"),
+                            "{case} @{at}: {field}: {reason}"
+                        );
+                        assert!(
+                            field == "request" || field.starts_with("candidates["),
+                            "{field}"
+                        );
+                        count(
+                            &tally,
+                            if field == "request" {
+                                "X^U overflow"
+                            } else {
+                                "score overflow"
+                            },
+                        );
+                    }
+                    Err(e) => panic!("{case} @{at}: {e:?}"),
+                }
+            }
+        }
+    }
+    let tally = tally.into_inner().unwrap();
+    println!("huge weights: {tally:?}");
+    for key in ["served", "X^U overflow", "score overflow"] {
+        assert!(tally.contains_key(key), "no case gave {key}: {tally:?}");
     }
 }
