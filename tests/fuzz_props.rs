@@ -44,8 +44,11 @@ fn fixture(case: &str, file: &str) -> PathBuf {
     common::fixtures_dir().join(case).join(file)
 }
 
+/// Fixture file contents by `case/file`, read once and kept for the whole run.
+type ByteCache = Mutex<Vec<(String, &'static [u8])>>;
+
 fn bytes_of(case: &str, file: &str) -> &'static [u8] {
-    static CACHE: OnceLock<Mutex<Vec<(String, &'static [u8])>>> = OnceLock::new();
+    static CACHE: OnceLock<ByteCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = format!("{case}/{file}");
     let mut c = cache.lock().unwrap();
@@ -167,7 +170,7 @@ fn split(b: &[u8]) -> Option<(Map<String, Value>, Vec<u8>)> {
 
 fn join(header: &Map<String, Value>, pad: usize, data: &[u8]) -> Vec<u8> {
     let mut text = serde_json::to_vec(header).unwrap();
-    text.extend(std::iter::repeat_n(b' ', pad));
+    text.resize(text.len() + pad, b' ');
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
     out.extend(text);
     out.extend_from_slice(data);

@@ -142,6 +142,11 @@ def models():
     m["profile_dense_mismatch"] = build(with_config(pmeta, user_dense=4), pts)
     m["profile_tensors_without_fields"] = build(with_config(pmeta, user_fields=[], user_dense=0, user_mlp_hidden=[]), pts)
     m["profile_duplicate_field_name"] = build(with_config(pmeta, user_fields=[{"name": "age", "vocab": 5}, {"name": "age", "vocab": 7}]), pts)
+    # Nesting deep enough to overflow a recursive parser's stack.
+    deep = "[" * 10000 + "]" * 10000
+    text = json.dumps(hdr)[:-1] + ', "deep": ' + deep + "}"
+    m["header_nested_10000_deep"] = struct.pack("<Q", len(text)) + text.encode() + valid[8 + struct.unpack("<Q", valid[:8])[0]:]
+    m["config_nested_10000_deep"] = build({"hcn.config": '{"format": "hcn/1", "x": ' + deep + "}"}, ts)
     # Valid: padded header, keys in another order.
     m["valid_padded_header"] = build(meta, ts, pad=13)
     m["valid_reordered_keys"] = build(None, [], header_text=json.dumps(dict(reversed(list(hdr.items())))).encode()) + valid[8 + struct.unpack("<Q", valid[:8])[0]:]
