@@ -1494,3 +1494,41 @@ fn overflowing_weights_fail_the_request_instead_of_scoring_inf() {
         assert!(tally.contains_key(key), "no case gave {key}: {tally:?}");
     }
 }
+
+proptest! {
+    #![proptest_config(config(ENGINE_CASES / 10))]
+
+    /// `run_batch` over a mix of valid and broken requests gives, in order, exactly what `run`
+    /// gives for each: one failure does not affect the others.
+    #[test]
+    fn run_batch_equals_run_request_by_request(
+        batch in prop::collection::vec(
+            (valid_shape_request("tiny_f32", tiny_engine()), 0usize..4),
+            0..24,
+        ),
+    ) {
+        let engine = tiny_engine();
+        let requests: Vec<Request> = batch
+            .into_iter()
+            .map(|(mut r, breakage)| {
+                match breakage {
+                    1 => r.user.dense.push(0.0),
+                    2 => r.user.fields.push(("zip".into(), 0)),
+                    _ => {}
+                }
+                r
+            })
+            .collect();
+        let batched = engine.run_batch(&requests, Some(5));
+        prop_assert_eq!(batched.len(), requests.len());
+        for (r, got) in requests.iter().zip(&batched) {
+            match (got, engine.run(r, Some(5))) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, &b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => {
+                    return Err(TestCaseError::fail(format!("batch {a:?} vs single {b:?}")))
+                }
+            }
+        }
+    }
+}
