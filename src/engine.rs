@@ -165,6 +165,9 @@ pub struct Engine {
     options: EngineOptions,
     device_report: String,
     plan: UserPlan,
+    /// The GPU executor when the engine runs on CUDA (`run` / `run_batch` go there).
+    #[cfg(feature = "cuda")]
+    cuda: Option<crate::cuda::CudaExecutor>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -210,6 +213,26 @@ impl Engine {
                 )));
             }
         }
+        #[cfg(feature = "cuda")]
+        let (cuda, device_report) = match options.device {
+            Device::Cpu => (None, "cpu: requested".to_string()),
+            Device::Cuda(i) => {
+                let exec = crate::cuda::CudaExecutor::new(&model, &tokens, &candidates, i)?;
+                let report = format!("cuda:{i} ({})", exec.device_name());
+                (Some(exec), report)
+            }
+            Device::Auto => match crate::cuda::probe()
+                .map_err(Error::Device)
+                .and_then(|_| crate::cuda::CudaExecutor::new(&model, &tokens, &candidates, 0))
+            {
+                Ok(exec) => {
+                    let report = format!("cuda:0 ({})", exec.device_name());
+                    (Some(exec), report)
+                }
+                Err(e) => (None, format!("cpu: CUDA not usable: {e}")),
+            },
+        };
+        #[cfg(not(feature = "cuda"))]
         let device_report = match options.device {
             Device::Cpu => "cpu: requested".to_string(),
             Device::Auto => "cpu: no CUDA support in this build (feature `cuda` off)".to_string(),
@@ -227,6 +250,8 @@ impl Engine {
             options,
             device_report,
             plan,
+            #[cfg(feature = "cuda")]
+            cuda,
         })
     }
 
@@ -331,23 +356,7 @@ impl Engine {
                 ),
             ));
         }
-        let mut rows = Vec::with_capacity(candidates.len());
-        let mut missing_candidates = Vec::new();
-        for (i, &id) in candidates.iter().enumerate() {
-            match self.candidates.lookup(id) {
-                Some(r) => rows.push(Some(r)),
-                None => {
-                    if self.options.unknown_candidates == UnknownIds::Reject {
-                        return Err(Error::request(
-                            format!("candidates[{i}]"),
-                            format!("id {id} is not in the candidate store"),
-                        ));
-                    }
-                    missing_candidates.push(id);
-                    rows.push(None);
-                }
-            }
-        }
+        let (rows, missing_candidates) = self.resolve_candidates(candidates)?;
         let mut scores = vec![None; candidates.len()];
         let chunks = self.parallel_chunks(candidates.len());
         if chunks <= 1 {
@@ -396,6 +405,13 @@ impl Engine {
 
     /// The whole request: interests, scores, top-k (when `top_k` is given).
     pub fn run(&self, request: &Request, top_k: Option<usize>) -> Result<Response> {
+        #[cfg(feature = "cuda")]
+        if let Some(exec) = &self.cuda {
+            return self
+                .run_cuda(exec, std::slice::from_ref(request), top_k)
+                .pop()
+                .unwrap_or_else(|| Err(Error::Device("the GPU returned no response".into())));
+        }
         let interests = self.user_interests(&request.user)?;
         let scores = self.score(&interests, &request.candidates)?;
         let top_k = match top_k {
@@ -413,10 +429,143 @@ impl Engine {
 
     /// Many requests; results in request order, one failure does not affect the others.
     pub fn run_batch(&self, requests: &[Request], top_k: Option<usize>) -> Vec<Result<Response>> {
+        #[cfg(feature = "cuda")]
+        if let Some(exec) = &self.cuda {
+            return self.run_cuda(exec, requests, top_k);
+        }
         match self.options.parallelism {
             Parallelism::None => requests.iter().map(|r| self.run(r, top_k)).collect(),
             Parallelism::Rayon(_) => requests.par_iter().map(|r| self.run(r, top_k)).collect(),
         }
+    }
+
+    /// A batch on the GPU: ids resolved here (same rules and errors as the CPU path), one
+    /// `run_batch` of the executor for every valid request, results mapped back to ids.
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        exec: &crate::cuda::CudaExecutor,
+        requests: &[Request],
+        top_k: Option<usize>,
+    ) -> Vec<Result<Response>> {
+        struct Prepared {
+            user: ResolvedUser,
+            rows: Vec<u32>,
+            positions: Vec<usize>,
+            missing: Vec<u64>,
+            len: usize,
+        }
+        let prepared: Vec<Result<Prepared>> = requests
+            .iter()
+            .map(|r| {
+                let user = self.resolve_user(&r.user)?;
+                let (rows, missing) = self.resolve_candidates(&r.candidates)?;
+                let positions: Vec<usize> =
+                    (0..rows.len()).filter(|&i| rows[i].is_some()).collect();
+                let rows = rows.into_iter().flatten().collect();
+                Ok(Prepared {
+                    user,
+                    rows,
+                    positions,
+                    missing,
+                    len: r.candidates.len(),
+                })
+            })
+            .collect();
+        let inputs: Vec<crate::cuda::UserInput<'_>> = prepared
+            .iter()
+            .zip(requests)
+            .filter_map(|(p, r)| p.as_ref().ok().map(|p| (p, r)))
+            .map(|(p, r)| crate::cuda::UserInput {
+                long_rows: &p.user.long_rows,
+                short_rows: &p.user.short_rows,
+                field_ids: &p.user.field_ids,
+                dense: &r.user.dense,
+                candidate_rows: &p.rows,
+            })
+            .collect();
+        let outputs = match exec.run_batch(&inputs, top_k.unwrap_or(0)) {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                return prepared
+                    .into_iter()
+                    .map(|p| p.and_then(|_| Err(Error::Device(msg.clone()))))
+                    .collect();
+            }
+        };
+        let cfg = &self.model.config;
+        let mut outputs = outputs.into_iter();
+        prepared
+            .into_iter()
+            .zip(requests)
+            .map(|(p, r)| {
+                let p = p?;
+                let out = outputs.next().ok_or_else(|| {
+                    Error::Device("the GPU returned fewer users than sent".into())
+                })?;
+                let mut scores = vec![None; p.len];
+                for (&pos, &s) in p.positions.iter().zip(&out.scores) {
+                    scores[pos] = Some(s);
+                }
+                let top_k = out
+                    .top_k
+                    .iter()
+                    .map(|&(i, score)| {
+                        let position = p.positions[i];
+                        Scored {
+                            position,
+                            id: r.candidates[position],
+                            score,
+                        }
+                    })
+                    .collect();
+                Ok(Response {
+                    scores,
+                    top_k,
+                    missing_candidates: p.missing,
+                    skipped_behaviors: p.user.skipped_behaviors,
+                    interests: UserInterests {
+                        n: cfg.interests,
+                        dim: cfg.dim,
+                        values: out.interests,
+                        skipped_behaviors: p.user.skipped_behaviors,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Store rows of the candidates (`None` for unknown ids) and the unknown ids in order.
+    fn resolve_candidates(&self, candidates: &[u64]) -> Result<(Vec<Option<u32>>, Vec<u64>)> {
+        let limit = self.options.limits.max_candidates;
+        if candidates.len() > limit {
+            return Err(Error::request(
+                "candidates",
+                format!(
+                    "{} candidates exceed the limit of {limit}",
+                    candidates.len()
+                ),
+            ));
+        }
+        let mut rows = Vec::with_capacity(candidates.len());
+        let mut missing = Vec::new();
+        for (i, &id) in candidates.iter().enumerate() {
+            match self.candidates.lookup(id) {
+                Some(r) => rows.push(Some(r)),
+                None => {
+                    if self.options.unknown_candidates == UnknownIds::Reject {
+                        return Err(Error::request(
+                            format!("candidates[{i}]"),
+                            format!("id {id} is not in the candidate store"),
+                        ));
+                    }
+                    missing.push(id);
+                    rows.push(None);
+                }
+            }
+        }
+        Ok((rows, missing))
     }
 
     fn check_interests(&self, interests: &UserInterests) -> Result<()> {

@@ -12,6 +12,9 @@
 
 pub mod auc;
 pub mod config;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 mod exec;
@@ -21,6 +24,8 @@ pub mod reference;
 mod safetensors_file;
 pub mod store;
 pub mod swap;
+#[doc(hidden)]
+pub mod synth;
 pub mod tensor;
 pub mod topk;
 

@@ -853,3 +853,37 @@ fn stdin_requests_are_answered_one_at_a_time() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// `--device auto` on a machine without a usable GPU scores on the CPU and prints nothing on
+/// stderr (the probe is silent).
+#[test]
+fn device_auto_is_silent_and_scores() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_f32");
+    let req = std::fs::read_to_string(dir.join("requests.jsonl")).unwrap();
+    let args: Vec<String> = [
+        "score",
+        "--model",
+        &dir.join("model.safetensors").display().to_string(),
+        "--tokens",
+        &dir.join("tokens.safetensors").display().to_string(),
+        "--candidates",
+        &dir.join("candidates.safetensors").display().to_string(),
+        "--device",
+        "auto",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run(&args, &req);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "stderr must stay empty");
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        req.lines().filter(|l| !l.trim().is_empty()).count()
+    );
+    assert!(
+        lines.lines().all(|l| l.starts_with("{\"scores\"")),
+        "{lines}"
+    );
+}

@@ -306,3 +306,39 @@ fn hot_swap_serves_old_or_new_never_a_mix() {
         .sum();
     assert!(total > 0);
 }
+
+/// `Device::Cuda(i)` either runs on that GPU or fails with a device error that says why;
+/// without the `cuda` feature it always fails clearly.
+#[test]
+fn cuda_device_runs_or_fails_clearly() {
+    let (case, _) = tiny();
+    let opts = EngineOptions {
+        device: Device::Cuda(0),
+        ..Default::default()
+    };
+    match Engine::load(&case.model, &case.tokens, &case.candidates, opts) {
+        #[cfg(feature = "cuda")]
+        Ok(engine) => {
+            assert!(
+                engine.device_report().starts_with("cuda:0"),
+                "{}",
+                engine.device_report()
+            );
+        }
+        Err(Error::Device(msg)) => assert!(!msg.is_empty()),
+        #[cfg(not(feature = "cuda"))]
+        Ok(_) => panic!("a build without the cuda feature must refuse Device::Cuda"),
+        Err(other) => panic!("expected a device error, got {other}"),
+    }
+    let opts = EngineOptions {
+        device: Device::Cuda(7),
+        ..Default::default()
+    };
+    match Engine::load(&case.model, &case.tokens, &case.candidates, opts) {
+        Err(Error::Device(msg)) => assert!(
+            msg.contains("cuda:7") || msg.contains('7') || msg.contains("CUDA"),
+            "{msg}"
+        ),
+        other => panic!("GPU 7 should not exist: {other:?}"),
+    }
+}

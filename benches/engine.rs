@@ -1,0 +1,183 @@
+//! Criterion benchmarks of the engine by stage and SPEC §6 profile, named
+//! `{device}/{stage}/{profile}/{store dtype}/t{threads}[/b{batch}]`, with `Throughput` in
+//! candidates so reports read as candidates/s:
+//!
+//! - `tower`: the user side (`Engine::user_interests`, full-length sequences);
+//! - `score`: scoring one request's candidates (`Engine::score`);
+//! - `end_to_end`: `Engine::run_batch` with top-1000, batch 1 and 32.
+//!
+//! Models and 1M-row stores are synthetic (`hcn_prerank::synth`), written once to
+//! `target/bench-models/`. `HCN_BENCH_PROFILES=public` (or `industrial`) limits the run;
+//! `HCN_BENCH_ROWS` changes the store size (default 1,000,000).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hcn_prerank::synth::{ensure_profile_files, Profile};
+use hcn_prerank::tensor::DType;
+use hcn_prerank::{Engine, EngineOptions, Parallelism, Request, UserRequest};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn requests(engine: &Engine, count: usize, candidates: usize, seed: u64) -> Vec<Request> {
+    let cfg = &engine.model().config;
+    let (tokens, cands) = (
+        engine.tokens().len() as u64,
+        engine.candidates().len() as u64,
+    );
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|_| Request {
+            user: UserRequest {
+                long: (0..cfg.long_len).map(|_| rng.below(tokens)).collect(),
+                short: (0..cfg.short_len).map(|_| rng.below(tokens)).collect(),
+                fields: cfg
+                    .user_fields
+                    .iter()
+                    .map(|f| (f.name.clone(), rng.below(f.vocab as u64)))
+                    .collect(),
+                dense: (0..cfg.user_dense)
+                    .map(|_| (rng.below(2000) as f32 - 1000.0) / 1000.0)
+                    .collect(),
+            },
+            candidates: (0..candidates).map(|_| rng.below(cands)).collect(),
+        })
+        .collect()
+}
+
+fn profiles() -> Vec<Profile> {
+    match std::env::var("HCN_BENCH_PROFILES").as_deref() {
+        Ok("public") => vec![Profile::Public],
+        Ok("industrial") => vec![Profile::Industrial],
+        _ => vec![Profile::Public, Profile::Industrial],
+    }
+}
+
+fn engine(profile: Profile, dtype: DType, threads: usize) -> Engine {
+    let rows = std::env::var("HCN_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-models")
+        .join(format!(
+            "{}-{}-{rows}",
+            profile.name(),
+            dtype.name().to_lowercase()
+        ));
+    let (m, t, c) = ensure_profile_files(&dir, profile, rows, dtype).expect("write bench model");
+    let parallelism = if threads == 1 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    };
+    Engine::load(
+        m,
+        t,
+        c,
+        EngineOptions {
+            parallelism,
+            ..Default::default()
+        },
+    )
+    .expect("load bench model")
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("rayon pool")
+}
+
+fn bench(c: &mut Criterion) {
+    for profile in profiles() {
+        let m = profile.candidates_per_request();
+        for dtype in [DType::F16, DType::F32] {
+            let dt = dtype.name().to_lowercase();
+            for threads in [1usize, 2] {
+                let engine = engine(profile, dtype, threads);
+                let pool = pool(threads);
+                let reqs = requests(&engine, 32, m, 7);
+
+                if dtype == DType::F16 {
+                    let mut g = c.benchmark_group(format!("cpu/tower/{}", profile.name()));
+                    g.sample_size(20)
+                        .measurement_time(Duration::from_secs(3))
+                        .warm_up_time(Duration::from_secs(1));
+                    g.throughput(Throughput::Elements(1));
+                    g.bench_function(
+                        BenchmarkId::from_parameter(format!("{dt}/t{threads}")),
+                        |b| {
+                            let mut i = 0;
+                            b.iter(|| {
+                                i = (i + 1) % reqs.len();
+                                pool.install(|| engine.user_interests(&reqs[i].user).unwrap())
+                            })
+                        },
+                    );
+                    g.finish();
+                }
+
+                let interests: Vec<_> = reqs
+                    .iter()
+                    .map(|r| engine.user_interests(&r.user).unwrap())
+                    .collect();
+                let mut g = c.benchmark_group(format!("cpu/score/{}", profile.name()));
+                g.sample_size(20)
+                    .measurement_time(Duration::from_secs(3))
+                    .warm_up_time(Duration::from_secs(1));
+                g.throughput(Throughput::Elements(m as u64));
+                g.bench_function(
+                    BenchmarkId::from_parameter(format!("{dt}/t{threads}")),
+                    |b| {
+                        let mut i = 0;
+                        b.iter(|| {
+                            i = (i + 1) % reqs.len();
+                            pool.install(|| {
+                                engine.score(&interests[i], &reqs[i].candidates).unwrap()
+                            })
+                        })
+                    },
+                );
+                g.finish();
+
+                let mut g = c.benchmark_group(format!("cpu/end_to_end/{}", profile.name()));
+                g.sample_size(10)
+                    .measurement_time(Duration::from_secs(4))
+                    .warm_up_time(Duration::from_secs(1));
+                for batch in [1usize, 32] {
+                    g.throughput(Throughput::Elements((m * batch) as u64));
+                    g.bench_function(
+                        BenchmarkId::from_parameter(format!("{dt}/t{threads}/b{batch}")),
+                        |b| {
+                            let mut i = 0;
+                            b.iter(|| {
+                                i = (i + batch) % reqs.len();
+                                let chunk = &reqs[i.min(reqs.len() - batch)..][..batch];
+                                pool.install(|| engine.run_batch(chunk, Some(1000)))
+                            })
+                        },
+                    );
+                }
+                g.finish();
+            }
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

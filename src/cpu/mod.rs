@@ -1,0 +1,543 @@
+//! The CPU fast path's kernel layer: hand-written SIMD for the hot loops of a request, with the
+//! instruction set chosen at run time.
+//!
+//! Why hand-written: scoring (SPEC §1.5) is `M × n × D` multiply-adds over rows gathered at random
+//! from a memory-mapped store far larger than the caches, stored as F16/BF16. The compiler's
+//! auto-vectoriser neither widens half floats in registers nor interleaves row gathers with
+//! prefetches, and it cannot assume AVX2/AVX-512 in a portable binary. So:
+//!
+//! - [`Level`] names an instruction set (`Scalar`, `Avx2` = AVX2+FMA+F16C, `Avx512` = AVX-512F+VL
+//!   on top of that, `Neon`); [`Level::detect`] picks the best one once and caches it.
+//! - [`Kernels`] is the only way to run a kernel. [`Kernels::new`] returns `None` when the CPU
+//!   lacks the level (memchr style), so holding a `Kernels` proves the instructions exist — that
+//!   proof is what makes the `unsafe` calls into `#[target_feature]` code sound. Tests force each
+//!   level explicitly; the engine uses [`Kernels::detect`].
+//! - The kernels are written once in `simd.rs`, generic over a vector type (pulp style); each
+//!   level file implements that type; `topk.rs` is the O(M) selection of the best candidates.
+//!
+//! Every kernel checks its lengths and row indices and returns an error instead of panicking;
+//! beyond the checks, each inner loop runs on raw pointers.
+//!
+//! Engine use: `let k = Kernels::detect();` once; per request
+//! `let q = k.score_query(&interests.values, n, d, mode)?;` then, per chunk of candidates (any
+//! thread), `q.score_rows_opt(RowSource::from_matrix(&store.vectors)?, rows, out)?`; user-side
+//! linears through [`Kernels::matmul`] with weights transposed once at load ([`transpose`]);
+//! top-k with a per-thread [`TopK`].
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx2;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+mod simd;
+mod topk;
+
+use std::sync::OnceLock;
+
+use crate::config::ScoreMode;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, MappedMatrix};
+
+pub use topk::{top_k, TopK};
+
+/// An instruction-set level, best last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// Portable Rust, one lane.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C, 8 lanes.
+    Avx2,
+    /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (8-lane vectors, in 32 registers,
+    /// when `n ≤ 8`).
+    Avx512,
+    /// aarch64 NEON, 4 lanes.
+    Neon,
+}
+
+impl Level {
+    /// Every level, in the order tried by [`Level::detect`] (worst first).
+    pub const ALL: [Level; 4] = [Level::Scalar, Level::Neon, Level::Avx2, Level::Avx512];
+
+    /// The best level this CPU supports, detected on the first call and cached.
+    pub fn detect() -> Level {
+        static BEST: OnceLock<Level> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            Level::ALL
+                .into_iter()
+                .rfind(|l| l.is_supported())
+                .unwrap_or(Level::Scalar)
+        })
+    }
+
+    /// Whether this CPU (and this build's target architecture) has the level's instructions.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Level::Scalar => true,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx512 => {
+                Level::Avx2.is_supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The levels this CPU supports (always includes `Scalar`), for tests and benchmarks.
+    pub fn available() -> Vec<Level> {
+        Level::ALL
+            .into_iter()
+            .filter(|l| l.is_supported())
+            .collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+            Level::Neon => "neon",
+        }
+    }
+
+    /// Parses [`Level::name`] (e.g. for an environment override or a CLI flag).
+    pub fn from_name(s: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.name() == s)
+    }
+
+    /// Lanes the scoring kernel uses for `n` interests. AVX-512 drops to 8 lanes when `n ≤ 8`
+    /// (the public profile): a 16-lane vector would be half padding, twice the FMAs per item.
+    fn score_width(self, n: usize) -> usize {
+        match self {
+            Level::Scalar => 1,
+            Level::Avx2 => 8,
+            Level::Avx512 if n <= 8 => 8,
+            Level::Avx512 => 16,
+            Level::Neon => 4,
+        }
+    }
+}
+
+/// Where candidate rows are read from: `bytes` holds whole rows of `row_stride` bytes, each
+/// starting with `cols` little-endian elements of `dtype` (any alignment).
+#[derive(Debug, Clone, Copy)]
+pub struct RowSource<'a> {
+    bytes: &'a [u8],
+    dtype: DType,
+    row_stride: usize,
+    cols: usize,
+}
+
+impl<'a> RowSource<'a> {
+    /// Checks that a row of `cols` elements fits in `row_stride` bytes. The number of rows is
+    /// `bytes.len() / row_stride`.
+    pub fn new(bytes: &'a [u8], dtype: DType, row_stride: usize, cols: usize) -> Result<Self> {
+        if cols == 0
+            || cols
+                .checked_mul(dtype.size())
+                .is_none_or(|b| b > row_stride)
+        {
+            return Err(Error::Incompatible(format!(
+                "row source: {cols} {} elements do not fit a row stride of {row_stride} bytes",
+                dtype.name()
+            )));
+        }
+        Ok(RowSource {
+            bytes,
+            dtype,
+            row_stride,
+            cols,
+        })
+    }
+
+    /// All rows of a memory-mapped matrix (e.g. the candidate store's `vectors`).
+    pub fn from_matrix(m: &'a MappedMatrix) -> Result<Self> {
+        RowSource::new(m.bytes(), m.dtype(), m.row_stride(), m.cols())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.bytes.len() / self.row_stride
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// A proof that the CPU has one [`Level`]'s instructions, and the kernels for that level.
+/// Cheap to copy; build it once (or use [`Kernels::detect`]) and pass it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    level: Level,
+}
+
+/// Generates one level's `#[target_feature]` entry points around the generic kernels. The
+/// kernels are `#[inline(always)]`, so each entry point is one monomorphic function compiled
+/// with the level's features.
+macro_rules! entry_points {
+    ($(#[$attr:meta])* mod $name:ident) => {
+        mod $name {
+            use super::simd::{self, RawRows, ScoreLayout, Simd};
+
+            $(#[$attr])*
+            pub(super) unsafe fn score_rows<S: Simd, const REGS32: bool>(
+                s: S,
+                q: &ScoreLayout<'_>,
+                src: RawRows,
+                rows: &[u32],
+                out: &mut [f32],
+                scratch: &mut [f32],
+                sbuf: &mut [f32],
+            ) -> Result<(), usize> {
+                // SAFETY: forwarded contract (features present, buffers sized) — see caller.
+                unsafe { simd::score_rows::<S, REGS32>(s, q, src, rows, out, scratch, sbuf) }
+            }
+
+            $(#[$attr])*
+            pub(super) unsafe fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+                // SAFETY: features present (caller); both pointers valid for `a.len()` elements
+                // because the caller passes equal lengths.
+                unsafe { simd::dot(s, a.as_ptr(), b.as_ptr(), a.len()) }
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            $(#[$attr])*
+            pub(super) unsafe fn matmul<S: Simd>(
+                s: S,
+                x: &[f32],
+                m: usize,
+                k: usize,
+                wt: &[f32],
+                n: usize,
+                bias: Option<&[f32]>,
+                out: &mut [f32],
+            ) {
+                // SAFETY: features present (caller); lengths m·k, k·n, n, m·n checked by caller.
+                unsafe {
+                    simd::matmul(
+                        s,
+                        x.as_ptr(),
+                        m,
+                        k,
+                        wt.as_ptr(),
+                        n,
+                        bias.map(|b| b.as_ptr()),
+                        out.as_mut_ptr(),
+                    )
+                }
+            }
+
+            $(#[$attr])*
+            pub(super) unsafe fn softmax_inplace<S: Simd>(s: S, x: &mut [f32]) {
+                // SAFETY: features present (caller); pointer valid for `x.len()` elements.
+                unsafe { simd::softmax_inplace(s, x.as_mut_ptr(), x.len()) }
+            }
+        }
+    };
+}
+
+entry_points!(mod scalar_fns);
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+entry_points!(#[target_feature(enable = "avx2,fma,f16c")] mod avx2_fns);
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+entry_points!(#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")] mod avx512_fns);
+#[cfg(target_arch = "aarch64")]
+entry_points!(#[target_feature(enable = "neon")] mod neon_fns);
+
+/// Calls the entry point `$f` of the `*_fns` module of `$k`'s level, with that level's vector
+/// type as first argument.
+macro_rules! dispatch {
+    ($k:expr, $f:ident($($arg:expr),* $(,)?)) => {{
+        match $k.level {
+            // SAFETY (all arms): a `Kernels` only exists for a level whose instructions this CPU
+            // has (`Kernels::new` checks), which is what the `#[target_feature]` entry needs.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx2 => unsafe { avx2_fns::$f(avx2::Avx2, $($arg),*) },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx512 => unsafe { avx512_fns::$f(avx512::Avx512, $($arg),*) },
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => unsafe { neon_fns::$f(neon::Neon, $($arg),*) },
+            _ => unsafe { scalar_fns::$f(scalar::Scalar, $($arg),*) },
+        }
+    }};
+}
+
+impl Kernels {
+    /// The kernels of `level`, or `None` when this CPU lacks its instructions.
+    pub fn new(level: Level) -> Option<Kernels> {
+        level.is_supported().then_some(Kernels { level })
+    }
+
+    /// The kernels of the best level of this CPU ([`Level::detect`]).
+    pub fn detect() -> Kernels {
+        Kernels {
+            level: Level::detect(),
+        }
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// `Σ a_i b_i`. Errors when the lengths differ.
+    pub fn dot(&self, a: &[f32], b: &[f32]) -> Result<f32> {
+        if a.len() != b.len() {
+            return Err(Error::Incompatible(format!(
+                "dot: lengths {} and {} differ",
+                a.len(),
+                b.len()
+            )));
+        }
+        Ok(dispatch!(self, dot(a, b)))
+    }
+
+    /// `out (m×n) = x (m×k) · wt (k×n) + bias`, all row-major; `wt` is a weight already
+    /// transposed to `[in, out]` (do that once at load time with [`transpose`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        wt: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        check_len("matmul: x", x.len(), m.checked_mul(k))?;
+        check_len("matmul: weight", wt.len(), k.checked_mul(n))?;
+        check_len("matmul: out", out.len(), m.checked_mul(n))?;
+        if let Some(b) = bias {
+            check_len("matmul: bias", b.len(), Some(n))?;
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        dispatch!(self, matmul(x, m, k, wt, n, bias, out));
+        Ok(())
+    }
+
+    /// `out (m×n) = x (m×k) · wᵀ + bias` with `w` in PyTorch's `[out, in] = [n, k]` layout
+    /// (`nn.Linear`). Transposes `w` into a temporary first; when the same weight is applied
+    /// many times, transpose it once and call [`Kernels::matmul`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_t(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        check_len("matmul_t: weight", w.len(), n.checked_mul(k))?;
+        let wt = transpose(w, n, k);
+        self.matmul(x, m, k, &wt, n, bias, out)
+    }
+
+    /// `x ← softmax(x)`, max-subtracted. An empty slice is left alone.
+    pub fn softmax_inplace(&self, x: &mut [f32]) {
+        dispatch!(self, softmax_inplace(x))
+    }
+
+    /// Prepares the user's interests `xu` (`n × d`, row-major) for scoring with `mode`.
+    pub fn score_query(
+        &self,
+        xu: &[f32],
+        n: usize,
+        d: usize,
+        mode: ScoreMode,
+    ) -> Result<ScoreQuery> {
+        if n == 0 || d == 0 {
+            return Err(Error::Incompatible(format!(
+                "score: need at least one interest and one dimension, got n = {n}, D = {d}"
+            )));
+        }
+        check_len("score: interests", xu.len(), n.checked_mul(d))?;
+        let width = self.level.score_width(n);
+        let (ut, pad) = simd::layout_interests(xu, n, d, width);
+        Ok(ScoreQuery {
+            kernels: *self,
+            width,
+            ut,
+            pad,
+            n,
+            d,
+            mode,
+        })
+    }
+
+    /// One-shot form of [`ScoreQuery::score_rows`]: `out[i] = y(xu, src row rows[i])`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_rows(
+        &self,
+        xu: &[f32],
+        n: usize,
+        d: usize,
+        src: RowSource<'_>,
+        rows: &[u32],
+        mode: ScoreMode,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.score_query(xu, n, d, mode)?.score_rows(src, rows, out)
+    }
+}
+
+/// The user's interests in the scoring kernel's layout, ready to score any number of rows.
+/// Build once per request, share across threads (it is `Sync`), call
+/// [`ScoreQuery::score_rows`] per chunk of candidates.
+#[derive(Debug, Clone)]
+pub struct ScoreQuery {
+    kernels: Kernels,
+    width: usize,
+    ut: Vec<f32>,
+    pad: Vec<f32>,
+    n: usize,
+    d: usize,
+    mode: ScoreMode,
+}
+
+impl ScoreQuery {
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// [`ScoreQuery::score_rows`] for candidates that may be missing from the store (`None`):
+    /// their output is `None`, the others are scored in compacted runs of at most 4,096 rows.
+    /// A row's score is the same as from `score_rows` (scores never depend on chunking).
+    pub fn score_rows_opt(
+        &self,
+        src: RowSource<'_>,
+        rows: &[Option<u32>],
+        out: &mut [Option<f32>],
+    ) -> Result<()> {
+        check_len("score: out", out.len(), Some(rows.len()))?;
+        const RUN: usize = 4096;
+        let mut present = Vec::with_capacity(RUN.min(rows.len()));
+        let mut at = Vec::with_capacity(RUN.min(rows.len()));
+        let mut ys = vec![0.0f32; RUN.min(rows.len())];
+        for (rows, out) in rows.chunks(RUN).zip(out.chunks_mut(RUN)) {
+            present.clear();
+            at.clear();
+            for (i, r) in rows.iter().enumerate() {
+                if let Some(r) = *r {
+                    present.push(r);
+                    at.push(i);
+                }
+            }
+            let ys = &mut ys[..present.len()];
+            self.score_rows(src, &present, ys)?;
+            out.fill(None);
+            for (&i, &y) in at.iter().zip(ys.iter()) {
+                out[i] = Some(y);
+            }
+        }
+        Ok(())
+    }
+
+    /// `out[i] = y` (SPEC §1.5, this query's mode) for the stored row `rows[i]` of `src`.
+    /// Rows may repeat and come in any order. Errors when the lengths differ, the source's
+    /// width is not `D`, or a row index is out of range (naming its position).
+    pub fn score_rows(&self, src: RowSource<'_>, rows: &[u32], out: &mut [f32]) -> Result<()> {
+        if src.cols != self.d {
+            return Err(Error::Incompatible(format!(
+                "score: store rows have {} columns, interests have D = {}",
+                src.cols, self.d
+            )));
+        }
+        check_len("score: out", out.len(), Some(rows.len()))?;
+        let nv = self.n.div_ceil(self.width);
+        // Small per-call buffers (a few KB); a chunk of thousands of rows amortises them.
+        let mut scratch = vec![0.0f32; simd::BLOCK * self.d];
+        let mut sbuf = vec![0.0f32; simd::BLOCK * nv * self.width];
+        let q = simd::ScoreLayout {
+            ut: &self.ut,
+            pad: &self.pad,
+            n: self.n,
+            d: self.d,
+            nv,
+            mode: self.mode,
+        };
+        let raw = simd::RawRows {
+            base: src.bytes.as_ptr(),
+            rows: src.rows(),
+            row_stride: src.row_stride,
+            dtype: src.dtype,
+        };
+        let (sc, sb) = (&mut scratch[..], &mut sbuf[..]);
+        let res = match (self.kernels.level, self.width) {
+            // SAFETY (all arms): the `Kernels` proves the level's instructions exist; the layout
+            // was built for `self.width` lanes, which is the vector type each arm passes;
+            // `scratch`/`sbuf` are sized for `BLOCK` rows above; `raw` describes `src.bytes`
+            // exactly (whole rows only) and every row index is checked against `raw.rows`
+            // before it is read; `out.len() == rows.len()` was checked.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            (Level::Avx2, _) => unsafe {
+                avx2_fns::score_rows::<_, false>(avx2::Avx2, &q, raw, rows, out, sc, sb)
+            },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            (Level::Avx512, 8) => unsafe {
+                avx512_fns::score_rows::<_, true>(avx2::Avx2, &q, raw, rows, out, sc, sb)
+            },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            (Level::Avx512, _) => unsafe {
+                avx512_fns::score_rows::<_, true>(avx512::Avx512, &q, raw, rows, out, sc, sb)
+            },
+            #[cfg(target_arch = "aarch64")]
+            (Level::Neon, _) => unsafe {
+                neon_fns::score_rows::<_, false>(neon::Neon, &q, raw, rows, out, sc, sb)
+            },
+            _ => unsafe {
+                scalar_fns::score_rows::<_, false>(scalar::Scalar, &q, raw, rows, out, sc, sb)
+            },
+        };
+        res.map_err(|pos| {
+            Error::Incompatible(format!(
+                "score: row index {} (position {pos}) is outside the store's {} rows",
+                rows[pos],
+                src.rows()
+            ))
+        })
+    }
+}
+
+/// `w` (`rows × cols`, row-major) transposed to `cols × rows`.
+pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for (r, row) in w.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
+fn check_len(what: &str, got: usize, want: Option<usize>) -> Result<()> {
+    match want {
+        Some(w) if w == got => Ok(()),
+        _ => Err(Error::Incompatible(format!(
+            "{what}: length {got}, expected {}",
+            want.map_or("an overflowing size".to_string(), |w| w.to_string())
+        ))),
+    }
+}

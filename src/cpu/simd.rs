@@ -1,0 +1,667 @@
+//! The instruction-set abstraction the kernels are written against, and the kernels themselves,
+//! written once and generic over it (pulp style).
+//!
+//! A level (`scalar`, `avx2`, `avx512`, `neon`) implements [`Simd`] for one vector width; each
+//! level's file has thin `#[target_feature]` entry points that call the generic kernels here. All
+//! trait methods are `#[inline(always)]`, so the whole kernel is inlined into the entry point and
+//! compiled with its features: the generic code becomes straight vector code, with no calls.
+//!
+//! Everything here works on raw pointers; the safe wrappers in `cpu/mod.rs` check every length
+//! and row index before calling in.
+
+use half::{bf16, f16};
+
+use crate::config::ScoreMode;
+use crate::tensor::DType;
+
+/// One vector width of one instruction set. Every method is `unsafe` because it may only run on
+/// a CPU that has the level's instructions (checked by `Kernels::new`), and pointer methods read
+/// or write `W` (or `len`) elements that the caller guarantees are in bounds. Loads and stores
+/// are unaligned: safetensors tensor data has no alignment promise.
+pub(crate) trait Simd: Copy {
+    /// Lanes per vector.
+    const W: usize;
+    type V: Copy;
+
+    unsafe fn zero(self) -> Self::V;
+    unsafe fn splat(self, x: f32) -> Self::V;
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// Loads `len < W` lanes, the rest are zero.
+    unsafe fn load_partial(self, p: *const f32, len: usize) -> Self::V;
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    /// Stores the first `len < W` lanes.
+    unsafe fn store_partial(self, p: *mut f32, v: Self::V, len: usize);
+    /// Widens `W` little-endian F16 values at `p` (exact).
+    unsafe fn load_f16(self, p: *const u8) -> Self::V;
+    /// Widens `W` little-endian BF16 values at `p` (exact: a shift into the high half).
+    unsafe fn load_bf16(self, p: *const u8) -> Self::V;
+    /// `a * b + c`, fused.
+    unsafe fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn reduce_add(self, v: Self::V) -> f32;
+    unsafe fn reduce_max(self, v: Self::V) -> f32;
+    /// Round to nearest integer (ties to even).
+    unsafe fn round(self, v: Self::V) -> Self::V;
+    /// `2^v` for integral `v` in `[-126, 127]`, built directly in the exponent bits.
+    unsafe fn pow2i(self, v: Self::V) -> Self::V;
+    /// Hint that the cache line holding `p` is needed soon. `p` may point anywhere (it is never
+    /// dereferenced), so callers compute it with wrapping arithmetic.
+    #[inline(always)]
+    unsafe fn prefetch(self, _p: *const u8) {}
+
+    /// Transposes each `W × W` matrix formed by `W` consecutive vectors of `v` (`N` a multiple
+    /// of `W`). By value, not through `&mut`: an accumulator array whose address is taken stops
+    /// living in registers, and the compiler then stores every accumulator on every FMA step.
+    #[inline(always)]
+    unsafe fn transpose<const N: usize>(self, v: [Self::V; N]) -> [Self::V; N] {
+        transpose_via_memory(self, v)
+    }
+
+    /// `e^x`, Cephes `expf` scheme: `x = k ln2 + r` with `|r| ≤ ln2/2`, a degree-6 polynomial for
+    /// `e^r`, `2^k` put into the exponent. Relative error ≈ 2 ulp, far inside SPEC §5's 1e-4.
+    /// Inputs are clamped to `[-87.3, 88]`, so `-inf` gives ~1e-38 (not 0) and nothing overflows;
+    /// the softmax callers only pass `x ≤ 0`.
+    #[inline(always)]
+    unsafe fn exp(self, x: Self::V) -> Self::V {
+        let x = self.min(self.max(x, self.splat(-87.3)), self.splat(88.0));
+        let k = self.round(self.mul(x, self.splat(std::f32::consts::LOG2_E)));
+        // ln2 split in two so that `k * C1` is exact (Cody–Waite).
+        let r = self.fma(k, self.splat(-0.693_359_4), x);
+        let r = self.fma(k, self.splat(2.121_944_4e-4), r);
+        let mut p = self.splat(1.987_569_1e-4);
+        p = self.fma(p, r, self.splat(1.398_199_9e-3));
+        p = self.fma(p, r, self.splat(8.333_452e-3));
+        p = self.fma(p, r, self.splat(4.166_579_6e-2));
+        p = self.fma(p, r, self.splat(1.666_666_5e-1));
+        p = self.fma(p, r, self.splat(0.5));
+        let r2 = self.mul(r, r);
+        let e = self.add(self.fma(p, r2, r), self.splat(1.0));
+        self.mul(e, self.pow2i(k))
+    }
+}
+
+/// The portable grouped transpose (see [`Simd::transpose`]): through a stack buffer.
+#[inline(always)]
+pub(crate) unsafe fn transpose_via_memory<S: Simd, const N: usize>(
+    s: S,
+    v: [S::V; N],
+) -> [S::V; N] {
+    let w = S::W;
+    debug_assert!(N.is_multiple_of(w) && w <= 16);
+    let mut out = v;
+    let mut a = [0.0f32; 256];
+    let mut t = [0.0f32; 256];
+    for g in 0..N / w {
+        for i in 0..w {
+            s.store(a.as_mut_ptr().add(i * w), v[g * w + i]);
+        }
+        for i in 0..w {
+            for j in 0..w {
+                t[j * w + i] = a[i * w + j];
+            }
+        }
+        for j in 0..w {
+            out[g * w + j] = s.load(t.as_ptr().add(j * w));
+        }
+    }
+    out
+}
+
+/// Widens one stored row of `d` elements at `src` into `dst` (F16/BF16 only; F32 rows are read
+/// in place).
+#[inline(always)]
+unsafe fn widen_row<S: Simd>(s: S, dtype: DType, src: *const u8, dst: *mut f32, d: usize) {
+    let full = d / S::W * S::W;
+    let mut i = 0;
+    match dtype {
+        DType::F16 => {
+            while i < full {
+                s.store(dst.add(i), s.load_f16(src.add(2 * i)));
+                i += S::W;
+            }
+            while i < d {
+                let b = src.add(2 * i).cast::<u16>().read_unaligned();
+                *dst.add(i) = f16::from_bits(u16::from_le(b)).to_f32();
+                i += 1;
+            }
+        }
+        DType::BF16 => {
+            while i < full {
+                s.store(dst.add(i), s.load_bf16(src.add(2 * i)));
+                i += S::W;
+            }
+            while i < d {
+                let b = src.add(2 * i).cast::<u16>().read_unaligned();
+                *dst.add(i) = bf16::from_bits(u16::from_le(b)).to_f32();
+                i += 1;
+            }
+        }
+        DType::F32 => {
+            std::ptr::copy_nonoverlapping(src.cast::<f32>(), dst, d);
+        }
+    }
+}
+
+/// The user's interests laid out for the scoring loop: `nv = ceil(n / W)` column groups, each a
+/// `d × W` block whose row `k` holds `X^U[j][k]` for the `W` interests `j` of the group (zero in
+/// the padding lanes past `n`). Scoring one item is then `d` broadcast-FMAs per group into one
+/// vector of `W` scores (lane = interest) — no horizontal sums. A block of `W` items gives `W`
+/// such vectors; transposed (lane = item), the softmax/max/mean is plain lane-wise arithmetic
+/// that finishes `W` items at once.
+pub(crate) struct ScoreLayout<'a> {
+    pub ut: &'a [f32],
+    /// `0` on the lanes of real interests, `-inf` on padding lanes (added before max/softmax).
+    pub pad: &'a [f32],
+    pub n: usize,
+    pub d: usize,
+    pub nv: usize,
+    pub mode: ScoreMode,
+}
+
+/// Builds the interleaved layout of [`ScoreLayout`] for width `w`.
+pub(crate) fn layout_interests(xu: &[f32], n: usize, d: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+    let nv = n.div_ceil(w);
+    let mut ut = vec![0.0f32; nv * d * w];
+    for j in 0..n {
+        let (v, lane) = (j / w, j % w);
+        for k in 0..d {
+            ut[(v * d + k) * w + lane] = xu[j * d + k];
+        }
+    }
+    let pad = (0..nv * w)
+        .map(|j| if j < n { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    (ut, pad)
+}
+
+/// Where the candidate rows live: `bytes` holds `rows` rows of `row_stride` bytes, each starting
+/// with `d` elements of `dtype`.
+#[derive(Clone, Copy)]
+pub(crate) struct RawRows {
+    pub base: *const u8,
+    pub rows: usize,
+    pub row_stride: usize,
+    pub dtype: DType,
+}
+
+/// Most rows scored together (sizes the caller's scratch buffers); see [`score_rows`].
+pub(crate) const BLOCK: usize = 16;
+/// How many rows ahead to prefetch. Rows are random gathers from a mapping far larger than the
+/// caches, so each costs a DRAM round trip (~100 ns) while scoring one takes ~10–50 ns.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Scores `rows` into `out` (same length). `scratch` holds `BLOCK * d` floats (widened rows) and
+/// `sbuf` `BLOCK * nv * W` floats (the raw scores). Returns the position of the first row index
+/// that is out of range, leaving later outputs unwritten.
+///
+/// Rows go in blocks: each X^U vector load then feeds one FMA per row of the block, and the
+/// block's rows are independent FMA chains that hide the FMA latency (≥ 8 must be in flight).
+/// With 32 vector registers (AVX-512) a block of 16 fits; with 16 (AVX2, NEON) 8 rows + the
+/// X^U vector + a broadcast fill the register file (16 spill: measured 30% slower).
+/// `REGS32`: 8-lane vectors in AVX-512 code (n ≤ 8), which has 32 of them, so 16 rows again.
+/// Where the block is a multiple of the lane count (AVX2, AVX-512) the block's scores are
+/// finished transposed ([`finish_columns`]); otherwise (scalar, NEON) row by row ([`finish`]).
+#[inline(always)]
+pub(crate) unsafe fn score_rows<S: Simd, const REGS32: bool>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    sbuf: &mut [f32],
+) -> Result<(), usize> {
+    if S::W >= 16 || REGS32 {
+        score_rows_by::<S, 16>(s, q, src, rows, out, scratch, sbuf)
+    } else {
+        score_rows_by::<S, 8>(s, q, src, rows, out, scratch, sbuf)
+    }
+}
+
+#[inline(always)]
+unsafe fn score_rows_by<S: Simd, const B: usize>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    sbuf: &mut [f32],
+) -> Result<(), usize> {
+    debug_assert_eq!(rows.len(), out.len());
+    debug_assert!(B <= BLOCK && scratch.len() >= B * q.d && sbuf.len() >= B * q.nv * S::W);
+    let m = rows.len();
+    let mut i = 0;
+    while i + B <= m {
+        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, B);
+        block::<S, B>(
+            s,
+            q,
+            src,
+            &rows[i..i + B],
+            &mut out[i..i + B],
+            scratch,
+            sbuf,
+        )
+        .map_err(|p| i + p)?;
+        i += B;
+    }
+    if i < m {
+        // The tail runs as a padded block, so a row's score never depends on where chunk
+        // boundaries fall (same operations in the same order for every row).
+        block::<S, B>(s, q, src, &rows[i..], &mut out[i..], scratch, sbuf).map_err(|p| i + p)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, count: usize) {
+    let row_bytes = src.row_stride;
+    for &r in rows.iter().skip(from).take(count) {
+        let r = r as usize;
+        if r >= src.rows {
+            continue;
+        }
+        let start = src.base.wrapping_add(r * row_bytes);
+        let mut off = 0;
+        while off < row_bytes {
+            s.prefetch(start.wrapping_add(off));
+            off += 64;
+        }
+        // An unaligned row can straddle one more line than its length suggests.
+        s.prefetch(start.wrapping_add(row_bytes - 1));
+    }
+}
+
+/// Scores `rows.len() ≤ R` rows as one block of `R` (missing rows repeat the first one and
+/// their results are dropped). Returns the position (within the block) of a bad row index.
+// Indexing keeps the R parallel arrays (rows, pointers, accumulators, outputs) in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn block<S: Simd, const R: usize>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    sbuf: &mut [f32],
+) -> Result<(), usize> {
+    let d = q.d;
+    let valid = rows.len();
+    debug_assert!(valid >= 1 && valid <= R && out.len() == valid);
+    let mut xp = [std::ptr::null::<f32>(); R];
+    for r in 0..valid {
+        let row = rows[r] as usize;
+        if row >= src.rows {
+            return Err(r);
+        }
+        let p = src.base.add(row * src.row_stride);
+        xp[r] = match src.dtype {
+            // F32 rows are broadcast straight from the mapping.
+            DType::F32 => p.cast::<f32>(),
+            dt => {
+                let dst = scratch.as_mut_ptr().add(r * d);
+                widen_row(s, dt, p, dst, d);
+                dst
+            }
+        };
+    }
+    for r in valid..R {
+        xp[r] = xp[0];
+    }
+    let sb = sbuf.as_mut_ptr();
+    let ut = q.ut.as_ptr();
+    if R.is_multiple_of(S::W) {
+        // Transposed finish, `W` rows (one group) at a time: see `finish_columns`.
+        let groups = R / S::W;
+        let mut y = [0.0f32; BLOCK];
+        let yp = if valid == R {
+            out.as_mut_ptr()
+        } else {
+            y.as_mut_ptr()
+        };
+        if q.nv == 1 {
+            let acc = accumulate::<S, R>(s, ut, &xp, d);
+            let t = s.transpose(acc);
+            for g in 0..groups {
+                finish_columns(s, q, |j| t[g * S::W + j], yp.add(g * S::W));
+            }
+        } else {
+            // More than W interests: park the transposed groups in `sbuf`; group g's column j
+            // (interest j, lanes = the group's rows) at (g·nv·W + j)·W.
+            let gstride = q.nv * S::W * S::W;
+            for v in 0..q.nv {
+                let u = ut.add(v * d * S::W);
+                let acc = accumulate::<S, R>(s, u, &xp, d);
+                let t = s.transpose(acc);
+                for g in 0..groups {
+                    for i in 0..S::W {
+                        let j = v * S::W + i;
+                        s.store(sb.add(g * gstride + j * S::W), t[g * S::W + i]);
+                    }
+                }
+            }
+            for g in 0..groups {
+                let col = |j: usize| s.load(sb.add(g * gstride + j * S::W));
+                finish_columns(s, q, col, yp.add(g * S::W));
+            }
+        }
+        if valid < R {
+            out.copy_from_slice(&y[..valid]);
+        }
+        return Ok(());
+    }
+    for v in 0..q.nv {
+        let u = ut.add(v * d * S::W);
+        let acc = accumulate::<S, R>(s, u, &xp, d);
+        for r in 0..R {
+            s.store(sb.add((r * q.nv + v) * S::W), acc[r]);
+        }
+    }
+    for r in 0..valid {
+        out[r] = finish(s, q, sb.add(r * q.nv * S::W));
+    }
+    Ok(())
+}
+
+/// The hot loop: `acc[r] = Σ_k x_r[k] · u[k]` for one `d × W` interest group `u` and the `R`
+/// rows `xp`: per `k`, one `u` load feeds `R` broadcast-FMAs (independent chains; on AVX-512
+/// the broadcast folds into the FMA's memory operand).
+// Indexing keeps the R accumulators and row pointers in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn accumulate<S: Simd, const R: usize>(
+    s: S,
+    u: *const f32,
+    xp: &[*const f32; R],
+    d: usize,
+) -> [S::V; R] {
+    let mut acc = [s.zero(); R];
+    for k in 0..d {
+        let uv = s.load(u.add(k * S::W));
+        for r in 0..R {
+            acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
+        }
+    }
+    acc
+}
+
+/// `y` for a block of `W` rows, given `col(j)`: interest `j`'s score for each of the rows (the
+/// block's score vectors transposed). The mode is then plain lane-wise arithmetic over `n`
+/// vectors — no horizontal reductions, no padding lanes — and the `W` outputs store at once.
+#[inline(always)]
+unsafe fn finish_columns<S: Simd>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    col: impl Fn(usize) -> S::V,
+    out: *mut f32,
+) {
+    // Plain loops, no iterator adaptors: a closure handed to a std function (e.g. `fold`) that
+    // is not inlined is compiled without the level's features, and every intrinsic inside it
+    // becomes a call (measured: a third of the AVX-512 scoring time).
+    let n = q.n;
+    let y = match q.mode {
+        ScoreMode::Mean => {
+            let mut sum = col(0);
+            for j in 1..n {
+                sum = s.add(sum, col(j));
+            }
+            s.div(sum, s.splat(n as f32))
+        }
+        ScoreMode::Max => {
+            let mut m = col(0);
+            for j in 1..n {
+                m = s.max(m, col(j));
+            }
+            m
+        }
+        ScoreMode::Softmax => {
+            let mut m = col(0);
+            for j in 1..n {
+                m = s.max(m, col(j));
+            }
+            let (mut num, mut den) = (s.zero(), s.zero());
+            for j in 0..n {
+                let x = col(j);
+                let e = s.exp(s.sub(x, m));
+                num = s.fma(e, x, num);
+                den = s.add(den, e);
+            }
+            s.div(num, den)
+        }
+    };
+    s.store(out, y);
+}
+
+/// `y` from one row's `nv` score vectors, by mode (SPEC §1.5). Softmax subtracts the max first,
+/// so no `exp` overflows and the largest weight is exactly 1.
+#[inline(always)]
+unsafe fn finish<S: Simd>(s: S, q: &ScoreLayout<'_>, sv: *const f32) -> f32 {
+    let pad = q.pad.as_ptr();
+    match q.mode {
+        ScoreMode::Mean => {
+            // Padding lanes hold exactly 0 (their X^U column is 0).
+            let mut acc = s.zero();
+            for v in 0..q.nv {
+                acc = s.add(acc, s.load(sv.add(v * S::W)));
+            }
+            s.reduce_add(acc) / q.n as f32
+        }
+        ScoreMode::Max => {
+            let mut mx = s.splat(f32::NEG_INFINITY);
+            for v in 0..q.nv {
+                let x = s.add(s.load(sv.add(v * S::W)), s.load(pad.add(v * S::W)));
+                mx = s.max(mx, x);
+            }
+            s.reduce_max(mx)
+        }
+        ScoreMode::Softmax => {
+            let mut mx = s.splat(f32::NEG_INFINITY);
+            for v in 0..q.nv {
+                let x = s.add(s.load(sv.add(v * S::W)), s.load(pad.add(v * S::W)));
+                mx = s.max(mx, x);
+            }
+            let m = s.splat(s.reduce_max(mx));
+            let (mut num, mut den) = (s.zero(), s.zero());
+            for v in 0..q.nv {
+                let x = s.load(sv.add(v * S::W));
+                // Padding lanes: exp(-inf) ≈ 1e-38 against a denominator ≥ 1, times s = 0.
+                let e = s.exp(s.sub(s.add(x, s.load(pad.add(v * S::W))), m));
+                num = s.fma(e, x, num);
+                den = s.add(den, e);
+            }
+            s.reduce_add(num) / s.reduce_add(den)
+        }
+    }
+}
+
+/// `Σ a_i b_i` over `len` elements, four independent accumulators.
+#[inline(always)]
+pub(crate) unsafe fn dot<S: Simd>(s: S, a: *const f32, b: *const f32, len: usize) -> f32 {
+    let w = S::W;
+    let mut acc = [s.zero(); 4];
+    let mut i = 0;
+    while i + 4 * w <= len {
+        for (u, a_u) in acc.iter_mut().enumerate() {
+            let o = i + u * w;
+            *a_u = s.fma(s.load(a.add(o)), s.load(b.add(o)), *a_u);
+        }
+        i += 4 * w;
+    }
+    while i + w <= len {
+        acc[0] = s.fma(s.load(a.add(i)), s.load(b.add(i)), acc[0]);
+        i += w;
+    }
+    if i < len {
+        let r = len - i;
+        acc[1] = s.fma(
+            s.load_partial(a.add(i), r),
+            s.load_partial(b.add(i), r),
+            acc[1],
+        );
+    }
+    s.reduce_add(s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3])))
+}
+
+/// Rows of `x` per register tile in [`matmul`].
+const MR: usize = 4;
+/// Vectors of output columns per register tile in [`matmul`] (4 × 3 accumulators + 3 weight
+/// vectors + 1 broadcast = 16 registers, the AVX2 register file).
+const NV: usize = 3;
+
+/// `out (m×n) = x (m×k) · wt (k×n) + bias`: the classic GEMM micro-kernel — an `MR × NV·W` block
+/// of `out` stays in registers while `k` streams by; each step is `NV` weight loads, `MR`
+/// broadcasts and `MR·NV` FMAs. No horizontal sums.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn matmul<S: Simd>(
+    s: S,
+    x: *const f32,
+    m: usize,
+    k: usize,
+    wt: *const f32,
+    n: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let mut i = 0;
+    while i + MR <= m {
+        row_block::<S, MR>(s, x.add(i * k), k, wt, n, bias, out.add(i * n));
+        i += MR;
+    }
+    while i < m {
+        row_block::<S, 1>(s, x.add(i * k), k, wt, n, bias, out.add(i * n));
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn row_block<S: Simd, const M: usize>(
+    s: S,
+    x: *const f32,
+    k: usize,
+    wt: *const f32,
+    n: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+) {
+    let mut j = 0;
+    while j + NV * S::W <= n {
+        tile::<S, M, NV>(s, x, k, wt, n, bias, out, j, S::W);
+        j += NV * S::W;
+    }
+    while j < n {
+        let len = S::W.min(n - j);
+        tile::<S, M, 1>(s, x, k, wt, n, bias, out, j, len);
+        j += len;
+    }
+}
+
+/// One `M × V·W` tile at column `j`; the last vector has `last` lanes (≤ W).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile<S: Simd, const M: usize, const V: usize>(
+    s: S,
+    x: *const f32,
+    k: usize,
+    wt: *const f32,
+    n: usize,
+    bias: Option<*const f32>,
+    out: *mut f32,
+    j: usize,
+    last: usize,
+) {
+    let partial = last < S::W;
+    let ld = |p: *const f32, v: usize| {
+        if partial && v == V - 1 {
+            s.load_partial(p, last)
+        } else {
+            s.load(p)
+        }
+    };
+    let mut acc = [[s.zero(); V]; M];
+    if let Some(b) = bias {
+        for v in 0..V {
+            let bv = ld(b.add(j + v * S::W), v);
+            for row in acc.iter_mut() {
+                row[v] = bv;
+            }
+        }
+    }
+    for kk in 0..k {
+        let wrow = wt.add(kk * n + j);
+        let mut wv = [s.zero(); V];
+        for (v, w) in wv.iter_mut().enumerate() {
+            *w = ld(wrow.add(v * S::W), v);
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let xb = s.splat(x.add(r * k + kk).read());
+            for v in 0..V {
+                row[v] = s.fma(xb, wv[v], row[v]);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, &a) in row.iter().enumerate() {
+            let p = out.add(r * n + j + v * S::W);
+            if partial && v == V - 1 {
+                s.store_partial(p, a, last);
+            } else {
+                s.store(p, a);
+            }
+        }
+    }
+}
+
+/// In-place `x ← softmax(x)` with max subtraction.
+#[inline(always)]
+pub(crate) unsafe fn softmax_inplace<S: Simd>(s: S, x: *mut f32, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let w = S::W;
+    let full = len / w * w;
+    let mut mx = s.splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < full {
+        mx = s.max(mx, s.load(x.add(i)));
+        i += w;
+    }
+    let mut m = s.reduce_max(mx);
+    for t in full..len {
+        m = m.max(*x.add(t));
+    }
+    let mv = s.splat(m);
+    let mut sum = s.zero();
+    i = 0;
+    while i < full {
+        let e = s.exp(s.sub(s.load(x.add(i)), mv));
+        s.store(x.add(i), e);
+        sum = s.add(sum, e);
+        i += w;
+    }
+    let mut total = s.reduce_add(sum);
+    if full < len {
+        let r = len - full;
+        let e = s.exp(s.sub(s.load_partial(x.add(full), r), mv));
+        s.store_partial(x.add(full), e, r);
+        for t in full..len {
+            total += *x.add(t);
+        }
+    }
+    let inv = s.splat(1.0 / total);
+    i = 0;
+    while i < full {
+        s.store(x.add(i), s.mul(s.load(x.add(i)), inv));
+        i += w;
+    }
+    for t in full..len {
+        *x.add(t) *= 1.0 / total;
+    }
+}

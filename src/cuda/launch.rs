@@ -1,0 +1,155 @@
+//! Launch geometry and limits for every kernel, shared by the GPU executor and the CPU emulation
+//! so both run the kernels with the same grids and blocks. Each constant here mirrors a `#define`
+//! in `kernels/` (named in the comment); the kernels assume these limits, so they are checked
+//! here before any launch and a violation is an [`Error::Device`], never an out-of-bounds access.
+
+use crate::{Error, Result};
+
+/// `HCN_MAX_DIM` (common.cuh): `score.cu` holds D / 32 values per lane in registers.
+pub const MAX_DIM: usize = 1024;
+/// `HCN_MAX_HEAD_DIM` (common.cuh): `attention.cu` stages 32 keys × d in shared memory.
+pub const MAX_HEAD_DIM: usize = 128;
+/// `HCN_MAX_INTERESTS` (common.cuh): `co_interest.cu` keeps E (n × n) in shared memory.
+pub const MAX_INTERESTS: usize = 64;
+/// `SCORE_MAX_XU` (score.cu): X^U of one user (n × D floats) in shared memory.
+pub const MAX_SCORE_XU: usize = 8192;
+/// 2 bits per block in `co_interest.cu`'s `block_codes`.
+pub const MAX_CONCAT_BLOCKS: usize = 16;
+/// CUDA's limit on `gridDim.y` (and our use of `gridDim.x` for users in 1-D launches is far
+/// below `2^31 − 1`); users per launch and linear row tiles are bounded by it.
+pub const MAX_GRID_Y: usize = 65_535;
+
+/// `(grid, block)` as `(x, y, z)` triples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+}
+
+impl Geometry {
+    /// True when the grid has no block at all (nothing to do; CUDA rejects such launches).
+    pub fn is_empty(&self) -> bool {
+        self.grid.0 == 0 || self.grid.1 == 0 || self.grid.2 == 0
+    }
+
+    pub fn grid_array(&self) -> [u32; 3] {
+        [self.grid.0, self.grid.1, self.grid.2]
+    }
+
+    pub fn block_array(&self) -> [u32; 3] {
+        [self.block.0, self.block.1, self.block.2]
+    }
+}
+
+fn dim(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Device(format!("{what} = {v} does not fit a launch")))
+}
+
+fn grid_y(v: usize, what: &str) -> Result<u32> {
+    if v > MAX_GRID_Y {
+        return Err(Error::Device(format!(
+            "{what} = {v} exceeds the CUDA grid limit {MAX_GRID_Y}; split the batch"
+        )));
+    }
+    dim(v, what)
+}
+
+/// `linear.cu`: 32 × 32 output tiles, block (32, 8).
+pub fn linear(rows: usize, out_dim: usize) -> Result<Geometry> {
+    Ok(Geometry {
+        grid: (
+            dim(out_dim.div_ceil(32), "linear output tiles")?,
+            grid_y(rows.div_ceil(32), "linear row tiles (rows / 32)")?,
+            1,
+        ),
+        block: (32, 8, 1),
+    })
+}
+
+/// `gather.cu`: one warp per row, 8 rows per block.
+pub fn gather(count: usize) -> Result<Geometry> {
+    Ok(Geometry {
+        grid: (dim(count.div_ceil(8), "gathered rows")?, 1, 1),
+        block: (256, 1, 1),
+    })
+}
+
+/// `attention.cu`: one block of 4 warps per (head, user).
+pub fn attention(heads: usize, users: usize, head_dim: usize) -> Result<Geometry> {
+    if head_dim == 0 || head_dim > MAX_HEAD_DIM {
+        return Err(Error::Device(format!(
+            "head dimension d = {head_dim} is outside the kernels' range 1..={MAX_HEAD_DIM}"
+        )));
+    }
+    Ok(Geometry {
+        grid: (dim(heads, "heads")?, grid_y(users, "users per batch")?, 1),
+        block: (128, 1, 1),
+    })
+}
+
+/// `co_interest.cu`: one block per user.
+pub fn co_interest(users: usize) -> Result<Geometry> {
+    Ok(Geometry {
+        grid: (grid_y(users, "users per batch")?, 1, 1),
+        block: (256, 1, 1),
+    })
+}
+
+/// `score.cu`: `SCORE_PER_BLOCK` = 256 candidates per block, users along y.
+pub fn score(max_candidates: usize, users: usize) -> Result<Geometry> {
+    Ok(Geometry {
+        grid: (
+            dim(max_candidates.div_ceil(256), "candidate blocks")?,
+            grid_y(users, "users per batch")?,
+            1,
+        ),
+        block: (256, 1, 1),
+    })
+}
+
+/// `topk.cu`: one block of `TOPK_THREADS` = 256 per user.
+pub fn topk(users: usize) -> Result<Geometry> {
+    Ok(Geometry {
+        grid: (grid_y(users, "users per batch")?, 1, 1),
+        block: (256, 1, 1),
+    })
+}
+
+/// Checks a model's shape against the kernels' compile-time limits (once, at executor creation).
+pub fn check_model_shape(dim: usize, heads: usize, interests: usize, blocks: usize) -> Result<()> {
+    let fail = |what: String| {
+        Err(Error::Device(format!(
+            "model not supported by the CUDA kernels: {what}"
+        )))
+    };
+    if dim == 0 || dim > MAX_DIM {
+        return fail(format!("D = {dim}, the kernels support 1..={MAX_DIM}"));
+    }
+    if heads == 0 || dim % heads != 0 || dim / heads > MAX_HEAD_DIM {
+        return fail(format!(
+            "D / h = {dim} / {heads}, the kernels need h | D and d ≤ {MAX_HEAD_DIM}"
+        ));
+    }
+    if interests == 0 || interests > MAX_INTERESTS {
+        return fail(format!(
+            "n = {interests}, the kernels support 1..={MAX_INTERESTS}"
+        ));
+    }
+    if interests * dim > MAX_SCORE_XU {
+        return fail(format!(
+            "n · D = {}, the scoring kernel keeps X^U in shared memory (≤ {MAX_SCORE_XU} floats)",
+            interests * dim
+        ));
+    }
+    if blocks == 0 || blocks > MAX_CONCAT_BLOCKS {
+        return fail(format!(
+            "{blocks} co_interest_concat blocks, the kernels support 1..={MAX_CONCAT_BLOCKS}"
+        ));
+    }
+    Ok(())
+}
+
+/// Converts a count or offset to the `int` the kernels take.
+pub fn to_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Device(format!("{what} = {v} exceeds 2^31 − 1")))
+}

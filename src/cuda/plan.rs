@@ -1,0 +1,588 @@
+//! The GPU execution plan of SPEC §1 for a batch of users, generic over the [`Backend`]:
+//! which kernels run, in which order, on which buffers. One batch is
+//!
+//! ```text
+//! per tower (long, short):  gather X (1) · per layer l: [K|V] = X [Wk;Wv]ᵀ (1), Q (1, none at l = 0),
+//!                           attention (1), H_l = A Woᵀ into the r·D concat (1) · merge (1)
+//! co_interest concat (1) · X̃ = concat Wcᵀ into the fusion input (1) · X^U = fusion (1)
+//! score (1) · top-k (1)
+//! ```
+//! i.e. `2·(2 + 4r) + 5` launches for the whole batch, independent of the number of users.
+//! Layer 0's `Q = seeds Wq_0ᵀ + bq_0` does not depend on the user and is computed once on the
+//! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
+//! with the stacked weight `[Wk; Wv]`. The user profile MLP (`X̂`, SPEC §1.4) runs on the host
+//! (a few hundred flops) and enters the fusion GEMM as the right half of its input.
+
+use super::backend::{Backend, StoreDesc};
+use super::launch;
+use crate::config::{Block, HcnConfig, ScoreMode};
+use crate::model::{Linear, Model, Tower, UserProfile};
+use crate::tensor::DType;
+use crate::{Error, Result};
+
+/// An item store's `vectors` as the plan uploads it.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSource<'a> {
+    pub dtype: DType,
+    /// `rows × dim` little-endian elements of `dtype`.
+    pub bytes: &'a [u8],
+    pub rows: usize,
+    pub dim: usize,
+}
+
+impl<'a> StoreSource<'a> {
+    pub fn from_store(s: &'a crate::ItemStore) -> Self {
+        StoreSource {
+            dtype: s.vectors.dtype(),
+            bytes: s.vectors.bytes(),
+            rows: s.len(),
+            dim: s.dim(),
+        }
+    }
+}
+
+/// One user of a batch, already resolved to store rows by the caller (the engine): unknown ids
+/// dropped, sequences oldest first. Sequences longer than the model's `long_len` / `short_len`
+/// keep their most recent rows (SPEC §1.1; applied here too, so it is idempotent).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserInput<'a> {
+    /// Token-store rows of the long-term sequence.
+    pub long_rows: &'a [u32],
+    /// Token-store rows of the short-term sequence.
+    pub short_rows: &'a [u32],
+    /// Per configured profile field (config order), the id inside that field's vocabulary.
+    pub field_ids: &'a [usize],
+    /// Dense profile features (`user_dense` values).
+    pub dense: &'a [f32],
+    /// Candidate-store rows to score, in request order.
+    pub candidate_rows: &'a [u32],
+}
+
+/// What the device computed for one user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserOutput {
+    /// `X^U`, `n × D` row-major.
+    pub interests: Vec<f32>,
+    /// One score per entry of `candidate_rows`, same order.
+    pub scores: Vec<f32>,
+    /// Up to `k` `(position in candidate_rows, score)`, best first; equal scores: lower
+    /// position first (SPEC §1.5).
+    pub top_k: Vec<(usize, f32)>,
+}
+
+struct DeviceLayer<B: Backend> {
+    /// `seeds Wq_0ᵀ + bq_0` (`n × D`), only for layer 0.
+    q0: Option<B::F>,
+    wq: B::F,
+    bq: B::F,
+    /// `[Wk; Wv]`, `2D × D`, and `[bk; bv]`.
+    wkv: B::F,
+    bkv: B::F,
+    wo: B::F,
+    bo: B::F,
+}
+
+struct DeviceTower<B: Backend> {
+    layers: Vec<DeviceLayer<B>>,
+    merge_w: B::F,
+    merge_b: B::F,
+}
+
+/// The plan with its weights and stores resident on the backend. Build once per model and
+/// device, then call [`Plan::run_batch`] per batch.
+pub struct Plan<B: Backend> {
+    backend: B,
+    cfg: HcnConfig,
+    profile: UserProfile,
+    long: DeviceTower<B>,
+    short: DeviceTower<B>,
+    co_w: B::F,
+    co_b: B::F,
+    fusion_w: B::F,
+    fusion_b: B::F,
+    blocks: Vec<u8>,
+    mode: i32,
+    tokens: B::Store,
+    candidates: B::Store,
+}
+
+impl<B: Backend> std::fmt::Debug for Plan<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("dim", &self.cfg.dim)
+            .field("interests", &self.cfg.interests)
+            .field("layers", &self.cfg.layers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `y = x Wᵀ + b` on the host, f64 accumulation (load-time precomputation only).
+fn host_linear(l: &Linear, x: &[f32], rows: usize, relu: bool) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * l.out_dim];
+    for r in 0..rows {
+        let xr = &x[r * l.in_dim..(r + 1) * l.in_dim];
+        for o in 0..l.out_dim {
+            let s: f64 = l
+                .row(o)
+                .iter()
+                .zip(xr)
+                .map(|(&w, &v)| f64::from(w) * f64::from(v))
+                .sum::<f64>()
+                + f64::from(l.bias[o]);
+            y[r * l.out_dim + o] = if relu && s < 0.0 { 0.0 } else { s as f32 };
+        }
+    }
+    y
+}
+
+/// `X̂` of SPEC §1.4 on the host: field embeddings (config order), dense features, the MLP with
+/// ReLU between layers. Zero when the model has no profile.
+fn host_profile(p: &UserProfile, dim: usize, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
+    if p.mlp.is_empty() {
+        return vec![0.0; dim];
+    }
+    let mut x = Vec::with_capacity(p.input_dim());
+    for (f, &id) in p.fields.iter().zip(field_ids) {
+        let mut row = vec![0.0f32; f.width()];
+        f.table.row_into(id, &mut row);
+        x.extend_from_slice(&row);
+    }
+    x.extend_from_slice(dense);
+    let last = p.mlp.len() - 1;
+    for (i, l) in p.mlp.iter().enumerate() {
+        x = host_linear(l, &x, 1, i < last);
+    }
+    x
+}
+
+fn block_code(b: Block) -> u8 {
+    match b {
+        Block::Long => 0,
+        Block::Short => 1,
+        Block::LongAligned => 2,
+        Block::ShortAligned => 3,
+    }
+}
+
+fn tail(rows: &[u32], max: usize) -> &[u32] {
+    &rows[rows.len().saturating_sub(max)..]
+}
+
+impl<B: Backend> Plan<B> {
+    /// Uploads the model's weights and both stores. Fails with [`Error::Device`] when the model
+    /// is outside the kernels' limits ([`launch::check_model_shape`]) or an upload fails, and
+    /// with [`Error::Incompatible`] when a store's D differs from the model's.
+    pub fn new(
+        backend: B,
+        model: &Model,
+        tokens: StoreSource<'_>,
+        candidates: StoreSource<'_>,
+    ) -> Result<Self> {
+        let cfg = model.config.clone();
+        let d = cfg.dim;
+        launch::check_model_shape(d, cfg.heads, cfg.interests, cfg.co_interest_concat.len())?;
+        for (what, s) in [("token store", &tokens), ("candidate store", &candidates)] {
+            if s.dim != d {
+                return Err(Error::Incompatible(format!(
+                    "{what} has D = {}, the model has D = {d}",
+                    s.dim
+                )));
+            }
+        }
+        let w = &model.weights;
+        let long = Self::upload_tower(&backend, &w.long, &cfg)?;
+        let short = Self::upload_tower(&backend, &w.short, &cfg)?;
+        let tokens = backend.upload_store(tokens.dtype, tokens.bytes, tokens.rows, d)?;
+        let candidates =
+            backend.upload_store(candidates.dtype, candidates.bytes, candidates.rows, d)?;
+        Ok(Plan {
+            co_w: backend.upload_f32(&w.co_interest.weight)?,
+            co_b: backend.upload_f32(&w.co_interest.bias)?,
+            fusion_w: backend.upload_f32(&w.fusion.weight)?,
+            fusion_b: backend.upload_f32(&w.fusion.bias)?,
+            blocks: cfg
+                .co_interest_concat
+                .iter()
+                .map(|&b| block_code(b))
+                .collect(),
+            mode: match cfg.score {
+                ScoreMode::Softmax => 0,
+                ScoreMode::Max => 1,
+                ScoreMode::Mean => 2,
+            },
+            profile: w.user.clone(),
+            long,
+            short,
+            tokens,
+            candidates,
+            backend,
+            cfg,
+        })
+    }
+
+    fn upload_tower(backend: &B, t: &Tower, cfg: &HcnConfig) -> Result<DeviceTower<B>> {
+        let mut layers = Vec::with_capacity(t.layers.len());
+        for (l, layer) in t.layers.iter().enumerate() {
+            let q0 = if l == 0 {
+                Some(backend.upload_f32(&host_linear(&layer.q, &t.seeds, cfg.interests, false))?)
+            } else {
+                None
+            };
+            let mut wkv = layer.k.weight.clone();
+            wkv.extend_from_slice(&layer.v.weight);
+            let mut bkv = layer.k.bias.clone();
+            bkv.extend_from_slice(&layer.v.bias);
+            layers.push(DeviceLayer {
+                q0,
+                wq: backend.upload_f32(&layer.q.weight)?,
+                bq: backend.upload_f32(&layer.q.bias)?,
+                wkv: backend.upload_f32(&wkv)?,
+                bkv: backend.upload_f32(&bkv)?,
+                wo: backend.upload_f32(&layer.o.weight)?,
+                bo: backend.upload_f32(&layer.o.bias)?,
+            });
+        }
+        Ok(DeviceTower {
+            layers,
+            merge_w: backend.upload_f32(&t.merge.weight)?,
+            merge_b: backend.upload_f32(&t.merge.bias)?,
+        })
+    }
+
+    /// The backend (e.g. to name the device).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn token_store(&self) -> StoreDesc {
+        self.backend.store_desc(&self.tokens)
+    }
+
+    pub fn candidate_store(&self) -> StoreDesc {
+        self.backend.store_desc(&self.candidates)
+    }
+
+    fn validate(&self, i: usize, u: &UserInput<'_>) -> Result<()> {
+        let tok = self.token_store().rows;
+        let cand = self.candidate_store().rows;
+        let field = |f: &str| format!("users[{i}].{f}");
+        for (name, rows, n) in [
+            ("long_rows", u.long_rows, tok),
+            ("short_rows", u.short_rows, tok),
+            ("candidate_rows", u.candidate_rows, cand),
+        ] {
+            if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
+                return Err(Error::request(
+                    field(name),
+                    format!("row {r} is outside a store of {n} rows"),
+                ));
+            }
+        }
+        let p = &self.profile;
+        if u.field_ids.len() != p.fields.len() {
+            return Err(Error::request(
+                field("field_ids"),
+                format!(
+                    "{} ids for {} profile fields",
+                    u.field_ids.len(),
+                    p.fields.len()
+                ),
+            ));
+        }
+        for (f, &id) in p.fields.iter().zip(u.field_ids) {
+            if id >= f.vocab() {
+                return Err(Error::request(
+                    format!("fields.{}", f.name),
+                    format!("id {id} outside the vocabulary of {}", f.vocab()),
+                ));
+            }
+        }
+        if u.dense.len() != p.dense {
+            return Err(Error::request(
+                "dense",
+                format!("{} values, the model expects {}", u.dense.len(), p.dense),
+            ));
+        }
+        if u.dense.iter().any(|v| !v.is_finite()) {
+            return Err(Error::request("dense", "non-finite value"));
+        }
+        Ok(())
+    }
+
+    /// Runs SPEC §1 for every user of the batch: interests, one score per candidate row, and the
+    /// `top_k` best (fewer when a user has fewer candidates). All users share every launch.
+    pub fn run_batch(&self, users: &[UserInput<'_>], top_k: usize) -> Result<Vec<UserOutput>> {
+        for (i, u) in users.iter().enumerate() {
+            self.validate(i, u)?;
+        }
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let be = &self.backend;
+        let (b, n, d) = (users.len(), self.cfg.interests, self.cfg.dim);
+        let bn = b * n;
+
+        let long_hat = self.tower(
+            &self.long,
+            users.iter().map(|u| tail(u.long_rows, self.cfg.long_len)),
+            b,
+        )?;
+        let short_hat = self.tower(
+            &self.short,
+            users.iter().map(|u| tail(u.short_rows, self.cfg.short_len)),
+            b,
+        )?;
+
+        // Co-interest concat, then X̃ into the left half of the fusion input; its right half is
+        // tile_n(X̂) (SPEC §1.4), computed on the host.
+        let k = self.blocks.len();
+        let mut cat = be.zeros_f32(bn * k * d)?;
+        be.co_interest(
+            &long_hat,
+            &short_hat,
+            d,
+            &mut cat,
+            k * d,
+            b,
+            n,
+            d,
+            &self.blocks,
+        )?;
+        let mut fuse_host = vec![0.0f32; bn * 2 * d];
+        for (ui, u) in users.iter().enumerate() {
+            let xhat = host_profile(&self.profile, d, u.field_ids, u.dense);
+            for j in 0..n {
+                let row = (ui * n + j) * 2 * d;
+                fuse_host[row + d..row + 2 * d].copy_from_slice(&xhat);
+            }
+        }
+        let mut fuse_in = be.upload_f32(&fuse_host)?;
+        be.linear(
+            (&cat, 0),
+            k * d,
+            &self.co_w,
+            &self.co_b,
+            (&mut fuse_in, 0),
+            2 * d,
+            bn,
+            k * d,
+            d,
+            false,
+        )?;
+        let mut xu = be.zeros_f32(bn * d)?;
+        be.linear(
+            (&fuse_in, 0),
+            2 * d,
+            &self.fusion_w,
+            &self.fusion_b,
+            (&mut xu, 0),
+            d,
+            bn,
+            2 * d,
+            d,
+            false,
+        )?;
+
+        // Scores and top-k over every user's candidates in one launch each.
+        let (rows, offsets) = stack(users.iter().map(|u| u.candidate_rows))?;
+        let total = rows.len();
+        let max_m = users
+            .iter()
+            .map(|u| u.candidate_rows.len())
+            .max()
+            .unwrap_or(0);
+        let rows_dev = be.upload_u32(&rows)?;
+        let offs_dev = be.upload_i32(&offsets)?;
+        let mut scores = be.zeros_f32(total)?;
+        be.score(
+            &self.candidates,
+            &rows_dev,
+            &offs_dev,
+            &xu,
+            b,
+            max_m,
+            n,
+            self.mode,
+            &mut scores,
+        )?;
+        let k_dev = top_k.min(max_m);
+        let mut pos = be.zeros_i32(b * k_dev)?;
+        let mut val = be.zeros_f32(b * k_dev)?;
+        be.topk(&scores, &offs_dev, b, k_dev, &mut pos, &mut val)?;
+
+        let xu_h = be.download_f32(&xu)?;
+        let scores_h = be.download_f32(&scores)?;
+        let pos_h = be.download_i32(&pos)?;
+        let val_h = be.download_f32(&val)?;
+
+        let mut out = Vec::with_capacity(b);
+        for ui in 0..b {
+            let (s0, s1) = (offsets[ui] as usize, offsets[ui + 1] as usize);
+            let mut top: Vec<(usize, f32)> = pos_h
+                .iter()
+                .zip(&val_h)
+                .skip(ui * k_dev)
+                .take(k_dev)
+                .filter(|(&p, _)| p >= 0)
+                .map(|(&p, &v)| (p as usize, v))
+                .collect();
+            // The kernel returns the winners in position order; best first, ties by position.
+            top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            out.push(UserOutput {
+                interests: xu_h[ui * n * d..(ui + 1) * n * d].to_vec(),
+                scores: scores_h[s0..s1].to_vec(),
+                top_k: top,
+            });
+        }
+        Ok(out)
+    }
+
+    /// SPEC §1.2 for one tower over the batch: returns `F` for every user (`B·n × D`).
+    fn tower<'u>(
+        &self,
+        t: &DeviceTower<B>,
+        seqs: impl Iterator<Item = &'u [u32]>,
+        users: usize,
+    ) -> Result<B::F> {
+        let be = &self.backend;
+        let (n, d, r, h) = (
+            self.cfg.interests,
+            self.cfg.dim,
+            self.cfg.layers,
+            self.cfg.heads,
+        );
+        let bn = users * n;
+        let (rows, offsets) = stack(seqs)?;
+        let count = rows.len();
+        let rows_dev = be.upload_u32(&rows)?;
+        let offs_dev = be.upload_i32(&offsets)?;
+        let mut x = be.zeros_f32(count * d)?;
+        be.gather(&self.tokens, &rows_dev, count, &mut x)?;
+
+        // At least one row: V is addressed at column offset D of this buffer even when the whole
+        // batch has no token (every attention then reads nothing and writes zeros).
+        let mut kv = be.zeros_f32(count.max(1) * 2 * d)?;
+        let mut q = be.zeros_f32(bn * d)?;
+        let mut a = be.zeros_f32(bn * d)?;
+        let mut hcat = be.zeros_f32(bn * r * d)?;
+        for (l, layer) in t.layers.iter().enumerate() {
+            be.linear(
+                (&x, 0),
+                d,
+                &layer.wkv,
+                &layer.bkv,
+                (&mut kv, 0),
+                2 * d,
+                count,
+                d,
+                2 * d,
+                false,
+            )?;
+            match &layer.q0 {
+                Some(q0) => be.attention(
+                    (q0, 0),
+                    d,
+                    0,
+                    &kv,
+                    0,
+                    d,
+                    2 * d,
+                    &offs_dev,
+                    (&mut a, 0),
+                    d,
+                    users,
+                    n,
+                    h,
+                    d / h,
+                )?,
+                None => {
+                    // C = H_{l−1}, read in place from its column block of the concat buffer.
+                    be.linear(
+                        (&hcat, (l - 1) * d),
+                        r * d,
+                        &layer.wq,
+                        &layer.bq,
+                        (&mut q, 0),
+                        d,
+                        bn,
+                        d,
+                        d,
+                        false,
+                    )?;
+                    be.attention(
+                        (&q, 0),
+                        d,
+                        n * d,
+                        &kv,
+                        0,
+                        d,
+                        2 * d,
+                        &offs_dev,
+                        (&mut a, 0),
+                        d,
+                        users,
+                        n,
+                        h,
+                        d / h,
+                    )?;
+                }
+            }
+            be.linear(
+                (&a, 0),
+                d,
+                &layer.wo,
+                &layer.bo,
+                (&mut hcat, l * d),
+                r * d,
+                bn,
+                d,
+                d,
+                false,
+            )?;
+        }
+        let mut f = be.zeros_f32(bn * d)?;
+        be.linear(
+            (&hcat, 0),
+            r * d,
+            &t.merge_w,
+            &t.merge_b,
+            (&mut f, 0),
+            d,
+            bn,
+            r * d,
+            d,
+            false,
+        )?;
+        Ok(f)
+    }
+}
+
+/// Concatenates per-user row lists and returns them with `users + 1` ascending offsets.
+fn stack<'u>(seqs: impl Iterator<Item = &'u [u32]>) -> Result<(Vec<u32>, Vec<i32>)> {
+    let mut rows = Vec::new();
+    let mut offsets = vec![0i32];
+    for s in seqs {
+        rows.extend_from_slice(s);
+        offsets.push(launch::to_i32(rows.len(), "rows in one batch")?);
+    }
+    Ok((rows, offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_most_recent_rows() {
+        assert_eq!(tail(&[1, 2, 3, 4], 2), &[3, 4]);
+        assert_eq!(tail(&[1, 2], 5), &[1, 2]);
+        assert_eq!(tail(&[1, 2], 0), &[] as &[u32]);
+    }
+
+    #[test]
+    fn stack_builds_offsets() {
+        let (rows, offs) = stack([&[5u32, 6][..], &[][..], &[7][..]].into_iter()).unwrap();
+        assert_eq!(rows, vec![5, 6, 7]);
+        assert_eq!(offs, vec![0, 2, 2, 3]);
+    }
+}

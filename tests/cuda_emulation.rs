@@ -1,0 +1,1000 @@
+//! Runs every CUDA kernel on the CPU — the same `kernels/*.cu` sources compiled for the host with
+//! `kernels/emu/cuda_emu.h` (threads as OS threads, real barriers and warp shuffles) — and checks
+//! each against a plain f64 reference of SPEC §1 on awkward shapes: empty and length-1
+//! sequences, lengths and counts that are not multiples of the warp (32), the tile (32) or the
+//! score block (256), n = 1, D not a multiple of 32, F32/F16/BF16 stores, every score mode,
+//! top-k with ties. Tolerance: SPEC §5 GPU, `2e-3 · (1 + |ref|)`.
+//! Finally the whole GPU plan runs end to end on the emulation against a reference model.
+#![cfg(feature = "cuda")]
+
+use half::{bf16, f16};
+use hcn_prerank::cuda::emu::{self, EmuBackend, EmuStore};
+use hcn_prerank::cuda::{Plan, StoreSource, UserInput};
+use hcn_prerank::tensor::DType;
+
+const TOL: f64 = 2e-3;
+
+/// splitmix64: a tiny seeded generator (tests must be reproducible).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-a, a).
+    fn f(&mut self, a: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+    }
+    fn vec(&mut self, len: usize, a: f32) -> Vec<f32> {
+        (0..len).map(|_| self.f(a)).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(g) - w).abs();
+        assert!(
+            err <= TOL * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, reference {w} (|err| = {err:e})"
+        );
+    }
+}
+
+fn store_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// The values as the kernels see them after exact widening of the stored dtype.
+fn stored_values(dtype: DType, values: &[f32]) -> Vec<f64> {
+    values
+        .iter()
+        .map(|&v| match dtype {
+            DType::F32 => f64::from(v),
+            DType::F16 => f64::from(f16::from_f32(v).to_f32()),
+            DType::BF16 => f64::from(bf16::from_f32(v).to_f32()),
+        })
+        .collect()
+}
+
+fn store(dtype: DType, values: &[f32], rows: usize, dim: usize) -> (EmuStore, Vec<f64>) {
+    let st = EmuStore::from_bytes(dtype, &store_bytes(dtype, values), rows, dim).unwrap();
+    (st, stored_values(dtype, values))
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+// ---------------------------------------------------------------- naive f64 references
+
+fn ref_linear(
+    x: &[f64],
+    rows: usize,
+    in_dim: usize,
+    w: &[f32],
+    b: &[f32],
+    out_dim: usize,
+    relu: bool,
+) -> Vec<f64> {
+    let mut y = vec![0.0; rows * out_dim];
+    for r in 0..rows {
+        for o in 0..out_dim {
+            let mut s = f64::from(b[o]);
+            for i in 0..in_dim {
+                s += x[r * in_dim + i] * f64::from(w[o * in_dim + i]);
+            }
+            y[r * out_dim + o] = if relu && s < 0.0 { 0.0 } else { s };
+        }
+    }
+    y
+}
+
+fn softmax(v: &[f64]) -> Vec<f64> {
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = v.iter().map(|x| (x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+/// SPEC §1.2 attention core for one user: q n × D, k/v L × D → n × D.
+fn ref_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    n: usize,
+    len: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<f64> {
+    let dim = heads * d;
+    let mut out = vec![0.0; n * dim];
+    if len == 0 {
+        return out;
+    }
+    for h in 0..heads {
+        for i in 0..n {
+            let s: Vec<f64> = (0..len)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| q[i * dim + h * d + c] * k[j * dim + h * d + c])
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let a = softmax(&s);
+            for c in 0..d {
+                out[i * dim + h * d + c] = (0..len).map(|j| a[j] * v[j * dim + h * d + c]).sum();
+            }
+        }
+    }
+    out
+}
+
+/// SPEC §1.3 for one user: returns (L̃, S̃).
+fn ref_co_interest(l: &[f64], s: &[f64], n: usize, dim: usize) -> (Vec<f64>, Vec<f64>) {
+    let e: Vec<f64> = (0..n * n)
+        .map(|t| {
+            (0..dim)
+                .map(|c| l[(t / n) * dim + c] * s[(t % n) * dim + c])
+                .sum()
+        })
+        .collect();
+    let mut lt = vec![0.0; n * dim];
+    let mut st = vec![0.0; n * dim];
+    for i in 0..n {
+        let a = softmax(&e[i * n..(i + 1) * n]);
+        for c in 0..dim {
+            lt[i * dim + c] = (0..n).map(|j| a[j] * s[j * dim + c]).sum();
+        }
+    }
+    for j in 0..n {
+        let col: Vec<f64> = (0..n).map(|i| e[i * n + j]).collect();
+        let a = softmax(&col);
+        for c in 0..dim {
+            st[j * dim + c] = (0..n).map(|i| a[i] * l[i * dim + c]).sum();
+        }
+    }
+    (lt, st)
+}
+
+/// SPEC §1.5 for one candidate vector x.
+fn ref_score(xu: &[f64], n: usize, x: &[f64], mode: i32) -> f64 {
+    let dim = x.len();
+    let s: Vec<f64> = (0..n)
+        .map(|j| (0..dim).map(|c| xu[j * dim + c] * x[c]).sum())
+        .collect();
+    match mode {
+        0 => softmax(&s).iter().zip(&s).map(|(a, v)| a * v).sum(),
+        1 => s.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        _ => s.iter().sum::<f64>() / n as f64,
+    }
+}
+
+fn ref_topk(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, scores[i])).collect()
+}
+
+fn offsets(lens: &[usize]) -> Vec<i32> {
+    let mut o = vec![0i32];
+    for &l in lens {
+        o.push(o.last().unwrap() + l as i32);
+    }
+    o
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+// ---------------------------------------------------------------- kernels one by one
+
+#[test]
+fn linear_matches_reference_on_awkward_shapes() {
+    let mut rng = Rng(1);
+    for &(rows, in_dim, out_dim, pad_x, pad_y, relu) in &[
+        (0usize, 5usize, 3usize, 0usize, 0usize, false),
+        (1, 1, 1, 0, 0, false),
+        (33, 37, 65, 3, 2, false),
+        (70, 48, 17, 0, 5, true),
+        (5, 96, 40, 1, 0, true),
+    ] {
+        let (ldx, ldy) = (in_dim + pad_x, out_dim + pad_y);
+        let x = rng.vec(rows * ldx, 1.0);
+        let w = rng.vec(out_dim * in_dim, 0.5);
+        let b = rng.vec(out_dim, 0.5);
+        let sentinel = 7.25f32;
+        let mut y = vec![sentinel; rows * ldy];
+        emu::linear(&x, ldx, &w, &b, &mut y, ldy, rows, in_dim, out_dim, relu).unwrap();
+        let xd: Vec<f64> = (0..rows)
+            .flat_map(|r| widen(&x[r * ldx..r * ldx + in_dim]))
+            .collect();
+        let want = ref_linear(&xd, rows, in_dim, &w, &b, out_dim, relu);
+        for r in 0..rows {
+            assert_close(
+                &y[r * ldy..r * ldy + out_dim],
+                &want[r * out_dim..(r + 1) * out_dim],
+                &format!("linear {rows}x{in_dim}->{out_dim} row {r}"),
+            );
+            // Columns past out_dim belong to someone else (a concat buffer): untouched.
+            assert!(y[r * ldy + out_dim..(r + 1) * ldy]
+                .iter()
+                .all(|&v| v == sentinel));
+        }
+    }
+}
+
+#[test]
+fn gather_widens_every_dtype() {
+    let mut rng = Rng(2);
+    for dtype in DTYPES {
+        for &(n_rows, dim, count) in &[
+            (5usize, 1usize, 0usize),
+            (7, 33, 1),
+            (40, 48, 9),
+            (3, 37, 20),
+        ] {
+            let values = rng.vec(n_rows * dim, 3.0);
+            let (st, widened) = store(dtype, &values, n_rows, dim);
+            let rows: Vec<u32> = (0..count).map(|_| rng.below(n_rows) as u32).collect();
+            let mut out = vec![f32::NAN; count * dim];
+            emu::gather(&st, &rows, &mut out).unwrap();
+            for (i, &r) in rows.iter().enumerate() {
+                for c in 0..dim {
+                    // Widening is exact.
+                    assert_eq!(
+                        f64::from(out[i * dim + c]),
+                        widened[r as usize * dim + c],
+                        "{dtype:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gather_rejects_rows_outside_the_store() {
+    let (st, _) = store(DType::F32, &[1.0, 2.0], 1, 2);
+    let mut out = vec![0.0; 2];
+    assert!(emu::gather(&st, &[1], &mut out).is_err());
+}
+
+#[test]
+fn attention_matches_reference_including_empty_sequences() {
+    let mut rng = Rng(3);
+    // (heads, d, n, per-user lengths, shared Q)
+    let cases: &[(usize, usize, usize, &[usize], bool)] = &[
+        (2, 17, 5, &[0, 1, 31, 33, 70], false),
+        (3, 32, 1, &[2, 0, 64], true),
+        (1, 5, 4, &[1], false),
+        (4, 12, 6, &[45, 0, 0, 7], true),
+        (1, 128, 2, &[40], false),
+    ];
+    for &(heads, d, n, lens, shared_q) in cases {
+        let dim = heads * d;
+        let users = lens.len();
+        let offs = offsets(lens);
+        let total = *offs.last().unwrap() as usize;
+        // K and V side by side in one [total × 2D] buffer, as the plan stores them.
+        let kv = rng.vec(total * 2 * dim, 1.5);
+        let q_rows = if shared_q { n } else { users * n };
+        let q = rng.vec(q_rows * dim, 1.5);
+        let stride = if shared_q { 0 } else { n * dim };
+        let ldo = dim + 3;
+        let mut out = vec![f32::NAN; users * n * ldo];
+        let v_part = if kv.is_empty() { &kv[..] } else { &kv[dim..] };
+        emu::attention(
+            &q,
+            dim,
+            stride,
+            &kv,
+            v_part,
+            2 * dim,
+            &offs,
+            &mut out,
+            ldo,
+            users,
+            n,
+            heads,
+            d,
+        )
+        .unwrap();
+        for u in 0..users {
+            let (a, b) = (offs[u] as usize, offs[u + 1] as usize);
+            let k: Vec<f64> = (a..b)
+                .flat_map(|j| widen(&kv[j * 2 * dim..j * 2 * dim + dim]))
+                .collect();
+            let v: Vec<f64> = (a..b)
+                .flat_map(|j| widen(&kv[j * 2 * dim + dim..(j + 1) * 2 * dim]))
+                .collect();
+            let qu = widen(&q[u * stride..u * stride + n * dim]);
+            let want = ref_attention(&qu, &k, &v, n, b - a, heads, d);
+            for i in 0..n {
+                let row = (u * n + i) * ldo;
+                assert_close(
+                    &out[row..row + dim],
+                    &want[i * dim..(i + 1) * dim],
+                    &format!("attention h={heads} d={d} user {u} (L={}) row {i}", b - a),
+                );
+                if b == a {
+                    assert!(
+                        out[row..row + dim].iter().all(|&x| x == 0.0),
+                        "an empty sequence gives exact zeros"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn co_interest_matches_reference_for_every_block_kind() {
+    let mut rng = Rng(4);
+    let cases: &[(usize, usize, usize, &[u8])] = &[
+        (3, 1, 20, &[2, 3, 3]),
+        (2, 3, 37, &[0, 1, 2, 3]),
+        (1, 8, 48, &[3, 2]),
+        (2, 64, 5, &[2, 3, 0]),
+    ];
+    for &(users, n, dim, blocks) in cases {
+        let l = rng.vec(users * n * dim, 1.0);
+        let s = rng.vec(users * n * dim, 1.0);
+        let nb = blocks.len();
+        let mut out = vec![f32::NAN; users * n * nb * dim];
+        emu::co_interest(&l, &s, dim, &mut out, nb * dim, users, n, dim, blocks).unwrap();
+        for u in 0..users {
+            let lu = widen(&l[u * n * dim..(u + 1) * n * dim]);
+            let su = widen(&s[u * n * dim..(u + 1) * n * dim]);
+            let (lt, st) = ref_co_interest(&lu, &su, n, dim);
+            for i in 0..n {
+                for (t, &code) in blocks.iter().enumerate() {
+                    let want = match code {
+                        0 => &lu,
+                        1 => &su,
+                        2 => &lt,
+                        _ => &st,
+                    };
+                    let row = (u * n + i) * nb * dim + t * dim;
+                    assert_close(
+                        &out[row..row + dim],
+                        &want[i * dim..(i + 1) * dim],
+                        &format!(
+                            "co_interest n={n} D={dim} user {u} row {i} block {t} (code {code})"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn score_matches_reference_for_every_dtype_and_mode() {
+    let mut rng = Rng(5);
+    let cases: &[(usize, usize, &[usize])] = &[
+        (37, 5, &[0, 1, 300, 7]),
+        (48, 1, &[33]),
+        (96, 8, &[257, 2]),
+        // Every register-width instance of score.cu: D/32 rounded up to 16 and to 32.
+        (300, 3, &[5, 40]),
+        (1000, 8, &[3, 9]),
+    ];
+    for dtype in DTYPES {
+        for &(dim, n, lens) in cases {
+            let n_rows = 50;
+            let values = rng.vec(n_rows * dim, 1.0);
+            let (st, widened) = store(dtype, &values, n_rows, dim);
+            let users = lens.len();
+            let offs = offsets(lens);
+            let total = *offs.last().unwrap() as usize;
+            let rows: Vec<u32> = (0..total).map(|_| rng.below(n_rows) as u32).collect();
+            let xu = rng.vec(users * n * dim, 1.0);
+            for mode in 0..3 {
+                let mut out = vec![f32::NAN; total];
+                emu::score(&st, &rows, &offs, &xu, users, n, mode, &mut out).unwrap();
+                let mut want = Vec::with_capacity(total);
+                for u in 0..users {
+                    let xuu = widen(&xu[u * n * dim..(u + 1) * n * dim]);
+                    for &r in &rows[offs[u] as usize..offs[u + 1] as usize] {
+                        let r = r as usize;
+                        want.push(ref_score(&xuu, n, &widened[r * dim..(r + 1) * dim], mode));
+                    }
+                }
+                assert_close(
+                    &out,
+                    &want,
+                    &format!("score {dtype:?} D={dim} n={n} mode={mode}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn topk_selects_the_k_largest_with_ties_by_position() {
+    let mut rng = Rng(6);
+    // Per-user score lists: few distinct values (many ties), an empty user, a single candidate,
+    // negative values, a count past the block size, all equal.
+    let users: Vec<Vec<f32>> = vec![
+        (0..700).map(|_| (rng.below(7) as f32) - 3.0).collect(),
+        vec![],
+        vec![0.5],
+        (0..40)
+            .map(|i| if i % 2 == 0 { -1.25 } else { 2.5 })
+            .collect(),
+        rng.vec(333, 10.0),
+        vec![1.0; 300],
+    ];
+    let lens: Vec<usize> = users.iter().map(Vec::len).collect();
+    let offs = offsets(&lens);
+    let flat: Vec<f32> = users.concat();
+    for k in [0usize, 1, 3, 20, 40, 299, 301, 1000] {
+        let mut pos = vec![-7; users.len() * k];
+        let mut val = vec![0.0f32; users.len() * k];
+        emu::topk(&flat, &offs, users.len(), k, &mut pos, &mut val).unwrap();
+        for (u, s) in users.iter().enumerate() {
+            let want = ref_topk(s, k);
+            let slots = &pos[u * k..(u + 1) * k];
+            let mut got: Vec<(usize, f32)> = slots
+                .iter()
+                .zip(&val[u * k..(u + 1) * k])
+                .filter(|(&p, _)| p >= 0)
+                .map(|(&p, &v)| (p as usize, v))
+                .collect();
+            // The kernel writes the winners in position order; unused slots are −1.
+            assert!(
+                got.windows(2).all(|w| w[0].0 < w[1].0),
+                "user {u} k={k}: position order"
+            );
+            assert!(
+                slots[got.len()..].iter().all(|&p| p == -1),
+                "user {u} k={k}: unused slots"
+            );
+            got.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            assert_eq!(got, want, "user {u} k={k}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the whole plan
+
+mod model {
+    use super::Rng;
+    use hcn_prerank::model::{AttentionLayer, FieldEmbedding, Linear, Tower, UserProfile, Weights};
+    use hcn_prerank::tensor::{DType, MappedMatrix};
+    use hcn_prerank::{HcnConfig, Model};
+    use std::sync::Arc;
+
+    pub fn linear(rng: &mut Rng, out_dim: usize, in_dim: usize) -> Linear {
+        let scale = 1.0 / (in_dim.max(1) as f32).sqrt();
+        Linear {
+            weight: rng.vec(out_dim * in_dim, scale),
+            bias: rng.vec(out_dim, 0.1),
+            out_dim,
+            in_dim,
+        }
+    }
+
+    fn tower(rng: &mut Rng, cfg: &HcnConfig) -> Tower {
+        let d = cfg.dim;
+        Tower {
+            seeds: rng.vec(cfg.interests * d, 1.0),
+            layers: (0..cfg.layers)
+                .map(|_| AttentionLayer {
+                    q: linear(rng, d, d),
+                    k: linear(rng, d, d),
+                    v: linear(rng, d, d),
+                    o: linear(rng, d, d),
+                })
+                .collect(),
+            merge: linear(rng, d, cfg.layers * d),
+        }
+    }
+
+    /// A mapped `[rows, cols]` F32 matrix backed by a temporary file (field embedding tables are
+    /// memory-mapped in the real model).
+    fn mapped(values: &[f32], rows: usize, cols: usize, tag: &str) -> MappedMatrix {
+        let path =
+            std::env::temp_dir().join(format!("hcn-cuda-emu-{}-{tag}.bin", std::process::id()));
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: the test owns this temporary file and never modifies it while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let _ = std::fs::remove_file(&path);
+        MappedMatrix::new(Arc::new(map), 0, rows, cols, DType::F32).unwrap()
+    }
+
+    pub fn build(seed: u64, json: &str) -> Model {
+        let cfg = HcnConfig::from_json(json).unwrap();
+        let mut rng = Rng(seed);
+        let d = cfg.dim;
+        let fields: Vec<FieldEmbedding> = cfg
+            .user_fields
+            .iter()
+            .map(|f| FieldEmbedding {
+                name: f.name.clone(),
+                table: mapped(
+                    &rng.vec(f.vocab * 3, 1.0),
+                    f.vocab,
+                    3,
+                    &format!("{seed}-{}", f.name),
+                ),
+            })
+            .collect();
+        let in_dim = fields.len() * 3 + cfg.user_dense;
+        let mut mlp = Vec::new();
+        if cfg.has_profile() {
+            let mut prev = in_dim;
+            for &h in &cfg.user_mlp_hidden {
+                mlp.push(linear(&mut rng, h, prev));
+                prev = h;
+            }
+            mlp.push(linear(&mut rng, d, prev));
+        }
+        let weights = Weights {
+            long: tower(&mut rng, &cfg),
+            short: tower(&mut rng, &cfg),
+            co_interest: linear(&mut rng, d, cfg.co_interest_concat.len() * d),
+            user: UserProfile {
+                fields,
+                dense: cfg.user_dense,
+                mlp,
+            },
+            fusion: linear(&mut rng, d, 2 * d),
+        };
+        Model {
+            config: cfg,
+            weights,
+            tensors: Vec::new(),
+            path: "in-memory".into(),
+        }
+    }
+}
+
+/// SPEC §1 end to end in f64, in the SPEC's own evaluation order (the plan uses another one:
+/// layer-0 Q on the host, stacked K|V, fused concat writes).
+fn ref_user(
+    m: &hcn_prerank::Model,
+    xl: &[f64],
+    xs: &[f64],
+    field_ids: &[usize],
+    dense: &[f32],
+) -> Vec<f64> {
+    use hcn_prerank::config::Block;
+    use hcn_prerank::model::{Linear, Tower};
+    let cfg = &m.config;
+    let (n, d, h, r) = (cfg.interests, cfg.dim, cfg.heads, cfg.layers);
+    let lin = |l: &Linear, x: &[f64], rows: usize, relu: bool| {
+        ref_linear(x, rows, l.in_dim, &l.weight, &l.bias, l.out_dim, relu)
+    };
+    let tower = |t: &Tower, x: &[f64]| {
+        let len = x.len() / d;
+        let mut c = widen(&t.seeds);
+        let mut hs = vec![0.0; n * r * d];
+        for (li, layer) in t.layers.iter().enumerate() {
+            let q = lin(&layer.q, &c, n, false);
+            let k = lin(&layer.k, x, len, false);
+            let v = lin(&layer.v, x, len, false);
+            let a = ref_attention(&q, &k, &v, n, len, h, d / h);
+            c = lin(&layer.o, &a, n, false);
+            for i in 0..n {
+                hs[i * r * d + li * d..i * r * d + (li + 1) * d]
+                    .copy_from_slice(&c[i * d..(i + 1) * d]);
+            }
+        }
+        lin(&t.merge, &hs, n, false)
+    };
+    let lhat = tower(&m.weights.long, xl);
+    let shat = tower(&m.weights.short, xs);
+    let (lt, st) = ref_co_interest(&lhat, &shat, n, d);
+    let k = cfg.co_interest_concat.len();
+    let mut cat = vec![0.0; n * k * d];
+    for i in 0..n {
+        for (t, b) in cfg.co_interest_concat.iter().enumerate() {
+            let src = match b {
+                Block::Long => &lhat,
+                Block::Short => &shat,
+                Block::LongAligned => &lt,
+                Block::ShortAligned => &st,
+            };
+            cat[i * k * d + t * d..i * k * d + (t + 1) * d]
+                .copy_from_slice(&src[i * d..(i + 1) * d]);
+        }
+    }
+    let xt = lin(&m.weights.co_interest, &cat, n, false);
+    let p = &m.weights.user;
+    let xhat = if p.mlp.is_empty() {
+        vec![0.0; d]
+    } else {
+        let mut x = Vec::new();
+        for (f, &id) in p.fields.iter().zip(field_ids) {
+            let mut row = vec![0.0f32; f.width()];
+            f.table.row_into(id, &mut row);
+            x.extend(widen(&row));
+        }
+        x.extend(widen(dense));
+        for (i, l) in p.mlp.iter().enumerate() {
+            x = lin(l, &x, 1, i + 1 < p.mlp.len());
+        }
+        x
+    };
+    let mut fin = vec![0.0; n * 2 * d];
+    for i in 0..n {
+        fin[i * 2 * d..i * 2 * d + d].copy_from_slice(&xt[i * d..(i + 1) * d]);
+        fin[i * 2 * d + d..(i + 1) * 2 * d].copy_from_slice(&xhat);
+    }
+    lin(&m.weights.fusion, &fin, n, false)
+}
+
+type UserData = (Vec<u32>, Vec<u32>, Vec<usize>, Vec<f32>, Vec<u32>);
+
+fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
+    let m = model::build(seed, json);
+    let cfg = m.config.clone();
+    let d = cfg.dim;
+    let mut rng = Rng(seed ^ 0x55);
+    let (n_tok, n_cand) = (40usize, 300usize);
+    let tok_vals = rng.vec(n_tok * d, 1.0);
+    let cand_vals = rng.vec(n_cand * d, 1.0);
+    let (tb, tok_w) = (
+        store_bytes(tok_dtype, &tok_vals),
+        stored_values(tok_dtype, &tok_vals),
+    );
+    let (cb, cand_w) = (
+        store_bytes(cand_dtype, &cand_vals),
+        stored_values(cand_dtype, &cand_vals),
+    );
+    let plan = Plan::new(
+        EmuBackend,
+        &m,
+        StoreSource {
+            dtype: tok_dtype,
+            bytes: &tb,
+            rows: n_tok,
+            dim: d,
+        },
+        StoreSource {
+            dtype: cand_dtype,
+            bytes: &cb,
+            rows: n_cand,
+            dim: d,
+        },
+    )
+    .unwrap();
+
+    // Users: full, over-long (truncated to the tail), empty long, empty both, no candidates.
+    let shapes = [
+        (cfg.long_len, cfg.short_len, 37usize),
+        (cfg.long_len + 4, 1, 260),
+        (0, 2, 5),
+        (0, 0, 1),
+        (3, 1, 0),
+    ];
+    let mut users: Vec<UserData> = Vec::new();
+    for &(l, s, c) in &shapes {
+        let long: Vec<u32> = (0..l).map(|_| rng.below(n_tok) as u32).collect();
+        let short: Vec<u32> = (0..s).map(|_| rng.below(n_tok) as u32).collect();
+        let ids: Vec<usize> = cfg.user_fields.iter().map(|f| rng.below(f.vocab)).collect();
+        let dense = rng.vec(cfg.user_dense, 1.0);
+        let cands: Vec<u32> = (0..c).map(|_| rng.below(n_cand) as u32).collect();
+        users.push((long, short, ids, dense, cands));
+    }
+    // A duplicated candidate gives an exact score tie: top-k must order it by position.
+    users[0].4[10] = users[0].4[3];
+    let inputs: Vec<UserInput<'_>> = users
+        .iter()
+        .map(|(l, s, f, dense, c)| UserInput {
+            long_rows: l,
+            short_rows: s,
+            field_ids: f,
+            dense,
+            candidate_rows: c,
+        })
+        .collect();
+    let k = 7;
+    let out = plan.run_batch(&inputs, k).unwrap();
+    assert_eq!(out.len(), inputs.len());
+
+    let mode = match cfg.score {
+        hcn_prerank::ScoreMode::Softmax => 0,
+        hcn_prerank::ScoreMode::Max => 1,
+        hcn_prerank::ScoreMode::Mean => 2,
+    };
+    let rows_f64 = |rows: &[u32], keep: usize| -> Vec<f64> {
+        rows[rows.len().saturating_sub(keep)..]
+            .iter()
+            .flat_map(|&r| tok_w[r as usize * d..(r as usize + 1) * d].to_vec())
+            .collect()
+    };
+    for (u, (inp, o)) in inputs.iter().zip(&out).enumerate() {
+        let xu = ref_user(
+            &m,
+            &rows_f64(inp.long_rows, cfg.long_len),
+            &rows_f64(inp.short_rows, cfg.short_len),
+            inp.field_ids,
+            inp.dense,
+        );
+        assert_close(&o.interests, &xu, &format!("X^U user {u}"));
+        // The project's oracle (`hcn_prerank::reference`) agrees with this file's own reference.
+        let as_f32 = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
+        let oracle = hcn_prerank::reference::user_interests(
+            &m,
+            &as_f32(rows_f64(inp.long_rows, cfg.long_len)),
+            &as_f32(rows_f64(inp.short_rows, cfg.short_len)),
+            inp.field_ids,
+            inp.dense,
+        );
+        assert_close(&oracle, &xu, &format!("reference::user_interests user {u}"));
+        let want: Vec<f64> = inp
+            .candidate_rows
+            .iter()
+            .map(|&r| {
+                let r = r as usize;
+                ref_score(&xu, cfg.interests, &cand_w[r * d..(r + 1) * d], mode)
+            })
+            .collect();
+        assert_close(&o.scores, &want, &format!("scores user {u}"));
+        for (&r, &w) in inp.candidate_rows.iter().zip(&want) {
+            let r = r as usize;
+            let x: Vec<f32> = cand_w[r * d..(r + 1) * d]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let y = hcn_prerank::reference::score(&oracle, cfg.interests, &x, cfg.score);
+            assert_close(&[y], &[w], &format!("reference::score user {u}"));
+        }
+        // Top-k agrees exactly with a host top-k of the returned scores (ties by position).
+        assert_eq!(o.top_k, ref_topk(&o.scores, k), "top-k user {u}");
+        assert_eq!(o.top_k.len(), k.min(inp.candidate_rows.len()));
+    }
+}
+
+#[test]
+fn plan_end_to_end_matches_reference_default_concat() {
+    run_plan_case(
+        r#"{"format": "hcn/1", "dim": 12, "interests": 3, "heads": 3, "layers": 2,
+            "long_len": 9, "short_len": 4, "user_fields": [{"name": "age", "vocab": 5}],
+            "user_dense": 2, "user_mlp_hidden": [6]}"#,
+        11,
+        DType::F16,
+        DType::F32,
+    );
+}
+
+#[test]
+fn plan_end_to_end_matches_reference_other_blocks_and_modes() {
+    run_plan_case(
+        r#"{"format": "hcn/1", "dim": 34, "interests": 1, "heads": 2, "layers": 1,
+            "long_len": 40, "short_len": 3,
+            "co_interest_concat": ["long", "short_aligned", "short", "long_aligned"],
+            "score": "max"}"#,
+        12,
+        DType::BF16,
+        DType::F16,
+    );
+    run_plan_case(
+        r#"{"format": "hcn/1", "dim": 8, "interests": 5, "heads": 1, "layers": 3,
+            "long_len": 35, "short_len": 2, "user_dense": 3, "score": "mean"}"#,
+        13,
+        DType::F32,
+        DType::BF16,
+    );
+}
+
+#[test]
+fn plan_rejects_rows_outside_the_stores() {
+    let m = model::build(
+        3,
+        r#"{"format": "hcn/1", "dim": 4, "interests": 2, "heads": 1, "layers": 1,
+            "long_len": 4, "short_len": 4}"#,
+    );
+    let b = store_bytes(DType::F32, &[0.5f32; 16]);
+    let src = StoreSource {
+        dtype: DType::F32,
+        bytes: &b,
+        rows: 4,
+        dim: 4,
+    };
+    let plan = Plan::new(EmuBackend, &m, src, src).unwrap();
+    let bad = UserInput {
+        long_rows: &[4],
+        ..Default::default()
+    };
+    assert!(matches!(
+        plan.run_batch(&[bad], 1),
+        Err(hcn_prerank::Error::Request { .. })
+    ));
+    let bad = UserInput {
+        candidate_rows: &[0, 9],
+        ..Default::default()
+    };
+    assert!(matches!(
+        plan.run_batch(&[bad], 1),
+        Err(hcn_prerank::Error::Request { .. })
+    ));
+    let ok = UserInput {
+        long_rows: &[3],
+        candidate_rows: &[0, 1, 2],
+        ..Default::default()
+    };
+    assert_eq!(plan.run_batch(&[ok], 2).unwrap()[0].top_k.len(), 2);
+}
+
+#[test]
+fn plan_rejects_models_outside_the_kernel_limits() {
+    // d = D / h = 130 > 128 (attention tiles in shared memory).
+    let m = model::build(
+        4,
+        r#"{"format": "hcn/1", "dim": 130, "interests": 1, "heads": 1, "layers": 1,
+            "long_len": 2, "short_len": 2}"#,
+    );
+    let b = store_bytes(DType::F32, &vec![0.0f32; 130]);
+    let src = StoreSource {
+        dtype: DType::F32,
+        bytes: &b,
+        rows: 1,
+        dim: 130,
+    };
+    let err = Plan::new(EmuBackend, &m, src, src).unwrap_err();
+    assert!(matches!(err, hcn_prerank::Error::Device(_)), "{err}");
+}
+
+// ---------------------------------------------------------------- the parity fixtures
+
+mod common;
+
+/// Resolves fixture requests against the stores the way SPEC §1.1/§3 says (unknown behaviors
+/// dropped and counted, unknown candidates unscored and listed), runs them as ONE batch through
+/// `plan`, and assembles engine-style responses so `common::check_response` can judge them.
+fn run_fixture<B: hcn_prerank::cuda::backend::Backend>(
+    plan: &Plan<B>,
+    model: &hcn_prerank::Model,
+    tokens: &hcn_prerank::ItemStore,
+    candidates: &hcn_prerank::ItemStore,
+    requests: &[hcn_prerank::Request],
+    k: usize,
+) -> Vec<hcn_prerank::Response> {
+    struct Resolved {
+        long: Vec<u32>,
+        short: Vec<u32>,
+        skipped: usize,
+        fields: Vec<usize>,
+        rows: Vec<u32>,
+        /// Request position of each entry of `rows`.
+        positions: Vec<usize>,
+        missing: Vec<u64>,
+    }
+    let resolved: Vec<Resolved> = requests
+        .iter()
+        .map(|r| {
+            let known = |ids: &[u64]| -> Vec<u32> {
+                ids.iter().filter_map(|&i| tokens.lookup(i)).collect()
+            };
+            let (long, short) = (known(&r.user.long), known(&r.user.short));
+            let skipped = r.user.long.len() + r.user.short.len() - long.len() - short.len();
+            let fields = model
+                .config
+                .user_fields
+                .iter()
+                .map(|f| {
+                    let (_, id) = r.user.fields.iter().find(|(n, _)| *n == f.name).unwrap();
+                    *id as usize
+                })
+                .collect();
+            let (mut rows, mut positions, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+            for (p, &id) in r.candidates.iter().enumerate() {
+                match candidates.lookup(id) {
+                    Some(row) => {
+                        rows.push(row);
+                        positions.push(p);
+                    }
+                    None => missing.push(id),
+                }
+            }
+            Resolved {
+                long,
+                short,
+                skipped,
+                fields,
+                rows,
+                positions,
+                missing,
+            }
+        })
+        .collect();
+    let inputs: Vec<UserInput<'_>> = resolved
+        .iter()
+        .zip(requests)
+        .map(|(x, r)| UserInput {
+            long_rows: &x.long,
+            short_rows: &x.short,
+            field_ids: &x.fields,
+            dense: &r.user.dense,
+            candidate_rows: &x.rows,
+        })
+        .collect();
+    let outs = plan.run_batch(&inputs, k).unwrap();
+    outs.into_iter()
+        .zip(&resolved)
+        .zip(requests)
+        .map(|((o, x), r)| {
+            let mut scores = vec![None; r.candidates.len()];
+            for (&p, &s) in x.positions.iter().zip(&o.scores) {
+                scores[p] = Some(s);
+            }
+            let top_k = o
+                .top_k
+                .iter()
+                .map(|&(i, score)| hcn_prerank::Scored {
+                    position: x.positions[i],
+                    id: r.candidates[x.positions[i]],
+                    score,
+                })
+                .collect();
+            hcn_prerank::Response {
+                scores,
+                top_k,
+                missing_candidates: x.missing.clone(),
+                skipped_behaviors: x.skipped,
+                interests: hcn_prerank::UserInterests {
+                    n: model.config.interests,
+                    dim: model.config.dim,
+                    values: o.interests,
+                    skipped_behaviors: x.skipped,
+                },
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn parity_fixtures_pass_on_the_emulated_plan() {
+    let cases = common::cases();
+    assert!(!cases.is_empty(), "tests/fixtures has parity cases");
+    for case in &cases {
+        let model = hcn_prerank::Model::load(&case.model).unwrap();
+        let tokens = hcn_prerank::ItemStore::load(&case.tokens).unwrap();
+        let cands = hcn_prerank::ItemStore::load(&case.candidates).unwrap();
+        let plan = Plan::new(
+            EmuBackend,
+            &model,
+            StoreSource::from_store(&tokens),
+            StoreSource::from_store(&cands),
+        )
+        .unwrap();
+        let resps = run_fixture(&plan, &model, &tokens, &cands, &case.requests, case.top_k);
+        for (i, ((resp, exp), req)) in resps
+            .iter()
+            .zip(&case.expected)
+            .zip(&case.requests)
+            .enumerate()
+        {
+            common::check_response(
+                &format!("{} request {i} (emulated GPU plan)", case.name),
+                resp,
+                exp,
+                &req.candidates,
+                case.top_k,
+                TOL,
+            );
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Every SIMD level this CPU has, forced explicitly, against plain f64 computations on awkward
+//! shapes (lane width ± 1, primes, empty), all store dtypes and score modes, unaligned rows.
+//! Tolerance is SPEC §5's CPU bound: |got − ref| ≤ 1e-4 · (1 + |ref|).
+
+use half::{bf16, f16};
+use hcn_prerank::cpu::{top_k, transpose, Kernels, Level, RowSource, TopK};
+use hcn_prerank::tensor::DType;
+use hcn_prerank::ScoreMode;
+
+/// SplitMix64: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn sym(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn close(got: f64, want: f64) -> bool {
+    (got - want).abs() <= 1e-4 * (1.0 + want.abs())
+}
+
+fn kernels() -> Vec<Kernels> {
+    let levels = Level::available();
+    assert!(levels.contains(&Level::Scalar));
+    assert!(levels.contains(&Level::detect()));
+    levels
+        .into_iter()
+        .map(|l| Kernels::new(l).expect("available level constructs"))
+        .collect()
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const MODES: [ScoreMode; 3] = [ScoreMode::Softmax, ScoreMode::Max, ScoreMode::Mean];
+
+/// A store of `rows × d` values encoded as `dtype`, starting `misalign` bytes into its buffer
+/// and with `pad` extra bytes per row, plus the exactly widened values the reference uses.
+struct Store {
+    buf: Vec<u8>,
+    misalign: usize,
+    stride: usize,
+    widened: Vec<f32>,
+    dtype: DType,
+    d: usize,
+}
+
+impl Store {
+    fn new(
+        rng: &mut Rng,
+        rows: usize,
+        d: usize,
+        dtype: DType,
+        scale: f32,
+        misalign: usize,
+        pad: usize,
+    ) -> Store {
+        let stride = d * dtype.size() + pad;
+        let mut buf = vec![0xffu8; misalign + rows * stride];
+        let mut widened = Vec::with_capacity(rows * d);
+        for r in 0..rows {
+            for k in 0..d {
+                let v = rng.sym() * scale;
+                let at = misalign + r * stride + k * dtype.size();
+                let w = match dtype {
+                    DType::F32 => {
+                        buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                        v
+                    }
+                    DType::F16 => {
+                        let h = f16::from_f32(v);
+                        buf[at..at + 2].copy_from_slice(&h.to_le_bytes());
+                        h.to_f32()
+                    }
+                    DType::BF16 => {
+                        let h = bf16::from_f32(v);
+                        buf[at..at + 2].copy_from_slice(&h.to_le_bytes());
+                        h.to_f32()
+                    }
+                };
+                widened.push(w);
+            }
+        }
+        Store {
+            buf,
+            misalign,
+            stride,
+            widened,
+            dtype,
+            d,
+        }
+    }
+
+    fn source(&self) -> RowSource<'_> {
+        RowSource::new(&self.buf[self.misalign..], self.dtype, self.stride, self.d).unwrap()
+    }
+
+    fn row(&self, r: usize) -> &[f32] {
+        &self.widened[r * self.d..(r + 1) * self.d]
+    }
+}
+
+/// SPEC §1.5 in f64.
+fn reference_score(xu: &[f32], n: usize, x: &[f32], mode: ScoreMode) -> f64 {
+    let d = x.len();
+    let s: Vec<f64> = (0..n)
+        .map(|j| (0..d).map(|k| xu[j * d + k] as f64 * x[k] as f64).sum())
+        .collect();
+    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    match mode {
+        ScoreMode::Max => mx,
+        ScoreMode::Mean => s.iter().sum::<f64>() / n as f64,
+        ScoreMode::Softmax => {
+            let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().zip(&s).map(|(e, s)| e * s).sum::<f64>() / z
+        }
+    }
+}
+
+/// Scores `m` random rows (with repeats) of a fresh store with every level, dtype and mode.
+fn check_scores(rng: &mut Rng, d: usize, n: usize, m: usize, store_rows: usize, big: bool) {
+    // Scale so that |s| reaches ~50 for `big` (peaky softmax), ~1 otherwise.
+    let (sx, su) = if big {
+        (2.0, 40.0 / (d as f32).sqrt())
+    } else {
+        (1.0, 1.0 / (d as f32).sqrt())
+    };
+    let xu: Vec<f32> = (0..n * d).map(|_| rng.sym() * su).collect();
+    let rows: Vec<u32> = (0..m).map(|_| rng.below(store_rows) as u32).collect();
+    for dtype in DTYPES {
+        let misalign = 1 + rng.below(3);
+        let pad = if rng.below(2) == 0 { 0 } else { 2 };
+        let store = Store::new(rng, store_rows, d, dtype, sx, misalign, pad);
+        for mode in MODES {
+            let want: Vec<f64> = rows
+                .iter()
+                .map(|&r| reference_score(&xu, n, store.row(r as usize), mode))
+                .collect();
+            for k in kernels() {
+                let mut out = vec![f32::NAN; m];
+                k.score_rows(&xu, n, d, store.source(), &rows, mode, &mut out)
+                    .unwrap();
+                for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        close(g as f64, w),
+                        "{:?} {dtype:?} {mode:?} D={d} n={n} M={m} row {i}: got {g}, want {w}",
+                        k.level()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scores_match_f64_on_awkward_shapes() {
+    let mut rng = Rng(1);
+    for d in [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 100, 128, 129] {
+        for n in [1, 2, 3, 5, 8, 12, 16, 17] {
+            for m in [0, 1, 7, 8, 9, 17] {
+                check_scores(&mut rng, d, n, m, 13, (d + n + m) % 2 == 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn scores_match_f64_on_many_rows() {
+    let mut rng = Rng(2);
+    for (d, n) in [(48, 8), (128, 16), (129, 17), (33, 3), (100, 1)] {
+        for big in [false, true] {
+            // 1003 rows drawn from 97: repeats, and a tail after the 8-row blocks.
+            check_scores(&mut rng, d, n, 1003, 97, big);
+        }
+    }
+}
+
+#[test]
+fn score_query_is_reusable_and_matches_one_shot() {
+    let mut rng = Rng(3);
+    for (d, n) in [(48, 8), (128, 16), (33, 17), (9, 3)] {
+        let xu: Vec<f32> = (0..n * d).map(|_| rng.sym()).collect();
+        let store = Store::new(&mut rng, 50, d, DType::F16, 1.0, 1, 0);
+        let rows: Vec<u32> = (0..200).map(|_| rng.below(50) as u32).collect();
+        for k in kernels() {
+            let q = k.score_query(&xu, n, d, ScoreMode::Softmax).unwrap();
+            let mut whole = vec![0.0; rows.len()];
+            q.score_rows(store.source(), &rows, &mut whole).unwrap();
+            // Chunked calls (as a thread pool would make them) give the same numbers.
+            let mut chunked = vec![0.0; rows.len()];
+            for (r, o) in rows.chunks(37).zip(chunked.chunks_mut(37)) {
+                q.score_rows(store.source(), r, o).unwrap();
+            }
+            // Bit-identical: a row's score must not depend on how candidates are chunked.
+            assert_eq!(whole, chunked, "{:?} D={d} n={n}", k.level());
+        }
+    }
+}
+
+#[test]
+fn optional_rows_score_like_dense_rows() {
+    let mut rng = Rng(9);
+    let (d, n) = (33, 5);
+    let xu: Vec<f32> = (0..n * d).map(|_| rng.sym()).collect();
+    let store = Store::new(&mut rng, 40, d, DType::BF16, 1.0, 3, 0);
+    let rows: Vec<Option<u32>> = (0..5000)
+        .map(|_| (rng.below(4) != 0).then(|| rng.below(40) as u32))
+        .collect();
+    for k in kernels() {
+        let q = k.score_query(&xu, n, d, ScoreMode::Softmax).unwrap();
+        let mut out = vec![Some(f32::NAN); rows.len()];
+        q.score_rows_opt(store.source(), &rows, &mut out).unwrap();
+        for (i, (r, o)) in rows.iter().zip(&out).enumerate() {
+            match (r, o) {
+                (None, None) => {}
+                (Some(r), Some(y)) => {
+                    let mut one = [0.0];
+                    q.score_rows(store.source(), &[*r], &mut one).unwrap();
+                    assert_eq!(*y, one[0], "{:?} position {i}", k.level());
+                }
+                _ => panic!("{:?} position {i}: row {r:?} gave {o:?}", k.level()),
+            }
+        }
+    }
+}
+
+#[test]
+fn score_rejects_bad_inputs_without_panicking() {
+    let mut rng = Rng(4);
+    let (d, n) = (16, 4);
+    let xu = vec![0.5f32; n * d];
+    let store = Store::new(&mut rng, 10, d, DType::F32, 1.0, 0, 0);
+    for k in kernels() {
+        let mut out = vec![0.0; 9];
+        // Row 10 of 10 is out of range, in the tail and in a full block.
+        let mut rows: Vec<u32> = vec![1; 9];
+        rows[8] = 10;
+        let err = k
+            .score_rows(&xu, n, d, store.source(), &rows, ScoreMode::Max, &mut out)
+            .unwrap_err();
+        assert!(err.to_string().contains("position 8"), "{err}");
+        rows[8] = 1;
+        rows[3] = u32::MAX;
+        let err = k
+            .score_rows(&xu, n, d, store.source(), &rows, ScoreMode::Max, &mut out)
+            .unwrap_err();
+        assert!(err.to_string().contains("position 3"), "{err}");
+        // Output length, interest length and store width mismatches.
+        rows[3] = 1;
+        assert!(k
+            .score_rows(
+                &xu,
+                n,
+                d,
+                store.source(),
+                &rows,
+                ScoreMode::Max,
+                &mut out[..8]
+            )
+            .is_err());
+        assert!(k
+            .score_rows(
+                &xu[1..],
+                n,
+                d,
+                store.source(),
+                &rows,
+                ScoreMode::Max,
+                &mut out
+            )
+            .is_err());
+        assert!(k
+            .score_rows(
+                &xu[..n * 8],
+                n,
+                8,
+                store.source(),
+                &rows,
+                ScoreMode::Max,
+                &mut out
+            )
+            .is_err());
+        assert!(k.score_query(&[], 0, d, ScoreMode::Max).is_err());
+    }
+    assert!(RowSource::new(&[0u8; 64], DType::F32, 8, 3).is_err());
+}
+
+#[test]
+fn unsupported_levels_do_not_construct() {
+    for l in Level::ALL {
+        assert_eq!(Kernels::new(l).is_some(), Level::available().contains(&l));
+        assert_eq!(Level::from_name(l.name()), Some(l));
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(Kernels::new(Level::Neon).is_none());
+    #[cfg(target_arch = "aarch64")]
+    assert!(Kernels::new(Level::Avx2).is_none());
+    assert_eq!(Kernels::detect().level(), Level::detect());
+}
+
+#[test]
+fn dot_matches_f64() {
+    let mut rng = Rng(5);
+    let lens = (0..=70).chain([127, 128, 129, 512, 513]);
+    for len in lens {
+        let a: Vec<f32> = (0..len).map(|_| rng.sym() * 3.0).collect();
+        let b: Vec<f32> = (0..len).map(|_| rng.sym() * 3.0).collect();
+        let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        for k in kernels() {
+            let got = k.dot(&a, &b).unwrap();
+            assert!(
+                close(got as f64, want),
+                "{:?} len {len}: {got} vs {want}",
+                k.level()
+            );
+        }
+    }
+    assert!(Kernels::detect().dot(&[1.0], &[]).is_err());
+}
+
+#[test]
+fn matmul_matches_f64_on_odd_shapes() {
+    let mut rng = Rng(6);
+    for m in [1, 3, 4, 5, 9] {
+        for kk in [1, 7, 16, 33, 128] {
+            for n in [1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 47, 48, 49, 129] {
+                let x: Vec<f32> = (0..m * kk).map(|_| rng.sym()).collect();
+                let w: Vec<f32> = (0..n * kk).map(|_| rng.sym()).collect();
+                let b: Vec<f32> = (0..n).map(|_| rng.sym()).collect();
+                for bias in [None, Some(&b[..])] {
+                    let want: Vec<f64> = (0..m * n)
+                        .map(|ij| {
+                            let (i, j) = (ij / n, ij % n);
+                            let dot: f64 = (0..kk)
+                                .map(|t| x[i * kk + t] as f64 * w[j * kk + t] as f64)
+                                .sum();
+                            dot + bias.map_or(0.0, |b| b[j] as f64)
+                        })
+                        .collect();
+                    let wt = transpose(&w, n, kk);
+                    for k in kernels() {
+                        let mut out = vec![f32::NAN; m * n];
+                        k.matmul_t(&x, m, kk, &w, n, bias, &mut out).unwrap();
+                        let mut out2 = vec![f32::NAN; m * n];
+                        k.matmul(&x, m, kk, &wt, n, bias, &mut out2).unwrap();
+                        assert_eq!(out, out2);
+                        for (idx, (&g, &r)) in out.iter().zip(&want).enumerate() {
+                            assert!(
+                                close(g as f64, r),
+                                "{:?} m={m} k={kk} n={n} bias={} at {idx}: {g} vs {r}",
+                                k.level(),
+                                bias.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let k = Kernels::detect();
+    let mut out = vec![0.0; 6];
+    assert!(k
+        .matmul_t(&[0.0; 6], 2, 3, &[0.0; 8], 3, None, &mut out)
+        .is_err());
+    assert!(k
+        .matmul_t(&[0.0; 6], 2, 3, &[0.0; 9], 3, Some(&[0.0; 2]), &mut out)
+        .is_err());
+    assert!(k.matmul(&[], 0, 3, &[0.0; 9], 3, None, &mut []).is_ok());
+}
+
+#[test]
+fn softmax_matches_f64_and_survives_large_logits() {
+    let mut rng = Rng(7);
+    for len in [0, 1, 2, 7, 8, 9, 15, 16, 17, 33, 100, 500] {
+        for scale in [1.0f32, 50.0, 300.0] {
+            let x: Vec<f32> = (0..len).map(|_| rng.sym() * scale).collect();
+            let mx = x
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
+            let e: Vec<f64> = x.iter().map(|&v| (v as f64 - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for k in kernels() {
+                let mut got = x.clone();
+                k.softmax_inplace(&mut got);
+                for (i, (&g, &w)) in got.iter().zip(&e).enumerate() {
+                    // Probabilities: an absolute bound is the meaningful one.
+                    assert!(
+                        (g as f64 - w / z).abs() <= 1e-6,
+                        "{:?} len {len} scale {scale} at {i}: {g} vs {}",
+                        k.level(),
+                        w / z
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The obvious top-k: sort everything.
+fn naive_top_k(scores: &[f32], valid: &[bool], k: usize) -> Vec<(usize, f32)> {
+    let mut all: Vec<(usize, f32)> = scores
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|&(i, _)| valid[i])
+        .collect();
+    all.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
+}
+
+#[test]
+fn top_k_matches_full_sort_with_ties() {
+    let mut rng = Rng(8);
+    let mut tk = TopK::new();
+    let mut out = Vec::new();
+    for m in [0usize, 1, 2, 5, 64, 1000] {
+        // Few distinct values: many ties, which must go to the lower position.
+        let scores: Vec<f32> = (0..m).map(|_| (rng.below(7) as f32 - 3.0) * 0.5).collect();
+        let valid: Vec<bool> = (0..m).map(|_| rng.below(5) != 0).collect();
+        for k in [0, 1, 3, m / 2, m.saturating_sub(1), m, m + 1, m + 100] {
+            let want = naive_top_k(&scores, &valid, k);
+            tk.select(&scores, |i| valid[i], k, &mut out);
+            assert_eq!(out, want, "M={m} k={k}");
+            assert_eq!(top_k(&scores, |i| valid[i], k), want);
+            let all_valid = vec![true; m];
+            assert_eq!(
+                top_k(&scores, |_| true, k),
+                naive_top_k(&scores, &all_valid, k)
+            );
+        }
+    }
+    // -0.0 ties with 0.0 (position decides); NaN sorts last.
+    let s = [0.0f32, f32::NAN, -0.0, 1.0];
+    assert_eq!(
+        top_k(&s, |_| true, 4)
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        vec![3, 0, 2, 1]
+    );
+}
