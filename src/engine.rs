@@ -342,6 +342,19 @@ impl Engine {
                 out
             }
         };
+        // Every weight is finite (checked at load), but large ones can still overflow F32 for some
+        // inputs. Say so here, rather than let `score` blame its `interests` argument.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::request(
+                "request",
+                format!(
+                    "X^U[{}][{}] is {}: the model's arithmetic overflows F32 for this request",
+                    i / cfg.dim,
+                    i % cfg.dim,
+                    values[i]
+                ),
+            ));
+        }
         Ok(UserInterests {
             n: cfg.interests,
             dim: cfg.dim,
@@ -387,6 +400,21 @@ impl Engine {
                 .try_for_each(|(out, rows)| {
                     self.score_rows(query.as_ref(), interests, rows, out)
                 })?;
+        }
+        // A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite
+        // score must not be returned: JSON writes it as `null`, the mark of a missing candidate.
+        if let Some((i, s)) = scores
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.filter(|v| !v.is_finite()).map(|v| (i, v)))
+        {
+            return Err(Error::request(
+                format!("candidates[{i}]"),
+                format!(
+                    "the score of id {} is {s}: the model's arithmetic overflows F32 for this candidate",
+                    candidates[i]
+                ),
+            ));
         }
         Ok(Scores {
             scores,
