@@ -342,19 +342,7 @@ impl Engine {
                 out
             }
         };
-        // Every weight is finite (checked at load), but large ones can still overflow F32 for some
-        // inputs. Say so here, rather than let `score` blame its `interests` argument.
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::request(
-                "request",
-                format!(
-                    "X^U[{}][{}] is {}: the model's arithmetic overflows F32 for this request",
-                    i / cfg.dim,
-                    i % cfg.dim,
-                    values[i]
-                ),
-            ));
-        }
+        check_interests_finite(&values, cfg.dim)?;
         Ok(UserInterests {
             n: cfg.interests,
             dim: cfg.dim,
@@ -368,16 +356,6 @@ impl Engine {
     /// [`UnknownIds::Reject`]).
     pub fn score(&self, interests: &UserInterests, candidates: &[u64]) -> Result<Scores> {
         self.check_interests(interests)?;
-        let limit = self.options.limits.max_candidates;
-        if candidates.len() > limit {
-            return Err(Error::request(
-                "candidates",
-                format!(
-                    "{} candidates exceed the limit of {limit}",
-                    candidates.len()
-                ),
-            ));
-        }
         let (rows, missing_candidates) = self.resolve_candidates(candidates)?;
         let mut scores = vec![None; candidates.len()];
         let query = match &self.fast {
@@ -401,21 +379,7 @@ impl Engine {
                     self.score_rows(query.as_ref(), interests, rows, out)
                 })?;
         }
-        // A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite
-        // score must not be returned: JSON writes it as `null`, the mark of a missing candidate.
-        if let Some((i, s)) = scores
-            .iter()
-            .enumerate()
-            .find_map(|(i, s)| s.filter(|v| !v.is_finite()).map(|v| (i, v)))
-        {
-            return Err(Error::request(
-                format!("candidates[{i}]"),
-                format!(
-                    "the score of id {} is {s}: the model's arithmetic overflows F32 for this candidate",
-                    candidates[i]
-                ),
-            ));
-        }
+        check_scores_finite(&scores, candidates)?;
         Ok(Scores {
             scores,
             missing_candidates,
@@ -768,6 +732,42 @@ impl Engine {
             rows.drain(..rows.len() - max_len);
         }
         Ok(rows)
+    }
+}
+
+/// Every weight is finite (checked at load), but large ones can still overflow F32 for some
+/// inputs. Say so as a request error, rather than let `score` blame its `interests` argument.
+fn check_interests_finite(values: &[f32], dim: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::request(
+            "request",
+            format!(
+                "X^U[{}][{}] is {}: the model's arithmetic overflows F32 for this request",
+                i / dim,
+                i % dim,
+                values[i]
+            ),
+        )),
+    }
+}
+
+/// A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite score
+/// must not be returned: JSON writes it as `null`, the mark of a missing candidate.
+fn check_scores_finite(scores: &[Option<f32>], candidates: &[u64]) -> Result<()> {
+    match scores
+        .iter()
+        .position(|s| s.is_some_and(|v| !v.is_finite()))
+    {
+        None => Ok(()),
+        Some(i) => Err(Error::request(
+            format!("candidates[{i}]"),
+            format!(
+                "the score of id {} is {}: the model's arithmetic overflows F32 for this candidate",
+                candidates[i],
+                scores[i].unwrap_or(f32::NAN)
+            ),
+        )),
     }
 }
 
