@@ -235,7 +235,7 @@ mod tests {
         let mut t = TopK::new();
         for scores in &distributions {
             for valid_every in [1usize, 3] {
-                let valid = |i: usize| i % valid_every == 0;
+                let valid = |i: usize| i.is_multiple_of(valid_every);
                 for k in [1usize, 10, 1000, 6000, 49_999] {
                     let mut got = Vec::new();
                     t.select(scores, valid, k, &mut got);
