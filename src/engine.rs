@@ -337,6 +337,7 @@ impl Engine {
                     &x_short,
                     &resolved.field_ids,
                     &user.dense,
+                    self.options.parallelism != Parallelism::None,
                     &mut out,
                 );
                 out

@@ -183,7 +183,6 @@ struct Scratch {
     qk: Vec<f32>,
     logits: Vec<f32>,
     z: Vec<f32>,
-    head: Vec<f32>,
     heads: Vec<f32>,
     hs: Vec<f32>,
     c: Vec<f32>,
@@ -201,12 +200,72 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
+/// Attention work below this many multiply-adds per layer (`h·n·L·D`) stays on one thread.
+const PARALLEL_HEADS_MIN: usize = 1 << 20;
+
+/// One layer's attention for a range of heads: logits `Q̃_k Xᵀ`, softmax, `A_k X`, then the value
+/// projection, written to `out` as `n` rows of `|range|·d` (this range's columns of the concat).
+struct Heads<'a> {
+    k: &'a Kernels,
+    layer: &'a LayerPlan,
+    qt: &'a [f32],
+    x: &'a [f32],
+    xt: &'a [f32],
+    n: usize,
+    dim: usize,
+    d: usize,
+    len: usize,
+}
+
+impl Heads<'_> {
+    fn run(
+        &self,
+        range: std::ops::Range<usize>,
+        logits: &mut [f32],
+        z: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let Heads {
+            k,
+            layer,
+            qt,
+            x,
+            xt,
+            n,
+            dim,
+            d,
+            len,
+        } = *self;
+        let rows = range.len() * n;
+        let qt = &qt[range.start * n * dim..range.end * n * dim];
+        k.matmul(qt, rows, dim, xt, len, None, logits)
+            .expect("shapes");
+        for row in logits.chunks_exact_mut(len) {
+            k.softmax_inplace(row);
+        }
+        k.matmul(logits, rows, len, x, dim, None, z)
+            .expect("shapes"); // A_k X
+        let width = range.len() * d;
+        let mut head_out = vec![0.0f32; n * d];
+        for (j, hd) in range.enumerate() {
+            layer.heads[hd]
+                .v
+                .apply(k, &z[j * n * dim..(j + 1) * n * dim], n, &mut head_out);
+            for i in 0..n {
+                out[i * width + j * d..i * width + (j + 1) * d]
+                    .copy_from_slice(&head_out[i * d..(i + 1) * d]);
+            }
+        }
+    }
+}
+
 /// `F(X)` for one sequence (`x`: `L × D`), into `out` (`n × D`).
 fn tower(
     k: &Kernels,
     plan: &TowerPlan,
     cfg: &HcnConfig,
     x: &[f32],
+    parallel: bool,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
@@ -241,21 +300,36 @@ fn tower(
                 qt
             };
             let logits = sized(&mut s.logits, hn * len);
-            k.matmul(qt, hn, dim, xt, len, None, logits)
-                .expect("shapes");
-            for row in logits.chunks_exact_mut(len) {
-                k.softmax_inplace(row);
-            }
             let z = sized(&mut s.z, hn * dim);
-            k.matmul(logits, hn, len, x, dim, None, z).expect("shapes"); // A_k X, every head
-            let head_out = sized(&mut s.head, n * d);
-            for (hd, head) in layer.heads.iter().enumerate() {
-                head.v
-                    .apply(k, &z[hd * n * dim..(hd + 1) * n * dim], n, head_out);
+            let block = Heads {
+                k,
+                layer,
+                qt,
+                x,
+                xt,
+                n,
+                dim,
+                d,
+                len,
+            };
+            if parallel && h >= 2 && hn * len * dim >= PARALLEL_HEADS_MIN {
+                // Heads are independent: two halves on two rayon tasks.
+                let h0 = h / 2;
+                let (lg_a, lg_b) = logits.split_at_mut(h0 * n * len);
+                let (z_a, z_b) = z.split_at_mut(h0 * n * dim);
+                let mut out_a = vec![0.0f32; n * h0 * d];
+                let mut out_b = vec![0.0f32; n * (h - h0) * d];
+                rayon::join(
+                    || block.run(0..h0, lg_a, z_a, &mut out_a),
+                    || block.run(h0..h, lg_b, z_b, &mut out_b),
+                );
                 for i in 0..n {
-                    heads[i * dim + hd * d..i * dim + (hd + 1) * d]
-                        .copy_from_slice(&head_out[i * d..(i + 1) * d]);
+                    let row = &mut heads[i * dim..(i + 1) * dim];
+                    row[..h0 * d].copy_from_slice(&out_a[i * h0 * d..(i + 1) * h0 * d]);
+                    row[h0 * d..].copy_from_slice(&out_b[i * (h - h0) * d..(i + 1) * (h - h0) * d]);
                 }
+            } else {
+                block.run(0..h, logits, z, heads);
             }
         }
         let h_l = sized(&mut s.c, n * dim);
@@ -278,6 +352,7 @@ pub(crate) fn user_interests(
     x_short: &[f32],
     field_ids: &[usize],
     dense: &[f32],
+    parallel: bool,
     out: &mut [f32],
 ) {
     SCRATCH.with(|cell| {
@@ -287,8 +362,8 @@ pub(crate) fn user_interests(
         let (n, dim) = (cfg.interests, cfg.dim);
         let mut long = vec![0.0f32; n * dim];
         let mut short = vec![0.0f32; n * dim];
-        tower(k, &plan.long, cfg, x_long, s, &mut long);
-        tower(k, &plan.short, cfg, x_short, s, &mut short);
+        tower(k, &plan.long, cfg, x_long, parallel, s, &mut long);
+        tower(k, &plan.short, cfg, x_short, parallel, s, &mut short);
 
         // Co-interest network (eq. 4–6).
         let mut short_t = vec![0.0f32; dim * n];
