@@ -148,8 +148,32 @@ class World:
         p = p[self.cluster_group]
         return p / p.sum()
 
-    def sample(self, rng) -> dict:
-        """One user-moment: histories (row numbers, oldest first), profile, candidates, labels."""
+    def positive(self, rng, active, active_w, drift, prior) -> int:
+        """A clicked item: of an active cluster, a drift cluster, or the demographic prior."""
+        cfg = self.cfg
+        u = rng.random()
+        if u < cfg.p_pos_active:
+            return self.history(rng, active, active_w, 1)[0]
+        if u < cfg.p_pos_active + cfg.p_pos_drift:
+            return int(self.items_of(rng, [drift[rng.integers(0, len(drift))]])[0])
+        return self.history(rng, np.arange(cfg.n_clusters), prior, 1)[0]
+
+    def negative(self, rng, long_only, drift) -> int:
+        """A shown, not clicked item: of a long-term-only cluster, a drift cluster, or popular."""
+        cfg = self.cfg
+        u = rng.random()
+        if u < cfg.p_neg_long and long_only:
+            return int(self.items_of(rng, [long_only[rng.integers(0, len(long_only))]])[0])
+        if u < cfg.p_neg_long + cfg.p_neg_drift:
+            return int(self.items_of(rng, [drift[rng.integers(0, len(drift))]])[0])
+        return int(self.popular_items(rng, 1)[0])
+
+    def sample(self, rng, positives: int = 1, negatives: int = None) -> dict:
+        """One user-moment: histories (row numbers, oldest first), profile, candidates, labels.
+
+        ``positives`` clicked items and ``negatives`` (default ``config.negatives``) non-clicked
+        ones per positive, all drawn for the same user-moment."""
+        negatives = self.cfg.negatives if negatives is None else negatives
         cfg = self.cfg
         k = cfg.n_clusters
         fields = {name: int(rng.integers(0, vocab)) for name, vocab in FIELDS}
@@ -181,23 +205,9 @@ class World:
         n_short = int(rng.integers(cfg.short_min, cfg.short_max + 1))
         short_seq = self.history(rng, short_c, short_w, n_short)
 
-        u = rng.random()
-        if u < cfg.p_pos_active:
-            pos = self.history(rng, active, short_w[:n_active], 1)[0]
-        elif u < cfg.p_pos_active + cfg.p_pos_drift:
-            pos = int(self.items_of(rng, [drift[rng.integers(0, n_drift)]])[0])
-        else:
-            pos = self.history(rng, np.arange(k), prior, 1)[0]
         long_only = [int(c) for c in long_c if c not in active]
-        negs = []
-        for _ in range(cfg.negatives):
-            u = rng.random()
-            if u < cfg.p_neg_long and long_only:
-                negs.append(int(self.items_of(rng, [long_only[rng.integers(0, len(long_only))]])[0]))
-            elif u < cfg.p_neg_long + cfg.p_neg_drift:
-                negs.append(int(self.items_of(rng, [drift[rng.integers(0, n_drift)]])[0]))
-            else:
-                negs.append(int(self.popular_items(rng, 1)[0]))
+        pos = [self.positive(rng, active, short_w[:n_active], drift, prior) for _ in range(positives)]
+        negs = [self.negative(rng, long_only, drift) for _ in range(negatives * positives)]
 
         proj = self.dense_proj @ logits + rng.standard_normal(2) * cfg.dense_noise
         dense = np.array([proj[0], proj[1], np.log(n_long) - 4.6, rng.standard_normal()])
@@ -207,14 +217,14 @@ class World:
             "short": short_seq,
             "fields": fields,
             "dense": [float(x) for x in dense],
-            "candidates": [pos] + negs,
-            "labels": [1] + [0] * len(negs),
+            "candidates": pos + negs,
+            "labels": [1] * len(pos) + [0] * len(negs),
         }
 
-    def samples(self, n: int, stream: int) -> List[dict]:
+    def samples(self, n: int, stream: int, positives: int = 1, negatives: int = None) -> List[dict]:
         """``n`` samples from stream ``stream`` (streams are independent; 0 is the catalogue's)."""
         rng = np.random.default_rng([self.cfg.seed, 1000 + stream])
-        out = [self.sample(rng) for _ in range(n)]
+        out = [self.sample(rng, positives, negatives) for _ in range(n)]
         for s in out:  # the positive's position is random, so nothing can key on position
             perm = rng.permutation(len(s["candidates"]))
             s["candidates"] = [s["candidates"][i] for i in perm]
