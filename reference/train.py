@@ -1,19 +1,25 @@
 """Trains HCN (SPEC §1, public profile) and two baselines on the synthetic clicks of ``data.py``,
 then exports the HCN model and its item stores in SPEC format.
 
-Run (deterministic, a few minutes on one CPU core)::
+Run (deterministic for a given ``--threads``; about ten minutes on one CPU core)::
 
     /opt/hcnpy/bin/python reference/train.py --out weights/
+    /opt/hcnpy/bin/python reference/train.py --out weights/ --check   # recompute heldout metrics from the files
 
-Models (all trained the same way: same samples, same order, Adam, eq. 9's loss):
+Models (all trained the same way: same samples, same order, same seed, Adam, eq. 9's loss):
 
-* ``hcn``: ``HCN`` of ``reference/hcn.py``, D=48, n=8, h=4, r=4, ℓ=120/30, eq. 6's concat
-  ``[long_aligned, short_aligned, short_aligned]``, fields age/gender/city + 4 dense, MLP [64],
-  score softmax.
+* ``hcn`` (exported): ``HCN`` of ``reference/hcn.py``, D=48, n=8, h=4, r=4, ℓ=120/30,
+  ``co_interest_concat: [long_aligned, short_aligned, long, short]`` (the co-interest blocks L̃, S̃
+  of eq. 4–5 next to L̂, Ŝ), fields age/gender/city + 4 dense, MLP [64], score softmax.
+* ``hcn_eq6``: the same with eq. 6's own concat ``[long_aligned, short_aligned, short_aligned]``.
 * ``hcn_no_co``: the same without the co-interest network: ``co_interest_concat: [long, short]``
   (X̃ = [L̂; Ŝ] Wcᵀ + bc, slot by slot). Still a valid SPEC model.
 * ``mean_pool``: one user vector from the mean of the long and short tokens and the profile
   (``baselines.MeanPool``), y = ⟨x, u⟩.
+
+Training samples carry 3 clicks and 12 non-clicks of one user-moment (``--train-positives``),
+held-out samples 1 click and 4 non-clicks. The attention q/k weights start 3× PyTorch's default
+(``--init-gain``): at the default the n interests start equal (cosine 0.99) and separate slowly.
 
 Each model has its own item tower (``baselines.ItemTower``), trained jointly. Outputs in ``--out``:
 
@@ -284,6 +290,48 @@ def export(model: Ranker, world: World, heldout: List[dict], args, report: dict)
             f.write(json.dumps(e) + "\n")
 
 
+def check(out: str) -> dict:
+    """Recomputes heldout.jsonl's AUC / logloss from the files alone (float64), as the engine would:
+    ids resolved through the stores, unknown behaviors dropped, the most recent ℓ tokens kept."""
+    from safetensors.numpy import load_file
+
+    def store(path):
+        t = load_file(path)
+        return torch.from_numpy(t["vectors"].astype(np.float64)), {int(x): r for r, x in enumerate(t["ids"].tolist())}
+
+    path = os.path.join(out, "hcn-public.safetensors")
+    from export import read_model_config
+    config = read_model_config(path)
+    tensors = load_file(path)
+    widths = {k[len("user.fields."):-len(".embedding")]: v.shape[1] for k, v in tensors.items() if k.endswith(".embedding")}
+    model = HCN(config, widths).double()
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}  # absent biases are zero
+    state.update({k: torch.from_numpy(v.astype(np.float64)) for k, v in tensors.items()})
+    model.load_state_dict(state)
+    tok, tok_index = store(os.path.join(out, "tokens.safetensors"))
+    cand, cand_index = store(os.path.join(out, "candidates.safetensors"))
+    ys, labels = [], []
+    with open(os.path.join(out, "heldout.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            seqs = []
+            for key, ell in (("long", config["long_len"]), ("short", config["short_len"])):
+                rows = [tok_index[x] for x in r[key] if x in tok_index][-ell:] if ell > 0 else []
+                x = torch.zeros(1, max(1, len(rows)), config["dim"], dtype=torch.float64)
+                m = torch.zeros(1, x.shape[1], dtype=torch.bool)
+                if rows:
+                    x[0, : len(rows)] = tok[rows]
+                    m[0, : len(rows)] = True
+                seqs += [x, m]
+            fields = {fd["name"]: torch.tensor([r["fields"][fd["name"]]]) for fd in config["user_fields"]}
+            dense = torch.tensor([r["dense"]], dtype=torch.float64)
+            with torch.no_grad():
+                y = model(*seqs, fields, dense, cand[[cand_index[c] for c in r["candidates"]]].unsqueeze(0))[0]
+            ys += y.tolist()
+            labels += r["labels"]
+    return {"auc": auc(ys, labels), "logloss": logloss(ys, labels), "pairs": len(labels)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train HCN and baselines on synthetic clicks; export HCN (SPEC §2/§3).")
     ap.add_argument("--out", default="weights")
@@ -302,7 +350,18 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="override a DataConfig field (tuples: a,b)")
     ap.add_argument("--init-gain", type=float, default=3.0, help="scale of the attention q/k weights at init")
     ap.add_argument("--residual", action="store_true", help="item tower: add a free per-item vector to the feature MLP")
+    ap.add_argument("--check", action="store_true",
+                    help="only recompute --out's heldout.jsonl metrics from its files and compare with heldout_pytorch.json")
     args = ap.parse_args(argv)
+    if args.check:
+        torch.set_num_threads(args.threads)
+        got = check(args.out)
+        with open(os.path.join(args.out, "heldout_pytorch.json")) as f:
+            want = json.load(f)
+        ok = abs(got["auc"] - want["auc"]) < 1e-9 and abs(got["logloss"] - want["logloss"]) < 1e-9
+        print(json.dumps({"from_files": got, "heldout_pytorch.json": {k: want[k] for k in ("auc", "logloss", "pairs")},
+                          "match": ok}, indent=1))
+        return 0 if ok else 1
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     t_start = time.time()
