@@ -1,10 +1,10 @@
 """The item tower and the mean-pooling baseline used by ``train.py`` (training side only).
 
 * ``ItemTower``: Φ_{W^I}(X^I) of the paper — maps each item's static features to its D-vector.
-  Here it is a learned linear map of the synthetic item features (``data.World.features``) plus a
-  learned per-item residual (zero at the start), trained jointly with the user side. After
-  training its output table is both item stores (SPEC §3): the token store (behaviors) and the
-  candidate store.
+  Here it is an MLP (features → 64 → D, ReLU) of the synthetic item features
+  (``data.World.features``), trained jointly with the user side; optionally plus a free per-item
+  vector (``residual``, off by default: it overfits 24k samples). After training its output table
+  is both item stores (SPEC §3): the token store (behaviors) and the candidate store.
 * ``MeanPool``: the "mean pooling" baseline of the paper's Tables 3/5 (a YouTube-DNN-style single
   user vector): u = MLP([mean(long tokens), mean(short tokens), profile]), y = ⟨x, u⟩.
 """

@@ -1,7 +1,7 @@
 """Trains HCN (SPEC §1, public profile) and two baselines on the synthetic clicks of ``data.py``,
 then exports the HCN model and its item stores in SPEC format.
 
-Run (deterministic for a given ``--threads``; about ten minutes on one CPU core)::
+Run (deterministic for a given ``--threads``; about 7 minutes on one CPU core)::
 
     /opt/hcnpy/bin/python reference/train.py --out weights/
     /opt/hcnpy/bin/python reference/train.py --out weights/ --check   # recompute heldout metrics from the files
