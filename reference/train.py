@@ -3,8 +3,8 @@ then exports the HCN model and its item stores in SPEC format.
 
 Run (deterministic for a given ``--threads``; about 7 minutes on one CPU core)::
 
-    /opt/hcnpy/bin/python reference/train.py --out weights/
-    /opt/hcnpy/bin/python reference/train.py --out weights/ --check   # recompute heldout metrics from the files
+    .venv/bin/python reference/train.py --out weights/
+    .venv/bin/python reference/train.py --out weights/ --check   # recompute heldout metrics from the files
 
 Models (all trained the same way: same samples, same order, same seed, Adam, eq. 9's loss):
 
