@@ -303,7 +303,7 @@ def timed(serve, requests: List[BenchRequest]) -> Dict[str, float]:
     }
 
 
-def engine_scores(engine: str, d: str, reqs: List[BenchRequest], k: int) -> List[np.ndarray]:
+def engine_scores(engine: str, d: str, candidates: str, reqs: List[BenchRequest], k: int) -> List[np.ndarray]:
     """Scores of ``reqs`` from ``hcn score`` (the engine's CLI), one array per request."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         for r in reqs:
@@ -313,7 +313,7 @@ def engine_scores(engine: str, d: str, reqs: List[BenchRequest], k: int) -> List
     try:
         out = subprocess.run([engine, "score", "--model", os.path.join(d, "model.safetensors"),
                               "--tokens", os.path.join(d, "tokens.safetensors"),
-                              "--candidates", os.path.join(d, "candidates.safetensors"),
+                              "--candidates", os.path.join(d, candidates),
                               "--request", name, "--top-k", str(k)],
                              check=True, capture_output=True, text=True).stdout
     finally:
@@ -401,15 +401,12 @@ def main(argv=None) -> int:
         check["ort_vs_pytorch_topk_same_ids"] = all(
             set(p[1].tolist()) == set(o[1].tolist()) for p, o in zip(ref, results["onnxruntime"]))
     if a.engine and check_reqs:
-        eng = engine_scores(a.engine, a.dir, check_reqs, k) if a.candidates == "candidates.safetensors" else None
-        if eng is None:
-            check["engine"] = "skipped: --engine compares against candidates.safetensors only"
-        else:
-            for name, res in results.items():
-                diffs = [np.abs(np.asarray(r[0], np.float64) - e) for r, e in zip(res, eng)]
-                rel = [d / (1 + np.abs(e)) for d, e in zip(diffs, eng)]
-                check[f"{name}_vs_engine_max_abs"] = max(float(d.max()) for d in diffs)
-                check[f"{name}_vs_engine_max_rel"] = max(float(r.max()) for r in rel)
+        eng = engine_scores(a.engine, a.dir, a.candidates, check_reqs, k)
+        for name, res in results.items():
+            diffs = [np.abs(np.asarray(r[0], np.float64) - e) for r, e in zip(res, eng)]
+            rel = [d / (1 + np.abs(e)) for d, e in zip(diffs, eng)]
+            check[f"{name}_vs_engine_max_abs"] = max(float(d.max()) for d in diffs)
+            check[f"{name}_vs_engine_max_rel"] = max(float(r.max()) for r in rel)
     check["python"] = platform.python_version()
     print(json.dumps(check), flush=True)
     return 0
