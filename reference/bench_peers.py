@@ -327,9 +327,28 @@ def engine_scores(engine: str, d: str, candidates: str, reqs: List[BenchRequest]
     return res
 
 
+def self_test() -> None:
+    """The request stream must be `hcn bench`'s bit for bit, or the peers serve other requests."""
+    # splitmix64's published outputs for seed 0 (Vigna's reference implementation).
+    assert [int(v) for v in splitmix(0, 0, 3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    x = splitmix(12345, 1000, 20000)
+    seed_next = int(splitmix(12345, 1000, 1)[0])
+    assert seed_next == int(x[0]), "outputs depend only on the call index"
+    for n in (1, 3, 10, 100, 1_000_000, (1 << 32) - 1):
+        got = below(x, n)
+        assert got.tolist() == [(int(v) * n) >> 64 for v in x], n  # Lemire, with exact big integers
+        assert got.min() >= 0 and got.max() < n
+    u = symmetric_unit(x)
+    want = [np.float32(2.0) * np.float32((int(v) >> 40) / (1 << 24)) - np.float32(1.0) for v in x[:100]]
+    assert u[:100].tolist() == [float(w) for w in want]
+    assert u.min() >= -1.0 and u.max() < 1.0
+    print("self-test ok")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Time PyTorch eager and ONNX Runtime on the engine's benchmark requests.")
-    ap.add_argument("--dir", required=True, help="holds model.safetensors, tokens.safetensors, candidates.safetensors")
+    ap.add_argument("--self-test", action="store_true", help="check the request generator against splitmix64 and exit")
+    ap.add_argument("--dir", help="holds model.safetensors, tokens.safetensors, candidates.safetensors")
     ap.add_argument("--candidates", default="candidates.safetensors", help="candidate store file name inside --dir")
     ap.add_argument("--candidates-per-request", type=int, default=50_000)
     ap.add_argument("--requests", type=int, default=100)
@@ -341,6 +360,11 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", help="path of the hcn binary: also compare scores with `hcn score` on the check requests")
     ap.add_argument("--onnx", help="where to write the exported ONNX model (default: a temporary file)")
     a = ap.parse_args(argv)
+    if a.self_test:
+        self_test()
+        return 0
+    if not a.dir:
+        ap.error("--dir is required")
     peers = [p for p in a.peers.split(",") if p]
     if any(p not in ("pytorch", "onnxruntime") for p in peers) or not peers:
         ap.error("--peers: a comma list of pytorch, onnxruntime")

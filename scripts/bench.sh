@@ -47,6 +47,9 @@ MSG
   exit 1
 fi
 
+# The peers must draw the engine's requests (same splitmix64 stream): checked before any timing.
+"$PYTHON" reference/bench_peers.py --self-test >&2
+
 echo "# building the engine (cargo build --release)" >&2
 cargo build --release >&2
 HCN=${CARGO_TARGET_DIR:-target}/release/hcn
