@@ -331,9 +331,18 @@ def self_test() -> None:
     """The request stream must be `hcn bench`'s bit for bit, or the peers serve other requests."""
     # splitmix64's published outputs for seed 0 (Vigna's reference implementation).
     assert [int(v) for v in splitmix(0, 0, 3)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    # The closed form (state after call k = seed + k·golden) against the stateful definition,
+    # including a seed near 2^64 so the additions wrap.
+    for seed in (12345, MASK64 - 5):
+        state, want = seed, []
+        for _ in range(1100):
+            state = (state + 0x9E3779B97F4A7C15) & MASK64
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+            want.append(z ^ (z >> 31))
+        assert [int(v) for v in splitmix(seed, 1000, 100)] == want[1000:], seed
     x = splitmix(12345, 1000, 20000)
-    seed_next = int(splitmix(12345, 1000, 1)[0])
-    assert seed_next == int(x[0]), "outputs depend only on the call index"
     for n in (1, 3, 10, 100, 1_000_000, (1 << 32) - 1):
         got = below(x, n)
         assert got.tolist() == [(int(v) * n) >> 64 for v in x], n  # Lemire, with exact big integers
