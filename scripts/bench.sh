@@ -111,3 +111,4 @@ for profile in "${profiles[@]}"; do
       --seed 0 --engine "$HCN" 2> >(grep -v -e 'torchvision' -e '^\[torch.onnx\]' >&2) | tag ''
   fi
 done
+echo "# load average at the end:$(uptime | sed 's/.*load average://')"
