@@ -356,11 +356,24 @@ impl Engine {
     /// get `None` and are listed in `missing_candidates` (or reject the request under
     /// [`UnknownIds::Reject`]).
     pub fn score(&self, interests: &UserInterests, candidates: &[u64]) -> Result<Scores> {
+        Ok(self.score_and_select(interests, candidates, None)?.0)
+    }
+
+    /// Scores and, when `k` is given, the top-k, in one pass: each chunk of candidates is scored,
+    /// checked and pre-selected (its own best `k`) by the thread that scored it, while its scores
+    /// are in that core's cache; only the chunks' few winners are merged here. Reading every
+    /// score again on the calling thread would pull each cache line across cores.
+    fn score_and_select(
+        &self,
+        interests: &UserInterests,
+        candidates: &[u64],
+        k: Option<usize>,
+    ) -> Result<(Scores, Vec<Scored>)> {
         self.check_interests(interests)?;
         let (rows, missing_candidates) = self.resolve_candidates(candidates)?;
         let mut scores = vec![None; candidates.len()];
         let query = match &self.fast {
-            Some((k, _)) => Some(k.score_query(
+            Some((kern, _)) => Some(kern.score_query(
                 &interests.values,
                 interests.n,
                 interests.dim,
@@ -368,23 +381,61 @@ impl Engine {
             )?),
             None => None,
         };
+        let chunk = |offset: usize, out: &mut [Option<f32>], rows: &[Option<u32>]| {
+            self.score_rows(query.as_ref(), interests, rows, out)?;
+            check_scores_finite(out, &candidates[offset..offset + out.len()], offset)?;
+            let mut winners = Vec::new();
+            if let Some(k) = k {
+                TOP_K.with(|cell| {
+                    let (selector, _) = &mut *cell.borrow_mut();
+                    selector.select_by(out.len(), |i| out[i], k, &mut winners);
+                });
+                winners.iter_mut().for_each(|w| w.0 += offset);
+            }
+            Ok::<_, Error>(winners)
+        };
         let chunks = self.parallel_chunks(candidates.len());
-        if chunks <= 1 {
-            self.score_rows(query.as_ref(), interests, &rows, &mut scores)?;
+        let per_chunk: Vec<Vec<(usize, f32)>> = if chunks <= 1 {
+            vec![chunk(0, &mut scores, &rows)?]
         } else {
             let size = candidates.len().div_ceil(chunks);
             scores
                 .par_chunks_mut(size)
                 .zip(rows.par_chunks(size))
-                .try_for_each(|(out, rows)| {
-                    self.score_rows(query.as_ref(), interests, rows, out)
-                })?;
-        }
-        check_scores_finite(&scores, candidates)?;
-        Ok(Scores {
-            scores,
-            missing_candidates,
-        })
+                .enumerate()
+                .map(|(c, (out, rows))| chunk(c * size, out, rows))
+                .collect::<Result<_>>()?
+        };
+        let top = match k {
+            None => Vec::new(),
+            Some(k) => {
+                // Chunk winners in chunk order: among equal scores, a lower index in `all` is a
+                // lower candidate position, so selecting over indices keeps SPEC's tie rule.
+                let all: Vec<(usize, f32)> = per_chunk.into_iter().flatten().collect();
+                TOP_K.with(|cell| {
+                    let (selector, winners) = &mut *cell.borrow_mut();
+                    selector.select_by(all.len(), |i| Some(all[i].1), k, winners);
+                    winners
+                        .iter()
+                        .map(|&(i, score)| {
+                            let position = all[i].0;
+                            Scored {
+                                position,
+                                id: candidates[position],
+                                score,
+                            }
+                        })
+                        .collect()
+                })
+            }
+        };
+        Ok((
+            Scores {
+                scores,
+                missing_candidates,
+            },
+            top,
+        ))
     }
 
     /// The `k` best scored candidates, descending, ties by lower position (SPEC §1.5).
@@ -414,11 +465,7 @@ impl Engine {
                 .unwrap_or_else(|| Err(Error::Device("the GPU returned no response".into())));
         }
         let interests = self.user_interests(&request.user)?;
-        let scores = self.score(&interests, &request.candidates)?;
-        let top_k = match top_k {
-            Some(k) => self.top_k(&scores, &request.candidates, k),
-            None => Vec::new(),
-        };
+        let (scores, top_k) = self.score_and_select(&interests, &request.candidates, top_k)?;
         Ok(Response {
             scores: scores.scores,
             top_k,
@@ -755,14 +802,15 @@ fn check_interests_finite(values: &[f32], dim: usize) -> Result<()> {
 
 /// A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite score
 /// must not be returned: JSON writes it as `null`, the mark of a missing candidate.
-fn check_scores_finite(scores: &[Option<f32>], candidates: &[u64]) -> Result<()> {
+/// `candidates` are the ids of `scores`, which start at request position `offset`.
+fn check_scores_finite(scores: &[Option<f32>], candidates: &[u64], offset: usize) -> Result<()> {
     match scores
         .iter()
         .position(|s| s.is_some_and(|v| !v.is_finite()))
     {
         None => Ok(()),
         Some(i) => Err(Error::request(
-            format!("candidates[{i}]"),
+            format!("candidates[{}]", offset + i),
             format!(
                 "the score of id {} is {}: the model's arithmetic overflows F32 for this candidate",
                 candidates[i],

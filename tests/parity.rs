@@ -205,6 +205,18 @@ fn industrial_shape_matches_the_oracle() {
                 );
             }
             assert_eq!(got.missing_candidates, w.missing_candidates, "{what}");
+            // `run` selects per scoring chunk and merges; the candidates repeat (5,000 draws from
+            // 3,100 ids), so equal scores straddle chunks. The merge must equal one selection
+            // over all the scores, ties by lower position.
+            let scores = hcn_prerank::Scores {
+                scores: got.scores.clone(),
+                missing_candidates: got.missing_candidates.clone(),
+            };
+            assert_eq!(
+                got.top_k,
+                engine.top_k(&scores, &r.candidates, 50),
+                "{what}: top-k"
+            );
             for (g, o) in got.scores.iter().zip(&w.scores) {
                 match (g, o) {
                     (Some(g), Some(o)) => assert!(
