@@ -861,110 +861,6 @@ fn plan_rejects_models_outside_the_kernel_limits() {
 
 mod common;
 
-/// Resolves fixture requests against the stores the way SPEC §1.1/§3 says (unknown behaviors
-/// dropped and counted, unknown candidates unscored and listed), runs them as ONE batch through
-/// `plan`, and assembles engine-style responses so `common::check_response` can judge them.
-fn run_fixture<B: hcn_prerank::cuda::backend::Backend>(
-    plan: &Plan<B>,
-    model: &hcn_prerank::Model,
-    tokens: &hcn_prerank::ItemStore,
-    candidates: &hcn_prerank::ItemStore,
-    requests: &[hcn_prerank::Request],
-    k: usize,
-) -> Vec<hcn_prerank::Response> {
-    struct Resolved {
-        long: Vec<u32>,
-        short: Vec<u32>,
-        skipped: usize,
-        fields: Vec<usize>,
-        rows: Vec<u32>,
-        /// Request position of each entry of `rows`.
-        positions: Vec<usize>,
-        missing: Vec<u64>,
-    }
-    let resolved: Vec<Resolved> = requests
-        .iter()
-        .map(|r| {
-            let known = |ids: &[u64]| -> Vec<u32> {
-                ids.iter().filter_map(|&i| tokens.lookup(i)).collect()
-            };
-            let (long, short) = (known(&r.user.long), known(&r.user.short));
-            let skipped = r.user.long.len() + r.user.short.len() - long.len() - short.len();
-            let fields = model
-                .config
-                .user_fields
-                .iter()
-                .map(|f| {
-                    let (_, id) = r.user.fields.iter().find(|(n, _)| *n == f.name).unwrap();
-                    *id as usize
-                })
-                .collect();
-            let (mut rows, mut positions, mut missing) = (Vec::new(), Vec::new(), Vec::new());
-            for (p, &id) in r.candidates.iter().enumerate() {
-                match candidates.lookup(id) {
-                    Some(row) => {
-                        rows.push(row);
-                        positions.push(p);
-                    }
-                    None => missing.push(id),
-                }
-            }
-            Resolved {
-                long,
-                short,
-                skipped,
-                fields,
-                rows,
-                positions,
-                missing,
-            }
-        })
-        .collect();
-    let inputs: Vec<UserInput<'_>> = resolved
-        .iter()
-        .zip(requests)
-        .map(|(x, r)| UserInput {
-            long_rows: &x.long,
-            short_rows: &x.short,
-            field_ids: &x.fields,
-            dense: &r.user.dense,
-            candidate_rows: &x.rows,
-        })
-        .collect();
-    let outs = plan.run_batch(&inputs, k).unwrap();
-    outs.into_iter()
-        .zip(&resolved)
-        .zip(requests)
-        .map(|((o, x), r)| {
-            let mut scores = vec![None; r.candidates.len()];
-            for (&p, &s) in x.positions.iter().zip(&o.scores) {
-                scores[p] = Some(s);
-            }
-            let top_k = o
-                .top_k
-                .iter()
-                .map(|&(i, score)| hcn_prerank::Scored {
-                    position: x.positions[i],
-                    id: r.candidates[x.positions[i]],
-                    score,
-                })
-                .collect();
-            hcn_prerank::Response {
-                scores,
-                top_k,
-                missing_candidates: x.missing.clone(),
-                skipped_behaviors: x.skipped,
-                interests: hcn_prerank::UserInterests {
-                    n: model.config.interests,
-                    dim: model.config.dim,
-                    values: o.interests,
-                    skipped_behaviors: x.skipped,
-                },
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn parity_fixtures_pass_on_the_emulated_plan() {
     let cases = common::cases();
@@ -980,7 +876,14 @@ fn parity_fixtures_pass_on_the_emulated_plan() {
             StoreSource::from_store(&cands),
         )
         .unwrap();
-        let resps = run_fixture(&plan, &model, &tokens, &cands, &case.requests, case.top_k);
+        let resps = common::run_fixture(
+            |u, k| plan.run_batch(u, k),
+            &model,
+            &tokens,
+            &cands,
+            &case.requests,
+            case.top_k,
+        );
         for (i, ((resp, exp), req)) in resps
             .iter()
             .zip(&case.expected)

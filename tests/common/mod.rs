@@ -190,3 +190,128 @@ pub fn check_response(
         }
     }
 }
+
+#[cfg(feature = "cuda")]
+/// Resolves fixture requests against the stores the way SPEC §1.1/§3 says (unknown behaviors
+/// dropped and counted, unknown candidates unscored and listed), runs them as ONE batch through
+/// `run` (the emulated plan or the GPU executor), and assembles engine-style responses so `common::check_response` can judge them.
+pub fn run_fixture(
+    run: impl Fn(
+        &[hcn_prerank::cuda::UserInput<'_>],
+        usize,
+    ) -> hcn_prerank::Result<Vec<hcn_prerank::cuda::UserOutput>>,
+    model: &hcn_prerank::Model,
+    tokens: &hcn_prerank::ItemStore,
+    candidates: &hcn_prerank::ItemStore,
+    requests: &[hcn_prerank::Request],
+    k: usize,
+) -> Vec<hcn_prerank::Response> {
+    run_fixture_result(run, model, tokens, candidates, requests, k).expect("the batch runs")
+}
+
+/// [`run_fixture`], returning the batch's error instead of panicking on it.
+#[cfg(feature = "cuda")]
+pub fn run_fixture_result(
+    run: impl Fn(
+        &[hcn_prerank::cuda::UserInput<'_>],
+        usize,
+    ) -> hcn_prerank::Result<Vec<hcn_prerank::cuda::UserOutput>>,
+    model: &hcn_prerank::Model,
+    tokens: &hcn_prerank::ItemStore,
+    candidates: &hcn_prerank::ItemStore,
+    requests: &[hcn_prerank::Request],
+    k: usize,
+) -> hcn_prerank::Result<Vec<hcn_prerank::Response>> {
+    struct Resolved {
+        long: Vec<u32>,
+        short: Vec<u32>,
+        skipped: usize,
+        fields: Vec<usize>,
+        rows: Vec<u32>,
+        /// Request position of each entry of `rows`.
+        positions: Vec<usize>,
+        missing: Vec<u64>,
+    }
+    let resolved: Vec<Resolved> = requests
+        .iter()
+        .map(|r| {
+            let known = |ids: &[u64]| -> Vec<u32> {
+                ids.iter().filter_map(|&i| tokens.lookup(i)).collect()
+            };
+            let (long, short) = (known(&r.user.long), known(&r.user.short));
+            let skipped = r.user.long.len() + r.user.short.len() - long.len() - short.len();
+            let fields = model
+                .config
+                .user_fields
+                .iter()
+                .map(|f| {
+                    let (_, id) = r.user.fields.iter().find(|(n, _)| *n == f.name).unwrap();
+                    *id as usize
+                })
+                .collect();
+            let (mut rows, mut positions, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+            for (p, &id) in r.candidates.iter().enumerate() {
+                match candidates.lookup(id) {
+                    Some(row) => {
+                        rows.push(row);
+                        positions.push(p);
+                    }
+                    None => missing.push(id),
+                }
+            }
+            Resolved {
+                long,
+                short,
+                skipped,
+                fields,
+                rows,
+                positions,
+                missing,
+            }
+        })
+        .collect();
+    let inputs: Vec<hcn_prerank::cuda::UserInput<'_>> = resolved
+        .iter()
+        .zip(requests)
+        .map(|(x, r)| hcn_prerank::cuda::UserInput {
+            long_rows: &x.long,
+            short_rows: &x.short,
+            field_ids: &x.fields,
+            dense: &r.user.dense,
+            candidate_rows: &x.rows,
+        })
+        .collect();
+    let outs = run(&inputs, k)?;
+    Ok(outs
+        .into_iter()
+        .zip(&resolved)
+        .zip(requests)
+        .map(|((o, x), r)| {
+            let mut scores = vec![None; r.candidates.len()];
+            for (&p, &s) in x.positions.iter().zip(&o.scores) {
+                scores[p] = Some(s);
+            }
+            let top_k = o
+                .top_k
+                .iter()
+                .map(|&(i, score)| hcn_prerank::Scored {
+                    position: x.positions[i],
+                    id: r.candidates[x.positions[i]],
+                    score,
+                })
+                .collect();
+            hcn_prerank::Response {
+                scores,
+                top_k,
+                missing_candidates: x.missing.clone(),
+                skipped_behaviors: x.skipped,
+                interests: hcn_prerank::UserInterests {
+                    n: model.config.interests,
+                    dim: model.config.dim,
+                    values: o.interests,
+                    skipped_behaviors: x.skipped,
+                },
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,421 @@
+//! GPU faults without a GPU (issue 5): the launch plan of `src/cuda/plan.rs` runs on a backend
+//! that wraps the CPU emulation of the kernels and injects the two faults a device gives —
+//! an allocation that fails (out of memory while uploading the stores or a request's buffers) and
+//! a kernel launch that fails — while counting live device buffers. Each fault must come back as
+//! an error (never a panic or a partial result), leave no device buffer behind, and leave the
+//! plan and the CPU engine usable.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hcn_prerank::cuda::backend::{Backend, StoreDesc};
+use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
+use hcn_prerank::cuda::{Plan, StoreSource};
+use hcn_prerank::tensor::DType;
+use hcn_prerank::{Engine, EngineOptions, Error, ItemStore, Model, Result};
+
+/// A device buffer of the faulty backend: counted while alive.
+struct Buf<T> {
+    inner: T,
+    live: Arc<AtomicIsize>,
+}
+
+impl<T> Drop for Buf<T> {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Fails the allocation numbered `fail_alloc` (0-based, counted across the backend's life) and
+/// every launch of the kernel named `fail_launch`.
+#[derive(Clone, Default)]
+struct Faulty {
+    live: Arc<AtomicIsize>,
+    allocs: Arc<AtomicUsize>,
+    fail_alloc: Arc<AtomicUsize>,
+    fail_launch: Arc<std::sync::Mutex<Option<&'static str>>>,
+}
+
+impl Faulty {
+    fn new() -> Self {
+        let f = Faulty::default();
+        f.fail_alloc.store(usize::MAX, Ordering::SeqCst);
+        f
+    }
+
+    fn alloc<T>(&self, r: Result<T>) -> Result<Buf<T>> {
+        let n = self.allocs.fetch_add(1, Ordering::SeqCst);
+        if n == self.fail_alloc.load(Ordering::SeqCst) {
+            return Err(Error::Device(format!(
+                "out of memory (injected at allocation {n})"
+            )));
+        }
+        let inner = r?;
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Ok(Buf {
+            inner,
+            live: self.live.clone(),
+        })
+    }
+
+    fn launch(&self, kernel: &'static str) -> Result<()> {
+        if *self.fail_launch.lock().unwrap() == Some(kernel) {
+            return Err(Error::Device(format!(
+                "launch of {kernel} failed (injected)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Backend for Faulty {
+    type F = Buf<Vec<f32>>;
+    type I = Buf<Vec<i32>>;
+    type U = Buf<Vec<u32>>;
+    type Store = Buf<EmuStore>;
+
+    fn upload_store(
+        &self,
+        dtype: DType,
+        bytes: &[u8],
+        rows: usize,
+        dim: usize,
+    ) -> Result<Self::Store> {
+        self.alloc(EmuBackend.upload_store(dtype, bytes, rows, dim))
+    }
+    fn store_desc(&self, s: &Self::Store) -> StoreDesc {
+        EmuBackend.store_desc(&s.inner)
+    }
+    fn upload_f32(&self, v: &[f32]) -> Result<Self::F> {
+        self.alloc(EmuBackend.upload_f32(v))
+    }
+    fn upload_i32(&self, v: &[i32]) -> Result<Self::I> {
+        self.alloc(EmuBackend.upload_i32(v))
+    }
+    fn upload_u32(&self, v: &[u32]) -> Result<Self::U> {
+        self.alloc(EmuBackend.upload_u32(v))
+    }
+    fn zeros_f32(&self, len: usize) -> Result<Self::F> {
+        self.alloc(EmuBackend.zeros_f32(len))
+    }
+    fn zeros_i32(&self, len: usize) -> Result<Self::I> {
+        self.alloc(EmuBackend.zeros_i32(len))
+    }
+    fn download_f32(&self, b: &Self::F) -> Result<Vec<f32>> {
+        EmuBackend.download_f32(&b.inner)
+    }
+    fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>> {
+        EmuBackend.download_i32(&b.inner)
+    }
+    fn linear(
+        &self,
+        x: (&Self::F, usize),
+        ldx: usize,
+        w: &Self::F,
+        b: &Self::F,
+        y: (&mut Self::F, usize),
+        ldy: usize,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+        relu: bool,
+    ) -> Result<()> {
+        self.launch("linear")?;
+        EmuBackend.linear(
+            (&x.0.inner, x.1),
+            ldx,
+            &w.inner,
+            &b.inner,
+            (&mut y.0.inner, y.1),
+            ldy,
+            rows,
+            in_dim,
+            out_dim,
+            relu,
+        )
+    }
+    fn gather(
+        &self,
+        store: &Self::Store,
+        rows: &Self::U,
+        count: usize,
+        out: &mut Self::F,
+    ) -> Result<()> {
+        self.launch("gather")?;
+        EmuBackend.gather(&store.inner, &rows.inner, count, &mut out.inner)
+    }
+    fn attention(
+        &self,
+        q: (&Self::F, usize),
+        ldq: usize,
+        q_user_stride: usize,
+        kv: &Self::F,
+        k_off: usize,
+        v_off: usize,
+        ldkv: usize,
+        offsets: &Self::I,
+        out: (&mut Self::F, usize),
+        ldo: usize,
+        users: usize,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.launch("attention")?;
+        EmuBackend.attention(
+            (&q.0.inner, q.1),
+            ldq,
+            q_user_stride,
+            &kv.inner,
+            k_off,
+            v_off,
+            ldkv,
+            &offsets.inner,
+            (&mut out.0.inner, out.1),
+            ldo,
+            users,
+            n,
+            heads,
+            head_dim,
+        )
+    }
+    fn co_interest(
+        &self,
+        lhat: &Self::F,
+        shat: &Self::F,
+        ld_in: usize,
+        out: &mut Self::F,
+        ldo: usize,
+        users: usize,
+        n: usize,
+        dim: usize,
+        blocks: &[u8],
+    ) -> Result<()> {
+        self.launch("co_interest")?;
+        EmuBackend.co_interest(
+            &lhat.inner,
+            &shat.inner,
+            ld_in,
+            &mut out.inner,
+            ldo,
+            users,
+            n,
+            dim,
+            blocks,
+        )
+    }
+    fn score(
+        &self,
+        store: &Self::Store,
+        rows: &Self::U,
+        offsets: &Self::I,
+        xu: &Self::F,
+        users: usize,
+        max_m: usize,
+        n: usize,
+        mode: i32,
+        out: &mut Self::F,
+    ) -> Result<()> {
+        self.launch("score")?;
+        EmuBackend.score(
+            &store.inner,
+            &rows.inner,
+            &offsets.inner,
+            &xu.inner,
+            users,
+            max_m,
+            n,
+            mode,
+            &mut out.inner,
+        )
+    }
+    fn topk(
+        &self,
+        scores: &Self::F,
+        offsets: &Self::I,
+        users: usize,
+        k: usize,
+        pos: &mut Self::I,
+        val: &mut Self::F,
+    ) -> Result<()> {
+        self.launch("topk")?;
+        EmuBackend.topk(
+            &scores.inner,
+            &offsets.inner,
+            users,
+            k,
+            &mut pos.inner,
+            &mut val.inner,
+        )
+    }
+}
+
+struct Files {
+    model: Model,
+    tokens: ItemStore,
+    cands: ItemStore,
+    case: common::Case,
+}
+
+fn files() -> Files {
+    let case = common::cases()
+        .into_iter()
+        .find(|c| c.name == "tiny_f32")
+        .expect("tiny_f32 fixture");
+    Files {
+        model: Model::load(&case.model).unwrap(),
+        tokens: ItemStore::load(&case.tokens).unwrap(),
+        cands: ItemStore::load(&case.candidates).unwrap(),
+        case,
+    }
+}
+
+fn plan(b: &Faulty, f: &Files) -> Result<Plan<Faulty>> {
+    Plan::new(
+        b.clone(),
+        &f.model,
+        StoreSource::from_store(&f.tokens),
+        StoreSource::from_store(&f.cands),
+    )
+}
+
+fn run(plan: &Plan<Faulty>, f: &Files) -> Result<Vec<hcn_prerank::Response>> {
+    common::run_fixture_result(
+        |u, k| plan.run_batch(u, k),
+        &f.model,
+        &f.tokens,
+        &f.cands,
+        &f.case.requests,
+        f.case.top_k,
+    )
+}
+
+/// Out of memory at every allocation of the upload, one at a time: an error naming the fault,
+/// and nothing left allocated.
+#[test]
+fn out_of_memory_while_uploading_is_an_error_and_frees_everything() {
+    let f = files();
+    let total = {
+        let b = Faulty::new();
+        let p = plan(&b, &f).unwrap();
+        drop(p);
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            0,
+            "a dropped plan frees every buffer"
+        );
+        b.allocs.load(Ordering::SeqCst)
+    };
+    assert!(total > 10, "the upload makes {total} allocations");
+    for n in 0..total {
+        let b = Faulty::new();
+        b.fail_alloc.store(n, Ordering::SeqCst);
+        match plan(&b, &f) {
+            Err(Error::Device(msg)) => assert!(msg.contains("out of memory"), "{msg}"),
+            Err(other) => panic!("allocation {n}: expected a device error, got {other}"),
+            Ok(_) => panic!("allocation {n} failed but the plan was built"),
+        }
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            0,
+            "allocation {n}: buffers leaked"
+        );
+    }
+}
+
+/// A failed launch of each kernel, and out of memory for a request's buffers: the batch is an
+/// error, the request's buffers are freed, and the same plan serves the next batch correctly.
+#[test]
+fn failed_launches_and_request_oom_leave_the_plan_usable() {
+    let f = files();
+    let b = Faulty::new();
+    let p = plan(&b, &f).unwrap();
+    let resident = b.live.load(Ordering::SeqCst);
+    let good = run(&p, &f).unwrap();
+    for (i, (resp, exp)) in good.iter().zip(&f.case.expected).enumerate() {
+        common::check_response(
+            &format!("request {i}"),
+            resp,
+            exp,
+            &f.case.requests[i].candidates,
+            f.case.top_k,
+            2e-3,
+        );
+    }
+    assert_eq!(
+        b.live.load(Ordering::SeqCst),
+        resident,
+        "a batch leaves no buffer behind"
+    );
+
+    for kernel in [
+        "gather",
+        "linear",
+        "attention",
+        "co_interest",
+        "score",
+        "topk",
+    ] {
+        *b.fail_launch.lock().unwrap() = Some(kernel);
+        match run(&p, &f) {
+            Err(Error::Device(msg)) => assert!(msg.contains(kernel), "{msg}"),
+            other => panic!(
+                "{kernel}: expected a device error, got {:?}",
+                other.map(|r| r.len())
+            ),
+        }
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            resident,
+            "{kernel}: buffers leaked"
+        );
+        *b.fail_launch.lock().unwrap() = None;
+        assert_eq!(
+            run(&p, &f).unwrap(),
+            good,
+            "after a failed {kernel} the plan serves correctly"
+        );
+    }
+
+    let before = b.allocs.load(Ordering::SeqCst);
+    run(&p, &f).unwrap();
+    let per_batch = b.allocs.load(Ordering::SeqCst) - before;
+    assert!(per_batch > 0);
+    for n in 0..per_batch {
+        b.fail_alloc
+            .store(b.allocs.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+        assert!(
+            matches!(run(&p, &f), Err(Error::Device(_))),
+            "request allocation {n}"
+        );
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            resident,
+            "request allocation {n}: buffers leaked"
+        );
+    }
+    b.fail_alloc.store(usize::MAX, Ordering::SeqCst);
+    assert_eq!(run(&p, &f).unwrap(), good);
+
+    // The CPU engine on the same files is unaffected by any of this.
+    let cpu = Engine::load(
+        &f.case.model,
+        &f.case.tokens,
+        &f.case.candidates,
+        EngineOptions::default(),
+    )
+    .unwrap();
+    let resp = cpu.run(&f.case.requests[0], Some(f.case.top_k)).unwrap();
+    common::check_response(
+        "cpu",
+        &resp,
+        &f.case.expected[0],
+        &f.case.requests[0].candidates,
+        f.case.top_k,
+        common::CPU_TOL,
+    );
+}
