@@ -298,6 +298,16 @@ thread_local! {
         std::cell::RefCell::new((TopK::new(), Vec::new()));
 }
 
+/// Candidate ids resolved to store rows (see [`Engine::resolve_candidates`]).
+pub(crate) struct ResolvedCandidates {
+    /// One row per candidate; row 0 at the positions of unknown ids.
+    rows: Vec<u32>,
+    /// Positions of unknown ids, ascending.
+    missing_positions: Vec<usize>,
+    /// Unknown ids, in request order.
+    missing: Vec<u64>,
+}
+
 /// A user request after validation: token rows (SPEC §1.1 applied) and field ids in config order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ResolvedUser {
@@ -370,7 +380,11 @@ impl Engine {
         k: Option<usize>,
     ) -> Result<(Scores, Vec<Scored>)> {
         self.check_interests(interests)?;
-        let (rows, missing_candidates) = self.resolve_candidates(candidates)?;
+        let ResolvedCandidates {
+            rows,
+            missing_positions,
+            missing: missing_candidates,
+        } = self.resolve_candidates(candidates)?;
         let mut scores = vec![None; candidates.len()];
         let query = match &self.fast {
             Some((kern, _)) => Some(kern.score_query(
@@ -381,8 +395,18 @@ impl Engine {
             )?),
             None => None,
         };
-        let chunk = |offset: usize, out: &mut [Option<f32>], rows: &[Option<u32>]| {
+        let chunk = |offset: usize, out: &mut [Option<f32>], rows: &[u32]| {
+            if self.candidates.is_empty() {
+                // Every candidate is unknown and there is no stand-in row: nothing to score.
+                return Ok(Vec::new());
+            }
             self.score_rows(query.as_ref(), interests, rows, out)?;
+            // Unknown ids had a stand-in row: drop their scores.
+            let from = missing_positions.partition_point(|&p| p < offset);
+            let to = missing_positions.partition_point(|&p| p < offset + out.len());
+            for &p in &missing_positions[from..to] {
+                out[p - offset] = None;
+            }
             check_scores_finite(out, &candidates[offset..offset + out.len()], offset)?;
             let mut winners = Vec::new();
             if let Some(k) = k {
@@ -507,10 +531,16 @@ impl Engine {
             .iter()
             .map(|r| {
                 let user = self.resolve_user(&r.user)?;
-                let (rows, missing) = self.resolve_candidates(&r.candidates)?;
-                let positions: Vec<usize> =
-                    (0..rows.len()).filter(|&i| rows[i].is_some()).collect();
-                let rows = rows.into_iter().flatten().collect();
+                let c = self.resolve_candidates(&r.candidates)?;
+                let missing = c.missing;
+                let mut gaps = c.missing_positions.iter().peekable();
+                let (mut positions, mut rows) = (Vec::new(), Vec::new());
+                for (i, &row) in c.rows.iter().enumerate() {
+                    if gaps.next_if_eq(&&i).is_none() {
+                        positions.push(i);
+                        rows.push(row);
+                    }
+                }
                 Ok(Prepared {
                     user,
                     rows,
@@ -584,8 +614,10 @@ impl Engine {
             .collect()
     }
 
-    /// Store rows of the candidates (`None` for unknown ids) and the unknown ids in order.
-    fn resolve_candidates(&self, candidates: &[u64]) -> Result<(Vec<Option<u32>>, Vec<u64>)> {
+    /// Store rows of the candidates, with row 0 standing in for unknown ids (whose positions are
+    /// listed; their scores are discarded), and the unknown ids in request order. Dense rows let
+    /// the scoring kernel run over whole chunks without compacting around the (rare) gaps.
+    fn resolve_candidates(&self, candidates: &[u64]) -> Result<ResolvedCandidates> {
         let limit = self.options.limits.max_candidates;
         if candidates.len() > limit {
             return Err(Error::request(
@@ -597,10 +629,11 @@ impl Engine {
             ));
         }
         let mut rows = Vec::with_capacity(candidates.len());
+        let mut missing_positions = Vec::new();
         let mut missing = Vec::new();
         for (i, &id) in candidates.iter().enumerate() {
             match self.candidates.lookup(id) {
-                Some(r) => rows.push(Some(r)),
+                Some(r) => rows.push(r),
                 None => {
                     if self.options.unknown_candidates == UnknownIds::Reject {
                         return Err(Error::request(
@@ -609,11 +642,16 @@ impl Engine {
                         ));
                     }
                     missing.push(id);
-                    rows.push(None);
+                    missing_positions.push(i);
+                    rows.push(0);
                 }
             }
         }
-        Ok((rows, missing))
+        Ok(ResolvedCandidates {
+            rows,
+            missing_positions,
+            missing,
+        })
     }
 
     fn check_interests(&self, interests: &UserInterests) -> Result<()> {
@@ -662,19 +700,26 @@ impl Engine {
         &self,
         query: Option<&ScoreQuery>,
         interests: &UserInterests,
-        rows: &[Option<u32>],
+        rows: &[u32],
         out: &mut [Option<f32>],
     ) -> Result<()> {
         if let Some(q) = query {
-            return q.score_rows_opt(RowSource::from_matrix(&self.candidates.vectors)?, rows, out);
+            let mut y = vec![0.0f32; rows.len()];
+            q.score_rows(
+                RowSource::from_matrix(&self.candidates.vectors)?,
+                rows,
+                &mut y,
+            )?;
+            for (o, y) in out.iter_mut().zip(y) {
+                *o = Some(y);
+            }
+            return Ok(());
         }
         let mode = self.model.config.score;
         let mut x = vec![0.0f32; self.model.config.dim];
-        for (o, row) in out.iter_mut().zip(rows) {
-            *o = row.map(|r| {
-                self.candidates.vectors.row_into(r as usize, &mut x);
-                reference::score(&interests.values, interests.n, &x, mode)
-            });
+        for (o, &r) in out.iter_mut().zip(rows) {
+            self.candidates.vectors.row_into(r as usize, &mut x);
+            *o = Some(reference::score(&interests.values, interests.n, &x, mode));
         }
         Ok(())
     }

@@ -342,3 +342,33 @@ fn cuda_device_runs_or_fails_clearly() {
         other => panic!("GPU 7 should not exist: {other:?}"),
     }
 }
+
+/// A candidate store with no rows (valid per SPEC §3): every candidate is missing, none is scored,
+/// top-k is empty — on every CPU path.
+#[test]
+fn empty_candidate_store_scores_nothing() {
+    let (case, engine) = tiny();
+    let dim = engine.model().config.dim;
+    let path = std::env::temp_dir().join(format!(
+        "hcn-empty-store-{}.safetensors",
+        std::process::id()
+    ));
+    hcn_prerank::synth::write_store(&path, 0, dim, hcn_prerank::tensor::DType::F16, 1).unwrap();
+    for kernels in [
+        hcn_prerank::CpuKernels::Auto,
+        hcn_prerank::CpuKernels::Reference,
+    ] {
+        let opts = EngineOptions {
+            kernels,
+            ..Default::default()
+        };
+        let engine = Engine::load(&case.model, &case.tokens, &path, opts).unwrap();
+        let mut r = case.requests[0].clone();
+        r.candidates = vec![0, 1, 7, 0];
+        let resp = engine.run(&r, Some(3)).unwrap();
+        assert_eq!(resp.scores, vec![None; 4]);
+        assert_eq!(resp.missing_candidates, vec![0, 1, 7, 0]);
+        assert!(resp.top_k.is_empty());
+    }
+    std::fs::remove_file(&path).ok();
+}
