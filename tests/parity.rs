@@ -229,5 +229,29 @@ fn industrial_shape_matches_the_oracle() {
             }
         }
     }
+    // A batch on two threads: requests in parallel, each splitting its layers' heads across rayon
+    // tasks, so a thread waiting in a join runs other requests' jobs (the user side must not hold
+    // per-thread state across the join). Same answers as one request at a time.
+    let engine = Engine::load(
+        &m,
+        &t,
+        &c,
+        EngineOptions {
+            parallelism: Parallelism::Rayon(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let batch: Vec<Request> = requests.iter().cycle().take(24).cloned().collect();
+    let single: Vec<_> = batch
+        .iter()
+        .map(|r| pool.install(|| engine.run(r, Some(50))).unwrap())
+        .collect();
+    for round in 0..3 {
+        let got = pool.install(|| engine.run_batch(&batch, Some(50)));
+        for (i, (g, s)) in got.into_iter().zip(&single).enumerate() {
+            assert_eq!(&g.unwrap(), s, "batch round {round} request {i}");
+        }
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -355,9 +355,12 @@ pub(crate) fn user_interests(
     parallel: bool,
     out: &mut [f32],
 ) {
-    SCRATCH.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        let s = &mut *guard;
+    // The scratch is taken out of the thread-local for the whole call, not borrowed: the towers
+    // call `rayon::join`, and a rayon thread waiting there may run another request's job on this
+    // thread, which then finds an empty scratch instead of a `RefCell` already borrowed.
+    let mut scratch = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    {
+        let s = &mut scratch;
         let cfg = &model.config;
         let (n, dim) = (cfg.interests, cfg.dim);
         let mut long = vec![0.0f32; n * dim];
@@ -438,5 +441,6 @@ pub(crate) fn user_interests(
             fcat[i * 2 * dim + dim..(i + 1) * 2 * dim].copy_from_slice(&x_hat);
         }
         plan.fusion.apply(k, fcat, n, out);
-    });
+    }
+    SCRATCH.with(|cell| *cell.borrow_mut() = scratch);
 }
