@@ -487,6 +487,8 @@ fn model_without_profile_has_no_mlp_and_rejects_one() {
     let m = spec.load_with(|_| {}).unwrap();
     assert!(m.weights.user.mlp.is_empty());
     assert!(m.weights.user.fields.is_empty());
+    // SPEC's table lists the MLP even without a profile: an exporter may write it with input
+    // width 0. It must then be consistent...
     let r = spec.load_with(|ts| {
         ts.push(T::new(
             "user.mlp.0.weight",
@@ -495,7 +497,31 @@ fn model_without_profile_has_no_mlp_and_rejects_one() {
             encode("F32", &[0.0; 4]),
         ))
     });
-    assert_tensor(r, "user.mlp.0.weight", &["not a tensor", "no user MLP"]);
+    assert_tensor(r, "user.mlp.0.weight", &["shape [4, 1]", "expected [4, 0]"]);
+    // ... and it is not used: X̂ = 0 whatever its biases would give (SPEC §1.4).
+    let m = spec
+        .load_with(|ts| {
+            ts.push(T::new("user.mlp.0.weight", "F32", &[4, 0], Vec::new()));
+            ts.push(T::new(
+                "user.mlp.0.bias",
+                "F32",
+                &[4],
+                encode("F32", &[1.0, 2.0, 3.0, 4.0]),
+            ));
+        })
+        .unwrap();
+    assert!(m.weights.user.mlp.is_empty());
+    // A layer beyond the configured depth is still not a tensor of this model.
+    let r = spec.load_with(|ts| {
+        ts.push(T::new("user.mlp.0.weight", "F32", &[4, 0], Vec::new()));
+        ts.push(T::new(
+            "user.mlp.1.weight",
+            "F32",
+            &[4, 4],
+            encode("F32", &[0.0; 16]),
+        ));
+    });
+    assert_tensor(r, "user.mlp.1.weight", &["not a tensor"]);
 
     // Dense features only: the MLP reads just them.
     let spec = Spec {

@@ -109,9 +109,9 @@ impl Validator<'_> {
                 index_below(l, c.layers) && linear_part(p)
             }
             ["long" | "short", "merge", p] | ["co_interest" | "fusion", p] => linear_part(p),
-            ["user", "mlp", i, p] => {
-                c.has_profile() && index_below(i, c.user_mlp_hidden.len() + 1) && linear_part(p)
-            }
+            // Without a profile SPEC says X̂ = 0, but its table still lists the MLP: an exporter
+            // may write it (input width 0). Both forms load; see `user_profile`.
+            ["user", "mlp", i, p] => index_below(i, c.user_mlp_hidden.len() + 1) && linear_part(p),
             _ => c
                 .user_fields
                 .iter()
@@ -127,8 +127,11 @@ impl Validator<'_> {
             }
             let c = self.config;
             let hint = if t.name.starts_with("user.mlp.") && !c.has_profile() {
-                " (the config has no user_fields and no user_dense, so the model has no user MLP)"
-                    .to_string()
+                format!(
+                    " (the config has no user_fields and no user_dense: X̂ = 0, and a user MLP, if \
+                     written, is user.mlp.0 ..= user.mlp.{} with input width 0)",
+                    c.user_mlp_hidden.len()
+                )
             } else if t.name.starts_with("user.mlp.") {
                 format!(
                     " (user_mlp_hidden has {} entries, so the MLP is user.mlp.0 ..= user.mlp.{})",
@@ -307,7 +310,15 @@ impl Validator<'_> {
         }
 
         let mut mlp = Vec::new();
-        if c.has_profile() {
+        // With no fields and no dense features the MLP is optional; if the file has one it must
+        // be complete and consistent (input width 0), and it is then not used: X̂ = 0 (SPEC §1.4),
+        // whatever its biases would produce.
+        let mlp_in_file = self
+            .file
+            .tensors()
+            .iter()
+            .any(|t| t.name.starts_with("user.mlp."));
+        if c.has_profile() || mlp_in_file {
             let widths: usize = fields.iter().map(|f| f.width()).sum();
             let mut in_dim = widths + c.user_dense;
             let outs = c.user_mlp_hidden.iter().copied().chain([c.dim]);
@@ -332,6 +343,9 @@ impl Validator<'_> {
                 mlp.push(layer);
                 in_dim = out_dim;
             }
+        }
+        if !c.has_profile() {
+            mlp.clear();
         }
         Ok(UserProfile {
             fields,
