@@ -18,42 +18,29 @@ use hcn_prerank::synth::{ensure_profile_files, Profile};
 use hcn_prerank::tensor::DType;
 use hcn_prerank::{Engine, EngineOptions, Parallelism, Request, UserRequest};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use hcn_prerank::rng::SplitMix64 as Rng;
 
 fn requests(engine: &Engine, count: usize, candidates: usize, seed: u64) -> Vec<Request> {
     let cfg = &engine.model().config;
-    let (tokens, cands) = (
-        engine.tokens().len() as u64,
-        engine.candidates().len() as u64,
-    );
-    let mut rng = Rng(seed);
+    let (tokens, cands) = (engine.tokens().len(), engine.candidates().len());
+    let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| Request {
             user: UserRequest {
-                long: (0..cfg.long_len).map(|_| rng.below(tokens)).collect(),
-                short: (0..cfg.short_len).map(|_| rng.below(tokens)).collect(),
+                long: (0..cfg.long_len)
+                    .map(|_| rng.below(tokens) as u64)
+                    .collect(),
+                short: (0..cfg.short_len)
+                    .map(|_| rng.below(tokens) as u64)
+                    .collect(),
                 fields: cfg
                     .user_fields
                     .iter()
-                    .map(|f| (f.name.clone(), rng.below(f.vocab as u64)))
+                    .map(|f| (f.name.clone(), rng.below(f.vocab) as u64))
                     .collect(),
-                dense: (0..cfg.user_dense)
-                    .map(|_| (rng.below(2000) as f32 - 1000.0) / 1000.0)
-                    .collect(),
+                dense: (0..cfg.user_dense).map(|_| rng.symmetric(1.0)).collect(),
             },
-            candidates: (0..candidates).map(|_| rng.below(cands)).collect(),
+            candidates: (0..candidates).map(|_| rng.below(cands) as u64).collect(),
         })
         .collect()
 }

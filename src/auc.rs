@@ -101,26 +101,17 @@ mod tests {
         (pairs > 0.0).then(|| wins / pairs)
     }
 
-    /// splitmix64, for reproducible random cases without a dependency.
-    fn next(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     #[test]
     fn sorting_auc_equals_pairwise_definition() {
-        let mut s = 7u64;
+        let mut s = crate::rng::SplitMix64::new(7);
         for case in 0..200 {
-            let len = (next(&mut s) % 40) as usize;
+            let len = (s.next_u64() % 40) as usize;
             // Few distinct values so ties are common.
-            let levels = 1 + next(&mut s) % 6;
+            let levels = 1 + s.next_u64() % 6;
             let scores: Vec<f32> = (0..len)
-                .map(|_| (next(&mut s) % levels) as f32 - 2.0)
+                .map(|_| (s.next_u64() % levels) as f32 - 2.0)
                 .collect();
-            let labels: Vec<bool> = (0..len).map(|_| next(&mut s).is_multiple_of(3)).collect();
+            let labels: Vec<bool> = (0..len).map(|_| s.next_u64().is_multiple_of(3)).collect();
             let want = pairwise_auc(&scores, &labels);
             let got = auc(&scores, &labels);
             match (got, want) {

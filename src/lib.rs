@@ -21,6 +21,8 @@ mod exec;
 pub mod json;
 pub mod model;
 pub mod reference;
+#[doc(hidden)]
+pub mod rng;
 mod safetensors_file;
 pub mod store;
 pub mod swap;

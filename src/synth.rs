@@ -6,10 +6,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
-
 use crate::error::{Error, Result};
-use crate::tensor::DType;
+use crate::rng::SplitMix64;
+use crate::tensor::{narrow, DType};
 
 /// A SPEC §6 benchmark profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,36 +44,10 @@ impl Profile {
     }
 }
 
-/// splitmix64: small, seeded, good enough for random weights.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[-a, a)`.
-    fn uniform(&mut self, a: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-    }
-}
-
 struct Tensor {
     name: String,
     shape: Vec<usize>,
     values: Vec<f32>,
-}
-
-fn encode(dtype: DType, v: f32, out: &mut Vec<u8>) {
-    match dtype {
-        DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
-        DType::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
-        DType::BF16 => out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
-    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -113,11 +86,11 @@ fn write_header(
 /// Writes a random model of `profile` (F32) to `path`.
 pub fn write_model(path: &Path, profile: Profile, seed: u64) -> Result<()> {
     let (d, n, h, r, ll, ls) = profile.sizes();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut tensors = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, scale: f32, rng: &mut Rng| {
+    let mut push = |name: String, shape: Vec<usize>, scale: f32, rng: &mut SplitMix64| {
         let len = shape.iter().product();
-        let values = (0..len).map(|_| rng.uniform(scale)).collect();
+        let values = rng.vec(len, scale);
         tensors.push(Tensor {
             name,
             shape,
@@ -203,13 +176,9 @@ pub fn write_model(path: &Path, profile: Profile, seed: u64) -> Result<()> {
     let file = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::new(file);
     write_header(&mut w, Some(("hcn.config", &config)), &entries).map_err(io_err(path))?;
-    let mut buf = Vec::new();
     for t in &tensors {
-        buf.clear();
-        t.values
-            .iter()
-            .for_each(|&v| encode(DType::F32, v, &mut buf));
-        w.write_all(&buf).map_err(io_err(path))?;
+        w.write_all(&narrow(DType::F32, &t.values))
+            .map_err(io_err(path))?;
     }
     w.flush().map_err(io_err(path))
 }
@@ -217,7 +186,7 @@ pub fn write_model(path: &Path, profile: Profile, seed: u64) -> Result<()> {
 /// Writes a store of `rows` random unit-scale vectors of dimension `dim` in `dtype` to `path`
 /// (streamed: a 1M-row store never sits in memory). Ids are absent (row numbers).
 pub fn write_store(path: &Path, rows: usize, dim: usize, dtype: DType, seed: u64) -> Result<()> {
-    let mut rng = Rng(seed ^ 0x5707e);
+    let mut rng = SplitMix64::new(seed ^ 0x5707e);
     let entries = vec![(
         "vectors".to_string(),
         dtype.name(),
@@ -227,11 +196,9 @@ pub fn write_store(path: &Path, rows: usize, dim: usize, dtype: DType, seed: u64
     let file = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     write_header(&mut w, None, &entries).map_err(io_err(path))?;
-    let mut buf = Vec::with_capacity(dim * 4);
     for _ in 0..rows {
-        buf.clear();
-        (0..dim).for_each(|_| encode(dtype, rng.uniform(1.0), &mut buf));
-        w.write_all(&buf).map_err(io_err(path))?;
+        w.write_all(&narrow(dtype, &rng.vec(dim, 1.0)))
+            .map_err(io_err(path))?;
     }
     w.flush().map_err(io_err(path))
 }

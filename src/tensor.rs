@@ -67,6 +67,22 @@ pub fn widen_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The stored little-endian bytes of `values` in `dtype` (round to nearest even for F16/BF16):
+/// the inverse of [`widen`] on values the dtype can hold. For writing files and test stores.
+pub fn narrow(dtype: DType, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
+    }
+}
+
 /// Widens a whole tensor into a new vector (used for the small weight matrices only).
 pub fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     let mut out = vec![0.0f32; bytes.len() / dtype.size()];

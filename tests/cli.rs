@@ -27,21 +27,7 @@ fn id_of(row: usize) -> u64 {
     ID_BASE + 7 * row as u64
 }
 
-/// splitmix64: reproducible weights without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 1.2
-    }
-    fn vec(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.next()).collect()
-    }
-}
+use hcn_prerank::rng::SplitMix64 as Rng;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -87,7 +73,7 @@ struct Tiny {
 impl Tiny {
     fn new(test: &str) -> Self {
         let dir = scratch(test);
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut add = |name: &str, shape: Vec<usize>, rng: &mut Rng| {
             let len = shape.iter().product();
@@ -95,7 +81,7 @@ impl Tiny {
                 name.to_string(),
                 Dtype::F32,
                 shape,
-                f32_bytes(&rng.vec(len)),
+                f32_bytes(&rng.vec(len, 0.6)),
             ));
         };
         for side in ["long", "short"] {
@@ -127,7 +113,7 @@ impl Tiny {
             Some(HashMap::from([("hcn.config".to_string(), config)])),
         );
 
-        let vectors = rng.vec(ROWS * D);
+        let vectors = rng.vec(ROWS * D, 0.6);
         let ids: Vec<u8> = (0..ROWS).flat_map(|r| id_of(r).to_le_bytes()).collect();
         let store = dir.join("store.safetensors");
         write_safetensors(

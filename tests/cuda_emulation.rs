@@ -10,31 +10,11 @@
 use half::{bf16, f16};
 use hcn_prerank::cuda::emu::{self, EmuBackend, EmuStore};
 use hcn_prerank::cuda::{Plan, StoreSource, UserInput};
-use hcn_prerank::tensor::DType;
+use hcn_prerank::tensor::{narrow, DType};
 
 const TOL: f64 = 2e-3;
 
-/// splitmix64: a tiny seeded generator (tests must be reproducible).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-a, a).
-    fn f(&mut self, a: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-    }
-    fn vec(&mut self, len: usize, a: f32) -> Vec<f32> {
-        (0..len).map(|_| self.f(a)).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use hcn_prerank::rng::SplitMix64 as Rng;
 
 fn assert_close(got: &[f32], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -44,20 +24,6 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
             err <= TOL * (1.0 + w.abs()),
             "{what}[{i}]: got {g}, reference {w} (|err| = {err:e})"
         );
-    }
-}
-
-fn store_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
-    match dtype {
-        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => values
-            .iter()
-            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DType::BF16 => values
-            .iter()
-            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-            .collect(),
     }
 }
 
@@ -74,7 +40,7 @@ fn stored_values(dtype: DType, values: &[f32]) -> Vec<f64> {
 }
 
 fn store(dtype: DType, values: &[f32], rows: usize, dim: usize) -> (EmuStore, Vec<f64>) {
-    let st = EmuStore::from_bytes(dtype, &store_bytes(dtype, values), rows, dim).unwrap();
+    let st = EmuStore::from_bytes(dtype, &narrow(dtype, values), rows, dim).unwrap();
     (st, stored_values(dtype, values))
 }
 
@@ -207,7 +173,7 @@ fn widen(v: &[f32]) -> Vec<f64> {
 
 #[test]
 fn linear_matches_reference_on_awkward_shapes() {
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for &(rows, in_dim, out_dim, pad_x, pad_y, relu) in &[
         (0usize, 5usize, 3usize, 0usize, 0usize, false),
         (1, 1, 1, 0, 0, false),
@@ -242,7 +208,7 @@ fn linear_matches_reference_on_awkward_shapes() {
 
 #[test]
 fn gather_widens_every_dtype() {
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     for dtype in DTYPES {
         for &(n_rows, dim, count) in &[
             (5usize, 1usize, 0usize),
@@ -278,7 +244,7 @@ fn gather_rejects_rows_outside_the_store() {
 
 #[test]
 fn attention_matches_reference_including_empty_sequences() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     // (heads, d, n, per-user lengths, shared Q)
     let cases: &[(usize, usize, usize, &[usize], bool)] = &[
         (2, 17, 5, &[0, 1, 31, 33, 70], false),
@@ -346,7 +312,7 @@ fn attention_matches_reference_including_empty_sequences() {
 
 #[test]
 fn co_interest_matches_reference_for_every_block_kind() {
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     let cases: &[(usize, usize, usize, &[u8])] = &[
         (3, 1, 20, &[2, 3, 3]),
         (2, 3, 37, &[0, 1, 2, 3]),
@@ -387,7 +353,7 @@ fn co_interest_matches_reference_for_every_block_kind() {
 
 #[test]
 fn score_matches_reference_for_every_dtype_and_mode() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let cases: &[(usize, usize, &[usize])] = &[
         (37, 5, &[0, 1, 300, 7]),
         (48, 1, &[33]),
@@ -429,7 +395,7 @@ fn score_matches_reference_for_every_dtype_and_mode() {
 
 #[test]
 fn topk_selects_the_k_largest_with_ties_by_position() {
-    let mut rng = Rng(6);
+    let mut rng = Rng::new(6);
     // Per-user score lists: few distinct values (many ties), an empty user, a single candidate,
     // negative values, a count past the block size, all equal.
     let users: Vec<Vec<f32>> = vec![
@@ -524,7 +490,7 @@ mod model {
 
     pub fn build(seed: u64, json: &str) -> Model {
         let cfg = HcnConfig::from_json(json).unwrap();
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let d = cfg.dim;
         let fields: Vec<FieldEmbedding> = cfg
             .user_fields
@@ -650,16 +616,16 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
     let m = model::build(seed, json);
     let cfg = m.config.clone();
     let d = cfg.dim;
-    let mut rng = Rng(seed ^ 0x55);
+    let mut rng = Rng::new(seed ^ 0x55);
     let (n_tok, n_cand) = (40usize, 300usize);
     let tok_vals = rng.vec(n_tok * d, 1.0);
     let cand_vals = rng.vec(n_cand * d, 1.0);
     let (tb, tok_w) = (
-        store_bytes(tok_dtype, &tok_vals),
+        narrow(tok_dtype, &tok_vals),
         stored_values(tok_dtype, &tok_vals),
     );
     let (cb, cand_w) = (
-        store_bytes(cand_dtype, &cand_vals),
+        narrow(cand_dtype, &cand_vals),
         stored_values(cand_dtype, &cand_vals),
     );
     let plan = Plan::new(
@@ -806,7 +772,7 @@ fn plan_rejects_rows_outside_the_stores() {
         r#"{"format": "hcn/1", "dim": 4, "interests": 2, "heads": 1, "layers": 1,
             "long_len": 4, "short_len": 4}"#,
     );
-    let b = store_bytes(DType::F32, &[0.5f32; 16]);
+    let b = narrow(DType::F32, &[0.5f32; 16]);
     let src = StoreSource {
         dtype: DType::F32,
         bytes: &b,
@@ -846,7 +812,7 @@ fn plan_rejects_models_outside_the_kernel_limits() {
         r#"{"format": "hcn/1", "dim": 130, "interests": 1, "heads": 1, "layers": 1,
             "long_len": 2, "short_len": 2}"#,
     );
-    let b = store_bytes(DType::F32, &vec![0.0f32; 130]);
+    let b = narrow(DType::F32, &vec![0.0f32; 130]);
     let src = StoreSource {
         dtype: DType::F32,
         bytes: &b,

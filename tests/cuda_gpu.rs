@@ -7,14 +7,13 @@
 //! CI has no GPU; these run on a GPU machine with `cargo test --features cuda --test cuda_gpu`.
 #![cfg(feature = "cuda")]
 
-use half::{bf16, f16};
 use hcn_prerank::cuda::backend::Backend;
 use hcn_prerank::cuda::device::CudaBackend;
 use hcn_prerank::cuda::emu::EmuBackend;
 use hcn_prerank::cuda::{probe, CudaExecutor, Plan, StoreSource, UserInput, UserOutput};
 use hcn_prerank::model::{AttentionLayer, Linear, Tower, UserProfile, Weights};
 use hcn_prerank::store::IdIndex;
-use hcn_prerank::tensor::{DType, MappedMatrix};
+use hcn_prerank::tensor::{narrow, DType, MappedMatrix};
 use hcn_prerank::{HcnConfig, ItemStore, Model};
 use std::sync::Arc;
 
@@ -29,25 +28,7 @@ fn gpu(test: &str) -> Option<CudaBackend> {
     Some(CudaBackend::new(0).expect("probe passed, so opening GPU 0 must work"))
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn f(&mut self, a: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-    }
-    fn vec(&mut self, len: usize, a: f32) -> Vec<f32> {
-        (0..len).map(|_| self.f(a)).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use hcn_prerank::rng::SplitMix64 as Rng;
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -60,20 +41,6 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
     }
 }
 
-fn bytes(dtype: DType, v: &[f32]) -> Vec<u8> {
-    match dtype {
-        DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::F16 => v
-            .iter()
-            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
-            .collect(),
-        DType::BF16 => v
-            .iter()
-            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
-            .collect(),
-    }
-}
-
 fn host_topk(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -82,7 +49,7 @@ fn host_topk(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
 
 /// Every kernel once through the [`Backend`] trait, on awkward shapes; returns each output.
 fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut out = Vec::new();
     // linear: rows and widths not multiples of 32, output into a wider buffer.
     let (rows, in_dim, out_dim, ldy) = (45usize, 37usize, 70usize, 75usize);
@@ -117,7 +84,7 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let n_rows = 60;
     let store_vals = rng.vec(n_rows * dim, 1.0);
     let store = be
-        .upload_store(dtype, &bytes(dtype, &store_vals), n_rows, dim)
+        .upload_store(dtype, &narrow(dtype, &store_vals), n_rows, dim)
         .unwrap();
     let rows_h: Vec<u32> = (0..total).map(|_| rng.below(n_rows) as u32).collect();
     let rows_d = be.upload_u32(&rows_h).unwrap();
@@ -217,7 +184,7 @@ fn topk_on_the_gpu_is_exact() {
     let Some(be) = gpu("topk_on_the_gpu_is_exact") else {
         return;
     };
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let users: Vec<Vec<f32>> = vec![
         (0..50_000).map(|_| (rng.below(100) as f32) * 0.5).collect(),
         vec![],
@@ -263,7 +230,7 @@ fn linear(rng: &mut Rng, out_dim: usize, in_dim: usize) -> Linear {
 
 fn model(seed: u64, json: &str) -> Model {
     let cfg = HcnConfig::from_json(json).unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let d = cfg.dim;
     let tower = |rng: &mut Rng| Tower {
         seeds: rng.vec(cfg.interests * d, 1.0),
@@ -306,7 +273,7 @@ fn model(seed: u64, json: &str) -> Model {
 /// An [`ItemStore`] over a temporary file, ids = row numbers.
 fn item_store(dtype: DType, values: &[f32], rows: usize, dim: usize, tag: &str) -> ItemStore {
     let path = std::env::temp_dir().join(format!("hcn-cuda-gpu-{}-{tag}.bin", std::process::id()));
-    std::fs::write(&path, bytes(dtype, values)).unwrap();
+    std::fs::write(&path, narrow(dtype, values)).unwrap();
     let file = std::fs::File::open(&path).unwrap();
     // SAFETY: the test owns the temporary file and never modifies it while mapped.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
@@ -331,7 +298,7 @@ fn executor_matches_the_emulated_plan_on_the_industrial_shape() {
             "long_len": 500, "short_len": 50, "user_dense": 4}"#,
     );
     let d = 128;
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let (nt, nc) = (2000usize, 5000usize);
     let tv = rng.vec(nt * d, 1.0);
     let cv = rng.vec(nc * d, 1.0);

@@ -7,25 +7,7 @@ use hcn_prerank::cpu::{top_k, transpose, Kernels, Level, RowSource, TopK};
 use hcn_prerank::tensor::DType;
 use hcn_prerank::ScoreMode;
 
-/// SplitMix64: deterministic test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn sym(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use hcn_prerank::rng::SplitMix64 as Rng;
 
 fn close(got: f64, want: f64) -> bool {
     (got - want).abs() <= 1e-4 * (1.0 + want.abs())
@@ -70,7 +52,7 @@ impl Store {
         let mut widened = Vec::with_capacity(rows * d);
         for r in 0..rows {
             for k in 0..d {
-                let v = rng.sym() * scale;
+                let v = rng.symmetric(scale);
                 let at = misalign + r * stride + k * dtype.size();
                 let w = match dtype {
                     DType::F32 => {
@@ -136,7 +118,7 @@ fn check_scores(rng: &mut Rng, d: usize, n: usize, m: usize, store_rows: usize, 
     } else {
         (1.0, 1.0 / (d as f32).sqrt())
     };
-    let xu: Vec<f32> = (0..n * d).map(|_| rng.sym() * su).collect();
+    let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(su)).collect();
     let rows: Vec<u32> = (0..m).map(|_| rng.below(store_rows) as u32).collect();
     for dtype in DTYPES {
         let misalign = 1 + rng.below(3);
@@ -165,7 +147,7 @@ fn check_scores(rng: &mut Rng, d: usize, n: usize, m: usize, store_rows: usize, 
 
 #[test]
 fn scores_match_f64_on_awkward_shapes() {
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for d in [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 100, 128, 129] {
         for n in [1, 2, 3, 5, 8, 12, 16, 17] {
             for m in [0, 1, 7, 8, 9, 17] {
@@ -177,7 +159,7 @@ fn scores_match_f64_on_awkward_shapes() {
 
 #[test]
 fn scores_match_f64_on_many_rows() {
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     for (d, n) in [(48, 8), (128, 16), (129, 17), (33, 3), (100, 1)] {
         for big in [false, true] {
             // 1003 rows drawn from 97: repeats, and a tail after the 8-row blocks.
@@ -188,9 +170,9 @@ fn scores_match_f64_on_many_rows() {
 
 #[test]
 fn score_query_is_reusable_and_matches_one_shot() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for (d, n) in [(48, 8), (128, 16), (33, 17), (9, 3)] {
-        let xu: Vec<f32> = (0..n * d).map(|_| rng.sym()).collect();
+        let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
         let store = Store::new(&mut rng, 50, d, DType::F16, 1.0, 1, 0);
         let rows: Vec<u32> = (0..200).map(|_| rng.below(50) as u32).collect();
         for k in kernels() {
@@ -210,9 +192,9 @@ fn score_query_is_reusable_and_matches_one_shot() {
 
 #[test]
 fn optional_rows_score_like_dense_rows() {
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let (d, n) = (33, 5);
-    let xu: Vec<f32> = (0..n * d).map(|_| rng.sym()).collect();
+    let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
     let store = Store::new(&mut rng, 40, d, DType::BF16, 1.0, 3, 0);
     let rows: Vec<Option<u32>> = (0..5000)
         .map(|_| (rng.below(4) != 0).then(|| rng.below(40) as u32))
@@ -237,7 +219,7 @@ fn optional_rows_score_like_dense_rows() {
 
 #[test]
 fn score_rejects_bad_inputs_without_panicking() {
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     let (d, n) = (16, 4);
     let xu = vec![0.5f32; n * d];
     let store = Store::new(&mut rng, 10, d, DType::F32, 1.0, 0, 0);
@@ -311,11 +293,11 @@ fn unsupported_levels_do_not_construct() {
 
 #[test]
 fn dot_matches_f64() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let lens = (0..=70).chain([127, 128, 129, 512, 513]);
     for len in lens {
-        let a: Vec<f32> = (0..len).map(|_| rng.sym() * 3.0).collect();
-        let b: Vec<f32> = (0..len).map(|_| rng.sym() * 3.0).collect();
+        let a: Vec<f32> = (0..len).map(|_| rng.symmetric(3.0)).collect();
+        let b: Vec<f32> = (0..len).map(|_| rng.symmetric(3.0)).collect();
         let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
         for k in kernels() {
             let got = k.dot(&a, &b).unwrap();
@@ -331,13 +313,13 @@ fn dot_matches_f64() {
 
 #[test]
 fn matmul_matches_f64_on_odd_shapes() {
-    let mut rng = Rng(6);
+    let mut rng = Rng::new(6);
     for m in [1, 3, 4, 5, 9] {
         for kk in [1, 7, 16, 33, 128] {
             for n in [1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 47, 48, 49, 129] {
-                let x: Vec<f32> = (0..m * kk).map(|_| rng.sym()).collect();
-                let w: Vec<f32> = (0..n * kk).map(|_| rng.sym()).collect();
-                let b: Vec<f32> = (0..n).map(|_| rng.sym()).collect();
+                let x: Vec<f32> = (0..m * kk).map(|_| rng.symmetric(1.0)).collect();
+                let w: Vec<f32> = (0..n * kk).map(|_| rng.symmetric(1.0)).collect();
+                let b: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
                 for bias in [None, Some(&b[..])] {
                     let want: Vec<f64> = (0..m * n)
                         .map(|ij| {
@@ -381,10 +363,10 @@ fn matmul_matches_f64_on_odd_shapes() {
 
 #[test]
 fn softmax_matches_f64_and_survives_large_logits() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for len in [0, 1, 2, 7, 8, 9, 15, 16, 17, 33, 100, 500] {
         for scale in [1.0f32, 50.0, 300.0] {
-            let x: Vec<f32> = (0..len).map(|_| rng.sym() * scale).collect();
+            let x: Vec<f32> = (0..len).map(|_| rng.symmetric(scale)).collect();
             let mx = x
                 .iter()
                 .cloned()
@@ -423,7 +405,7 @@ fn naive_top_k(scores: &[f32], valid: &[bool], k: usize) -> Vec<(usize, f32)> {
 
 #[test]
 fn top_k_matches_full_sort_with_ties() {
-    let mut rng = Rng(8);
+    let mut rng = Rng::new(8);
     let mut tk = TopK::new();
     let mut out = Vec::new();
     for m in [0usize, 1, 2, 5, 64, 1000] {

@@ -61,21 +61,7 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
-/// splitmix64: seeded, reproducible request generation without extra dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use hcn_prerank::rng::SplitMix64 as Rng;
 
 fn store_ids(store: &ItemStore) -> Vec<u64> {
     let mut ids: Vec<u64> = match &store.index {
@@ -92,11 +78,11 @@ fn random_requests(engine: &Engine, n: usize, seed: u64) -> Vec<Request> {
     let cfg = &engine.model().config;
     let tokens = store_ids(engine.tokens());
     let cands = store_ids(engine.candidates());
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let ids = |rng: &mut Rng, pool: &[u64], len: usize| -> Vec<u64> {
         (0..len)
             .map(|_| match rng.below(10) {
-                0 => rng.next(),
+                0 => rng.next_u64(),
                 _ => pool[rng.below(pool.len())],
             })
             .collect()

@@ -131,7 +131,7 @@ fn generate(engine: &Engine, args: &BenchArgs) -> Result<Vec<Request>, String> {
             .iter()
             .map(|f| (f.name.clone(), rng.below(f.vocab) as u64))
             .collect();
-        let dense = (0..cfg.user_dense).map(|_| rng.symmetric_unit()).collect();
+        let dense = (0..cfg.user_dense).map(|_| rng.symmetric(1.0)).collect();
         let candidates = draw(&candidate_ids, args.candidates_per_request, &mut rng);
         out.push(Request {
             user: UserRequest {

@@ -89,63 +89,12 @@ pub fn row_ids(store: &ItemStore) -> Vec<u64> {
     }
 }
 
-/// splitmix64 (Steele, Lea, Flood 2014): a tiny, well-mixed, seedable generator; plenty for
-/// drawing benchmark requests.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`), by Lemire's multiply-shift; the bias is below 2^-32 for the
-    /// sizes used here, which is irrelevant to a benchmark.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    /// Uniform in `[-1, 1)`.
-    pub fn symmetric_unit(&mut self) -> f32 {
-        // 24 random bits give every f32 step in [0, 1).
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        2.0 * u - 1.0
-    }
-}
+/// `hcn bench`'s generator; `reference/bench_peers.py` reproduces its stream.
+pub use hcn_prerank::rng::SplitMix64 as Rng;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rng_is_seeded_and_in_range() {
-        let a: Vec<u64> = {
-            let mut r = Rng::new(3);
-            (0..5).map(|_| r.next_u64()).collect()
-        };
-        let mut r = Rng::new(3);
-        assert_eq!(a, (0..5).map(|_| r.next_u64()).collect::<Vec<_>>());
-        assert_ne!(a, {
-            let mut r = Rng::new(4);
-            (0..5).map(|_| r.next_u64()).collect::<Vec<_>>()
-        });
-        let mut seen = [0usize; 7];
-        for _ in 0..7000 {
-            seen[r.below(7)] += 1;
-            let x = r.symmetric_unit();
-            assert!((-1.0..1.0).contains(&x));
-        }
-        // Every bucket is hit about 1000 times; 700 is far outside the noise.
-        assert!(seen.iter().all(|&c| c > 700), "{seen:?}");
-    }
 
     #[test]
     fn device_label_takes_the_device_part() {
