@@ -727,6 +727,10 @@ impl Engine {
     fn gather_tokens(&self, rows: &[u32]) -> Vec<f32> {
         let d = self.model.config.dim;
         let mut x = vec![0.0f32; rows.len() * d];
+        // Every row's loads first, then the widening: the rows are random in a large mapping.
+        for &r in rows {
+            crate::tensor::prefetch(self.tokens.vectors.row_bytes(r as usize));
+        }
         for (chunk, &r) in x.chunks_exact_mut(d).zip(rows) {
             self.tokens.vectors.row_into(r as usize, chunk);
         }
