@@ -412,7 +412,7 @@ impl Engine {
             if let Some(k) = k {
                 TOP_K.with(|cell| {
                     let (selector, _) = &mut *cell.borrow_mut();
-                    selector.select_by(out.len(), |i| out[i], k, &mut winners);
+                    selector.select_unordered_by(out.len(), |i| out[i], k, &mut winners);
                 });
                 winners.iter_mut().for_each(|w| w.0 += offset);
             }
@@ -433,21 +433,18 @@ impl Engine {
         let top = match k {
             None => Vec::new(),
             Some(k) => {
-                // Chunk winners in chunk order: among equal scores, a lower index in `all` is a
-                // lower candidate position, so selecting over indices keeps SPEC's tie rule.
-                let all: Vec<(usize, f32)> = per_chunk.into_iter().flatten().collect();
+                // The chunks' winners (each chunk's best k, unordered) compete once more; the
+                // merge orders them by score, ties by lower position (SPEC §1.5).
+                let all: Vec<usize> = per_chunk.into_iter().flatten().map(|w| w.0).collect();
                 TOP_K.with(|cell| {
                     let (selector, winners) = &mut *cell.borrow_mut();
-                    selector.select_by(all.len(), |i| Some(all[i].1), k, winners);
+                    selector.select_among(&all, |p| scores[p], k, winners);
                     winners
                         .iter()
-                        .map(|&(i, score)| {
-                            let position = all[i].0;
-                            Scored {
-                                position,
-                                id: candidates[position],
-                                score,
-                            }
+                        .map(|&(position, score)| Scored {
+                            position,
+                            id: candidates[position],
+                            score,
                         })
                         .collect()
                 })

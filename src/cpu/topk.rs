@@ -77,6 +77,30 @@ impl TopK {
         k: usize,
         out: &mut Vec<(usize, f32)>,
     ) {
+        self.select_by_sorted(m, score, k, true, out)
+    }
+
+    /// [`TopK::select_by`] without ordering the winners: the same `min(k, #valid)` candidates in
+    /// no particular order, for partial results that are merged (and ordered) later. Sorting k
+    /// winners costs about as much as selecting them.
+    pub fn select_unordered_by(
+        &mut self,
+        m: usize,
+        score: impl Fn(usize) -> Option<f32>,
+        k: usize,
+        out: &mut Vec<(usize, f32)>,
+    ) {
+        self.select_by_sorted(m, score, k, false, out)
+    }
+
+    fn select_by_sorted(
+        &mut self,
+        m: usize,
+        score: impl Fn(usize) -> Option<f32>,
+        k: usize,
+        sorted: bool,
+        out: &mut Vec<(usize, f32)>,
+    ) {
         out.clear();
         if k == 0 {
             return;
@@ -107,7 +131,9 @@ impl TopK {
             self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
             self.keys.truncate(k);
         }
-        self.keys.sort_unstable_by(|a, b| b.cmp(a));
+        if sorted {
+            self.keys.sort_unstable_by(|a, b| b.cmp(a));
+        }
         out.extend(self.keys.iter().map(|&key| {
             let i = !(key as u32) as usize;
             (i, f32::NAN)
@@ -116,6 +142,52 @@ impl TopK {
             // Positions come from `score`, which returned `Some` for them above.
             o.1 = score(o.0).unwrap_or(f32::NAN);
         }
+    }
+
+    /// [`TopK::select_by`] restricted to the candidates at `positions` (distinct): for merging
+    /// partial selections, e.g. unordered per-chunk winners, where `score(p)` is the score of
+    /// position `p`. Ties still go to the lower position, whatever the order of `positions`.
+    pub fn select_among(
+        &mut self,
+        positions: &[usize],
+        score: impl Fn(usize) -> Option<f32>,
+        k: usize,
+        out: &mut Vec<(usize, f32)>,
+    ) {
+        out.clear();
+        if k == 0 {
+            return;
+        }
+        if positions.iter().any(|&p| u32::try_from(p).is_err()) {
+            self.idx.clear();
+            self.idx
+                .extend(positions.iter().copied().filter(|&p| score(p).is_some()));
+            let value = |i: usize| score(i).unwrap_or(f32::NAN);
+            let cmp = |a: &usize, b: &usize| better(value(*a), value(*b), *a, *b);
+            if k < self.idx.len() {
+                self.idx.select_nth_unstable_by(k - 1, cmp);
+                self.idx.truncate(k);
+            }
+            self.idx.sort_unstable_by(cmp);
+            out.extend(self.idx.iter().map(|&i| (i, value(i))));
+            return;
+        }
+        self.keys.clear();
+        for &p in positions {
+            if let Some(s) = score(p) {
+                self.keys
+                    .push((order_bits(s) as u64) << 32 | !(p as u32) as u64);
+            }
+        }
+        if k < self.keys.len() {
+            self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+            self.keys.truncate(k);
+        }
+        self.keys.sort_unstable_by(|a, b| b.cmp(a));
+        out.extend(self.keys.iter().map(|&key| {
+            let p = !(key as u32) as usize;
+            (p, score(p).unwrap_or(f32::NAN))
+        }));
     }
 
     /// The prefilter threshold (order bits; 0 = keep everything).
@@ -197,6 +269,36 @@ mod tests {
             t.select(&scores, |i| i % 7 != 3, k, &mut a);
             t.select_general(scores.len(), |i| (i % 7 != 3).then(|| scores[i]), k, &mut b);
             assert_eq!(a, b, "k={k}");
+        }
+    }
+
+    /// Unordered per-chunk winners merged by `select_among` equal one selection over all.
+    #[test]
+    fn unordered_chunks_merged_equal_one_selection() {
+        let m = 20_000usize;
+        // Few distinct values: many ties, so the position tie rule decides.
+        let scores: Vec<Option<f32>> = (0..m)
+            .map(|i| (i % 13 != 5).then(|| ((i * 7919) % 97) as f32 - 48.0))
+            .collect();
+        let mut t = TopK::new();
+        for k in [1usize, 7, 500, 5000, 19_999] {
+            for chunks in [1usize, 2, 3, 8] {
+                let size = m.div_ceil(chunks);
+                let mut winners = Vec::new();
+                let mut part = Vec::new();
+                for c in 0..chunks {
+                    let off = c * size;
+                    let len = size.min(m - off);
+                    t.select_unordered_by(len, |i| scores[off + i], k, &mut part);
+                    // Reversed, to show the merge does not rely on any order.
+                    winners.extend(part.iter().rev().map(|&(i, _)| off + i));
+                }
+                let mut merged = Vec::new();
+                t.select_among(&winners, |p| scores[p], k, &mut merged);
+                let mut want = Vec::new();
+                t.select_by(m, |i| scores[i], k, &mut want);
+                assert_eq!(merged, want, "k={k} chunks={chunks}");
+            }
         }
     }
 
