@@ -190,8 +190,13 @@ struct Scratch {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// One scratch per tower (long, short): the towers may run side by side.
+    static SCRATCH: RefCell<(Scratch, Scratch)> = RefCell::default();
 }
+
+/// Total sequence length below which the two towers run one after the other even when
+/// parallel: handing the short tower to another thread costs a wake-up (tens of µs on a VM).
+const PARALLEL_TOWERS_MIN: usize = 64;
 
 fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len {
@@ -360,13 +365,22 @@ pub(crate) fn user_interests(
     // thread, which then finds an empty scratch instead of a `RefCell` already borrowed.
     let mut scratch = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     {
-        let s = &mut scratch;
+        let (s, s_short) = (&mut scratch.0, &mut scratch.1);
         let cfg = &model.config;
         let (n, dim) = (cfg.interests, cfg.dim);
         let mut long = vec![0.0f32; n * dim];
         let mut short = vec![0.0f32; n * dim];
-        tower(k, &plan.long, cfg, x_long, parallel, s, &mut long);
-        tower(k, &plan.short, cfg, x_short, parallel, s, &mut short);
+        let (long_len, short_len) = (x_long.len() / dim.max(1), x_short.len() / dim.max(1));
+        if parallel && short_len > 0 && long_len + short_len >= PARALLEL_TOWERS_MIN {
+            // The towers are independent until the co-interest network.
+            rayon::join(
+                || tower(k, &plan.long, cfg, x_long, parallel, s, &mut long),
+                || tower(k, &plan.short, cfg, x_short, parallel, s_short, &mut short),
+            );
+        } else {
+            tower(k, &plan.long, cfg, x_long, parallel, s, &mut long);
+            tower(k, &plan.short, cfg, x_short, parallel, s, &mut short);
+        }
 
         // Co-interest network (eq. 4–6).
         let mut short_t = vec![0.0f32; dim * n];
