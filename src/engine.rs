@@ -7,6 +7,7 @@
 //! Policies are explicit [`EngineOptions`]; the defaults are SPEC's behavior.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -380,11 +381,23 @@ impl Engine {
         k: Option<usize>,
     ) -> Result<(Scores, Vec<Scored>)> {
         self.check_interests(interests)?;
+        let resolved = self.resolve_candidates(candidates)?;
+        self.score_resolved(interests, candidates, resolved, k)
+    }
+
+    /// [`Engine::score_and_select`] on candidates already resolved to store rows.
+    fn score_resolved(
+        &self,
+        interests: &UserInterests,
+        candidates: &[u64],
+        resolved: ResolvedCandidates,
+        k: Option<usize>,
+    ) -> Result<(Scores, Vec<Scored>)> {
         let ResolvedCandidates {
             rows,
             missing_positions,
             missing: missing_candidates,
-        } = self.resolve_candidates(candidates)?;
+        } = resolved;
         let mut scores = vec![None; candidates.len()];
         let query = match &self.fast {
             Some((kern, _)) => Some(kern.score_query(
@@ -485,8 +498,34 @@ impl Engine {
                 .pop()
                 .unwrap_or_else(|| Err(Error::Device("the GPU returned no response".into())));
         }
-        let interests = self.user_interests(&request.user)?;
-        let (scores, top_k) = self.score_and_select(&interests, &request.candidates, top_k)?;
+        let (interests, top_k) = if self.options.parallelism != Parallelism::None {
+            // While one thread computes the user side, another resolves the candidates and pulls
+            // their store rows towards the caches (the last-level cache is shared), stopping when
+            // the user side is done: the scoring that follows finds them closer than DRAM.
+            let done = AtomicBool::new(false);
+            let (interests, resolved) = rayon::join(
+                || {
+                    let interests = self.user_interests(&request.user);
+                    done.store(true, AtomicOrdering::Release);
+                    interests
+                },
+                || {
+                    let resolved = self.resolve_candidates(&request.candidates)?;
+                    self.warm_rows(&resolved.rows, &done);
+                    Ok::<_, Error>(resolved)
+                },
+            );
+            let interests = interests?;
+            self.check_interests(&interests)?;
+            let selected =
+                self.score_resolved(&interests, &request.candidates, resolved?, top_k)?;
+            (interests, selected)
+        } else {
+            let interests = self.user_interests(&request.user)?;
+            let selected = self.score_and_select(&interests, &request.candidates, top_k)?;
+            (interests, selected)
+        };
+        let (scores, top_k) = top_k;
         Ok(Response {
             scores: scores.scores,
             top_k,
@@ -649,6 +688,21 @@ impl Engine {
             missing_positions,
             missing,
         })
+    }
+
+    /// Touches the store rows of `rows` in order until `done` is set (a cache hint only).
+    fn warm_rows(&self, rows: &[u32], done: &AtomicBool) {
+        let store = &self.candidates.vectors;
+        for chunk in rows.chunks(64) {
+            if done.load(AtomicOrdering::Acquire) {
+                return;
+            }
+            for &r in chunk {
+                if (r as usize) < store.rows() {
+                    crate::tensor::prefetch(store.row_bytes(r as usize));
+                }
+            }
+        }
     }
 
     fn check_interests(&self, interests: &UserInterests) -> Result<()> {

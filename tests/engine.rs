@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use hcn_prerank::{
-    Device, Engine, EngineOptions, Error, ItemStore, Limits, Model, Request, SharedEngine,
-    UnknownIds,
+    Device, Engine, EngineOptions, Error, ItemStore, Limits, Model, Parallelism, Request,
+    SharedEngine, UnknownIds,
 };
 
 fn tiny() -> (common::Case, Engine) {
@@ -100,6 +100,26 @@ fn reject_policies_name_the_unknown_id() {
     r.user.short.clear();
     r.candidates = vec![0, 1, u64::MAX];
     assert_eq!(request_error(engine.run(&r, None)).0, "candidates[2]");
+
+    // Both sides bad: the user side's error wins, whether or not the candidates were resolved
+    // on another thread while the user side ran.
+    for parallelism in [Parallelism::None, Parallelism::Rayon(2)] {
+        let opts = EngineOptions {
+            unknown_behaviors: UnknownIds::Reject,
+            unknown_candidates: UnknownIds::Reject,
+            parallelism,
+            ..Default::default()
+        };
+        let engine = Engine::load(&case.model, &case.tokens, &case.candidates, opts).unwrap();
+        let mut r = case.requests[0].clone();
+        r.user.short = vec![u64::MAX - 2];
+        r.candidates = vec![0, u64::MAX];
+        assert_eq!(
+            request_error(engine.run(&r, Some(1))).0,
+            "short[0]",
+            "{parallelism:?}"
+        );
+    }
 }
 
 #[test]
