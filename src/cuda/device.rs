@@ -695,3 +695,23 @@ impl Backend for CudaBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_capacity_grows_to_powers_of_two_and_never_overflows() {
+        assert_eq!(pinned_capacity(0, 4), Some(MIN_PINNED));
+        assert_eq!(pinned_capacity(1, 4), Some(MIN_PINNED));
+        assert_eq!(pinned_capacity(MIN_PINNED, 4), Some(MIN_PINNED));
+        assert_eq!(pinned_capacity(MIN_PINNED + 1, 4), Some(2 * MIN_PINNED));
+        assert_eq!(pinned_capacity(100_000, 4), Some(131_072));
+        // The power of two would pass isize::MAX bytes: exactly what was asked.
+        let big = (1usize << (usize::BITS - 2)) + 1;
+        assert_eq!(pinned_capacity(big, 1), Some(big));
+        // Not even that fits: an error for the caller, never cudarc's panic.
+        assert_eq!(pinned_capacity(big, 4), None);
+        assert_eq!(pinned_capacity(usize::MAX, 1), None);
+    }
+}
