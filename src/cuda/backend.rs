@@ -34,16 +34,6 @@ pub struct HostInputs<'a> {
     pub f32s: &'a [&'a [f32]],
 }
 
-impl HostInputs<'_> {
-    /// Total elements of each kind, `(u32, i32, f32)`; `None` on overflow.
-    pub fn lens(&self) -> Option<(usize, usize, usize)> {
-        fn sum<T>(parts: &[&[T]]) -> Option<usize> {
-            parts.iter().try_fold(0usize, |a, p| a.checked_add(p.len()))
-        }
-        Some((sum(self.u32s)?, sum(self.i32s)?, sum(self.f32s)?))
-    }
-}
-
 /// The device copies of a [`HostInputs`], one buffer per input slice, same order. An empty input
 /// may give a buffer of one unused element (CUDA rejects empty allocations).
 pub struct DeviceInputs<B: Backend + ?Sized> {
