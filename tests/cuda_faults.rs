@@ -1,7 +1,8 @@
 //! GPU faults without a GPU (issue 5): the launch plan of `src/cuda/plan.rs` runs on a backend
-//! that wraps the CPU emulation of the kernels and injects the two faults a device gives —
-//! an allocation that fails (out of memory while uploading the stores or a request's buffers) and
-//! a kernel launch that fails — while counting live device buffers. Each fault must come back as
+//! that wraps the CPU emulation of the kernels and injects the faults a device gives —
+//! an allocation that fails (out of memory while uploading the stores or a request's buffers),
+//! a page-locked staging allocation that fails, and a kernel launch that fails — while counting
+//! live device buffers and staging areas. Each fault must come back as
 //! an error (never a panic or a partial result), leave no device buffer behind, and leave the
 //! plan and the CPU engine usable.
 #![cfg(feature = "cuda")]
@@ -11,7 +12,7 @@ mod common;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use hcn_prerank::cuda::backend::{Backend, StoreDesc};
+use hcn_prerank::cuda::backend::{Backend, DeviceInputs, HostInputs, StoreDesc};
 use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
 use hcn_prerank::cuda::{Plan, StoreSource};
 use hcn_prerank::tensor::DType;
@@ -29,14 +30,28 @@ impl<T> Drop for Buf<T> {
     }
 }
 
-/// Fails the allocation numbered `fail_alloc` (0-based, counted across the backend's life) and
-/// every launch of the kernel named `fail_launch`.
+/// A batch's staging area: counted while alive, like the GPU's pinned one it stands for.
+struct Staging {
+    live: Arc<AtomicIsize>,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Fails the allocation numbered `fail_alloc` (0-based, counted across the backend's life),
+/// every staging allocation while `fail_staging` is set, and every launch of the kernel named
+/// `fail_launch`.
 #[derive(Clone, Default)]
 struct Faulty {
     live: Arc<AtomicIsize>,
     allocs: Arc<AtomicUsize>,
     fail_alloc: Arc<AtomicUsize>,
     fail_launch: Arc<std::sync::Mutex<Option<&'static str>>>,
+    fail_staging: Arc<std::sync::atomic::AtomicBool>,
+    stagings: Arc<AtomicIsize>,
 }
 
 impl Faulty {
@@ -77,6 +92,7 @@ impl Backend for Faulty {
     type I = Buf<Vec<i32>>;
     type U = Buf<Vec<u32>>;
     type Store = Buf<EmuStore>;
+    type Staging = Staging;
 
     fn upload_store(
         &self,
@@ -110,6 +126,47 @@ impl Backend for Faulty {
     }
     fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>> {
         EmuBackend.download_i32(&b.inner)
+    }
+    fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<(Staging, DeviceInputs<Self>)> {
+        if self.fail_staging.load(Ordering::SeqCst) {
+            return Err(Error::Device(
+                "allocating page-locked host memory: out of memory (injected)".into(),
+            ));
+        }
+        self.stagings.fetch_add(1, Ordering::SeqCst);
+        let staging = Staging {
+            live: self.stagings.clone(),
+        };
+        // One device allocation per input, as the GPU does; a failure drops what was made.
+        let u32s = inputs
+            .u32s
+            .iter()
+            .map(|v| self.alloc(EmuBackend.upload_u32(v)))
+            .collect::<Result<_>>()?;
+        let i32s = inputs
+            .i32s
+            .iter()
+            .map(|v| self.alloc(EmuBackend.upload_i32(v)))
+            .collect::<Result<_>>()?;
+        let f32s = inputs
+            .f32s
+            .iter()
+            .map(|v| self.alloc(EmuBackend.upload_f32(v)))
+            .collect::<Result<_>>()?;
+        Ok((staging, DeviceInputs { u32s, i32s, f32s }))
+    }
+    fn read_back<R>(
+        &self,
+        staging: Staging,
+        f32s: &[&Self::F],
+        i32s: &[&Self::I],
+        read: impl FnOnce(&[&[f32]], &[&[i32]]) -> R,
+    ) -> Result<R> {
+        let f: Vec<&Vec<f32>> = f32s.iter().map(|b| &b.inner).collect();
+        let i: Vec<&Vec<i32>> = i32s.iter().map(|b| &b.inner).collect();
+        let r = EmuBackend.read_back((), &f, &i, read);
+        drop(staging);
+        r
     }
     fn linear(
         &self,
@@ -327,8 +384,9 @@ fn out_of_memory_while_uploading_is_an_error_and_frees_everything() {
     }
 }
 
-/// A failed launch of each kernel, and out of memory for a request's buffers: the batch is an
-/// error, the request's buffers are freed, and the same plan serves the next batch correctly.
+/// A failed launch of each kernel, out of memory for a request's buffers, and a failed staging
+/// (pinned host memory) allocation: the batch is an error, the request's buffers and staging are
+/// freed, and the same plan serves the next batch correctly.
 #[test]
 fn failed_launches_and_request_oom_leave_the_plan_usable() {
     let f = files();
@@ -373,6 +431,11 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
             resident,
             "{kernel}: buffers leaked"
         );
+        assert_eq!(
+            b.stagings.load(Ordering::SeqCst),
+            0,
+            "{kernel}: staging kept"
+        );
         *b.fail_launch.lock().unwrap() = None;
         assert_eq!(
             run(&p, &f).unwrap(),
@@ -397,9 +460,33 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
             resident,
             "request allocation {n}: buffers leaked"
         );
+        assert_eq!(
+            b.stagings.load(Ordering::SeqCst),
+            0,
+            "request allocation {n}: staging kept"
+        );
     }
     b.fail_alloc.store(usize::MAX, Ordering::SeqCst);
     assert_eq!(run(&p, &f).unwrap(), good);
+
+    // The staging (on the GPU: page-locked host memory) cannot be allocated: a device error
+    // before anything is enqueued, nothing left behind, and the plan recovers.
+    b.fail_staging.store(true, Ordering::SeqCst);
+    match run(&p, &f) {
+        Err(Error::Device(msg)) => assert!(msg.contains("page-locked"), "{msg}"),
+        other => panic!(
+            "staging: expected a device error, got {:?}",
+            other.map(|r| r.len())
+        ),
+    }
+    assert_eq!(b.live.load(Ordering::SeqCst), resident, "staging: leaked");
+    b.fail_staging.store(false, Ordering::SeqCst);
+    assert_eq!(run(&p, &f).unwrap(), good, "after a failed staging");
+    assert_eq!(
+        b.stagings.load(Ordering::SeqCst),
+        0,
+        "a batch returns its staging"
+    );
 
     // The CPU engine on the same files is unaffected by any of this.
     let cpu = Engine::load(

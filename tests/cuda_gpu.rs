@@ -351,6 +351,110 @@ fn executor_matches_the_emulated_plan_on_the_industrial_shape() {
     }
 }
 
+/// One user's inputs for [`user_inputs`]: long rows, short rows, dense features, candidates.
+type UserData = (Vec<u32>, Vec<u32>, Vec<f32>, Vec<u32>);
+
+fn user_inputs(batch: &[UserData]) -> Vec<UserInput<'_>> {
+    batch
+        .iter()
+        .map(|(l, s, dense, c)| UserInput {
+            long_rows: l,
+            short_rows: s,
+            field_ids: &[],
+            dense,
+            candidate_rows: c,
+        })
+        .collect()
+}
+
+fn check_outputs(got: &[UserOutput], want: &[UserOutput], k: usize, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: users");
+    for (u, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_close(&g.interests, &w.interests, &format!("{what}: X^U user {u}"));
+        assert_close(&g.scores, &w.scores, &format!("{what}: scores user {u}"));
+        assert_eq!(g.top_k, host_topk(&g.scores, k), "{what}: top-k user {u}");
+    }
+}
+
+/// The pinned staging of `device.rs`: a batch larger than the first pinned allocation (4096
+/// elements) makes the buffers grow, a smaller one after it reuses them, and two threads running
+/// batches at once each take their own staging area from the pool; every result matches the
+/// emulated plan.
+#[test]
+fn pinned_staging_is_reused_across_batch_sizes_and_threads() {
+    if let Err(why) = probe() {
+        eprintln!("pinned_staging_is_reused_across_batch_sizes_and_threads: skipped, no usable GPU: {why}");
+        return;
+    }
+    let m = model(
+        11,
+        r#"{"format": "hcn/1", "dim": 32, "interests": 4, "heads": 2, "layers": 2,
+            "long_len": 64, "short_len": 16, "user_dense": 3}"#,
+    );
+    let d = 32;
+    let mut rng = Rng::new(13);
+    let (nt, nc) = (500usize, 20_000usize);
+    let tv = rng.vec(nt * d, 1.0);
+    let cv = rng.vec(nc * d, 1.0);
+    let tokens = item_store(DType::F32, &tv, nt, d, "pin-tok");
+    let cands = item_store(DType::BF16, &cv, nc, d, "pin-cand");
+    let exec = CudaExecutor::new(&m, &tokens, &cands, 0).unwrap();
+    let emu = Plan::new(
+        EmuBackend,
+        &m,
+        StoreSource::from_store(&tokens),
+        StoreSource::from_store(&cands),
+    )
+    .unwrap();
+    // Per user: (long, short, candidates). Batch 1 needs 10,000 candidate rows and scores.
+    let shapes: [&[(usize, usize, usize)]; 3] = [
+        &[(10, 3, 50)],
+        &[(64, 16, 6000), (0, 0, 0), (70, 5, 4000)],
+        &[(5, 1, 7), (1, 0, 3)],
+    ];
+    let batches: Vec<Vec<UserData>> = shapes
+        .iter()
+        .map(|users| {
+            users
+                .iter()
+                .map(|&(l, s, c)| {
+                    (
+                        (0..l).map(|_| rng.below(nt) as u32).collect(),
+                        (0..s).map(|_| rng.below(nt) as u32).collect(),
+                        rng.vec(3, 1.0),
+                        (0..c).map(|_| rng.below(nc) as u32).collect(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let k = 50;
+    let want: Vec<Vec<UserOutput>> = batches
+        .iter()
+        .map(|b| emu.run_batch(&user_inputs(b), k).unwrap())
+        .collect();
+    for round in 0..2 {
+        for (i, b) in batches.iter().enumerate() {
+            let got = exec.run_batch(&user_inputs(b), k).unwrap();
+            check_outputs(&got, &want[i], k, &format!("round {round} batch {i}"));
+        }
+    }
+    std::thread::scope(|scope| {
+        for t in 0..2 {
+            let (exec, batches, want) = (&exec, &batches, &want);
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for (i, b) in batches.iter().enumerate().rev() {
+                        let got = exec.run_batch(&user_inputs(b), k).unwrap();
+                        let what = format!("thread {t} round {round} batch {i}");
+                        check_outputs(&got, &want[i], k, &what);
+                    }
+                }
+            });
+        }
+    });
+}
+
 // ---------------------------------------------------------------- the parity fixtures
 
 mod common;

@@ -6,6 +6,13 @@
 //!
 //! Buffers are passed as `(buffer, element offset)` where a kernel reads or writes a column block
 //! of a wider row-major matrix (e.g. layer `l`'s output inside the `n × r·D` concat buffer).
+//!
+//! Per-request transfers go through two batch-level calls rather than one call per buffer:
+//! [`Backend::upload_batch`] sends every host input of a batch at once and hands back a
+//! [`Backend::Staging`] that [`Backend::read_back`] consumes after the last launch. That pairing is
+//! what lets the GPU stage the copies through page-locked host memory it reuses across batches,
+//! enqueue them all asynchronously and synchronise once: the staging memory has to stay untouched
+//! from the first upload until that synchronisation, so the backend, not the plan, owns it.
 
 use crate::tensor::DType;
 use crate::Result;
@@ -16,6 +23,23 @@ pub struct StoreDesc {
     pub dtype: DType,
     pub rows: usize,
     pub dim: usize,
+}
+
+/// One batch's per-request host inputs, uploaded together by [`Backend::upload_batch`]
+/// (candidate and token rows, their offsets, the fusion input).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostInputs<'a> {
+    pub u32s: &'a [&'a [u32]],
+    pub i32s: &'a [&'a [i32]],
+    pub f32s: &'a [&'a [f32]],
+}
+
+/// The device copies of a [`HostInputs`], one buffer per input slice, same order. An empty input
+/// may give a buffer of one unused element (CUDA rejects empty allocations).
+pub struct DeviceInputs<B: Backend + ?Sized> {
+    pub u32s: Vec<B::U>,
+    pub i32s: Vec<B::I>,
+    pub f32s: Vec<B::F>,
 }
 
 /// Device operations; every method maps to one kernel launch or one copy. Kernel-level contracts
@@ -30,6 +54,10 @@ pub trait Backend {
     type U;
     /// An item store's `vectors` in its own dtype.
     type Store;
+    /// The host memory a batch's transfers go through, held from [`Backend::upload_batch`] to
+    /// [`Backend::read_back`]. Dropping it without a read-back (a batch that failed in between)
+    /// must leave it safe to reuse: the GPU waits for the batch's copies before recycling it.
+    type Staging;
 
     fn upload_store(
         &self,
@@ -39,6 +67,8 @@ pub trait Backend {
         dim: usize,
     ) -> Result<Self::Store>;
     fn store_desc(&self, s: &Self::Store) -> StoreDesc;
+    // One buffer per call, synchronous downloads: for the weights at load time and for tests.
+    // A batch's per-request data goes through `upload_batch` / `read_back` below.
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F>;
     fn upload_i32(&self, v: &[i32]) -> Result<Self::I>;
     fn upload_u32(&self, v: &[u32]) -> Result<Self::U>;
@@ -46,6 +76,19 @@ pub trait Backend {
     fn zeros_i32(&self, len: usize) -> Result<Self::I>;
     fn download_f32(&self, b: &Self::F) -> Result<Vec<f32>>;
     fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>>;
+
+    /// Copies every input of a batch to a new device buffer (see [`DeviceInputs`]). The copies may
+    /// still be in flight when this returns; the returned staging keeps their host side alive.
+    fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<(Self::Staging, DeviceInputs<Self>)>;
+    /// Waits for the device to finish the batch (once), then calls `read` with the whole contents
+    /// of `f32s` and `i32s`, in order. The slices are only valid inside `read`.
+    fn read_back<R>(
+        &self,
+        staging: Self::Staging,
+        f32s: &[&Self::F],
+        i32s: &[&Self::I],
+        read: impl FnOnce(&[&[f32]], &[&[i32]]) -> R,
+    ) -> Result<R>;
 
     /// `linear.cu`.
     fn linear(

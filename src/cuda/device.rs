@@ -2,15 +2,25 @@
 //! (SASS for sm_80/86/89/90, PTX for newer GPUs), keeps one stream, and maps each backend call to
 //! one kernel launch with the geometry from [`launch`]. Every driver error becomes
 //! [`Error::Device`] naming the operation.
+//!
+//! Per-request transfers are staged through page-locked (pinned) host memory: a copy from or to
+//! pageable memory makes the driver bounce it through its own pinned buffer and, for downloads,
+//! blocks until it is done, so each of a batch's copies would cost a round trip. Here a batch
+//! copies its inputs into a [`PinnedStaging`] and enqueues every host→device copy asynchronously
+//! on the stream, launches its kernels, enqueues every device→host copy into the same staging and
+//! synchronises the stream once before reading the results. Staging areas live in a pool owned by
+//! the backend (one per batch in flight, so concurrent `run_batch` calls never share one); each
+//! grows — to the next power of two — only when a larger batch arrives, so steady-state requests
+//! allocate no pinned memory at all.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 
-use super::backend::{Backend, StoreDesc};
+use super::backend::{Backend, DeviceInputs, HostInputs, StoreDesc};
 use super::launch::{self, Geometry};
 use crate::tensor::DType;
 use crate::{Error, Result};
@@ -56,13 +66,141 @@ fn by_dtype(fs: &[CudaFunction; 3], d: DType) -> &CudaFunction {
     }
 }
 
-/// One GPU, one stream, the kernel module.
+/// Smallest pinned buffer, in elements: small batches all fit in the first allocation.
+const MIN_PINNED: usize = 4096;
+
+/// `cuMemHostAlloc` flags for host→device staging: write-combined memory is not snooped by the
+/// CPU caches, which speeds up the PCIe transfer; the host only ever writes it, sequentially.
+const UPLOAD_FLAGS: u32 = cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED;
+/// Flags for device→host staging: plain cached pinned memory, because the host reads it back
+/// (reads from write-combined memory are uncached and very slow).
+const DOWNLOAD_FLAGS: u32 = 0;
+
+/// The capacity, in elements, a pinned buffer grows to for `len` elements of `elem` bytes: the
+/// next power of two (at least [`MIN_PINNED`]), or exactly `len` when that would overflow.
+/// `None` when even `len` elements are more bytes than an allocation can have (cudarc asserts
+/// `bytes < isize::MAX` and would panic, so this is checked before calling it).
+fn pinned_capacity(len: usize, elem: usize) -> Option<usize> {
+    let fits = |n: usize| n.checked_mul(elem).is_some_and(|b| b < isize::MAX as usize);
+    let grown = len.max(MIN_PINNED).checked_next_power_of_two();
+    match grown {
+        Some(c) if fits(c) => Some(c),
+        _ if fits(len.max(1)) => Some(len.max(1)),
+        _ => None,
+    }
+}
+
+/// One growable pinned buffer. Never shrinks; reallocated only when a batch needs more.
+#[derive(Debug)]
+struct Pinned<T> {
+    buf: Option<PinnedHostSlice<T>>,
+}
+
+impl<T> Default for Pinned<T> {
+    fn default() -> Self {
+        Pinned { buf: None }
+    }
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> Pinned<T> {
+    /// The first `len` elements, growing the buffer first when it is shorter. Only called while
+    /// no copy from or into this buffer is in flight (see [`PinnedStaging`]), so replacing it —
+    /// which frees the old one — is safe. A failed allocation keeps the old buffer.
+    fn get(&mut self, ctx: &Arc<CudaContext>, len: usize, flags: u32) -> Result<&mut [T]> {
+        let elem = std::mem::size_of::<T>();
+        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
+            let cap = pinned_capacity(len, elem).ok_or_else(|| {
+                Error::Device(format!(
+                    "a batch needs {len} × {elem} bytes of page-locked host memory, more than \
+                     one allocation can hold"
+                ))
+            })?;
+            // SAFETY: cudarc's only requirement is that the memory is treated as uninitialised;
+            // it is zero-filled below before any slice of it is formed. The size was checked
+            // above (cudarc would panic on overflow).
+            let mut fresh =
+                unsafe { ctx.alloc_pinned_with_flags::<T>(cap, flags) }.map_err(|e| {
+                    Error::Device(format!(
+                        "allocating {} bytes of page-locked host memory: {e}",
+                        cap * elem
+                    ))
+                })?;
+            let ptr = fresh.as_mut_ptr().map_err(dev("page-locked host memory"))?;
+            // SAFETY: `ptr` points to `cap` elements just allocated by cuMemHostAlloc and not
+            // shared with anything yet; all-zero bytes are a valid `T` (`ValidAsZeroBits`).
+            unsafe { std::ptr::write_bytes(ptr, 0, cap) };
+            self.buf = Some(fresh);
+        }
+        let buf = self
+            .buf
+            .as_mut()
+            .ok_or_else(|| Error::Device("page-locked staging buffer missing".into()))?;
+        // `as_mut_slice` waits on the buffer's cudarc event, which is never recorded here (the
+        // copies go through plain slices), so it returns at once.
+        let all = buf.as_mut_slice().map_err(dev("page-locked host memory"))?;
+        all.get_mut(..len)
+            .ok_or_else(|| Error::Device("page-locked staging buffer too short".into()))
+    }
+}
+
+/// The pinned buffers of one batch in flight: three for the inputs, two for the results.
+#[derive(Debug, Default)]
+struct StagingBufs {
+    up_u32: Pinned<u32>,
+    up_i32: Pinned<i32>,
+    up_f32: Pinned<f32>,
+    down_f32: Pinned<f32>,
+    down_i32: Pinned<i32>,
+}
+
+type Pool = Arc<Mutex<Vec<StagingBufs>>>;
+
+/// A batch's staging area, taken from the backend's pool by [`Backend::upload_batch`] and given
+/// back when dropped. The invariant that makes the asynchronous copies sound: its buffers are
+/// neither written, nor freed, nor handed to another batch while a copy from or into them may be
+/// in flight. `read_back` synchronises the stream before it marks the area `idle`; a batch that
+/// fails between upload and read-back drops it busy, and the drop synchronises the stream first.
+pub struct PinnedStaging {
+    bufs: StagingBufs,
+    pool: Pool,
+    stream: Arc<CudaStream>,
+    /// No copy involving these buffers is in flight.
+    idle: bool,
+}
+
+impl std::fmt::Debug for PinnedStaging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedStaging")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PinnedStaging {
+    fn drop(&mut self) {
+        let bufs = std::mem::take(&mut self.bufs);
+        if !self.idle && self.stream.synchronize().is_err() {
+            // The context failed with copies possibly still targeting these buffers: freeing
+            // them (or letting another batch write them) could let a late DMA scribble over
+            // reused host memory. Leaking them is the safe choice on a dead device.
+            std::mem::forget(bufs);
+            return;
+        }
+        // A poisoned lock only means another thread panicked while pushing or popping; the Vec
+        // itself is always consistent.
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(bufs);
+    }
+}
+
+/// One GPU, one stream, the kernel module, the pinned staging pool.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     k: Kernels,
     name: String,
+    staging: Pool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -115,6 +253,7 @@ impl CudaBackend {
             _module: module,
             k,
             name,
+            staging: Pool::default(),
         })
     }
 
@@ -140,6 +279,97 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// A staging area for one batch: an idle one from the pool, or a new empty one (its pinned
+    /// buffers are allocated on first use).
+    fn take_staging(&self) -> PinnedStaging {
+        let bufs = self
+            .staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        PinnedStaging {
+            bufs,
+            pool: self.staging.clone(),
+            stream: self.stream.clone(),
+            idle: true,
+        }
+    }
+
+    /// Copies `parts` into `pinned` back to back and enqueues one asynchronous host→device copy
+    /// per part into a new device buffer. The copies read `pinned` after this returns: the caller
+    /// keeps it untouched until the stream is synchronised.
+    fn stage_up<T: DeviceRepr + ValidAsZeroBits + Copy>(
+        &self,
+        pinned: &mut Pinned<T>,
+        parts: &[&[T]],
+    ) -> Result<Vec<CudaSlice<T>>> {
+        let total = parts
+            .iter()
+            .try_fold(0usize, |a, p| a.checked_add(p.len()))
+            .ok_or_else(|| Error::Device("batch inputs overflow".into()))?;
+        let host = pinned.get(&self.ctx, total, UPLOAD_FLAGS)?;
+        let mut at = 0;
+        for p in parts {
+            host[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        let host: &[T] = host;
+        let mut out = Vec::with_capacity(parts.len());
+        at = 0;
+        for p in parts {
+            let d = if p.is_empty() {
+                // cudarc rejects zero-length allocations; the kernels read nothing from it.
+                self.stream
+                    .alloc_zeros::<T>(1)
+                    .map_err(dev("GPU allocation"))?
+            } else {
+                // SAFETY: the buffer is uninitialised only until the copy enqueued right after
+                // on the same stream overwrites all of it; nothing reads it before.
+                let mut d =
+                    unsafe { self.stream.alloc::<T>(p.len()) }.map_err(dev("GPU allocation"))?;
+                self.stream
+                    .memcpy_htod(&host[at..at + p.len()], &mut d)
+                    .map_err(dev("upload to the GPU"))?;
+                d
+            };
+            out.push(d);
+            at += p.len();
+        }
+        Ok(out)
+    }
+}
+
+/// The summed length of `bufs`, in elements.
+fn total_len<T>(bufs: &[&CudaSlice<T>]) -> Result<usize> {
+    bufs.iter()
+        .try_fold(0usize, |a, b| a.checked_add(b.len()))
+        .ok_or_else(|| Error::Device("batch outputs overflow".into()))
+}
+
+/// Enqueues one asynchronous device→host copy per buffer into consecutive parts of `host` and
+/// returns where each part starts. `host` holds exactly the buffers' total length.
+fn stage_down<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    bufs: &[&CudaSlice<T>],
+    host: &mut [T],
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut ranges = Vec::with_capacity(bufs.len());
+    let mut at = 0;
+    for b in bufs {
+        let part = host
+            .get_mut(at..at + b.len())
+            .ok_or_else(|| Error::Device("read-back staging too short".into()))?;
+        stream
+            .memcpy_dtoh(*b, part)
+            .map_err(dev("download from the GPU"))?;
+        ranges.push(at..at + b.len());
+        at += b.len();
+    }
+    Ok(ranges)
+}
+
 fn view<T>(b: &CudaSlice<T>, off: usize) -> Result<cudarc::driver::CudaView<'_, T>> {
     b.try_slice(off..)
         .ok_or_else(|| Error::Device(format!("offset {off} past a device buffer of {}", b.len())))
@@ -150,6 +380,7 @@ impl Backend for CudaBackend {
     type I = CudaSlice<i32>;
     type U = CudaSlice<u32>;
     type Store = DeviceStore;
+    type Staging = PinnedStaging;
 
     fn upload_store(
         &self,
@@ -198,6 +429,54 @@ impl Backend for CudaBackend {
         self.stream
             .clone_dtoh(b)
             .map_err(dev("download from the GPU"))
+    }
+
+    fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<(PinnedStaging, DeviceInputs<Self>)> {
+        let mut st = self.take_staging();
+        // From the first enqueued copy on, the staging is busy until a synchronisation: if
+        // anything below fails, dropping `st` waits for what was enqueued.
+        st.idle = false;
+        let bufs = &mut st.bufs;
+        let u32s = self.stage_up(&mut bufs.up_u32, inputs.u32s)?;
+        let i32s = self.stage_up(&mut bufs.up_i32, inputs.i32s)?;
+        let f32s = self.stage_up(&mut bufs.up_f32, inputs.f32s)?;
+        Ok((st, DeviceInputs { u32s, i32s, f32s }))
+    }
+
+    fn read_back<R>(
+        &self,
+        mut staging: PinnedStaging,
+        f32s: &[&Self::F],
+        i32s: &[&Self::I],
+        read: impl FnOnce(&[&[f32]], &[&[i32]]) -> R,
+    ) -> Result<R> {
+        let (nf, ni) = (total_len(f32s)?, total_len(i32s)?);
+        staging.idle = false;
+        let bufs = &mut staging.bufs;
+        // Growing a download buffer here is safe: these two are only ever used inside
+        // `read_back`, which leaves them idle (synchronised) whether it succeeds or fails.
+        let fr = stage_down(
+            &self.stream,
+            f32s,
+            bufs.down_f32.get(&self.ctx, nf, DOWNLOAD_FLAGS)?,
+        )?;
+        let ir = stage_down(
+            &self.stream,
+            i32s,
+            bufs.down_i32.get(&self.ctx, ni, DOWNLOAD_FLAGS)?,
+        )?;
+        // The one synchronisation of the batch: after it, every upload has been consumed and
+        // every download has landed, so the staging is idle again.
+        self.stream
+            .synchronize()
+            .map_err(dev("waiting for the GPU"))?;
+        staging.idle = true;
+        let bufs = &mut staging.bufs;
+        let hf: &[f32] = bufs.down_f32.get(&self.ctx, nf, DOWNLOAD_FLAGS)?;
+        let hi: &[i32] = bufs.down_i32.get(&self.ctx, ni, DOWNLOAD_FLAGS)?;
+        let f: Vec<&[f32]> = fr.into_iter().map(|r| &hf[r]).collect();
+        let i: Vec<&[i32]> = ir.into_iter().map(|r| &hi[r]).collect();
+        Ok(read(&f, &i))
     }
 
     fn linear(
@@ -414,5 +693,25 @@ impl Backend for CudaBackend {
         // SAFETY: matches `topk_f32`; pos/val hold users × k slots.
         unsafe { l.launch(cfg(&g)) }.map_err(dev("launching topk_f32"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_capacity_grows_to_powers_of_two_and_never_overflows() {
+        assert_eq!(pinned_capacity(0, 4), Some(MIN_PINNED));
+        assert_eq!(pinned_capacity(1, 4), Some(MIN_PINNED));
+        assert_eq!(pinned_capacity(MIN_PINNED, 4), Some(MIN_PINNED));
+        assert_eq!(pinned_capacity(MIN_PINNED + 1, 4), Some(2 * MIN_PINNED));
+        assert_eq!(pinned_capacity(100_000, 4), Some(131_072));
+        // The power of two would pass isize::MAX bytes: exactly what was asked.
+        let big = (1usize << (usize::BITS - 2)) + 1;
+        assert_eq!(pinned_capacity(big, 1), Some(big));
+        // Not even that fits: an error for the caller, never cudarc's panic.
+        assert_eq!(pinned_capacity(big, 4), None);
+        assert_eq!(pinned_capacity(usize::MAX, 1), None);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::ffi::c_void;
 
-use super::backend::{Backend, StoreDesc};
+use super::backend::{Backend, DeviceInputs, HostInputs, StoreDesc};
 use super::launch::{self, Geometry};
 use crate::tensor::DType;
 use crate::{Error, Result};
@@ -536,6 +536,8 @@ impl Backend for EmuBackend {
     type I = Vec<i32>;
     type U = Vec<u32>;
     type Store = EmuStore;
+    /// Host memory is all there is: nothing to stage.
+    type Staging = ();
 
     fn upload_store(
         &self,
@@ -569,6 +571,27 @@ impl Backend for EmuBackend {
     }
     fn download_i32(&self, b: &Vec<i32>) -> Result<Vec<i32>> {
         Ok(b.clone())
+    }
+    fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<((), DeviceInputs<Self>)> {
+        Ok((
+            (),
+            DeviceInputs {
+                u32s: inputs.u32s.iter().map(|v| v.to_vec()).collect(),
+                i32s: inputs.i32s.iter().map(|v| v.to_vec()).collect(),
+                f32s: inputs.f32s.iter().map(|v| v.to_vec()).collect(),
+            },
+        ))
+    }
+    fn read_back<R>(
+        &self,
+        _staging: (),
+        f32s: &[&Vec<f32>],
+        i32s: &[&Vec<i32>],
+        read: impl FnOnce(&[&[f32]], &[&[i32]]) -> R,
+    ) -> Result<R> {
+        let f: Vec<&[f32]> = f32s.iter().map(|b| b.as_slice()).collect();
+        let i: Vec<&[i32]> = i32s.iter().map(|b| b.as_slice()).collect();
+        Ok(read(&f, &i))
     }
     fn linear(
         &self,

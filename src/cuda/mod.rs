@@ -7,6 +7,9 @@
 //!   the tests because CI has no GPU).
 //! * [`CudaExecutor`] is the entry point the engine uses: stores and weights are uploaded once,
 //!   then [`CudaExecutor::run_batch`] runs `2·(2 + 4r) + 5` launches per batch whatever its size.
+//!   A batch's inputs and results cross through page-locked host memory the executor keeps and
+//!   reuses (see [`device`]): asynchronous copies on the executor's stream, one synchronisation
+//!   per batch.
 //!
 //! Top-k: the kernel selects the k winners per user exactly on the device (radix select over
 //! unique (score, position) keys, see `kernels/topk.cu`); only those k values come back, and the
@@ -48,9 +51,17 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuModuleGetFunction",
     "cuLaunchKernel",
     "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemsetD8Async",
     "cuMemcpyHtoDAsync_v2",
     "cuMemcpyDtoHAsync_v2",
     "cuStreamSynchronize",
+    // Pinned staging (device.rs): cudarc gives every pinned buffer an event.
+    "cuMemHostAlloc",
+    "cuMemFreeHost",
+    "cuEventCreate",
+    "cuEventSynchronize",
+    "cuEventDestroy_v2",
 ];
 
 /// Says whether a CUDA GPU is usable, and if not, why (no driver library, a driver too old,
@@ -93,7 +104,8 @@ pub fn probe_device(ordinal: usize) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// SPEC §1 on one GPU. `Send + Sync`; concurrent `run_batch` calls share the device stream.
+/// SPEC §1 on one GPU. `Send + Sync`; concurrent `run_batch` calls share the device stream, each
+/// with its own pinned staging area from the executor's pool.
 #[derive(Debug)]
 pub struct CudaExecutor {
     plan: Plan<device::CudaBackend>,

@@ -7,13 +7,16 @@
 //! co_interest concat (1) · X̃ = concat Wcᵀ into the fusion input (1) · X^U = fusion (1)
 //! score (1) · top-k (1)
 //! ```
-//! i.e. `2·(2 + 4r) + 5` launches for the whole batch, independent of the number of users.
+//! i.e. `2·(2 + 4r) + 5` launches for the whole batch, independent of the number of users, with
+//! one [`Backend::upload_batch`] of every per-request input before the first launch and one
+//! [`Backend::read_back`] of the results after the last (on the GPU: asynchronous copies through
+//! reused pinned memory and a single synchronisation).
 //! Layer 0's `Q = seeds Wq_0ᵀ + bq_0` does not depend on the user and is computed once on the
 //! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
 //! with the stacked weight `[Wk; Wv]`. The user profile MLP (`X̂`, SPEC §1.4) runs on the host
 //! (a few hundred flops) and enters the fusion GEMM as the right half of its input.
 
-use super::backend::{Backend, StoreDesc};
+use super::backend::{Backend, HostInputs, StoreDesc};
 use super::launch;
 use crate::config::{Block, HcnConfig, ScoreMode};
 use crate::model::{Linear, Model, Tower, UserProfile};
@@ -321,21 +324,53 @@ impl<B: Backend> Plan<B> {
         let be = &self.backend;
         let (b, n, d) = (users.len(), self.cfg.interests, self.cfg.dim);
         let bn = b * n;
+        let k = self.blocks.len();
+
+        // Every per-request input is built on the host first, so the batch crosses to the device
+        // in one `upload_batch` (on the GPU: through reused page-locked memory, asynchronously).
+        let (long_rows, long_offs) =
+            stack(users.iter().map(|u| tail(u.long_rows, self.cfg.long_len)))?;
+        let (short_rows, short_offs) =
+            stack(users.iter().map(|u| tail(u.short_rows, self.cfg.short_len)))?;
+        let (cand_rows, cand_offs) = stack(users.iter().map(|u| u.candidate_rows))?;
+        // The fusion input: the left half (X̃) is written by a kernel below, the right half is
+        // tile_n(X̂) (SPEC §1.4), computed on the host.
+        let mut fuse_host = vec![0.0f32; bn * 2 * d];
+        for (ui, u) in users.iter().enumerate() {
+            let xhat = host_profile(&self.profile, d, u.field_ids, u.dense);
+            for j in 0..n {
+                let row = (ui * n + j) * 2 * d;
+                fuse_host[row + d..row + 2 * d].copy_from_slice(&xhat);
+            }
+        }
+        let (staging, dev) = be.upload_batch(HostInputs {
+            u32s: &[&long_rows, &short_rows, &cand_rows],
+            i32s: &[&long_offs, &short_offs, &cand_offs],
+            f32s: &[&fuse_host],
+        })?;
+        let miscount = || Error::Device("the backend returned the wrong number of buffers".into());
+        let [long_rows_dev, short_rows_dev, cand_rows_dev]: [B::U; 3] =
+            dev.u32s.try_into().map_err(|_| miscount())?;
+        let [long_offs_dev, short_offs_dev, cand_offs_dev]: [B::I; 3] =
+            dev.i32s.try_into().map_err(|_| miscount())?;
+        let [mut fuse_in]: [B::F; 1] = dev.f32s.try_into().map_err(|_| miscount())?;
 
         let long_hat = self.tower(
             &self.long,
-            users.iter().map(|u| tail(u.long_rows, self.cfg.long_len)),
+            &long_rows_dev,
+            &long_offs_dev,
+            long_rows.len(),
             b,
         )?;
         let short_hat = self.tower(
             &self.short,
-            users.iter().map(|u| tail(u.short_rows, self.cfg.short_len)),
+            &short_rows_dev,
+            &short_offs_dev,
+            short_rows.len(),
             b,
         )?;
 
-        // Co-interest concat, then X̃ into the left half of the fusion input; its right half is
-        // tile_n(X̂) (SPEC §1.4), computed on the host.
-        let k = self.blocks.len();
+        // Co-interest concat, then X̃ into the left half of the fusion input.
         let mut cat = be.zeros_f32(bn * k * d)?;
         be.co_interest(
             &long_hat,
@@ -348,15 +383,6 @@ impl<B: Backend> Plan<B> {
             d,
             &self.blocks,
         )?;
-        let mut fuse_host = vec![0.0f32; bn * 2 * d];
-        for (ui, u) in users.iter().enumerate() {
-            let xhat = host_profile(&self.profile, d, u.field_ids, u.dense);
-            for j in 0..n {
-                let row = (ui * n + j) * 2 * d;
-                fuse_host[row + d..row + 2 * d].copy_from_slice(&xhat);
-            }
-        }
-        let mut fuse_in = be.upload_f32(&fuse_host)?;
         be.linear(
             (&cat, 0),
             k * d,
@@ -384,20 +410,17 @@ impl<B: Backend> Plan<B> {
         )?;
 
         // Scores and top-k over every user's candidates in one launch each.
-        let (rows, offsets) = stack(users.iter().map(|u| u.candidate_rows))?;
-        let total = rows.len();
+        let total = cand_rows.len();
         let max_m = users
             .iter()
             .map(|u| u.candidate_rows.len())
             .max()
             .unwrap_or(0);
-        let rows_dev = be.upload_u32(&rows)?;
-        let offs_dev = be.upload_i32(&offsets)?;
         let mut scores = be.zeros_f32(total)?;
         be.score(
             &self.candidates,
-            &rows_dev,
-            &offs_dev,
+            &cand_rows_dev,
+            &cand_offs_dev,
             &xu,
             b,
             max_m,
@@ -408,40 +431,49 @@ impl<B: Backend> Plan<B> {
         let k_dev = top_k.min(max_m);
         let mut pos = be.zeros_i32(b * k_dev)?;
         let mut val = be.zeros_f32(b * k_dev)?;
-        be.topk(&scores, &offs_dev, b, k_dev, &mut pos, &mut val)?;
+        be.topk(&scores, &cand_offs_dev, b, k_dev, &mut pos, &mut val)?;
 
-        let xu_h = be.download_f32(&xu)?;
-        let scores_h = be.download_f32(&scores)?;
-        let pos_h = be.download_i32(&pos)?;
-        let val_h = be.download_f32(&val)?;
-
-        let mut out = Vec::with_capacity(b);
-        for ui in 0..b {
-            let (s0, s1) = (offsets[ui] as usize, offsets[ui + 1] as usize);
-            let mut top: Vec<(usize, f32)> = pos_h
-                .iter()
-                .zip(&val_h)
-                .skip(ui * k_dev)
-                .take(k_dev)
-                .filter(|(&p, _)| p >= 0)
-                .map(|(&p, &v)| (p as usize, v))
-                .collect();
-            // The kernel returns the winners in position order; best first, ties by position.
-            top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            out.push(UserOutput {
-                interests: xu_h[ui * n * d..(ui + 1) * n * d].to_vec(),
-                scores: scores_h[s0..s1].to_vec(),
-                top_k: top,
-            });
-        }
-        Ok(out)
+        // One synchronisation for the whole batch; the outputs are built straight from the
+        // read-back memory.
+        be.read_back(staging, &[&xu, &scores, &val], &[&pos], |f, i| {
+            let (&[xu_h, scores_h, val_h], &[pos_h]) = (f, i) else {
+                return Err(miscount());
+            };
+            let short = || Error::Device("a read-back buffer is shorter than the batch".into());
+            let mut out = Vec::with_capacity(b);
+            for ui in 0..b {
+                let (s0, s1) = (cand_offs[ui] as usize, cand_offs[ui + 1] as usize);
+                let mut top: Vec<(usize, f32)> = pos_h
+                    .iter()
+                    .zip(val_h)
+                    .skip(ui * k_dev)
+                    .take(k_dev)
+                    .filter(|(&p, _)| p >= 0)
+                    .map(|(&p, &v)| (p as usize, v))
+                    .collect();
+                // The kernel returns the winners in position order; best first, ties by position.
+                top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                out.push(UserOutput {
+                    interests: xu_h
+                        .get(ui * n * d..(ui + 1) * n * d)
+                        .ok_or_else(short)?
+                        .to_vec(),
+                    scores: scores_h.get(s0..s1).ok_or_else(short)?.to_vec(),
+                    top_k: top,
+                });
+            }
+            Ok(out)
+        })?
     }
 
-    /// SPEC §1.2 for one tower over the batch: returns `F` for every user (`B·n × D`).
-    fn tower<'u>(
+    /// SPEC §1.2 for one tower over the batch: returns `F` for every user (`B·n × D`). `rows`
+    /// holds the batch's `count` token rows, `offsets` the `users + 1` offsets into them.
+    fn tower(
         &self,
         t: &DeviceTower<B>,
-        seqs: impl Iterator<Item = &'u [u32]>,
+        rows_dev: &B::U,
+        offs_dev: &B::I,
+        count: usize,
         users: usize,
     ) -> Result<B::F> {
         let be = &self.backend;
@@ -452,12 +484,8 @@ impl<B: Backend> Plan<B> {
             self.cfg.heads,
         );
         let bn = users * n;
-        let (rows, offsets) = stack(seqs)?;
-        let count = rows.len();
-        let rows_dev = be.upload_u32(&rows)?;
-        let offs_dev = be.upload_i32(&offsets)?;
         let mut x = be.zeros_f32(count * d)?;
-        be.gather(&self.tokens, &rows_dev, count, &mut x)?;
+        be.gather(&self.tokens, rows_dev, count, &mut x)?;
 
         // At least one row: V is addressed at column offset D of this buffer even when the whole
         // batch has no token (every attention then reads nothing and writes zeros).
@@ -487,7 +515,7 @@ impl<B: Backend> Plan<B> {
                     0,
                     d,
                     2 * d,
-                    &offs_dev,
+                    offs_dev,
                     (&mut a, 0),
                     d,
                     users,
@@ -517,7 +545,7 @@ impl<B: Backend> Plan<B> {
                         0,
                         d,
                         2 * d,
-                        &offs_dev,
+                        offs_dev,
                         (&mut a, 0),
                         d,
                         users,
