@@ -413,7 +413,11 @@ impl Engine {
                 // Every candidate is unknown and there is no stand-in row: nothing to score.
                 return Ok(Vec::new());
             }
-            self.score_rows(query.as_ref(), interests, rows, out)?;
+            let mut y = vec![0.0f32; rows.len()];
+            self.score_rows(query.as_ref(), interests, rows, &mut y)?;
+            for (o, &v) in out.iter_mut().zip(&y) {
+                *o = Some(v);
+            }
             // Unknown ids had a stand-in row: drop their scores.
             let from = missing_positions.partition_point(|&p| p < offset);
             let to = missing_positions.partition_point(|&p| p < offset + out.len());
@@ -423,9 +427,13 @@ impl Engine {
             check_scores_finite(out, &candidates[offset..offset + out.len()], offset)?;
             let mut winners = Vec::new();
             if let Some(k) = k {
+                // Every score left is finite; -inf marks the unknown ids for the selection.
+                for &p in &missing_positions[from..to] {
+                    y[p - offset] = f32::NEG_INFINITY;
+                }
                 TOP_K.with(|cell| {
                     let (selector, _) = &mut *cell.borrow_mut();
-                    selector.select_unordered_by(out.len(), |i| out[i], k, &mut winners);
+                    selector.select_scores(&y, k, false, &mut winners);
                 });
                 winners.iter_mut().for_each(|w| w.0 += offset);
             }
@@ -752,25 +760,16 @@ impl Engine {
         query: Option<&ScoreQuery>,
         interests: &UserInterests,
         rows: &[u32],
-        out: &mut [Option<f32>],
+        out: &mut [f32],
     ) -> Result<()> {
         if let Some(q) = query {
-            let mut y = vec![0.0f32; rows.len()];
-            q.score_rows(
-                RowSource::from_matrix(&self.candidates.vectors)?,
-                rows,
-                &mut y,
-            )?;
-            for (o, y) in out.iter_mut().zip(y) {
-                *o = Some(y);
-            }
-            return Ok(());
+            return q.score_rows(RowSource::from_matrix(&self.candidates.vectors)?, rows, out);
         }
         let mode = self.model.config.score;
         let mut x = vec![0.0f32; self.model.config.dim];
         for (o, &r) in out.iter_mut().zip(rows) {
             self.candidates.vectors.row_into(r as usize, &mut x);
-            *o = Some(reference::score(&interests.values, interests.n, &x, mode));
+            *o = reference::score(&interests.values, interests.n, &x, mode);
         }
         Ok(())
     }
