@@ -127,6 +127,13 @@ impl Level {
             Level::Neon => 4,
         }
     }
+
+    /// Whether the scoring kernel puts candidate rows (not interests) in the lanes: AVX-512
+    /// with `n ≤ 8`, where 16 interest lanes would be half padding (see
+    /// `simd::score_rows_by_lanes`).
+    fn score_rows_in_lanes(self, n: usize) -> bool {
+        self == Level::Avx512 && n <= 8
+    }
 }
 
 /// Where candidate rows are read from: `bytes` holds whole rows of `row_stride` bytes, each
@@ -206,6 +213,23 @@ macro_rules! entry_points {
             ) -> Result<(), usize> {
                 // SAFETY: forwarded contract (features present, buffers sized) — see caller.
                 unsafe { simd::score_rows::<S, REGS32>(s, q, src, rows, out, scratch, sbuf) }
+            }
+
+            $(#[$attr])*
+            // Only the 16-lane level (AVX-512) uses it.
+            #[allow(dead_code)]
+            $(#[$attr])*
+            pub(super) unsafe fn score_rows_by_lanes<S: Simd>(
+                s: S,
+                q: &ScoreLayout<'_>,
+                src: RawRows,
+                rows: &[u32],
+                out: &mut [f32],
+                scratch: &mut [f32],
+            ) -> Result<(), usize> {
+                // SAFETY: forwarded contract (features present, 16 lanes, k-major layout,
+                // scratch sized) — see caller.
+                unsafe { simd::score_rows_by_lanes(s, q, src, rows, out, scratch) }
             }
 
             $(#[$attr])*
@@ -370,11 +394,19 @@ impl Kernels {
             )));
         }
         check_len("score: interests", xu.len(), n.checked_mul(d))?;
-        let width = self.level.score_width(n);
+        let by_lanes = self.level.score_rows_in_lanes(n);
+        // Rows in lanes: the interests are laid out k-major (`u[k·n + j]`), which is the
+        // interleaved layout with one group of `n` lanes.
+        let width = if by_lanes {
+            n
+        } else {
+            self.level.score_width(n)
+        };
         let (ut, pad) = simd::layout_interests(xu, n, d, width);
         Ok(ScoreQuery {
             kernels: *self,
             width,
+            by_lanes,
             ut,
             pad,
             n,
@@ -406,6 +438,8 @@ impl Kernels {
 pub struct ScoreQuery {
     kernels: Kernels,
     width: usize,
+    /// Rows in lanes ([`Level::score_rows_in_lanes`]); `width` is then `n`.
+    by_lanes: bool,
     ut: Vec<f32>,
     pad: Vec<f32>,
     n: usize,
@@ -486,6 +520,11 @@ impl ScoreQuery {
         };
         let (sc, sb) = (&mut scratch[..], &mut sbuf[..]);
         let res = match (self.kernels.level, self.width) {
+            // SAFETY: as below; `by_lanes` is only set for AVX-512, with the k-major layout.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            (Level::Avx512, _) if self.by_lanes => unsafe {
+                avx512_fns::score_rows_by_lanes(avx512::Avx512, &q, raw, rows, out, sc)
+            },
             // SAFETY (all arms): the `Kernels` proves the level's instructions exist; the layout
             // was built for `self.width` lanes, which is the vector type each arm passes;
             // `scratch`/`sbuf` are sized for `BLOCK` rows above; `raw` describes `src.bytes`

@@ -142,7 +142,8 @@ unsafe fn widen_row<S: Simd>(s: S, dtype: DType, src: *const u8, dst: *mut f32, 
             }
         }
         DType::F32 => {
-            std::ptr::copy_nonoverlapping(src.cast::<f32>(), dst, d);
+            // As bytes: `src` need not be 4-byte aligned.
+            std::ptr::copy_nonoverlapping(src, dst.cast::<u8>(), 4 * d);
         }
     }
 }
@@ -368,6 +369,190 @@ unsafe fn block<S: Simd, const R: usize>(
         out[r] = finish(s, q, sb.add(r * q.nv * S::W));
     }
     Ok(())
+}
+
+/// Rows per block in [`score_rows_by_lanes`]: one vector of `W = 16` lanes.
+const LANE_ROWS: usize = 16;
+
+/// Scores `rows` like [`score_rows`], transposed: for few interests (`n ≤ 8`) on a 16-lane
+/// level, where an interests-in-lanes vector would be half padding. A block of 16 rows is
+/// widened into `scratch` k-major (`x^T[k]` = element `k` of the 16 rows, one vector), and per
+/// `k` that one vector feeds `n` FMAs against broadcast `u_j[k]`: `n` accumulators whose lanes
+/// are the block's rows, i.e. already the columns [`finish_columns`] wants. That is `n·D` full
+/// FMAs per 16 rows (vs `8·D` half-width ones per 8 rows interleaved), no padding lanes, and no
+/// transpose of the scores; the rows are transposed instead (16×16 in registers, `D/16` times).
+/// `q.ut` must be [`layout_interests`] with `w = n` (`u[k·n + j]`); `scratch` holds
+/// `BLOCK · D` floats.
+#[inline(always)]
+pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), usize> {
+    // `n` becomes a constant, so the accumulators are a fixed set of registers.
+    match q.n {
+        1 => rows_by_lanes::<S, 1>(s, q, src, rows, out, scratch),
+        2 => rows_by_lanes::<S, 2>(s, q, src, rows, out, scratch),
+        3 => rows_by_lanes::<S, 3>(s, q, src, rows, out, scratch),
+        4 => rows_by_lanes::<S, 4>(s, q, src, rows, out, scratch),
+        5 => rows_by_lanes::<S, 5>(s, q, src, rows, out, scratch),
+        6 => rows_by_lanes::<S, 6>(s, q, src, rows, out, scratch),
+        7 => rows_by_lanes::<S, 7>(s, q, src, rows, out, scratch),
+        _ => rows_by_lanes::<S, 8>(s, q, src, rows, out, scratch),
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_by_lanes<S: Simd, const N: usize>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), usize> {
+    debug_assert!(S::W == LANE_ROWS && LANE_ROWS <= BLOCK && q.n == N);
+    debug_assert!(rows.len() == out.len() && scratch.len() >= LANE_ROWS * q.d);
+    // The same layout with `n` a constant (loops over interests unroll).
+    let q = ScoreLayout {
+        ut: q.ut,
+        pad: q.pad,
+        n: N,
+        d: q.d,
+        nv: 1,
+        mode: q.mode,
+    };
+    let m = rows.len();
+    let mut i = 0;
+    while i < m {
+        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, LANE_ROWS);
+        // The tail runs as a padded block too: same operations for every row.
+        let end = (i + LANE_ROWS).min(m);
+        block_by_lanes::<S, N>(s, &q, src, &rows[i..end], &mut out[i..end], scratch)
+            .map_err(|p| i + p)?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// One block of `rows.len() ≤ 16` rows for [`score_rows_by_lanes`] (missing rows repeat the
+/// first; their lanes are dropped). Returns the position of a bad row index.
+// Indexing keeps the parallel per-row and per-interest arrays in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn block_by_lanes<S: Simd, const N: usize>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), usize> {
+    const R: usize = LANE_ROWS;
+    let d = q.d;
+    let valid = rows.len();
+    let mut xp = [std::ptr::null::<u8>(); R];
+    for r in 0..valid {
+        let row = rows[r] as usize;
+        if row >= src.rows {
+            return Err(r);
+        }
+        xp[r] = src.base.add(row * src.row_stride);
+    }
+    for r in valid..R {
+        xp[r] = xp[0];
+    }
+    let xt = scratch.as_mut_ptr();
+    transpose_rows(s, src.dtype, &xp, d, xt);
+
+    // Two accumulator sets (even and odd k): 2·N independent FMA chains, enough to cover the
+    // FMA latency down to N = 4, and the same sum order for every row.
+    let u = q.ut.as_ptr();
+    let mut acc = [[s.zero(); N]; 2];
+    let mut k = 0;
+    while k + 2 <= d {
+        for p in 0..2 {
+            let x = s.load(xt.add((k + p) * R));
+            let uk = u.add((k + p) * N);
+            for j in 0..N {
+                acc[p][j] = s.fma(x, s.splat(uk.add(j).read()), acc[p][j]);
+            }
+        }
+        k += 2;
+    }
+    if k < d {
+        let x = s.load(xt.add(k * R));
+        let uk = u.add(k * N);
+        for j in 0..N {
+            acc[0][j] = s.fma(x, s.splat(uk.add(j).read()), acc[0][j]);
+        }
+    }
+    let mut cols = [s.zero(); N];
+    for j in 0..N {
+        cols[j] = s.add(acc[0][j], acc[1][j]);
+    }
+    if valid == R {
+        finish_columns(s, q, |j| cols[j], out.as_mut_ptr());
+    } else {
+        let mut y = [0.0f32; R];
+        finish_columns(s, q, |j| cols[j], y.as_mut_ptr());
+        out.copy_from_slice(&y[..valid]);
+    }
+    Ok(())
+}
+
+/// Widens element `k` of the 16 rows at `xp` into `xt[k·16 ..][..16]` for `k < d`: 16 columns
+/// at a time, loaded (and widened) per row, transposed in registers. A ragged end (`d % 16`)
+/// reloads the row's last 16 elements (overlapping, in bounds) and keeps the new columns; rows
+/// shorter than 16 go through a zero-padded copy.
+// Indexing keeps the 16 row pointers and vectors in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn transpose_rows<S: Simd>(
+    s: S,
+    dtype: DType,
+    xp: &[*const u8; LANE_ROWS],
+    d: usize,
+    xt: *mut f32,
+) {
+    const R: usize = LANE_ROWS;
+    let load = |p: *const u8, k: usize| match dtype {
+        DType::F16 => s.load_f16(p.add(2 * k)),
+        DType::BF16 => s.load_bf16(p.add(2 * k)),
+        DType::F32 => s.load(p.cast::<f32>().add(k)),
+    };
+    if d < R {
+        let mut tmp = [0.0f32; R * R];
+        for r in 0..R {
+            widen_row(s, dtype, xp[r], tmp.as_mut_ptr().add(r * R), d);
+        }
+        let mut v = [s.zero(); R];
+        for r in 0..R {
+            v[r] = s.load(tmp.as_ptr().add(r * R));
+        }
+        let t = s.transpose(v);
+        for k in 0..d {
+            s.store(xt.add(k * R), t[k]);
+        }
+        return;
+    }
+    let mut k0 = 0;
+    while k0 < d {
+        // The last chunk starts at `d - 16` (overlapping the previous one when `d % 16 ≠ 0`).
+        let start = k0.min(d - R);
+        let mut v = [s.zero(); R];
+        for r in 0..R {
+            v[r] = load(xp[r], start);
+        }
+        let t = s.transpose(v);
+        for c in k0 - start..R {
+            s.store(xt.add((start + c) * R), t[c]);
+        }
+        k0 = start + R;
+    }
 }
 
 /// The hot loop: `acc[r] = Σ_k x_r[k] · u[k]` for one `d × W` interest group `u` and the `R`
