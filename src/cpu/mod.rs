@@ -49,8 +49,8 @@ pub enum Level {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C, 8 lanes.
     Avx2,
-    /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (8-lane vectors, in 32 registers,
-    /// when `n ≤ 8`).
+    /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (candidate rows in the lanes, not
+    /// interests, when scoring with `n ≤ 8`).
     Avx512,
     /// aarch64 NEON, 4 lanes.
     Neon,
@@ -116,13 +116,11 @@ impl Level {
         Level::ALL.into_iter().find(|l| l.name() == s)
     }
 
-    /// Lanes the scoring kernel uses for `n` interests. AVX-512 drops to 8 lanes when `n ≤ 8`
-    /// (the public profile): a 16-lane vector would be half padding, twice the FMAs per item.
-    fn score_width(self, n: usize) -> usize {
+    /// Lanes of the interests-in-lanes scoring kernel (unless [`Level::score_rows_in_lanes`]).
+    fn score_width(self) -> usize {
         match self {
             Level::Scalar => 1,
             Level::Avx2 => 8,
-            Level::Avx512 if n <= 8 => 8,
             Level::Avx512 => 16,
             Level::Neon => 4,
         }
@@ -202,7 +200,7 @@ macro_rules! entry_points {
             use super::simd::{self, RawRows, ScoreLayout, Simd};
 
             $(#[$attr])*
-            pub(super) unsafe fn score_rows<S: Simd, const REGS32: bool>(
+            pub(super) unsafe fn score_rows<S: Simd>(
                 s: S,
                 q: &ScoreLayout<'_>,
                 src: RawRows,
@@ -212,7 +210,7 @@ macro_rules! entry_points {
                 sbuf: &mut [f32],
             ) -> Result<(), usize> {
                 // SAFETY: forwarded contract (features present, buffers sized) — see caller.
-                unsafe { simd::score_rows::<S, REGS32>(s, q, src, rows, out, scratch, sbuf) }
+                unsafe { simd::score_rows(s, q, src, rows, out, scratch, sbuf) }
             }
 
             $(#[$attr])*
@@ -400,7 +398,7 @@ impl Kernels {
         let width = if by_lanes {
             n
         } else {
-            self.level.score_width(n)
+            self.level.score_width()
         };
         let (ut, pad) = simd::layout_interests(xu, n, d, width);
         Ok(ScoreQuery {
@@ -519,10 +517,11 @@ impl ScoreQuery {
             dtype: src.dtype,
         };
         let (sc, sb) = (&mut scratch[..], &mut sbuf[..]);
-        let res = match (self.kernels.level, self.width) {
-            // SAFETY: as below; `by_lanes` is only set for AVX-512, with the k-major layout.
+        let res = match self.kernels.level {
+            // SAFETY: as below; `by_lanes` is only set for AVX-512 (16 lanes, as the kernel
+            // needs), with the k-major layout (`width = n ≤ 8`); `scratch` holds `BLOCK` rows.
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx512, _) if self.by_lanes => unsafe {
+            Level::Avx512 if self.by_lanes => unsafe {
                 avx512_fns::score_rows_by_lanes(avx512::Avx512, &q, raw, rows, out, sc)
             },
             // SAFETY (all arms): the `Kernels` proves the level's instructions exist; the layout
@@ -531,24 +530,14 @@ impl ScoreQuery {
             // exactly (whole rows only) and every row index is checked against `raw.rows`
             // before it is read; `out.len() == rows.len()` was checked.
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx2, _) => unsafe {
-                avx2_fns::score_rows::<_, false>(avx2::Avx2, &q, raw, rows, out, sc, sb)
-            },
+            Level::Avx2 => unsafe { avx2_fns::score_rows(avx2::Avx2, &q, raw, rows, out, sc, sb) },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx512, 8) => unsafe {
-                avx512_fns::score_rows::<_, true>(avx2::Avx2, &q, raw, rows, out, sc, sb)
-            },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx512, _) => unsafe {
-                avx512_fns::score_rows::<_, true>(avx512::Avx512, &q, raw, rows, out, sc, sb)
+            Level::Avx512 => unsafe {
+                avx512_fns::score_rows(avx512::Avx512, &q, raw, rows, out, sc, sb)
             },
             #[cfg(target_arch = "aarch64")]
-            (Level::Neon, _) => unsafe {
-                neon_fns::score_rows::<_, false>(neon::Neon, &q, raw, rows, out, sc, sb)
-            },
-            _ => unsafe {
-                scalar_fns::score_rows::<_, false>(scalar::Scalar, &q, raw, rows, out, sc, sb)
-            },
+            Level::Neon => unsafe { neon_fns::score_rows(neon::Neon, &q, raw, rows, out, sc, sb) },
+            _ => unsafe { scalar_fns::score_rows(scalar::Scalar, &q, raw, rows, out, sc, sb) },
         };
         res.map_err(|pos| {
             Error::Incompatible(format!(

@@ -190,8 +190,9 @@ pub(crate) struct RawRows {
     pub dtype: DType,
 }
 
-/// Most rows scored together (sizes the caller's scratch buffers); see [`score_rows`].
-pub(crate) const BLOCK: usize = 16;
+/// Most rows scored together (sizes the caller's scratch buffers); see [`score_rows`] and
+/// [`score_rows_by_lanes`].
+pub(crate) const BLOCK: usize = 32;
 /// How many rows ahead to prefetch. Rows are random gathers from a mapping far larger than the
 /// caches, so each costs a DRAM round trip (~100 ns) while scoring one takes ~10–50 ns.
 const PREFETCH_AHEAD: usize = 16;
@@ -204,11 +205,11 @@ const PREFETCH_AHEAD: usize = 16;
 /// block's rows are independent FMA chains that hide the FMA latency (≥ 8 must be in flight).
 /// With 32 vector registers (AVX-512) a block of 16 fits; with 16 (AVX2, NEON) 8 rows + the
 /// X^U vector + a broadcast fill the register file (16 spill: measured 30% slower).
-/// `REGS32`: 8-lane vectors in AVX-512 code (n ≤ 8), which has 32 of them, so 16 rows again.
+/// (AVX-512 with `n ≤ 8` does not come here: see [`score_rows_by_lanes`].)
 /// Where the block is a multiple of the lane count (AVX2, AVX-512) the block's scores are
 /// finished transposed ([`finish_columns`]); otherwise (scalar, NEON) row by row ([`finish`]).
 #[inline(always)]
-pub(crate) unsafe fn score_rows<S: Simd, const REGS32: bool>(
+pub(crate) unsafe fn score_rows<S: Simd>(
     s: S,
     q: &ScoreLayout<'_>,
     src: RawRows,
@@ -217,7 +218,7 @@ pub(crate) unsafe fn score_rows<S: Simd, const REGS32: bool>(
     scratch: &mut [f32],
     sbuf: &mut [f32],
 ) -> Result<(), usize> {
-    if S::W >= 16 || REGS32 {
+    if S::W >= 16 {
         score_rows_by::<S, 16>(s, q, src, rows, out, scratch, sbuf)
     } else {
         score_rows_by::<S, 8>(s, q, src, rows, out, scratch, sbuf)
@@ -371,8 +372,12 @@ unsafe fn block<S: Simd, const R: usize>(
     Ok(())
 }
 
-/// Rows per block in [`score_rows_by_lanes`]: one vector of `W = 16` lanes.
+/// Rows per vector in [`score_rows_by_lanes`] (`W = 16`).
 const LANE_ROWS: usize = 16;
+/// Vectors of rows per block in [`score_rows_by_lanes`]: each broadcast interest value then
+/// feeds `LANE_VECS` FMAs (one load per two FMAs instead of one per FMA), and `LANE_VECS · n`
+/// accumulators are independent FMA chains. Blocks are `LANE_VECS · 16` rows.
+const LANE_VECS: usize = 2;
 
 /// Scores `rows` like [`score_rows`], transposed: for few interests (`n ≤ 8`) on a 16-lane
 /// level, where an interests-in-lanes vector would be half padding. A block of 16 rows is
@@ -381,8 +386,8 @@ const LANE_ROWS: usize = 16;
 /// are the block's rows, i.e. already the columns [`finish_columns`] wants. That is `n·D` full
 /// FMAs per 16 rows (vs `8·D` half-width ones per 8 rows interleaved), no padding lanes, and no
 /// transpose of the scores; the rows are transposed instead (16×16 in registers, `D/16` times).
-/// `q.ut` must be [`layout_interests`] with `w = n` (`u[k·n + j]`); `scratch` holds
-/// `BLOCK · D` floats.
+/// Blocks hold `LANE_VECS` such vectors of rows. `q.ut` must be [`layout_interests`] with
+/// `w = n` (`u[k·n + j]`); `scratch` holds `BLOCK · D` floats.
 #[inline(always)]
 pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
     s: S,
@@ -394,19 +399,19 @@ pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
 ) -> Result<(), usize> {
     // `n` becomes a constant, so the accumulators are a fixed set of registers.
     match q.n {
-        1 => rows_by_lanes::<S, 1>(s, q, src, rows, out, scratch),
-        2 => rows_by_lanes::<S, 2>(s, q, src, rows, out, scratch),
-        3 => rows_by_lanes::<S, 3>(s, q, src, rows, out, scratch),
-        4 => rows_by_lanes::<S, 4>(s, q, src, rows, out, scratch),
-        5 => rows_by_lanes::<S, 5>(s, q, src, rows, out, scratch),
-        6 => rows_by_lanes::<S, 6>(s, q, src, rows, out, scratch),
-        7 => rows_by_lanes::<S, 7>(s, q, src, rows, out, scratch),
-        _ => rows_by_lanes::<S, 8>(s, q, src, rows, out, scratch),
+        1 => rows_by_lanes::<S, 1, LANE_VECS>(s, q, src, rows, out, scratch),
+        2 => rows_by_lanes::<S, 2, LANE_VECS>(s, q, src, rows, out, scratch),
+        3 => rows_by_lanes::<S, 3, LANE_VECS>(s, q, src, rows, out, scratch),
+        4 => rows_by_lanes::<S, 4, LANE_VECS>(s, q, src, rows, out, scratch),
+        5 => rows_by_lanes::<S, 5, LANE_VECS>(s, q, src, rows, out, scratch),
+        6 => rows_by_lanes::<S, 6, LANE_VECS>(s, q, src, rows, out, scratch),
+        7 => rows_by_lanes::<S, 7, LANE_VECS>(s, q, src, rows, out, scratch),
+        _ => rows_by_lanes::<S, 8, LANE_VECS>(s, q, src, rows, out, scratch),
     }
 }
 
 #[inline(always)]
-unsafe fn rows_by_lanes<S: Simd, const N: usize>(
+unsafe fn rows_by_lanes<S: Simd, const N: usize, const V: usize>(
     s: S,
     q: &ScoreLayout<'_>,
     src: RawRows,
@@ -414,8 +419,9 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), usize> {
-    debug_assert!(S::W == LANE_ROWS && LANE_ROWS <= BLOCK && q.n == N);
-    debug_assert!(rows.len() == out.len() && scratch.len() >= LANE_ROWS * q.d);
+    let b = V * LANE_ROWS;
+    debug_assert!(S::W == LANE_ROWS && b <= BLOCK && q.n == N);
+    debug_assert!(rows.len() == out.len() && scratch.len() >= b * q.d);
     // The same layout with `n` a constant (loops over interests unroll).
     let q = ScoreLayout {
         ut: q.ut,
@@ -428,22 +434,23 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize>(
     let m = rows.len();
     let mut i = 0;
     while i < m {
-        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, LANE_ROWS);
+        // The next block's rows (`PREFETCH_AHEAD` would reach into this one).
+        prefetch_rows(s, src, rows, i + b, b);
         // The tail runs as a padded block too: same operations for every row.
-        let end = (i + LANE_ROWS).min(m);
-        block_by_lanes::<S, N>(s, &q, src, &rows[i..end], &mut out[i..end], scratch)
+        let end = (i + b).min(m);
+        block_by_lanes::<S, N, V>(s, &q, src, &rows[i..end], &mut out[i..end], scratch)
             .map_err(|p| i + p)?;
         i = end;
     }
     Ok(())
 }
 
-/// One block of `rows.len() ≤ 16` rows for [`score_rows_by_lanes`] (missing rows repeat the
+/// One block of `rows.len() ≤ 16·V` rows for [`score_rows_by_lanes`] (missing rows repeat the
 /// first; their lanes are dropped). Returns the position of a bad row index.
 // Indexing keeps the parallel per-row and per-interest arrays in step.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn block_by_lanes<S: Simd, const N: usize>(
+unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     s: S,
     q: &ScoreLayout<'_>,
     src: RawRows,
@@ -451,60 +458,81 @@ unsafe fn block_by_lanes<S: Simd, const N: usize>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), usize> {
-    const R: usize = LANE_ROWS;
+    const L: usize = LANE_ROWS;
     let d = q.d;
     let valid = rows.len();
-    let mut xp = [std::ptr::null::<u8>(); R];
+    let mut xp = [[std::ptr::null::<u8>(); L]; V];
     for r in 0..valid {
         let row = rows[r] as usize;
         if row >= src.rows {
             return Err(r);
         }
-        xp[r] = src.base.add(row * src.row_stride);
+        xp[r / L][r % L] = src.base.add(row * src.row_stride);
     }
-    for r in valid..R {
-        xp[r] = xp[0];
+    let first = xp[0][0];
+    for r in valid..V * L {
+        xp[r / L][r % L] = first;
     }
+    // x^T: vector `v` of element `k` at `xt[(k·V + v)·16 ..]`.
     let xt = scratch.as_mut_ptr();
-    transpose_rows(s, src.dtype, &xp, d, xt);
+    for v in 0..V {
+        transpose_rows(s, src.dtype, &xp[v], d, xt.add(v * L), V * L);
+    }
 
-    // Two accumulator sets (even and odd k): 2·N independent FMA chains, enough to cover the
-    // FMA latency down to N = 4, and the same sum order for every row.
+    // With few chains (V·N < 8) two accumulator sets (even and odd k) cover the FMA latency;
+    // either way every row gets the same sum order.
     let u = q.ut.as_ptr();
-    let mut acc = [[s.zero(); N]; 2];
+    let mut acc = [[[s.zero(); N]; V]; 2];
     let mut k = 0;
-    while k + 2 <= d {
-        for p in 0..2 {
-            let x = s.load(xt.add((k + p) * R));
-            let uk = u.add((k + p) * N);
-            for j in 0..N {
-                acc[p][j] = s.fma(x, s.splat(uk.add(j).read()), acc[p][j]);
+    if V * N < 8 {
+        while k + 2 <= d {
+            for p in 0..2 {
+                let uk = u.add((k + p) * N);
+                let mut x = [s.zero(); V];
+                for v in 0..V {
+                    x[v] = s.load(xt.add(((k + p) * V + v) * L));
+                }
+                for j in 0..N {
+                    let b = s.splat(uk.add(j).read());
+                    for v in 0..V {
+                        acc[p][v][j] = s.fma(x[v], b, acc[p][v][j]);
+                    }
+                }
+            }
+            k += 2;
+        }
+    }
+    while k < d {
+        let uk = u.add(k * N);
+        let mut x = [s.zero(); V];
+        for v in 0..V {
+            x[v] = s.load(xt.add((k * V + v) * L));
+        }
+        for j in 0..N {
+            let b = s.splat(uk.add(j).read());
+            for v in 0..V {
+                acc[0][v][j] = s.fma(x[v], b, acc[0][v][j]);
             }
         }
-        k += 2;
+        k += 1;
     }
-    if k < d {
-        let x = s.load(xt.add(k * R));
-        let uk = u.add(k * N);
+    let mut y = [0.0f32; BLOCK];
+    for v in 0..V {
+        let mut cols = [s.zero(); N];
         for j in 0..N {
-            acc[0][j] = s.fma(x, s.splat(uk.add(j).read()), acc[0][j]);
+            cols[j] = if V * N < 8 {
+                s.add(acc[0][v][j], acc[1][v][j])
+            } else {
+                acc[0][v][j]
+            };
         }
+        finish_columns(s, q, |j| cols[j], y.as_mut_ptr().add(v * L));
     }
-    let mut cols = [s.zero(); N];
-    for j in 0..N {
-        cols[j] = s.add(acc[0][j], acc[1][j]);
-    }
-    if valid == R {
-        finish_columns(s, q, |j| cols[j], out.as_mut_ptr());
-    } else {
-        let mut y = [0.0f32; R];
-        finish_columns(s, q, |j| cols[j], y.as_mut_ptr());
-        out.copy_from_slice(&y[..valid]);
-    }
+    out.copy_from_slice(&y[..valid]);
     Ok(())
 }
 
-/// Widens element `k` of the 16 rows at `xp` into `xt[k·16 ..][..16]` for `k < d`: 16 columns
+/// Widens element `k` of the 16 rows at `xp` into `xt[k·stride ..][..16]` for `k < d`: 16 columns
 /// at a time, loaded (and widened) per row, transposed in registers. A ragged end (`d % 16`)
 /// reloads the row's last 16 elements (overlapping, in bounds) and keeps the new columns; rows
 /// shorter than 16 go through a zero-padded copy.
@@ -517,6 +545,7 @@ unsafe fn transpose_rows<S: Simd>(
     xp: &[*const u8; LANE_ROWS],
     d: usize,
     xt: *mut f32,
+    stride: usize,
 ) {
     const R: usize = LANE_ROWS;
     let load = |p: *const u8, k: usize| match dtype {
@@ -535,7 +564,7 @@ unsafe fn transpose_rows<S: Simd>(
         }
         let t = s.transpose(v);
         for k in 0..d {
-            s.store(xt.add(k * R), t[k]);
+            s.store(xt.add(k * stride), t[k]);
         }
         return;
     }
@@ -549,7 +578,7 @@ unsafe fn transpose_rows<S: Simd>(
         }
         let t = s.transpose(v);
         for c in k0 - start..R {
-            s.store(xt.add((start + c) * R), t[c]);
+            s.store(xt.add((start + c) * stride), t[c]);
         }
         k0 = start + R;
     }
