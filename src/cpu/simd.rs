@@ -269,14 +269,15 @@ unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, 
         if r >= src.rows {
             continue;
         }
+        // Each cache line the row touches, once (a row need not start on a line).
         let start = src.base.wrapping_add(r * row_bytes);
+        let skew = start as usize % 64;
+        let line = start.wrapping_sub(skew);
         let mut off = 0;
-        while off < row_bytes {
-            s.prefetch(start.wrapping_add(off));
+        while off < skew + row_bytes {
+            s.prefetch(line.wrapping_add(off));
             off += 64;
         }
-        // An unaligned row can straddle one more line than its length suggests.
-        s.prefetch(start.wrapping_add(row_bytes - 1));
     }
 }
 
@@ -434,7 +435,7 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize, const V: usize>(
     let m = rows.len();
     let mut i = 0;
     while i < m {
-        // The next block's rows (`PREFETCH_AHEAD` would reach into this one).
+        // The next block's rows.
         prefetch_rows(s, src, rows, i + b, b);
         // The tail runs as a padded block too: same operations for every row.
         let end = (i + b).min(m);
