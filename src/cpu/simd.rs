@@ -481,56 +481,62 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     }
 
     // With few chains (V·N < 8) two accumulator sets (even and odd k) cover the FMA latency;
-    // either way every row gets the same sum order.
-    let u = q.ut.as_ptr();
-    let mut acc = [[[s.zero(); N]; V]; 2];
-    let mut k = 0;
-    if V * N < 8 {
-        while k + 2 <= d {
-            for p in 0..2 {
-                let uk = u.add((k + p) * N);
-                let mut x = [s.zero(); V];
-                for v in 0..V {
-                    x[v] = s.load(xt.add(((k + p) * V + v) * L));
-                }
-                for j in 0..N {
-                    let b = s.splat(uk.add(j).read());
-                    for v in 0..V {
-                        acc[p][v][j] = s.fma(x[v], b, acc[p][v][j]);
-                    }
-                }
-            }
-            k += 2;
-        }
-    }
-    while k < d {
-        let uk = u.add(k * N);
-        let mut x = [s.zero(); V];
-        for v in 0..V {
-            x[v] = s.load(xt.add((k * V + v) * L));
-        }
-        for j in 0..N {
-            let b = s.splat(uk.add(j).read());
-            for v in 0..V {
-                acc[0][v][j] = s.fma(x[v], b, acc[0][v][j]);
-            }
-        }
-        k += 1;
-    }
+    // either way every row gets the same sum order. Separate functions, so that the unused
+    // second set is not an array in memory zeroed every block.
+    let sums = if V * N < 8 {
+        dot_columns::<S, N, V, 2>(s, q.ut.as_ptr(), xt, d)
+    } else {
+        dot_columns::<S, N, V, 1>(s, q.ut.as_ptr(), xt, d)
+    };
     let mut y = [0.0f32; BLOCK];
     for v in 0..V {
-        let mut cols = [s.zero(); N];
-        for j in 0..N {
-            cols[j] = if V * N < 8 {
-                s.add(acc[0][v][j], acc[1][v][j])
-            } else {
-                acc[0][v][j]
-            };
-        }
-        finish_columns(s, q, |j| cols[j], y.as_mut_ptr().add(v * L));
+        finish_columns(s, q, |j| sums[v][j], y.as_mut_ptr().add(v * L));
     }
     out.copy_from_slice(&y[..valid]);
     Ok(())
+}
+
+/// `Σ_k x^T[k] · u_j[k]` for the `N` interests and `V` row vectors of a block (lanes = rows), as
+/// `P` accumulator sets over `k ≡ p (mod P)`, added at the end.
+// Indexing keeps the accumulators, row vectors and interests in step.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn dot_columns<S: Simd, const N: usize, const V: usize, const P: usize>(
+    s: S,
+    u: *const f32,
+    xt: *const f32,
+    d: usize,
+) -> [[S::V; N]; V] {
+    const L: usize = LANE_ROWS;
+    // Plain loops, no closure: a closure is compiled without the level's features (see
+    // `finish_columns`).
+    let mut acc = [[[s.zero(); N]; V]; P];
+    let mut k = 0;
+    while k < d {
+        // The last `d % P` steps go to the first sets.
+        for p in 0..P.min(d - k) {
+            let uk = u.add((k + p) * N);
+            let mut x = [s.zero(); V];
+            for v in 0..V {
+                x[v] = s.load(xt.add(((k + p) * V + v) * L));
+            }
+            for j in 0..N {
+                let b = s.splat(uk.add(j).read());
+                for v in 0..V {
+                    acc[p][v][j] = s.fma(x[v], b, acc[p][v][j]);
+                }
+            }
+        }
+        k += P;
+    }
+    for p in 1..P {
+        for v in 0..V {
+            for j in 0..N {
+                acc[0][v][j] = s.add(acc[0][v][j], acc[p][v][j]);
+            }
+        }
+    }
+    acc[0]
 }
 
 /// Widens element `k` of the 16 rows at `xp` into `xt[k·stride ..][..16]` for `k < d`: 16 columns
@@ -578,8 +584,15 @@ unsafe fn transpose_rows<S: Simd>(
             v[r] = load(xp[r], start);
         }
         let t = s.transpose(v);
-        for c in k0 - start..R {
-            s.store(xt.add((start + c) * stride), t[c]);
+        if start == k0 {
+            // Constant indices: `t` stays in registers.
+            for c in 0..R {
+                s.store(xt.add((start + c) * stride), t[c]);
+            }
+        } else {
+            for c in k0 - start..R {
+                s.store(xt.add((start + c) * stride), t[c]);
+            }
         }
         k0 = start + R;
     }
