@@ -264,20 +264,23 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
 #[inline(always)]
 unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, count: usize) {
     let row_bytes = src.row_stride;
-    for &r in rows.iter().skip(from).take(count) {
+    let end = rows.len().min(from.saturating_add(count));
+    for &r in &rows[from.min(end)..end] {
         let r = r as usize;
         if r >= src.rows {
             continue;
         }
-        // Each cache line the row touches, once (a row need not start on a line).
+        // Each cache line the row touches: the first, any middle ones, the last (which may be
+        // the first again; an unaligned row can straddle one more line than its length says).
         let start = src.base.wrapping_add(r * row_bytes);
-        let skew = start as usize % 64;
-        let line = start.wrapping_sub(skew);
-        let mut off = 0;
-        while off < skew + row_bytes {
-            s.prefetch(line.wrapping_add(off));
+        let last = start.wrapping_add(row_bytes - 1);
+        s.prefetch(start);
+        let mut off = 64;
+        while off < row_bytes {
+            s.prefetch(start.wrapping_add(off));
             off += 64;
         }
+        s.prefetch(last);
     }
 }
 
