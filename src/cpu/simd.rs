@@ -558,11 +558,6 @@ unsafe fn transpose_rows<S: Simd>(
     stride: usize,
 ) {
     const R: usize = LANE_ROWS;
-    let load = |p: *const u8, k: usize| match dtype {
-        DType::F16 => s.load_f16(p.add(2 * k)),
-        DType::BF16 => s.load_bf16(p.add(2 * k)),
-        DType::F32 => s.load(p.cast::<f32>().add(k)),
-    };
     if d < R {
         let mut tmp = [0.0f32; R * R];
         for r in 0..R {
@@ -584,7 +579,7 @@ unsafe fn transpose_rows<S: Simd>(
         let start = k0.min(d - R);
         let mut v = [s.zero(); R];
         for r in 0..R {
-            v[r] = load(xp[r], start);
+            v[r] = load_elems(s, dtype, xp[r], start);
         }
         let t = s.transpose(v);
         if start == k0 {
@@ -598,6 +593,17 @@ unsafe fn transpose_rows<S: Simd>(
             }
         }
         k0 = start + R;
+    }
+}
+
+/// `W` elements of a stored row from element `k`, widened. A function, not a closure: a closure
+/// is compiled without the level's features (see `finish_columns`).
+#[inline(always)]
+unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S::V {
+    match dtype {
+        DType::F16 => s.load_f16(row.add(2 * k)),
+        DType::BF16 => s.load_bf16(row.add(2 * k)),
+        DType::F32 => s.load(row.cast::<f32>().add(k)),
     }
 }
 
