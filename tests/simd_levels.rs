@@ -278,7 +278,7 @@ fn score_rejects_bad_inputs_without_panicking() {
     assert!(RowSource::new(&[0u8; 64], DType::F32, 8, 3).is_err());
 }
 
-/// Every `n` on both sides of AVX-512's rows-in-lanes switch (`n ≤ 8`) and of the 16-lane
+/// Every `n` on both sides of AVX-512's rows-in-lanes switch (`n ≤ 12`) and of the 16-lane
 /// interest groups, `D` around its 16-column transpose chunks (below one chunk, exact, ragged),
 /// and `M` around the 8-, 16- and 32-row blocks (padded tails).
 #[test]
@@ -305,6 +305,7 @@ fn a_rows_score_does_not_depend_on_its_position() {
         (8, 48),
         (8, 47),
         (12, 33),
+        (13, 20),
         (16, 128),
     ] {
         let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
@@ -331,13 +332,13 @@ fn a_rows_score_does_not_depend_on_its_position() {
 }
 
 /// A bad row index anywhere in a 32-row block (either 16-row half) or in the padded tail is
-/// reported at its position, for both AVX-512 kernels (`n ≤ 8` and `n > 8`).
+/// reported at its position, for both AVX-512 kernels (`n ≤ 12` and `n > 12`).
 #[test]
 fn bad_rows_are_reported_at_their_position_in_any_block() {
     let mut rng = Rng::new(8);
     let d = 20;
     let store = Store::new(&mut rng, 10, d, DType::F16, 1.0, 0, 0);
-    for n in [4, 12] {
+    for n in [4, 12, 16] {
         let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
         for k in kernels() {
             for bad in [0, 15, 16, 31, 32, 47, 69] {

@@ -50,7 +50,7 @@ pub enum Level {
     /// x86-64 AVX2 + FMA + F16C, 8 lanes.
     Avx2,
     /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (candidate rows in the lanes, not
-    /// interests, when scoring with `n ≤ 8`).
+    /// interests, when scoring with `n ≤ 12`).
     Avx512,
     /// aarch64 NEON, 4 lanes.
     Neon,
@@ -127,10 +127,10 @@ impl Level {
     }
 
     /// Whether the scoring kernel puts candidate rows (not interests) in the lanes: AVX-512
-    /// with `n ≤ 8`, where 16 interest lanes would be half padding (see
+    /// with `n ≤ simd::LANES_MAX_N`, where 16 interest lanes would be partly padding (see
     /// `simd::score_rows_by_lanes`).
     fn score_rows_in_lanes(self, n: usize) -> bool {
-        self == Level::Avx512 && n <= 8
+        self == Level::Avx512 && n <= simd::LANES_MAX_N
     }
 }
 
@@ -519,7 +519,8 @@ impl ScoreQuery {
         let (sc, sb) = (&mut scratch[..], &mut sbuf[..]);
         let res = match self.kernels.level {
             // SAFETY: as below; `by_lanes` is only set for AVX-512 (16 lanes, as the kernel
-            // needs), with the k-major layout (`width = n ≤ 8`); `scratch` holds `BLOCK` rows.
+            // needs), with the k-major layout (`width = n ≤ LANES_MAX_N`); `scratch` holds
+            // `BLOCK` rows.
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Level::Avx512 if self.by_lanes => unsafe {
                 avx512_fns::score_rows_by_lanes(avx512::Avx512, &q, raw, rows, out, sc)

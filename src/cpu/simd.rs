@@ -205,7 +205,7 @@ const PREFETCH_AHEAD: usize = 16;
 /// block's rows are independent FMA chains that hide the FMA latency (≥ 8 must be in flight).
 /// With 32 vector registers (AVX-512) a block of 16 fits; with 16 (AVX2, NEON) 8 rows + the
 /// X^U vector + a broadcast fill the register file (16 spill: measured 30% slower).
-/// (AVX-512 with `n ≤ 8` does not come here: see [`score_rows_by_lanes`].)
+/// (AVX-512 with `n ≤ LANES_MAX_N` does not come here: see [`score_rows_by_lanes`].)
 /// Where the block is a multiple of the lane count (AVX2, AVX-512) the block's scores are
 /// finished transposed ([`finish_columns`]); otherwise (scalar, NEON) row by row ([`finish`]).
 #[inline(always)]
@@ -382,13 +382,19 @@ const LANE_ROWS: usize = 16;
 /// feeds `LANE_VECS` FMAs (one load per two FMAs instead of one per FMA), and `LANE_VECS · n`
 /// accumulators are independent FMA chains. Blocks are `LANE_VECS · 16` rows.
 const LANE_VECS: usize = 2;
+/// Most interests [`score_rows_by_lanes`] takes: `LANE_VECS · n` accumulators + the row
+/// vectors + a broadcast must fit AVX-512's 32 registers. Measured on Zen 5 (F16, 10,000 rows
+/// from a 2,048-row store): n = 8, D = 48: 128 → 80 µs; n = 12, D = 48: 120 → 100 µs;
+/// n = 10, D = 64: 146 → 115 µs. At n = 16 the interest lanes have no padding left to save,
+/// and transposing the rows costs more than transposing the scores.
+pub(crate) const LANES_MAX_N: usize = 12;
 
-/// Scores `rows` like [`score_rows`], transposed: for few interests (`n ≤ 8`) on a 16-lane
-/// level, where an interests-in-lanes vector would be half padding. A block of 16 rows is
+/// Scores `rows` like [`score_rows`], transposed: for few interests (`n ≤ LANES_MAX_N`) on a
+/// 16-lane level, where interests-in-lanes vectors would be (partly) padding. A block of 16 rows is
 /// widened into `scratch` k-major (`x^T[k]` = element `k` of the 16 rows, one vector), and per
 /// `k` that one vector feeds `n` FMAs against broadcast `u_j[k]`: `n` accumulators whose lanes
 /// are the block's rows, i.e. already the columns [`finish_columns`] wants. That is `n·D` full
-/// FMAs per 16 rows (vs `8·D` half-width ones per 8 rows interleaved), no padding lanes, and no
+/// FMAs per 16 rows (vs `16·D` per 16 rows with interests in lanes), no padding lanes, and no
 /// transpose of the scores; the rows are transposed instead (16×16 in registers, `D/16` times).
 /// Blocks hold `LANE_VECS` such vectors of rows. `q.ut` must be [`layout_interests`] with
 /// `w = n` (`u[k·n + j]`); `scratch` holds `BLOCK · D` floats.
@@ -410,7 +416,11 @@ pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
         5 => rows_by_lanes::<S, 5, LANE_VECS>(s, q, src, rows, out, scratch),
         6 => rows_by_lanes::<S, 6, LANE_VECS>(s, q, src, rows, out, scratch),
         7 => rows_by_lanes::<S, 7, LANE_VECS>(s, q, src, rows, out, scratch),
-        _ => rows_by_lanes::<S, 8, LANE_VECS>(s, q, src, rows, out, scratch),
+        8 => rows_by_lanes::<S, 8, LANE_VECS>(s, q, src, rows, out, scratch),
+        9 => rows_by_lanes::<S, 9, LANE_VECS>(s, q, src, rows, out, scratch),
+        10 => rows_by_lanes::<S, 10, LANE_VECS>(s, q, src, rows, out, scratch),
+        11 => rows_by_lanes::<S, 11, LANE_VECS>(s, q, src, rows, out, scratch),
+        _ => rows_by_lanes::<S, 12, LANE_VECS>(s, q, src, rows, out, scratch),
     }
 }
 
