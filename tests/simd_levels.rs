@@ -278,6 +278,86 @@ fn score_rejects_bad_inputs_without_panicking() {
     assert!(RowSource::new(&[0u8; 64], DType::F32, 8, 3).is_err());
 }
 
+/// Every `n` on both sides of AVX-512's rows-in-lanes switch (`n ≤ 12`) and of the 16-lane
+/// interest groups, `D` around its 16-column transpose chunks (below one chunk, exact, ragged),
+/// and `M` around the 8-, 16- and 32-row blocks (padded tails).
+#[test]
+fn scores_match_f64_around_block_and_lane_edges() {
+    let mut rng = Rng::new(6);
+    for n in 1..=17 {
+        for d in [3, 16, 17, 47] {
+            for m in [0, 1, 15, 16, 17, 31, 32, 33] {
+                check_scores(&mut rng, d, n, m, 40, (n + m) % 2 == 0);
+            }
+        }
+    }
+}
+
+/// A row's score is bit-identical wherever it sits: alone, or at any position of any block
+/// (padding rows and neighbours must not leak into it).
+#[test]
+fn a_rows_score_does_not_depend_on_its_position() {
+    let mut rng = Rng::new(7);
+    for (n, d) in [
+        (1, 5),
+        (3, 17),
+        (4, 16),
+        (8, 48),
+        (8, 47),
+        (12, 33),
+        (13, 20),
+        (16, 128),
+    ] {
+        let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
+        for dtype in DTYPES {
+            let store = Store::new(&mut rng, 30, d, dtype, 1.0, 1, 2);
+            let rows: Vec<u32> = (0..75).map(|_| rng.below(30) as u32).collect();
+            for k in kernels() {
+                let q = k.score_query(&xu, n, d, ScoreMode::Softmax).unwrap();
+                let mut all = vec![0.0; rows.len()];
+                q.score_rows(store.source(), &rows, &mut all).unwrap();
+                for (i, &r) in rows.iter().enumerate() {
+                    let mut one = [0.0];
+                    q.score_rows(store.source(), &[r], &mut one).unwrap();
+                    assert_eq!(
+                        one[0].to_bits(),
+                        all[i].to_bits(),
+                        "{:?} {dtype:?} n={n} D={d} position {i}",
+                        k.level()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A bad row index anywhere in a 32-row block (either 16-row half) or in the padded tail is
+/// reported at its position, for both AVX-512 kernels (`n ≤ 12` and `n > 12`).
+#[test]
+fn bad_rows_are_reported_at_their_position_in_any_block() {
+    let mut rng = Rng::new(8);
+    let d = 20;
+    let store = Store::new(&mut rng, 10, d, DType::F16, 1.0, 0, 0);
+    for n in [4, 12, 16] {
+        let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
+        for k in kernels() {
+            for bad in [0, 15, 16, 31, 32, 47, 69] {
+                let mut rows: Vec<u32> = (0..70).map(|_| rng.below(10) as u32).collect();
+                rows[bad] = 10 + rng.below(1000) as u32;
+                let mut out = vec![0.0; rows.len()];
+                let err = k
+                    .score_rows(&xu, n, d, store.source(), &rows, ScoreMode::Mean, &mut out)
+                    .unwrap_err();
+                assert!(
+                    err.to_string().contains(&format!("position {bad})")),
+                    "{:?} n={n}: {err}",
+                    k.level()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn unsupported_levels_do_not_construct() {
     for l in Level::ALL {

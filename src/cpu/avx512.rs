@@ -138,6 +138,25 @@ impl Simd for Avx512 {
         }
         out
     }
+    /// The default scheme (same clamp, reduction and polynomial), with the final `· 2^k` done
+    /// by one `vscalefps` instead of building `2^k` in the exponent bits and multiplying
+    /// (four instructions); it is the softmax finish's inner loop.
+    #[inline(always)]
+    unsafe fn exp(self, x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, self.splat(-87.3)), self.splat(88.0));
+        let k = self.round(_mm512_mul_ps(x, self.splat(std::f32::consts::LOG2_E)));
+        let r = _mm512_fmadd_ps(k, self.splat(-0.693_359_4), x);
+        let r = _mm512_fmadd_ps(k, self.splat(2.121_944_4e-4), r);
+        let mut p = self.splat(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, self.splat(1.398_199_9e-3));
+        p = _mm512_fmadd_ps(p, r, self.splat(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, self.splat(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, self.splat(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, self.splat(0.5));
+        let r2 = _mm512_mul_ps(r, r);
+        let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), self.splat(1.0));
+        _mm512_scalef_ps(e, k)
+    }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {
         _mm_prefetch::<_MM_HINT_T0>(p.cast());

@@ -49,8 +49,8 @@ pub enum Level {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C, 8 lanes.
     Avx2,
-    /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (8-lane vectors, in 32 registers,
-    /// when `n ≤ 8`).
+    /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (candidate rows in the lanes, not
+    /// interests, when scoring with `n ≤ 12`).
     Avx512,
     /// aarch64 NEON, 4 lanes.
     Neon,
@@ -116,16 +116,21 @@ impl Level {
         Level::ALL.into_iter().find(|l| l.name() == s)
     }
 
-    /// Lanes the scoring kernel uses for `n` interests. AVX-512 drops to 8 lanes when `n ≤ 8`
-    /// (the public profile): a 16-lane vector would be half padding, twice the FMAs per item.
-    fn score_width(self, n: usize) -> usize {
+    /// Lanes of the interests-in-lanes scoring kernel (unless [`Level::score_rows_in_lanes`]).
+    fn score_width(self) -> usize {
         match self {
             Level::Scalar => 1,
             Level::Avx2 => 8,
-            Level::Avx512 if n <= 8 => 8,
             Level::Avx512 => 16,
             Level::Neon => 4,
         }
+    }
+
+    /// Whether the scoring kernel puts candidate rows (not interests) in the lanes: AVX-512
+    /// with `n ≤ simd::LANES_MAX_N`, where 16 interest lanes would be partly padding (see
+    /// `simd::score_rows_by_lanes`).
+    fn score_rows_in_lanes(self, n: usize) -> bool {
+        self == Level::Avx512 && n <= simd::LANES_MAX_N
     }
 }
 
@@ -195,7 +200,7 @@ macro_rules! entry_points {
             use super::simd::{self, RawRows, ScoreLayout, Simd};
 
             $(#[$attr])*
-            pub(super) unsafe fn score_rows<S: Simd, const REGS32: bool>(
+            pub(super) unsafe fn score_rows<S: Simd>(
                 s: S,
                 q: &ScoreLayout<'_>,
                 src: RawRows,
@@ -205,7 +210,24 @@ macro_rules! entry_points {
                 sbuf: &mut [f32],
             ) -> Result<(), usize> {
                 // SAFETY: forwarded contract (features present, buffers sized) — see caller.
-                unsafe { simd::score_rows::<S, REGS32>(s, q, src, rows, out, scratch, sbuf) }
+                unsafe { simd::score_rows(s, q, src, rows, out, scratch, sbuf) }
+            }
+
+            $(#[$attr])*
+            // Only the 16-lane level (AVX-512) uses it.
+            #[allow(dead_code)]
+            $(#[$attr])*
+            pub(super) unsafe fn score_rows_by_lanes<S: Simd>(
+                s: S,
+                q: &ScoreLayout<'_>,
+                src: RawRows,
+                rows: &[u32],
+                out: &mut [f32],
+                scratch: &mut [f32],
+            ) -> Result<(), usize> {
+                // SAFETY: forwarded contract (features present, 16 lanes, k-major layout,
+                // scratch sized) — see caller.
+                unsafe { simd::score_rows_by_lanes(s, q, src, rows, out, scratch) }
             }
 
             $(#[$attr])*
@@ -370,11 +392,19 @@ impl Kernels {
             )));
         }
         check_len("score: interests", xu.len(), n.checked_mul(d))?;
-        let width = self.level.score_width(n);
+        let by_lanes = self.level.score_rows_in_lanes(n);
+        // Rows in lanes: the interests are laid out k-major (`u[k·n + j]`), which is the
+        // interleaved layout with one group of `n` lanes.
+        let width = if by_lanes {
+            n
+        } else {
+            self.level.score_width()
+        };
         let (ut, pad) = simd::layout_interests(xu, n, d, width);
         Ok(ScoreQuery {
             kernels: *self,
             width,
+            by_lanes,
             ut,
             pad,
             n,
@@ -406,6 +436,8 @@ impl Kernels {
 pub struct ScoreQuery {
     kernels: Kernels,
     width: usize,
+    /// Rows in lanes ([`Level::score_rows_in_lanes`]); `width` is then `n`.
+    by_lanes: bool,
     ut: Vec<f32>,
     pad: Vec<f32>,
     n: usize,
@@ -485,31 +517,28 @@ impl ScoreQuery {
             dtype: src.dtype,
         };
         let (sc, sb) = (&mut scratch[..], &mut sbuf[..]);
-        let res = match (self.kernels.level, self.width) {
+        let res = match self.kernels.level {
+            // SAFETY: as below; `by_lanes` is only set for AVX-512 (16 lanes, as the kernel
+            // needs), with the k-major layout (`width = n ≤ LANES_MAX_N`); `scratch` holds
+            // `BLOCK` rows.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx512 if self.by_lanes => unsafe {
+                avx512_fns::score_rows_by_lanes(avx512::Avx512, &q, raw, rows, out, sc)
+            },
             // SAFETY (all arms): the `Kernels` proves the level's instructions exist; the layout
             // was built for `self.width` lanes, which is the vector type each arm passes;
             // `scratch`/`sbuf` are sized for `BLOCK` rows above; `raw` describes `src.bytes`
             // exactly (whole rows only) and every row index is checked against `raw.rows`
             // before it is read; `out.len() == rows.len()` was checked.
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx2, _) => unsafe {
-                avx2_fns::score_rows::<_, false>(avx2::Avx2, &q, raw, rows, out, sc, sb)
-            },
+            Level::Avx2 => unsafe { avx2_fns::score_rows(avx2::Avx2, &q, raw, rows, out, sc, sb) },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx512, 8) => unsafe {
-                avx512_fns::score_rows::<_, true>(avx2::Avx2, &q, raw, rows, out, sc, sb)
-            },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            (Level::Avx512, _) => unsafe {
-                avx512_fns::score_rows::<_, true>(avx512::Avx512, &q, raw, rows, out, sc, sb)
+            Level::Avx512 => unsafe {
+                avx512_fns::score_rows(avx512::Avx512, &q, raw, rows, out, sc, sb)
             },
             #[cfg(target_arch = "aarch64")]
-            (Level::Neon, _) => unsafe {
-                neon_fns::score_rows::<_, false>(neon::Neon, &q, raw, rows, out, sc, sb)
-            },
-            _ => unsafe {
-                scalar_fns::score_rows::<_, false>(scalar::Scalar, &q, raw, rows, out, sc, sb)
-            },
+            Level::Neon => unsafe { neon_fns::score_rows(neon::Neon, &q, raw, rows, out, sc, sb) },
+            _ => unsafe { scalar_fns::score_rows(scalar::Scalar, &q, raw, rows, out, sc, sb) },
         };
         res.map_err(|pos| {
             Error::Incompatible(format!(
