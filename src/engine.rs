@@ -415,6 +415,8 @@ impl Engine {
             }
             let mut y = vec![0.0f32; rows.len()];
             self.score_rows(query.as_ref(), interests, rows, &mut y)?;
+            // One vectorised pass; the search for the offending candidate only when it fails.
+            let all_finite = y.iter().fold(true, |ok, v| ok & v.is_finite());
             for (o, &v) in out.iter_mut().zip(&y) {
                 *o = Some(v);
             }
@@ -424,7 +426,9 @@ impl Engine {
             for &p in &missing_positions[from..to] {
                 out[p - offset] = None;
             }
-            check_scores_finite(out, &candidates[offset..offset + out.len()], offset)?;
+            if !all_finite {
+                check_scores_finite(out, &candidates[offset..offset + out.len()], offset)?;
+            }
             let mut winners = Vec::new();
             if let Some(k) = k {
                 // Every score left is finite; -inf marks the unknown ids for the selection.
@@ -433,7 +437,7 @@ impl Engine {
                 }
                 TOP_K.with(|cell| {
                     let (selector, _) = &mut *cell.borrow_mut();
-                    selector.select_scores(&y, k, false, &mut winners);
+                    selector.select_scores(&y, k, true, &mut winners);
                 });
                 winners.iter_mut().for_each(|w| w.0 += offset);
             }
@@ -454,21 +458,18 @@ impl Engine {
         let top = match k {
             None => Vec::new(),
             Some(k) => {
-                // The chunks' winners (each chunk's best k, unordered) compete once more; the
-                // merge orders them by score, ties by lower position (SPEC §1.5).
-                let all: Vec<usize> = per_chunk.into_iter().flatten().map(|w| w.0).collect();
-                TOP_K.with(|cell| {
-                    let (selector, winners) = &mut *cell.borrow_mut();
-                    selector.select_among(&all, |p| scores[p], k, winners);
-                    winners
-                        .iter()
-                        .map(|&(position, score)| Scored {
-                            position,
-                            id: candidates[position],
-                            score,
-                        })
-                        .collect()
-                })
+                // Each chunk's best k arrive ordered (the chunks sorted them in parallel): a
+                // linear merge, ties by lower position (SPEC §1.5), gives the request's best k.
+                let mut winners = Vec::with_capacity(k);
+                TopK::merge_ordered(&per_chunk, k, &mut winners);
+                winners
+                    .iter()
+                    .map(|&(position, score)| Scored {
+                        position,
+                        id: candidates[position],
+                        score,
+                    })
+                    .collect()
             }
         };
         Ok((
@@ -672,12 +673,13 @@ impl Engine {
                 ),
             ));
         }
-        let mut rows = Vec::with_capacity(candidates.len());
+        // Written in place (no `push`): this loop runs once per candidate.
+        let mut rows = vec![0u32; candidates.len()];
         let mut missing_positions = Vec::new();
         let mut missing = Vec::new();
-        for (i, &id) in candidates.iter().enumerate() {
+        for (i, (&id, row)) in candidates.iter().zip(rows.iter_mut()).enumerate() {
             match self.candidates.lookup(id) {
-                Some(r) => rows.push(r),
+                Some(r) => *row = r,
                 None => {
                     if self.options.unknown_candidates == UnknownIds::Reject {
                         return Err(Error::request(
@@ -687,7 +689,7 @@ impl Engine {
                     }
                     missing.push(id);
                     missing_positions.push(i);
-                    rows.push(0);
+                    // `*row` stays 0: the stand-in row.
                 }
             }
         }
@@ -699,9 +701,16 @@ impl Engine {
     }
 
     /// Touches the store rows of `rows` in order until `done` is set (a cache hint only).
+    /// Between runs of rows it lets rayon hand this thread pending work first: the user side
+    /// splits its own work (the short tower, halves of a layer's heads), which must not wait
+    /// for a mere cache warm-up.
     fn warm_rows(&self, rows: &[u32], done: &AtomicBool) {
         let store = &self.candidates.vectors;
-        for chunk in rows.chunks(64) {
+        for chunk in rows.chunks(256) {
+            if done.load(AtomicOrdering::Acquire) {
+                return;
+            }
+            rayon::yield_now();
             if done.load(AtomicOrdering::Acquire) {
                 return;
             }

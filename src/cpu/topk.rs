@@ -120,19 +120,6 @@ impl TopK {
         self.select_by_sorted(m, score, k, true, out)
     }
 
-    /// [`TopK::select_by`] without ordering the winners: the same `min(k, #valid)` candidates in
-    /// no particular order, for partial results that are merged (and ordered) later. Sorting k
-    /// winners costs about as much as selecting them.
-    pub fn select_unordered_by(
-        &mut self,
-        m: usize,
-        score: impl Fn(usize) -> Option<f32>,
-        k: usize,
-        out: &mut Vec<(usize, f32)>,
-    ) {
-        self.select_by_sorted(m, score, k, false, out)
-    }
-
     fn select_by_sorted(
         &mut self,
         m: usize,
@@ -186,8 +173,8 @@ impl TopK {
 
     /// [`TopK::select_by`] over plain scores where `-inf` marks a candidate that is not to be
     /// selected (the engine's unknown ids; its real scores are finite, checked before). NaN must
-    /// not occur. `sorted = false` leaves the winners unordered (see
-    /// [`TopK::select_unordered_by`]).
+    /// not occur. `sorted = false` leaves the winners unordered (for callers that order them
+    /// later); ordered lists of several chunks combine with [`TopK::merge_ordered`].
     ///
     /// This is the engine's hot selection: the threshold pass runs over `f32`s sixteen at a time,
     /// testing a block's largest key before looking at its members, so the ~95% of candidates
@@ -230,50 +217,33 @@ impl TopK {
         }));
     }
 
-    /// [`TopK::select_by`] restricted to the candidates at `positions` (distinct): for merging
-    /// partial selections, e.g. unordered per-chunk winners, where `score(p)` is the score of
-    /// position `p`. Ties still go to the lower position, whatever the order of `positions`.
-    pub fn select_among(
-        &mut self,
-        positions: &[usize],
-        score: impl Fn(usize) -> Option<f32>,
-        k: usize,
-        out: &mut Vec<(usize, f32)>,
-    ) {
+    /// The best `k` of several lists that are each ordered best first (as [`TopK::select_by`]
+    /// returns them) and hold distinct positions: a linear merge, `O(k · lists)`, ties by lower
+    /// position. Scores must not be NaN.
+    pub fn merge_ordered(lists: &[Vec<(usize, f32)>], k: usize, out: &mut Vec<(usize, f32)>) {
         out.clear();
-        if k == 0 {
-            return;
-        }
-        if positions.iter().any(|&p| u32::try_from(p).is_err()) {
-            self.idx.clear();
-            self.idx
-                .extend(positions.iter().copied().filter(|&p| score(p).is_some()));
-            let value = |i: usize| score(i).unwrap_or(f32::NAN);
-            let cmp = |a: &usize, b: &usize| better(value(*a), value(*b), *a, *b);
-            if k < self.idx.len() {
-                self.idx.select_nth_unstable_by(k - 1, cmp);
-                self.idx.truncate(k);
+        let mut heads = vec![0usize; lists.len()];
+        while out.len() < k {
+            let mut best: Option<(usize, (usize, f32))> = None;
+            for (l, list) in lists.iter().enumerate() {
+                if let Some(&cand) = list.get(heads[l]) {
+                    let wins = match best {
+                        None => true,
+                        Some((_, b)) => better(cand.1, b.1, cand.0, b.0) == Ordering::Less,
+                    };
+                    if wins {
+                        best = Some((l, cand));
+                    }
+                }
             }
-            self.idx.sort_unstable_by(cmp);
-            out.extend(self.idx.iter().map(|&i| (i, value(i))));
-            return;
-        }
-        self.keys.clear();
-        for &p in positions {
-            if let Some(s) = score(p) {
-                self.keys
-                    .push((order_bits(s) as u64) << 32 | !(p as u32) as u64);
+            match best {
+                Some((l, cand)) => {
+                    heads[l] += 1;
+                    out.push(cand);
+                }
+                None => break,
             }
         }
-        if k < self.keys.len() {
-            self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-            self.keys.truncate(k);
-        }
-        self.keys.sort_unstable_by(|a, b| b.cmp(a));
-        out.extend(self.keys.iter().map(|&key| {
-            let p = !(key as u32) as usize;
-            (p, score(p).unwrap_or(f32::NAN))
-        }));
     }
 
     /// The prefilter threshold (order bits; 0 = keep everything).
@@ -358,6 +328,40 @@ mod tests {
         }
     }
 
+    /// Ordered per-chunk winners merged by `merge_ordered` equal one selection over all.
+    #[test]
+    fn ordered_chunks_merged_equal_one_selection() {
+        let m = 12_000usize;
+        let y: Vec<f32> = (0..m)
+            .map(|i| match i % 11 {
+                3 => f32::NEG_INFINITY,
+                5 => -0.0,
+                7 => 0.0,
+                _ => ((i * 7919) % 89) as f32 - 44.0,
+            })
+            .collect();
+        let mut t = TopK::new();
+        for k in [1usize, 9, 700, 6000, 12_000] {
+            for chunks in [1usize, 2, 3, 7] {
+                let size = m.div_ceil(chunks);
+                let lists: Vec<Vec<(usize, f32)>> = y
+                    .chunks(size)
+                    .enumerate()
+                    .map(|(c, part)| {
+                        let mut w = Vec::new();
+                        t.select_scores(part, k, true, &mut w);
+                        w.iter().map(|&(i, s)| (c * size + i, s)).collect()
+                    })
+                    .collect();
+                let mut merged = Vec::new();
+                TopK::merge_ordered(&lists, k, &mut merged);
+                let mut want = Vec::new();
+                t.select_scores(&y, k, true, &mut want);
+                assert_eq!(merged, want, "k={k} chunks={chunks}");
+            }
+        }
+    }
+
     /// `select_scores` (the engine's path: -inf = excluded) equals `select_by` with those
     /// candidates as `None`, on small and large inputs (below and above the prefilter size),
     /// with heavy ties, signed zeros, and sorted or unordered output.
@@ -409,36 +413,6 @@ mod tests {
             f32::INFINITY,
         ] {
             assert_eq!(fast_order_bits(x), order_bits(x), "{x}");
-        }
-    }
-
-    /// Unordered per-chunk winners merged by `select_among` equal one selection over all.
-    #[test]
-    fn unordered_chunks_merged_equal_one_selection() {
-        let m = 20_000usize;
-        // Few distinct values: many ties, so the position tie rule decides.
-        let scores: Vec<Option<f32>> = (0..m)
-            .map(|i| (i % 13 != 5).then(|| ((i * 7919) % 97) as f32 - 48.0))
-            .collect();
-        let mut t = TopK::new();
-        for k in [1usize, 7, 500, 5000, 19_999] {
-            for chunks in [1usize, 2, 3, 8] {
-                let size = m.div_ceil(chunks);
-                let mut winners = Vec::new();
-                let mut part = Vec::new();
-                for c in 0..chunks {
-                    let off = c * size;
-                    let len = size.min(m - off);
-                    t.select_unordered_by(len, |i| scores[off + i], k, &mut part);
-                    // Reversed, to show the merge does not rely on any order.
-                    winners.extend(part.iter().rev().map(|&(i, _)| off + i));
-                }
-                let mut merged = Vec::new();
-                t.select_among(&winners, |p| scores[p], k, &mut merged);
-                let mut want = Vec::new();
-                t.select_by(m, |i| scores[i], k, &mut want);
-                assert_eq!(merged, want, "k={k} chunks={chunks}");
-            }
         }
     }
 
