@@ -702,8 +702,7 @@ impl Engine {
 
     /// Touches the store rows of `rows` in order until `done` is set (a cache hint only).
     /// Between runs of rows it lets rayon hand this thread pending work first: the user side
-    /// splits its own work (the short tower, halves of a layer's heads), which must not wait
-    /// for a mere cache warm-up.
+    /// offers its short tower to another thread, which must not wait for a mere cache warm-up.
     fn warm_rows(&self, rows: &[u32], done: &AtomicBool) {
         let store = &self.candidates.vectors;
         for chunk in rows.chunks(256) {

@@ -115,8 +115,8 @@ fn split_calls_equal_run_and_reference_score() {
 }
 
 /// The industrial shape (D = 128, n = 16, ℓ = 500/50; no fixture is that large) from the synthetic
-/// generator: the fast path — single-threaded, with the heads of a layer split across rayon
-/// tasks, and at every SIMD level — against the f64 oracle on the same files.
+/// generator: the fast path — single-threaded, with the two towers on two rayon tasks, and at
+/// every SIMD level — against the f64 oracle on the same files.
 #[test]
 fn industrial_shape_matches_the_oracle() {
     use hcn_prerank::synth::{ensure_profile_files, Profile};
@@ -229,9 +229,10 @@ fn industrial_shape_matches_the_oracle() {
             }
         }
     }
-    // A batch on two threads: requests in parallel, each splitting its layers' heads across rayon
-    // tasks, so a thread waiting in a join runs other requests' jobs (the user side must not hold
-    // per-thread state across the join). Same answers as one request at a time.
+    // A batch on two threads: requests in parallel, each splitting its towers (and its candidate
+    // warm-up) across rayon tasks, so a thread waiting in a join runs other requests' jobs (the
+    // user side must not hold per-thread state across the join). Same answers as one request at
+    // a time.
     let engine = Engine::load(
         &m,
         &t,

@@ -205,9 +205,6 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// Attention work below this many multiply-adds per layer (`h·n·L·D`) stays on one thread.
-const PARALLEL_HEADS_MIN: usize = 1 << 20;
-
 /// One layer's attention for a range of heads: logits `Q̃_k Xᵀ`, softmax, `A_k X`, then the value
 /// projection, written to `out` as `n` rows of `|range|·d` (this range's columns of the concat).
 struct Heads<'a> {
@@ -270,7 +267,6 @@ fn tower(
     plan: &TowerPlan,
     cfg: &HcnConfig,
     x: &[f32],
-    parallel: bool,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
@@ -317,25 +313,7 @@ fn tower(
                 d,
                 len,
             };
-            if parallel && h >= 2 && hn * len * dim >= PARALLEL_HEADS_MIN {
-                // Heads are independent: two halves on two rayon tasks.
-                let h0 = h / 2;
-                let (lg_a, lg_b) = logits.split_at_mut(h0 * n * len);
-                let (z_a, z_b) = z.split_at_mut(h0 * n * dim);
-                let mut out_a = vec![0.0f32; n * h0 * d];
-                let mut out_b = vec![0.0f32; n * (h - h0) * d];
-                rayon::join(
-                    || block.run(0..h0, lg_a, z_a, &mut out_a),
-                    || block.run(h0..h, lg_b, z_b, &mut out_b),
-                );
-                for i in 0..n {
-                    let row = &mut heads[i * dim..(i + 1) * dim];
-                    row[..h0 * d].copy_from_slice(&out_a[i * h0 * d..(i + 1) * h0 * d]);
-                    row[h0 * d..].copy_from_slice(&out_b[i * (h - h0) * d..(i + 1) * (h - h0) * d]);
-                }
-            } else {
-                block.run(0..h, logits, z, heads);
-            }
+            block.run(0..h, logits, z, heads);
         }
         let h_l = sized(&mut s.c, n * dim);
         layer.o.apply(k, heads, n, h_l);
@@ -374,12 +352,12 @@ pub(crate) fn user_interests(
         if parallel && short_len > 0 && long_len + short_len >= PARALLEL_TOWERS_MIN {
             // The towers are independent until the co-interest network.
             rayon::join(
-                || tower(k, &plan.long, cfg, x_long, parallel, s, &mut long),
-                || tower(k, &plan.short, cfg, x_short, parallel, s_short, &mut short),
+                || tower(k, &plan.long, cfg, x_long, s, &mut long),
+                || tower(k, &plan.short, cfg, x_short, s_short, &mut short),
             );
         } else {
-            tower(k, &plan.long, cfg, x_long, parallel, s, &mut long);
-            tower(k, &plan.short, cfg, x_short, parallel, s, &mut short);
+            tower(k, &plan.long, cfg, x_long, s, &mut long);
+            tower(k, &plan.short, cfg, x_short, s, &mut short);
         }
 
         // Co-interest network (eq. 4–6).
