@@ -77,6 +77,8 @@ fn engine(profile: Profile, dtype: DType, threads: usize) -> Engine {
         c,
         EngineOptions {
             parallelism,
+            // As the `hcn` CLI: requests come back to back, the second worker stays awake.
+            keep_awake: std::time::Duration::from_millis(1),
             ..Default::default()
         },
     )

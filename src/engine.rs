@@ -99,6 +99,12 @@ pub struct EngineOptions {
     pub unknown_candidates: UnknownIds,
     pub parallelism: Parallelism,
     pub limits: Limits,
+    /// After each request on a rayon pool, keep one worker polling for the next request's work
+    /// for this long instead of letting it fall asleep (the `spin` module explains: waking a
+    /// sleeping worker costs tens of µs on a VM, a whole `public` request). Costs one busy core
+    /// for up to this window after the last request. Zero (the default) = rayon's own
+    /// spin-then-sleep; the `hcn` CLI uses 1 ms.
+    pub keep_awake: std::time::Duration,
 }
 
 /// The user side of a request (SPEC §4): behavior ids oldest first, profile fields by name, dense
@@ -171,6 +177,8 @@ pub struct Engine {
     device_report: String,
     /// The fast CPU path's kernels and precomputed weights; `None` on the reference path.
     fast: Option<(Kernels, UserPlan)>,
+    /// The keep-awake poller of [`EngineOptions::keep_awake`].
+    spinner: Arc<crate::spin::Spinner>,
     /// The GPU executor when the engine runs on CUDA (`run` / `run_batch` go there).
     #[cfg(feature = "cuda")]
     cuda: Option<crate::cuda::CudaExecutor>,
@@ -263,6 +271,7 @@ impl Engine {
             options,
             device_report,
             fast,
+            spinner: Arc::default(),
             #[cfg(feature = "cuda")]
             cuda,
         })
@@ -535,6 +544,9 @@ impl Engine {
             (interests, selected)
         };
         let (scores, top_k) = top_k;
+        if self.options.parallelism != Parallelism::None {
+            self.spinner.extend(self.options.keep_awake);
+        }
         Ok(Response {
             scores: scores.scores,
             top_k,

@@ -24,6 +24,7 @@ pub mod reference;
 #[doc(hidden)]
 pub mod rng;
 mod safetensors_file;
+mod spin;
 pub mod store;
 pub mod swap;
 #[doc(hidden)]

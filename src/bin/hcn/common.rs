@@ -41,11 +41,17 @@ pub struct EngineFiles {
     pub candidates: PathBuf,
 }
 
+/// The CLI's `EngineOptions::keep_awake`.
+pub const KEEP_AWAKE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Loads the model and stores and builds the engine; the error message names the file at fault
 /// (the library's errors already carry the path).
 pub fn load_engine(files: &EngineFiles, device: DeviceArg) -> Result<Engine, String> {
     let options = EngineOptions {
         device: device.to_device(),
+        // Requests arrive back to back (a JSONL stream, a benchmark loop): keep the second
+        // worker awake between them rather than paying its wake-up in each request.
+        keep_awake: KEEP_AWAKE,
         ..EngineOptions::default()
     };
     Engine::load(&files.model, &files.tokens, &files.candidates, options)
