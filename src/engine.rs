@@ -471,14 +471,7 @@ impl Engine {
                 // linear merge, ties by lower position (SPEC §1.5), gives the request's best k.
                 let mut winners = Vec::with_capacity(k);
                 TopK::merge_ordered(&per_chunk, k, &mut winners);
-                winners
-                    .iter()
-                    .map(|&(position, score)| Scored {
-                        position,
-                        id: candidates[position],
-                        score,
-                    })
-                    .collect()
+                scored(&winners, candidates)
             }
         };
         Ok((
@@ -496,14 +489,7 @@ impl Engine {
             let mut guard = cell.borrow_mut();
             let (selector, winners) = &mut *guard;
             selector.select_by(scores.scores.len(), |i| scores.scores[i], k, winners);
-            winners
-                .iter()
-                .map(|&(position, score)| Scored {
-                    position,
-                    id: candidates[position],
-                    score,
-                })
-                .collect()
+            scored(winners, candidates)
         })
     }
 
@@ -922,6 +908,18 @@ fn check_interests_finite(values: &[f32], dim: usize) -> Result<()> {
 /// A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite score
 /// must not be returned: JSON writes it as `null`, the mark of a missing candidate.
 /// `candidates` are the ids of `scores`, which start at request position `offset`.
+/// Selected `(position, score)` pairs with their candidate ids.
+fn scored(winners: &[(usize, f32)], candidates: &[u64]) -> Vec<Scored> {
+    winners
+        .iter()
+        .map(|&(position, score)| Scored {
+            position,
+            id: candidates[position],
+            score,
+        })
+        .collect()
+}
+
 fn check_scores_finite(scores: &[Option<f32>], candidates: &[u64], offset: usize) -> Result<()> {
     match scores
         .iter()

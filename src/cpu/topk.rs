@@ -79,6 +79,18 @@ fn fill_above(y: &[f32], t: u32, keys: &mut Vec<u64>) {
     }
 }
 
+/// Keeps the `k` largest keys (`1 ≤ k`), in descending order when `sorted`: a selection, then a
+/// sort of the winners only.
+fn keep_best(keys: &mut Vec<u64>, k: usize, sorted: bool) {
+    if k < keys.len() {
+        keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        keys.truncate(k);
+    }
+    if sorted {
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+    }
+}
+
 /// Comparator for the general path: best first, ties by lower position.
 #[inline]
 fn better(sa: f32, sb: f32, a: usize, b: usize) -> Ordering {
@@ -154,13 +166,7 @@ impl TopK {
         if self.keys.len() < k && threshold > 0 {
             fill(&mut self.keys, 0);
         }
-        if k < self.keys.len() {
-            self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-            self.keys.truncate(k);
-        }
-        if sorted {
-            self.keys.sort_unstable_by(|a, b| b.cmp(a));
-        }
+        keep_best(&mut self.keys, k, sorted);
         out.extend(self.keys.iter().map(|&key| {
             let i = !(key as u32) as usize;
             (i, f32::NAN)
@@ -204,13 +210,7 @@ impl TopK {
         if self.keys.len() < k && threshold > floor {
             fill_above(y, floor, &mut self.keys);
         }
-        if k < self.keys.len() {
-            self.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-            self.keys.truncate(k);
-        }
-        if sorted {
-            self.keys.sort_unstable_by(|a, b| b.cmp(a));
-        }
+        keep_best(&mut self.keys, k, sorted);
         out.extend(self.keys.iter().map(|&key| {
             let i = !(key as u32) as usize;
             (i, y[i])
