@@ -392,3 +392,47 @@ fn empty_candidate_store_scores_nothing() {
     }
     std::fs::remove_file(&path).ok();
 }
+
+/// `keep_awake` only changes which thread is awake, never an answer: requests on a two-thread
+/// pool with the polling jobs alive (including back to back, inside the window, and a batch)
+/// equal the answers of an engine without them; the pool still serves other work meanwhile and
+/// the polling jobs end, so the pool can be dropped.
+#[test]
+fn keep_awake_changes_no_answer() {
+    let case = common::cases()
+        .into_iter()
+        .find(|c| c.name == "public_f16")
+        .unwrap();
+    let load = |keep_awake| {
+        let opts = EngineOptions {
+            keep_awake,
+            ..Default::default()
+        };
+        Engine::load(&case.model, &case.tokens, &case.candidates, opts).unwrap()
+    };
+    let plain = load(std::time::Duration::ZERO);
+    let awake = load(std::time::Duration::from_millis(5));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        for r in &case.requests {
+            let want = plain.run(r, Some(10)).unwrap();
+            let got = pool.install(|| awake.run(r, Some(10))).unwrap();
+            assert_eq!(got, want, "round {round}");
+        }
+        let batch = pool.install(|| awake.run_batch(&case.requests, Some(10)));
+        for (got, r) in batch.into_iter().zip(&case.requests) {
+            assert_eq!(got.unwrap(), plain.run(r, Some(10)).unwrap());
+        }
+        // Other work on the same pool completes while the polling jobs are alive.
+        let n: usize = pool.install(|| {
+            use rayon::prelude::*;
+            (0..10_000usize).into_par_iter().sum()
+        });
+        assert_eq!(n, 49_995_000);
+        std::thread::sleep(std::time::Duration::from_millis(round * 4));
+    }
+    drop(pool);
+}
