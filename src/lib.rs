@@ -7,8 +7,9 @@
 //! precomputed item vectors. `SPEC.md` (shipped beside the repository) is the contract for the math
 //! and the file formats.
 //!
-//! Layout: [`config`] and [`model`] read the model file, [`store`] the item stores, [`reference`]
-//! is the plain scalar oracle of SPEC §1, [`engine`] is the public API.
+//! Layout: [`config`] and [`model`] read the model file, [`store`] the item stores,
+//! [`reference`](mod@reference) is the plain scalar oracle of SPEC §1, [`engine`] is the public
+//! API.
 
 pub mod auc;
 pub mod config;

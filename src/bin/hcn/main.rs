@@ -1,7 +1,7 @@
 //! `hcn`, the engine's command line (SPEC §4). One file per subcommand:
 //! - `score` ([`score`]): JSON Lines requests in, one response or `{"error": …}` line out each;
 //! - `inspect` ([`inspect`]): what a model or store file holds;
-//! - `bench` ([`bench`]): latency and throughput of the engine on seeded random requests;
+//! - `bench` ([`bench`](mod@bench)): latency and throughput of the engine on seeded random requests;
 //! - `eval` ([`eval`]): AUC and log loss of the engine's scores on labelled requests.
 //!
 //! Exit codes: 0 when the command ran (per-request errors of `score` are output lines, not
