@@ -502,7 +502,7 @@ impl Engine {
                 .pop()
                 .unwrap_or_else(|| Err(Error::Device("the GPU returned no response".into())));
         }
-        let (interests, top_k) = if self.options.parallelism != Parallelism::None {
+        let (interests, (scores, top)) = if self.options.parallelism != Parallelism::None {
             // While one thread computes the user side, another resolves the candidates and pulls
             // their store rows towards the caches (the last-level cache is shared), stopping when
             // the user side is done: the scoring that follows finds them closer than DRAM.
@@ -529,13 +529,12 @@ impl Engine {
             let selected = self.score_and_select(&interests, &request.candidates, top_k)?;
             (interests, selected)
         };
-        let (scores, top_k) = top_k;
         if self.options.parallelism != Parallelism::None {
             self.spinner.extend(self.options.keep_awake);
         }
         Ok(Response {
             scores: scores.scores,
-            top_k,
+            top_k: top,
             missing_candidates: scores.missing_candidates,
             skipped_behaviors: interests.skipped_behaviors,
             interests,
