@@ -367,13 +367,8 @@ mod tests {
     /// with heavy ties, signed zeros, and sorted or unordered output.
     #[test]
     fn select_scores_equals_select_by() {
-        let mut state = 5u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as u32
-        };
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut next = move || (rng.next_u64() >> 32) as u32;
         let mut t = TopK::new();
         for m in [0usize, 1, 15, 16, 17, 100, 9000, 40_000] {
             for variant in 0..4 {
@@ -422,13 +417,8 @@ mod tests {
     #[test]
     fn prefiltered_selection_equals_full_sort() {
         let m = 50_000usize;
-        let mut state = 11u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as u32
-        };
+        let mut rng = crate::rng::SplitMix64::new(11);
+        let mut next = move || (rng.next_u64() >> 32) as u32;
         let distributions: Vec<Vec<f32>> = vec![
             (0..m).map(|_| next() as f32 / 1e6).collect(),
             (0..m).map(|_| (next() % 4) as f32).collect(),
