@@ -136,13 +136,8 @@ fn industrial_shape_matches_the_oracle() {
     )
     .unwrap();
     let cfg = oracle.model().config.clone();
-    let mut state = 5u64;
-    let mut next = |n: u64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) % n
-    };
+    let mut rng = hcn_prerank::rng::SplitMix64::new(5);
+    let mut next = |n: u64| rng.below(n as usize) as u64;
     let requests: Vec<Request> = [
         (cfg.long_len, cfg.short_len),
         (37, 0),
