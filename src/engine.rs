@@ -429,21 +429,19 @@ impl Engine {
             for (o, &v) in out.iter_mut().zip(&y) {
                 *o = Some(v);
             }
-            // Unknown ids had a stand-in row: drop their scores.
+            // Unknown ids had a stand-in row: drop their scores; -inf marks them for the
+            // selection (every other score is finite once checked below).
             let from = missing_positions.partition_point(|&p| p < offset);
             let to = missing_positions.partition_point(|&p| p < offset + out.len());
             for &p in &missing_positions[from..to] {
                 out[p - offset] = None;
+                y[p - offset] = f32::NEG_INFINITY;
             }
             if !all_finite {
                 check_scores_finite(out, &candidates[offset..offset + out.len()], offset)?;
             }
             let mut winners = Vec::new();
             if let Some(k) = k {
-                // Every score left is finite; -inf marks the unknown ids for the selection.
-                for &p in &missing_positions[from..to] {
-                    y[p - offset] = f32::NEG_INFINITY;
-                }
                 TOP_K.with(|cell| {
                     let (selector, _) = &mut *cell.borrow_mut();
                     selector.select_scores(&y, k, true, &mut winners);
@@ -502,7 +500,8 @@ impl Engine {
                 .pop()
                 .unwrap_or_else(|| Err(Error::Device("the GPU returned no response".into())));
         }
-        let (interests, (scores, top)) = if self.options.parallelism != Parallelism::None {
+        let parallel = self.options.parallelism != Parallelism::None;
+        let (interests, (scores, top)) = if parallel {
             // While one thread computes the user side, another resolves the candidates and pulls
             // their store rows towards the caches (the last-level cache is shared), stopping when
             // the user side is done: the scoring that follows finds them closer than DRAM.
@@ -529,7 +528,7 @@ impl Engine {
             let selected = self.score_and_select(&interests, &request.candidates, top_k)?;
             (interests, selected)
         };
-        if self.options.parallelism != Parallelism::None {
+        if parallel {
             self.spinner.extend(self.options.keep_awake);
         }
         Ok(Response {
@@ -904,9 +903,6 @@ fn check_interests_finite(values: &[f32], dim: usize) -> Result<()> {
     }
 }
 
-/// A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite score
-/// must not be returned: JSON writes it as `null`, the mark of a missing candidate.
-/// `candidates` are the ids of `scores`, which start at request position `offset`.
 /// Selected `(position, score)` pairs with their candidate ids.
 fn scored(winners: &[(usize, f32)], candidates: &[u64]) -> Vec<Scored> {
     winners
@@ -919,6 +915,9 @@ fn scored(winners: &[(usize, f32)], candidates: &[u64]) -> Vec<Scored> {
         .collect()
 }
 
+/// A finite X^U and finite vectors can still overflow F32 in the dot products. A non-finite score
+/// must not be returned: JSON writes it as `null`, the mark of a missing candidate.
+/// `candidates` are the ids of `scores`, which start at request position `offset`.
 fn check_scores_finite(scores: &[Option<f32>], candidates: &[u64], offset: usize) -> Result<()> {
     match scores
         .iter()
