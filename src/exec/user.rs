@@ -205,8 +205,8 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// One layer's attention for a range of heads: logits `Q̃_k Xᵀ`, softmax, `A_k X`, then the value
-/// projection, written to `out` as `n` rows of `|range|·d` (this range's columns of the concat).
+/// One layer's attention over all heads at once: logits `Q̃_k Xᵀ`, softmax, `A_k X`, then each
+/// head's value projection, written to `out` as `n` rows of `h·d` (the heads' concat).
 struct Heads<'a> {
     k: &'a Kernels,
     layer: &'a LayerPlan,
@@ -220,13 +220,7 @@ struct Heads<'a> {
 }
 
 impl Heads<'_> {
-    fn run(
-        &self,
-        range: std::ops::Range<usize>,
-        logits: &mut [f32],
-        z: &mut [f32],
-        out: &mut [f32],
-    ) {
+    fn run(&self, logits: &mut [f32], z: &mut [f32], out: &mut [f32]) {
         let Heads {
             k,
             layer,
@@ -238,8 +232,8 @@ impl Heads<'_> {
             d,
             len,
         } = *self;
-        let rows = range.len() * n;
-        let qt = &qt[range.start * n * dim..range.end * n * dim];
+        let h = layer.heads.len();
+        let rows = h * n;
         k.matmul(qt, rows, dim, xt, len, None, logits)
             .expect("shapes");
         for row in logits.chunks_exact_mut(len) {
@@ -247,11 +241,10 @@ impl Heads<'_> {
         }
         k.matmul(logits, rows, len, x, dim, None, z)
             .expect("shapes"); // A_k X
-        let width = range.len() * d;
+        let width = h * d;
         let mut head_out = vec![0.0f32; n * d];
-        for (j, hd) in range.enumerate() {
-            layer.heads[hd]
-                .v
+        for (j, head) in layer.heads.iter().enumerate() {
+            head.v
                 .apply(k, &z[j * n * dim..(j + 1) * n * dim], n, &mut head_out);
             for i in 0..n {
                 out[i * width + j * d..i * width + (j + 1) * d]
@@ -313,7 +306,7 @@ fn tower(
                 d,
                 len,
             };
-            block.run(0..h, logits, z, heads);
+            block.run(logits, z, heads);
         }
         let h_l = sized(&mut s.c, n * dim);
         layer.o.apply(k, heads, n, h_l);
