@@ -444,7 +444,7 @@ impl Engine {
             if let Some(k) = k {
                 TOP_K.with(|cell| {
                     let (selector, _) = &mut *cell.borrow_mut();
-                    selector.select_scores(&y, k, true, &mut winners);
+                    selector.select_scores(&y, k, &mut winners);
                 });
                 winners.iter_mut().for_each(|w| w.0 += offset);
             }

@@ -79,16 +79,14 @@ fn fill_above(y: &[f32], t: u32, keys: &mut Vec<u64>) {
     }
 }
 
-/// Keeps the `k` largest keys (`1 ≤ k`), in descending order when `sorted`: a selection, then a
-/// sort of the winners only.
-fn keep_best(keys: &mut Vec<u64>, k: usize, sorted: bool) {
+/// Keeps the `k` largest keys (`1 ≤ k`), in descending order: a selection, then a sort of the
+/// winners only.
+fn keep_best(keys: &mut Vec<u64>, k: usize) {
     if k < keys.len() {
         keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
         keys.truncate(k);
     }
-    if sorted {
-        keys.sort_unstable_by(|a, b| b.cmp(a));
-    }
+    keys.sort_unstable_by(|a, b| b.cmp(a));
 }
 
 /// Comparator for the general path: best first, ties by lower position.
@@ -129,17 +127,6 @@ impl TopK {
         k: usize,
         out: &mut Vec<(usize, f32)>,
     ) {
-        self.select_by_sorted(m, score, k, true, out)
-    }
-
-    fn select_by_sorted(
-        &mut self,
-        m: usize,
-        score: impl Fn(usize) -> Option<f32>,
-        k: usize,
-        sorted: bool,
-        out: &mut Vec<(usize, f32)>,
-    ) {
         out.clear();
         if k == 0 {
             return;
@@ -166,7 +153,7 @@ impl TopK {
         if self.keys.len() < k && threshold > 0 {
             fill(&mut self.keys, 0);
         }
-        keep_best(&mut self.keys, k, sorted);
+        keep_best(&mut self.keys, k);
         out.extend(self.keys.iter().map(|&key| {
             let i = !(key as u32) as usize;
             (i, f32::NAN)
@@ -179,24 +166,17 @@ impl TopK {
 
     /// [`TopK::select_by`] over plain scores where `-inf` marks a candidate that is not to be
     /// selected (the engine's unknown ids; its real scores are finite, checked before). NaN must
-    /// not occur. `sorted = false` leaves the winners unordered (for callers that order them
-    /// later); ordered lists of several chunks combine with [`TopK::merge_ordered`].
+    /// not occur. Ordered lists of several chunks combine with [`TopK::merge_ordered`].
     ///
     /// This is the engine's hot selection: the threshold pass runs over `f32`s sixteen at a time,
     /// testing a block's largest key before looking at its members, so the ~95% of candidates
     /// below the threshold cost a few vector instructions each instead of a branch and an
     /// `Option` test per score (measured: the `Option` pass took ~2.4 ns per candidate).
-    pub fn select_scores(
-        &mut self,
-        y: &[f32],
-        k: usize,
-        sorted: bool,
-        out: &mut Vec<(usize, f32)>,
-    ) {
+    pub fn select_scores(&mut self, y: &[f32], k: usize, out: &mut Vec<(usize, f32)>) {
         debug_assert!(!y.iter().any(|v| v.is_nan()));
+        let score = |i: usize| (y[i] != f32::NEG_INFINITY).then_some(y[i]);
         if u32::try_from(y.len()).is_err() {
-            let score = |i: usize| (y[i] != f32::NEG_INFINITY).then_some(y[i]);
-            return self.select_by_sorted(y.len(), score, k, sorted, out);
+            return self.select_by(y.len(), score, k, out);
         }
         out.clear();
         if k == 0 {
@@ -204,13 +184,12 @@ impl TopK {
         }
         // Everything above -inf; raised to the sampled threshold when that pays.
         let floor = fast_order_bits(f32::NEG_INFINITY) + 1;
-        let score = |i: usize| (y[i] != f32::NEG_INFINITY).then_some(y[i]);
         let threshold = self.threshold(y.len(), &score, k).max(floor);
         fill_above(y, threshold, &mut self.keys);
         if self.keys.len() < k && threshold > floor {
             fill_above(y, floor, &mut self.keys);
         }
-        keep_best(&mut self.keys, k, sorted);
+        keep_best(&mut self.keys, k);
         out.extend(self.keys.iter().map(|&key| {
             let i = !(key as u32) as usize;
             (i, y[i])
@@ -349,14 +328,14 @@ mod tests {
                     .enumerate()
                     .map(|(c, part)| {
                         let mut w = Vec::new();
-                        t.select_scores(part, k, true, &mut w);
+                        t.select_scores(part, k, &mut w);
                         w.iter().map(|&(i, s)| (c * size + i, s)).collect()
                     })
                     .collect();
                 let mut merged = Vec::new();
                 TopK::merge_ordered(&lists, k, &mut merged);
                 let mut want = Vec::new();
-                t.select_scores(&y, k, true, &mut want);
+                t.select_scores(&y, k, &mut want);
                 assert_eq!(merged, want, "k={k} chunks={chunks}");
             }
         }
@@ -364,7 +343,7 @@ mod tests {
 
     /// `select_scores` (the engine's path: -inf = excluded) equals `select_by` with those
     /// candidates as `None`, on small and large inputs (below and above the prefilter size),
-    /// with heavy ties, signed zeros, and sorted or unordered output.
+    /// with heavy ties and signed zeros.
     #[test]
     fn select_scores_equals_select_by() {
         let mut rng = crate::rng::SplitMix64::new(5);
@@ -388,12 +367,9 @@ mod tests {
                 let score = |i: usize| (y[i] != f32::NEG_INFINITY).then_some(y[i]);
                 for k in [1usize, 3, 16, 1000, m.max(1)] {
                     let (mut got, mut want) = (Vec::new(), Vec::new());
-                    t.select_scores(&y, k, true, &mut got);
+                    t.select_scores(&y, k, &mut got);
                     t.select_by(m, score, k, &mut want);
                     assert_eq!(got, want, "m={m} variant={variant} k={k}");
-                    t.select_scores(&y, k, false, &mut got);
-                    got.sort_by(|a, b| better(a.1, b.1, a.0, b.0));
-                    assert_eq!(got, want, "unordered m={m} variant={variant} k={k}");
                 }
             }
         }
