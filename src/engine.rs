@@ -99,11 +99,11 @@ pub struct EngineOptions {
     pub unknown_candidates: UnknownIds,
     pub parallelism: Parallelism,
     pub limits: Limits,
-    /// After each request on a rayon pool, keep one worker polling for the next request's work
-    /// for this long instead of letting it fall asleep (the `spin` module explains: waking a
-    /// sleeping worker costs tens of µs on a VM, a whole `public` request). Costs one busy core
-    /// for up to this window after the last request. Zero (the default) = rayon's own
-    /// spin-then-sleep; the `hcn` CLI uses 1 ms.
+    /// After each request on a rayon pool, keep the pool's workers polling for the next
+    /// request's work for this long instead of letting them fall asleep (the `spin` module
+    /// explains: waking a sleeping worker costs tens of µs on a VM, a whole `public` request).
+    /// Costs the pool's cores, busy for up to this window after the last request. Zero (the
+    /// default) = rayon's own spin-then-sleep; the `hcn` CLI uses 1 ms.
     pub keep_awake: std::time::Duration,
 }
 

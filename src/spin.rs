@@ -1,4 +1,4 @@
-//! Keeping a rayon worker awake between requests (see `EngineOptions::keep_awake`).
+//! Keeping rayon workers awake between requests (see `EngineOptions::keep_awake`).
 //!
 //! A request splits its work across the pool (the short tower and the candidate warm-up on a
 //! second thread, then the candidate chunks). A rayon worker that finds no work spins briefly and
@@ -7,11 +7,11 @@
 //! as a whole `public` request. Back-to-back requests then alternate between "both threads" and
 //! "the second thread arrives too late" (a bimodal latency: ~150 vs ~230 µs on the dev machine).
 //!
-//! [`Spinner::extend`] keeps one job on the pool that polls for work (`rayon::yield_now`, which
-//! also steals and takes injected jobs) until a deadline that every request pushes forward, so a
-//! worker is running when the next request splits. The cost is one core busy for at most the
-//! window after the last request — the same trade ONNX Runtime's intra-op threads make by default
-//! (they spin before sleeping).
+//! [`Spinner::extend`] keeps one job per worker on the pool that polls for work
+//! (`rayon::yield_now`, which also steals and takes injected jobs) until a deadline that every
+//! request pushes forward, so the workers are running when the next request splits. The cost is
+//! the pool's cores busy for at most the window after the last request — the same trade ONNX
+//! Runtime's intra-op threads make by default (they spin before sleeping).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
