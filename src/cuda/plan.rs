@@ -506,25 +506,11 @@ impl<B: Backend> Plan<B> {
                 2 * d,
                 false,
             )?;
-            match &layer.q0 {
-                Some(q0) => be.attention(
-                    (q0, 0),
-                    d,
-                    0,
-                    &kv,
-                    0,
-                    d,
-                    2 * d,
-                    offs_dev,
-                    (&mut a, 0),
-                    d,
-                    users,
-                    n,
-                    h,
-                    d / h,
-                )?,
+            // Layer 0's queries are the same for every user (stride 0 between users); later
+            // layers project C = H_{l−1}, read in place from its column block of the concat.
+            let (queries, user_stride) = match &layer.q0 {
+                Some(q0) => (q0, 0),
                 None => {
-                    // C = H_{l−1}, read in place from its column block of the concat buffer.
                     be.linear(
                         (&hcat, (l - 1) * d),
                         r * d,
@@ -537,24 +523,25 @@ impl<B: Backend> Plan<B> {
                         d,
                         false,
                     )?;
-                    be.attention(
-                        (&q, 0),
-                        d,
-                        n * d,
-                        &kv,
-                        0,
-                        d,
-                        2 * d,
-                        offs_dev,
-                        (&mut a, 0),
-                        d,
-                        users,
-                        n,
-                        h,
-                        d / h,
-                    )?;
+                    (&q, n * d)
                 }
-            }
+            };
+            be.attention(
+                (queries, 0),
+                d,
+                user_stride,
+                &kv,
+                0,
+                d,
+                2 * d,
+                offs_dev,
+                (&mut a, 0),
+                d,
+                users,
+                n,
+                h,
+                d / h,
+            )?;
             be.linear(
                 (&a, 0),
                 d,
