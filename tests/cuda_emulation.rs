@@ -850,20 +850,6 @@ fn parity_fixtures_pass_on_the_emulated_plan() {
             &case.requests,
             case.top_k,
         );
-        for (i, ((resp, exp), req)) in resps
-            .iter()
-            .zip(&case.expected)
-            .zip(&case.requests)
-            .enumerate()
-        {
-            common::check_response(
-                &format!("{} request {i} (emulated GPU plan)", case.name),
-                resp,
-                exp,
-                &req.candidates,
-                case.top_k,
-                TOL,
-            );
-        }
+        common::check_case("emulated GPU plan", case, &resps, TOL);
     }
 }

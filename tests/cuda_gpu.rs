@@ -480,20 +480,6 @@ fn parity_fixtures_pass_on_the_gpu() {
             &case.requests,
             case.top_k,
         );
-        for (i, ((resp, exp), req)) in resps
-            .iter()
-            .zip(&case.expected)
-            .zip(&case.requests)
-            .enumerate()
-        {
-            common::check_response(
-                &format!("{} request {i} (GPU)", case.name),
-                resp,
-                exp,
-                &req.candidates,
-                case.top_k,
-                TOL,
-            );
-        }
+        common::check_case("GPU", case, &resps, TOL);
     }
 }

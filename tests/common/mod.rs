@@ -98,6 +98,32 @@ pub fn close(got: f64, want: f64, tol: f64) -> bool {
     (got - want).abs() <= tol * (1.0 + want.abs())
 }
 
+/// Checks a whole case's responses (in request order) against its float64 expectations under
+/// tolerance `tol`; `label` names the path that produced them in failure messages.
+pub fn check_case(label: &str, case: &Case, resps: &[hcn_prerank::Response], tol: f64) {
+    assert_eq!(
+        resps.len(),
+        case.expected.len(),
+        "{} ({label}): responses",
+        case.name
+    );
+    for (i, ((resp, exp), req)) in resps
+        .iter()
+        .zip(&case.expected)
+        .zip(&case.requests)
+        .enumerate()
+    {
+        check_response(
+            &format!("{} request {i} ({label})", case.name),
+            resp,
+            exp,
+            &req.candidates,
+            case.top_k,
+            tol,
+        );
+    }
+}
+
 /// Checks one response against its float64 expectation under tolerance `tol` (SPEC §5).
 pub fn check_response(
     what: &str,
