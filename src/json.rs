@@ -327,10 +327,9 @@ struct ResponseLine<'a> {
 
 impl<'a> ResponseLine<'a> {
     fn new(resp: &'a Response, emit_interests: bool, top_k_requested: bool) -> Self {
-        let interests = emit_interests.then(|| {
-            let x = &resp.interests;
-            // Row j of X^U; `get` keeps a malformed value (values shorter than n × D) from
-            // panicking — such rows come out empty instead.
+        // Row j of X^U; `get` keeps a malformed value (values shorter than n × D) from
+        // panicking — such rows come out empty instead. Absent when the response has none.
+        let interests = resp.interests.as_ref().filter(|_| emit_interests).map(|x| {
             (0..x.n)
                 .map(|j| x.values.get(j * x.dim..(j + 1) * x.dim).unwrap_or(&[]))
                 .collect()
@@ -689,12 +688,14 @@ mod tests {
             ],
             missing_candidates: vec![8, 23],
             skipped_behaviors: 2,
-            interests: UserInterests {
+            interests: Some(UserInterests {
                 n: 2,
                 dim: 3,
                 values: vec![1.0, 2.5, -0.333_333_34, 4.0, 1e-30, 6.0],
                 skipped_behaviors: 2,
-            },
+            }),
+            model_version: "0123456789abcdef".into(),
+            timings: Default::default(),
         }
     }
 
@@ -728,7 +729,8 @@ mod tests {
         assert_eq!(v["missing_candidates"], serde_json::json!([8, 23]));
         assert_eq!(v["skipped_behaviors"].as_u64(), Some(2));
         let rows = v["interests"].as_array().unwrap();
-        assert_eq!(rows.len(), r.interests.n);
+        let x = r.interests.as_ref().unwrap();
+        assert_eq!(rows.len(), x.n);
         for (j, row) in rows.iter().enumerate() {
             let row: Vec<f32> = row
                 .as_array()
@@ -736,7 +738,7 @@ mod tests {
                 .iter()
                 .map(|x| x.as_f64().unwrap() as f32)
                 .collect();
-            assert_eq!(row.as_slice(), r.interests.row(j));
+            assert_eq!(row.as_slice(), x.row(j));
         }
     }
 

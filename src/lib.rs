@@ -9,19 +9,27 @@
 //!
 //! Layout: [`config`] and [`model`] read the model file, [`store`] the item stores,
 //! [`reference`](mod@reference) is the plain scalar oracle of SPEC §1, [`engine`] is the public
-//! API.
+//! API over the request front end, the executors and [`post`] (shared post-processing).
 
 pub mod auc;
 pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+/// Without the `cuda` feature: a stub executor whose constructor says why (no `cfg` elsewhere).
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_stub.rs"]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 mod exec;
+mod frontend;
 pub mod json;
 pub mod model;
+pub mod options;
+pub mod post;
 pub mod reference;
+pub mod request;
 #[doc(hidden)]
 pub mod rng;
 mod safetensors_file;
@@ -33,12 +41,14 @@ pub mod synth;
 pub mod tensor;
 
 pub use config::{Block, HcnConfig, ScoreMode};
-pub use engine::{
-    CpuKernels, Device, Engine, EngineOptions, Limits, Parallelism, Request, Response, Scored,
-    Scores, UnknownIds, UserInterests, UserRequest,
-};
-pub use error::{Error, Result};
+pub use engine::Engine;
+pub use error::{Error, ErrorKind, Result};
 pub use model::Model;
+pub use options::{CpuKernels, Device, EngineOptions, Limits, Parallelism, UnknownIds};
+pub use request::{
+    CancelToken, Request, Response, RunOptions, Scored, Scores, StageTimes, UserInterests,
+    UserRequest,
+};
 pub use store::ItemStore;
 pub use swap::SharedEngine;
 

@@ -32,6 +32,19 @@ fn request_error(r: hcn_prerank::Result<hcn_prerank::Response>) -> (String, Stri
     }
 }
 
+fn limit_error(r: hcn_prerank::Result<hcn_prerank::Response>) -> (String, String) {
+    match r {
+        Err(e @ Error::Limit { .. }) => {
+            assert_eq!(e.kind(), hcn_prerank::ErrorKind::LimitExceeded);
+            let Error::Limit { field, reason } = e else {
+                unreachable!()
+            };
+            (field, reason)
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
 #[test]
 fn bad_profile_and_dense_are_named_errors() {
     let (case, engine) = tiny();
@@ -107,7 +120,7 @@ fn reject_policies_name_the_unknown_id() {
         let opts = EngineOptions {
             unknown_behaviors: UnknownIds::Reject,
             unknown_candidates: UnknownIds::Reject,
-            parallelism,
+            parallelism: parallelism.clone(),
             ..Default::default()
         };
         let engine = Engine::load(&case.model, &case.tokens, &case.candidates, opts).unwrap();
@@ -139,13 +152,19 @@ fn limits_cap_candidates_and_sequences() {
     let mut r = case.requests[0].clone();
     r.user.long = vec![0; 6];
     r.candidates = vec![0; 3];
-    let (field, reason) = request_error(engine.run(&r, None));
+    let (field, reason) = limit_error(engine.run(&r, None));
     assert_eq!(field, "long");
     assert!(reason.contains("limit of 5"), "{reason}");
+    assert!(engine.check_limits(&r).is_err());
     r.user.long = vec![0; 5];
     assert!(engine.run(&r, None).is_ok());
+    assert!(engine.check_limits(&r).is_ok());
     r.candidates = vec![0; 5];
-    assert_eq!(request_error(engine.run(&r, None)).0, "candidates");
+    assert_eq!(limit_error(engine.run(&r, None)).0, "candidates");
+    assert_eq!(
+        limit_error(engine.check_limits(&r).map(|_| unreachable!())).0,
+        "candidates"
+    );
 }
 
 #[test]
@@ -207,7 +226,7 @@ fn interests_of_the_wrong_shape_are_rejected() {
     let mut interests = engine.user_interests(&case.requests[0].user).unwrap();
     interests.values.pop();
     assert!(
-        matches!(engine.score(&interests, &[0, 1]), Err(Error::Request { ref field, .. }) if field == "interests")
+        matches!(engine.score(&interests, &[0, 1]), Err(ref e @ Error::Misuse { ref what, .. }) if what == "interests" && e.kind() == hcn_prerank::ErrorKind::Internal)
     );
 }
 

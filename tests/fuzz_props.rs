@@ -144,9 +144,13 @@ fn check_load_error(e: &Error) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A request's own error: a bad field, a limit breach or the model's arithmetic overflowing for
+/// it (each names the field at fault), never a panic or another kind.
 fn check_request_error(e: &Error) -> Result<(), TestCaseError> {
     match e {
-        Error::Request { field, reason } => {
+        Error::Request { field, reason }
+        | Error::Limit { field, reason }
+        | Error::Overflow { field, reason } => {
             prop_assert!(!field.is_empty() && !reason.is_empty(), "{e:?}");
             Ok(())
         }
@@ -511,7 +515,10 @@ fn variant(e: &Error) -> &'static str {
         Error::Tensor { .. } => "Tensor",
         Error::Incompatible(_) => "Incompatible",
         Error::Request { .. } => "Request",
+        Error::Limit { .. } => "Limit",
+        Error::Overflow { .. } => "Overflow",
         Error::Device(_) => "Device",
+        _ => "other",
     }
 }
 
@@ -593,7 +600,9 @@ fn mutated_models_never_panic() {
                                         format!(
                                             "Ok, request error on {}",
                                             match &e {
-                                                Error::Request { field, .. } => field.as_str(),
+                                                Error::Request { field, .. }
+                                                | Error::Limit { field, .. }
+                                                | Error::Overflow { field, .. } => field.as_str(),
                                                 _ => "?",
                                             }
                                         ),
@@ -1015,6 +1024,18 @@ fn valid_shape_request(
         })
 }
 
+/// k as a caller may pass it: small values, around the candidate counts, and huge ones (a
+/// client-chosen k must never allocate or panic: it is clamped to the candidates).
+fn top_k_values() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        6 => 0usize..80,
+        1 => Just(usize::MAX),
+        1 => Just(u32::MAX as usize),
+        1 => Just(1usize << 31),
+        1 => any::<usize>(),
+    ]
+}
+
 fn check_response(engine: &Engine, req: &Request, k: usize) -> Result<(), TestCaseError> {
     let resp = engine
         .run(req, Some(k))
@@ -1075,7 +1096,7 @@ fn check_response(engine: &Engine, req: &Request, k: usize) -> Result<(), TestCa
     }
     // The split API gives the same numbers as `run`.
     let interests = engine.user_interests(&req.user).unwrap();
-    prop_assert_eq!(&interests.values, &resp.interests.values);
+    prop_assert_eq!(&interests.values, &resp.interests.as_ref().unwrap().values);
     let scores = engine.score(&interests, cands).unwrap();
     prop_assert_eq!(&scores.scores, &resp.scores);
     Ok(())
@@ -1087,7 +1108,7 @@ proptest! {
     #[test]
     fn engine_on_random_requests_tiny(
         req in valid_shape_request("tiny_f32", tiny_engine()),
-        k in 0usize..80,
+        k in top_k_values(),
     ) {
         check_response(tiny_engine(), &req, k)?;
     }
@@ -1095,7 +1116,7 @@ proptest! {
     #[test]
     fn engine_on_random_requests_tinier(
         req in valid_shape_request("tinier_mixed_onefile", tinier_engine()),
-        k in 0usize..80,
+        k in top_k_values(),
     ) {
         check_response(tinier_engine(), &req, k)?;
     }
@@ -1105,9 +1126,12 @@ proptest! {
 // Request cases with their exact errors (beyond tests/engine.rs and tests/cli.rs)
 // ---------------------------------------------------------------------------------------------
 
+/// The field and reason of a request error or a limit breach.
 fn request_error(r: hcn_prerank::Result<hcn_prerank::Response>) -> (String, String) {
     match r {
-        Err(Error::Request { field, reason }) => (field, reason),
+        Err(Error::Request { field, reason }) | Err(Error::Limit { field, reason }) => {
+            (field, reason)
+        }
         other => panic!("expected a request error, got {other:?}"),
     }
 }
@@ -1122,8 +1146,8 @@ fn empty_candidate_list_is_valid_and_scores_nothing() {
     assert!(resp.scores.is_empty() && resp.top_k.is_empty() && resp.missing_candidates.is_empty());
     // The user side is still computed.
     assert_eq!(
-        resp.interests.values.len(),
-        resp.interests.n * resp.interests.dim
+        resp.interests.as_ref().unwrap().values.len(),
+        resp.interests.as_ref().unwrap().n * resp.interests.as_ref().unwrap().dim
     );
     // A zero candidate cap admits exactly the empty list.
     let opts = EngineOptions {
@@ -1230,7 +1254,7 @@ fn dense_values_overflowing_f32_are_named() {
     let req = parse_request(line, cfg).unwrap();
     match tiny_engine().run(&req, None) {
         Ok(resp) => assert!(resp.scores[0].unwrap().is_finite()),
-        Err(e) => assert!(matches!(e, Error::Request { .. }), "{e:?}"),
+        Err(e) => assert!(matches!(e, Error::Overflow { .. }), "{e:?}"),
     }
 }
 
@@ -1297,7 +1321,9 @@ fn check_expect(what: &Path, got: Result<(), Error>, exp: &[(String, String)]) {
         Error::Request { field, .. } => ("Request", Some(("field", field))),
         Error::Io { .. } => ("Io", None),
         Error::Incompatible(_) => ("Incompatible", None),
+        Error::Limit { field, .. } => ("Limit", Some(("field", field))),
         Error::Device(_) => ("Device", None),
+        other => panic!("unexpected error kind: {other}"),
     };
     assert_eq!(variant, kind, "{}: {err}", what.display());
     if let Some((key, value)) = name {
@@ -1465,18 +1491,18 @@ fn overflowing_weights_fail_the_request_instead_of_scoring_inf() {
                         assert!(resp.top_k.iter().all(|t| t.score.is_finite()));
                         count(&tally, "served");
                     }
-                    Err(Error::Request { field, reason }) => {
+                    Err(Error::Overflow { field, reason }) => {
                         assert!(
                             reason.contains("overflows F32"),
                             "{case} @{at}: {field}: {reason}"
                         );
                         assert!(
-                            field == "request" || field.starts_with("candidates["),
+                            field == "interests" || field.starts_with("candidates["),
                             "{field}"
                         );
                         count(
                             &tally,
-                            if field == "request" {
+                            if field == "interests" {
                                 "X^U overflow"
                             } else {
                                 "score overflow"

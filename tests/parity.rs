@@ -46,7 +46,7 @@ fn engine_matches_reference_outputs() {
         for case in cases() {
             let opts = EngineOptions {
                 kernels,
-                parallelism: par,
+                parallelism: par.clone(),
                 ..Default::default()
             };
             let engine = Engine::load(&case.model, &case.tokens, &case.candidates, opts)
@@ -90,7 +90,7 @@ fn split_calls_equal_run_and_reference_score() {
             let scores = engine.score(&interests, &req.candidates).unwrap();
             let run = engine.run(req, Some(case.top_k)).unwrap();
             assert_eq!(run.scores, scores.scores);
-            assert_eq!(run.interests, interests);
+            assert_eq!(run.interests.as_ref(), Some(&interests));
             // Each score equals the oracle on the stored row.
             let store = engine.candidates();
             let mut x = vec![0.0f32; store.dim()];
@@ -185,7 +185,7 @@ fn industrial_shape_matches_the_oracle() {
             &c,
             EngineOptions {
                 kernels,
-                parallelism,
+                parallelism: parallelism.clone(),
                 ..Default::default()
             },
         )
@@ -193,7 +193,14 @@ fn industrial_shape_matches_the_oracle() {
         for (i, (r, w)) in requests.iter().zip(&want).enumerate() {
             let got = pool.install(|| engine.run(r, Some(50))).unwrap();
             let what = format!("industrial request {i} ({kernels:?}, {parallelism:?})");
-            for (g, o) in got.interests.values.iter().zip(&w.interests.values) {
+            for (g, o) in got
+                .interests
+                .as_ref()
+                .unwrap()
+                .values
+                .iter()
+                .zip(&w.interests.as_ref().unwrap().values)
+            {
                 assert!(
                     common::close(f64::from(*g), f64::from(*o), CPU_TOL),
                     "{what}: X^U {g} vs {o}"

@@ -3,12 +3,14 @@
 //! Sorting all M scores (M is tens of thousands, k ~ 1000) would spend most of its time ordering
 //! losers.
 //!
-//! Order (SPEC §1.5): score descending, ties by lower position. The comparator is a total order
+//! Order (SPEC §1.5, [`crate::post::better`], shared by every executor): score descending, ties by lower position. The comparator is a total order
 //! on positions (two positions never compare equal), so the unstable selection and sort are still
 //! deterministic. `-0.0` ties with `0.0`; a NaN score (never produced from finite inputs) sorts
 //! after every number.
 
 use std::cmp::Ordering;
+
+use crate::post::{better, fast_order_bits, order_bits};
 
 /// Reusable scratch for [`TopK::select`]: keeps its buffers between requests, so steady-state
 /// serving does no heap growth here.
@@ -23,29 +25,6 @@ pub struct TopK {
 const PREFILTER_MIN: usize = 8192;
 /// Scores sampled (evenly spaced) to estimate the prefilter threshold.
 const SAMPLE: usize = 1024;
-
-/// Maps a score to a `u32` whose unsigned order is the score's numeric order (flip the sign bit
-/// of positives, all bits of negatives), with `-0.0` folded onto `0.0` and NaN below everything.
-#[inline]
-fn order_bits(x: f32) -> u32 {
-    if x.is_nan() {
-        return 0;
-    }
-    let b = (x + 0.0).to_bits(); // -0.0 + 0.0 = +0.0
-    if b >> 31 == 1 {
-        !b
-    } else {
-        b | 0x8000_0000
-    }
-}
-
-/// [`order_bits`] without the NaN test (callers exclude NaN), branch-free so loops over it
-/// vectorise: equal to `order_bits` on every non-NaN value.
-#[inline(always)]
-fn fast_order_bits(x: f32) -> u32 {
-    let b = (x + 0.0).to_bits(); // -0.0 + 0.0 = +0.0
-    b ^ (((b as i32) >> 31) as u32 | 0x8000_0000)
-}
 
 /// Keys (`order_bits << 32 | !i`) of every `y[i]` whose order bits are `>= t`, into `keys`
 /// (cleared first), in index order.
@@ -87,12 +66,6 @@ fn keep_best(keys: &mut Vec<u64>, k: usize) {
         keys.truncate(k);
     }
     keys.sort_unstable_by(|a, b| b.cmp(a));
-}
-
-/// Comparator for the general path: best first, ties by lower position.
-#[inline]
-fn better(sa: f32, sb: f32, a: usize, b: usize) -> Ordering {
-    order_bits(sb).cmp(&order_bits(sa)).then(a.cmp(&b))
 }
 
 impl TopK {

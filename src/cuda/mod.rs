@@ -144,3 +144,122 @@ impl CudaExecutor {
         self.plan.run_batch(users, top_k)
     }
 }
+
+/// The engine's view of the GPU: requests validated and resolved by the front end, one
+/// [`Plan::run_batch`] for every valid request of the batch (unknown candidates compacted out,
+/// mapped back after), then the shared post-processing (finiteness, the top-k order) of
+/// [`crate::post`]. The kernel proposes each user's best `k` (the largest `k` of the batch);
+/// [`crate::post::finish`] orders them with the CPU's comparator and keeps each request's own `k`.
+impl crate::exec::Executor for CudaExecutor {
+    fn run_batch(
+        &self,
+        ctx: &crate::exec::Ctx<'_>,
+        calls: &[(&crate::Request, &crate::RunOptions)],
+    ) -> Vec<Result<crate::Response>> {
+        use crate::frontend::{Frontend, ResolvedCandidates, ResolvedUser};
+        use std::time::Instant;
+        struct Prepared {
+            user: ResolvedUser,
+            cands: ResolvedCandidates,
+            /// Request positions of the known candidates, in order (the rows sent).
+            positions: Vec<usize>,
+            rows: Vec<u32>,
+        }
+        let start = Instant::now();
+        let fe = ctx.fe;
+        let prepare = |(r, o): &(&crate::Request, &crate::RunOptions)| {
+            o.check("queued")?;
+            let user = fe.resolve_user(&r.user)?;
+            let cands = fe.resolve_candidates(&r.candidates)?;
+            let mut gaps = cands.missing_positions.iter().peekable();
+            let (mut positions, mut rows) = (Vec::new(), Vec::new());
+            for (i, &row) in cands.rows.iter().enumerate() {
+                if gaps.next_if_eq(&&i).is_none() {
+                    positions.push(i);
+                    rows.push(row);
+                }
+            }
+            Ok(Prepared {
+                user,
+                cands,
+                positions,
+                rows,
+            })
+        };
+        let prepared: Vec<Result<Prepared>> = calls.iter().map(prepare).collect();
+        let resolve = start.elapsed();
+        let inputs: Vec<UserInput<'_>> = prepared
+            .iter()
+            .zip(calls)
+            .filter_map(|(p, (r, _))| p.as_ref().ok().map(|p| (p, r)))
+            .map(|(p, r)| UserInput {
+                long_rows: &p.user.long_rows,
+                short_rows: &p.user.short_rows,
+                field_ids: &p.user.field_ids,
+                dense: &r.user.dense,
+                candidate_rows: &p.rows,
+            })
+            .collect();
+        let k_max = calls
+            .iter()
+            .filter_map(|(r, o)| Frontend::clamp_k(o.top_k, r.candidates.len()))
+            .max()
+            .unwrap_or(0);
+        let t = Instant::now();
+        let outputs = match self.run_batch(&inputs, k_max) {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                return prepared
+                    .into_iter()
+                    .map(|p| p.and_then(|_| Err(Error::Device(msg.clone()))))
+                    .collect();
+            }
+        };
+        let device_time = t.elapsed();
+        let cfg = &fe.model.config;
+        let mut outputs = outputs.into_iter();
+        prepared
+            .into_iter()
+            .zip(calls)
+            .map(|(p, (r, o))| {
+                let p = p?;
+                let out = outputs.next().ok_or_else(|| {
+                    Error::Device("the GPU returned fewer users than sent".into())
+                })?;
+                let mut scores = vec![None; r.candidates.len()];
+                for (&pos, &s) in p.positions.iter().zip(&out.scores) {
+                    scores[pos] = Some(s);
+                }
+                let proposals = out
+                    .top_k
+                    .iter()
+                    .filter_map(|&(i, _)| {
+                        let pos = *p.positions.get(i)?;
+                        Some((pos, scores[pos]?))
+                    })
+                    .collect();
+                let computed = crate::post::Computed {
+                    interests: out.interests,
+                    scores,
+                    scores_checked: false,
+                    proposals,
+                    timings: crate::StageTimes {
+                        resolve,
+                        score: device_time,
+                        ..Default::default()
+                    },
+                };
+                crate::post::finish(
+                    computed,
+                    &r.candidates,
+                    &p.user,
+                    p.cands,
+                    o,
+                    (cfg.interests, cfg.dim),
+                    ctx.version,
+                )
+            })
+            .collect()
+    }
+}

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::safetensors_file::{fmt_shape, RawTensor, SafetensorsFile};
 use crate::tensor::{first_non_finite, widen, DType, MappedMatrix};
 
+use sha2::Digest;
+
 pub(super) fn load(path: &Path) -> Result<Model> {
     let file = SafetensorsFile::open(path)?;
     let config_text = file.metadata(CONFIG_KEY).ok_or_else(|| Error::Config {
@@ -70,6 +72,7 @@ pub(super) fn load(path: &Path) -> Result<Model> {
         },
         tensors,
         path: path.to_path_buf(),
+        sha256: sha2::Sha256::digest(&file.map[..]).into(),
     })
 }
 

@@ -114,6 +114,8 @@ pub struct Model {
     /// Every tensor of the file, in file order.
     pub tensors: Vec<TensorInfo>,
     pub path: PathBuf,
+    /// SHA-256 of the whole file, taken at load.
+    pub sha256: [u8; 32],
 }
 
 impl Model {
@@ -125,5 +127,13 @@ impl Model {
     /// those reads fault. Replace a model file by writing a new file and renaming it over the old.
     pub fn load(path: impl AsRef<Path>) -> crate::Result<Self> {
         load::load(path.as_ref())
+    }
+
+    /// The model's version as SPEC §7 defines it: the first 16 hex digits of the file's SHA-256.
+    pub fn version(&self) -> String {
+        self.sha256[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }

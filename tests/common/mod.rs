@@ -135,11 +135,11 @@ pub fn check_response(
 ) {
     // X^U elementwise.
     let rows = exp["interests"].as_array().unwrap();
-    assert_eq!(resp.interests.n, rows.len(), "{what}: n");
+    assert_eq!(resp.interests.as_ref().unwrap().n, rows.len(), "{what}: n");
     for (j, row) in rows.iter().enumerate() {
         for (c, want) in row.as_array().unwrap().iter().enumerate() {
             let want = want.as_f64().unwrap();
-            let got = f64::from(resp.interests.row(j)[c]);
+            let got = f64::from(resp.interests.as_ref().unwrap().row(j)[c]);
             assert!(
                 close(got, want, tol),
                 "{what}: X^U[{j}][{c}] = {got}, reference {want}"
@@ -331,12 +331,14 @@ pub fn run_fixture_result(
                 top_k,
                 missing_candidates: x.missing.clone(),
                 skipped_behaviors: x.skipped,
-                interests: hcn_prerank::UserInterests {
+                interests: Some(hcn_prerank::UserInterests {
                     n: model.config.interests,
                     dim: model.config.dim,
                     values: o.interests,
                     skipped_behaviors: x.skipped,
-                },
+                }),
+                model_version: hcn_prerank::Model::version(model).into(),
+                timings: Default::default(),
             }
         })
         .collect())

@@ -1,0 +1,424 @@
+//! The CPU executors: one driver ([`CpuExecutor`]) over two implementations of the math
+//! ([`CpuMath`]): [`FastCpu`] (f32 SIMD kernels, SPEC §1.2's cheaper order) and [`ReferenceCpu`]
+//! (the scalar f64 oracle). The driver does what both share: the pool, the user side overlapped
+//! with candidate resolution and warm-up, chunked scoring with each chunk's finiteness check and
+//! pre-selection of its best k while its scores are in cache, the merge, keep-awake.
+
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use super::user::{self, UserPlan};
+use super::{Ctx, Executor};
+use crate::cpu::{Kernels, RowSource, TopK};
+use crate::error::{Error, Result};
+use crate::frontend::{Frontend, ResolvedCandidates, ResolvedUser};
+use crate::options::{CpuKernels, EngineOptions, Parallelism};
+use crate::post::{self, Computed};
+use crate::reference;
+use crate::request::{Request, Response, RunOptions, StageTimes};
+
+/// Scores store rows: `out[i] = y(X^U, row rows[i])`.
+pub(crate) type RowScorer<'a> = Box<dyn Fn(&[u32], &mut [f32]) -> Result<()> + Sync + 'a>;
+
+/// The math of SPEC §1 on the CPU, as the driver needs it.
+pub(crate) trait CpuMath: Send + Sync + std::fmt::Debug {
+    /// `X^U` (`n × D`) of a resolved user; `parallel`: the towers may run side by side.
+    fn interests(
+        &self,
+        fe: &Frontend,
+        user: &ResolvedUser,
+        dense: &[f32],
+        parallel: bool,
+    ) -> Vec<f32>;
+    /// A scorer of candidate-store rows for these (finite, well-shaped) interests.
+    fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>>;
+}
+
+/// f32 on the SIMD kernels of [`crate::cpu`].
+#[derive(Debug)]
+pub(crate) struct FastCpu {
+    kernels: Kernels,
+    plan: UserPlan,
+}
+
+impl CpuMath for FastCpu {
+    fn interests(
+        &self,
+        fe: &Frontend,
+        user: &ResolvedUser,
+        dense: &[f32],
+        parallel: bool,
+    ) -> Vec<f32> {
+        let cfg = &fe.model.config;
+        let x_long = gather_tokens(fe, &user.long_rows);
+        let x_short = gather_tokens(fe, &user.short_rows);
+        let mut out = vec![0.0f32; cfg.interests * cfg.dim];
+        user::user_interests(
+            &self.kernels,
+            &fe.model,
+            &self.plan,
+            &x_long,
+            &x_short,
+            &user.field_ids,
+            dense,
+            parallel,
+            &mut out,
+        );
+        out
+    }
+
+    fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>> {
+        let cfg = &fe.model.config;
+        let q = self
+            .kernels
+            .score_query(interests, cfg.interests, cfg.dim, cfg.score)?;
+        let store = &fe.candidates.vectors;
+        Ok(Box::new(move |rows, out| {
+            q.score_rows(RowSource::from_matrix(store)?, rows, out)
+        }))
+    }
+}
+
+/// The scalar f64 oracle of [`crate::reference`].
+#[derive(Debug)]
+pub(crate) struct ReferenceCpu;
+
+impl CpuMath for ReferenceCpu {
+    fn interests(&self, fe: &Frontend, user: &ResolvedUser, dense: &[f32], _: bool) -> Vec<f32> {
+        let x_long = gather_tokens(fe, &user.long_rows);
+        let x_short = gather_tokens(fe, &user.short_rows);
+        reference::user_interests(&fe.model, &x_long, &x_short, &user.field_ids, dense)
+    }
+
+    fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>> {
+        let cfg = &fe.model.config;
+        let (n, dim, mode) = (cfg.interests, cfg.dim, cfg.score);
+        Ok(Box::new(move |rows, out| {
+            let mut x = vec![0.0f32; dim];
+            for (o, &r) in out.iter_mut().zip(rows) {
+                fe.candidates.vectors.row_into(r as usize, &mut x);
+                *o = reference::score(interests, n, &x, mode);
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// Token rows gathered into `rows.len() × D` f32.
+fn gather_tokens(fe: &Frontend, rows: &[u32]) -> Vec<f32> {
+    let d = fe.model.config.dim;
+    let store = &fe.tokens.vectors;
+    let mut x = vec![0.0f32; rows.len() * d];
+    // Every row's loads first, then the widening: the rows are random in a large mapping.
+    for &r in rows {
+        crate::tensor::prefetch(store.row_bytes(r as usize));
+    }
+    for (chunk, &r) in x.chunks_exact_mut(d).zip(rows) {
+        store.row_into(r as usize, chunk);
+    }
+    x
+}
+
+/// A top-k selector with its winner buffer.
+type TopKScratch = (TopK, Vec<(usize, f32)>);
+
+thread_local! {
+    /// Per-thread top-k selector and buffers, reused across requests.
+    static TOP_K: std::cell::RefCell<TopKScratch> =
+        std::cell::RefCell::new((TopK::new(), Vec::new()));
+}
+
+/// Smallest number of candidates worth handing to another thread.
+const MIN_PARALLEL_CHUNK: usize = 2048;
+/// Rows scored between two deadline / cancellation checks (when the call has either).
+const CHECK_EVERY: usize = 8192;
+
+/// The CPU driver over one [`CpuMath`].
+#[derive(Debug)]
+pub(crate) struct CpuExecutor {
+    math: Box<dyn CpuMath>,
+    parallelism: Parallelism,
+    /// The pool of [`Parallelism::Threads`] / [`Parallelism::Pool`]; calls run inside it.
+    pool: Option<Arc<rayon::ThreadPool>>,
+    spinner: Arc<crate::spin::Spinner>,
+    keep_awake: Duration,
+}
+
+impl CpuExecutor {
+    pub fn new(fe: &Frontend, options: &EngineOptions) -> Result<Self> {
+        let math: Box<dyn CpuMath> = match options.kernels {
+            CpuKernels::Reference => Box::new(ReferenceCpu),
+            CpuKernels::Auto => {
+                let kernels = Kernels::detect();
+                let plan = UserPlan::new(&fe.model, &kernels);
+                Box::new(FastCpu { kernels, plan })
+            }
+            CpuKernels::Level(level) => {
+                let kernels = Kernels::new(level).ok_or_else(|| {
+                    Error::Device(format!("this CPU lacks the {} instructions", level.name()))
+                })?;
+                let plan = UserPlan::new(&fe.model, &kernels);
+                Box::new(FastCpu { kernels, plan })
+            }
+        };
+        let pool = match &options.parallelism {
+            Parallelism::Threads(t) => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(*t)
+                    .thread_name(|i| format!("hcn-{i}"))
+                    .build()
+                    .map_err(|e| Error::Device(format!("could not start {t} threads: {e}")))?,
+            )),
+            Parallelism::Pool(p) => Some(Arc::clone(p)),
+            Parallelism::None | Parallelism::Rayon(_) => None,
+        };
+        Ok(CpuExecutor {
+            math,
+            parallelism: options.parallelism.clone(),
+            pool,
+            spinner: Arc::default(),
+            keep_awake: options.keep_awake,
+        })
+    }
+
+    fn parallel(&self) -> bool {
+        self.parallelism != Parallelism::None
+    }
+
+    /// Runs `f` on the engine's pool when it has one (so the global pool stays unbuilt).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// How many pieces to split `m` candidates into (called inside [`CpuExecutor::install`]).
+    fn parallel_chunks(&self, m: usize) -> usize {
+        let threads = match self.parallelism {
+            Parallelism::None => return 1,
+            Parallelism::Rayon(t) if t > 0 => t,
+            _ => rayon::current_num_threads(),
+        };
+        threads.min(m / MIN_PARALLEL_CHUNK).max(1)
+    }
+
+    /// `X^U` of a resolved user, checked finite.
+    pub fn interests(&self, fe: &Frontend, user: &ResolvedUser, dense: &[f32]) -> Result<Vec<f32>> {
+        let values = self.install(|| self.math.interests(fe, user, dense, self.parallel()));
+        post::check_interests_finite(&values, fe.model.config.dim)?;
+        Ok(values)
+    }
+
+    /// One request, inside the pool.
+    fn run_one(&self, ctx: &Ctx<'_>, req: &Request, opts: &RunOptions) -> Result<Response> {
+        let fe = ctx.fe;
+        let start = Instant::now();
+        opts.check("before the user side")?;
+        let user = fe.resolve_user(&req.user)?;
+        let mut times = StageTimes {
+            resolve: start.elapsed(),
+            ..StageTimes::default()
+        };
+        let dim = fe.model.config.dim;
+        let (interests, resolved) = if self.parallel() {
+            // While one thread computes the user side, another resolves the candidates and pulls
+            // their store rows towards the caches (the last-level cache is shared), stopping when
+            // the user side is done: the scoring that follows finds them closer than DRAM.
+            let done = AtomicBool::new(false);
+            let (interests, resolved) = rayon::join(
+                || {
+                    let t = Instant::now();
+                    let x = self.math.interests(fe, &user, &req.user.dense, true);
+                    done.store(true, AtomicOrdering::Release);
+                    (x, t.elapsed())
+                },
+                || {
+                    let t = Instant::now();
+                    let r = fe.resolve_candidates(&req.candidates)?;
+                    let resolve = t.elapsed();
+                    warm_rows(fe, &r.rows, &done);
+                    Ok::<_, Error>((r, resolve))
+                },
+            );
+            let (resolved, resolve) = resolved?;
+            times.user = interests.1;
+            times.resolve += resolve;
+            (interests.0, resolved)
+        } else {
+            let t = Instant::now();
+            let x = self.math.interests(fe, &user, &req.user.dense, false);
+            times.user = t.elapsed();
+            let t = Instant::now();
+            let r = fe.resolve_candidates(&req.candidates)?;
+            times.resolve += t.elapsed();
+            (x, r)
+        };
+        post::check_interests_finite(&interests, dim)?;
+        opts.check("after the user side")?;
+        let k = Frontend::clamp_k(opts.top_k, req.candidates.len());
+        let (scores, proposals, score_time) =
+            self.score_and_select(fe, &interests, &req.candidates, &resolved, k, opts)?;
+        times.score = score_time.0;
+        times.top_k = score_time.1;
+        let computed = Computed {
+            interests,
+            scores,
+            scores_checked: true,
+            proposals,
+            timings: times,
+        };
+        let cfg = &fe.model.config;
+        post::finish(
+            computed,
+            &req.candidates,
+            &user,
+            resolved,
+            opts,
+            (cfg.interests, cfg.dim),
+            ctx.version,
+        )
+    }
+
+    /// Scores (when `opts.return_scores`, aligned with `ids`, `None` at unknown ones) and, when
+    /// `k` is given, the best `k` `(position, score)`, ordered, in one pass: each chunk of
+    /// candidates is scored, checked and pre-selected (its own best `k`) by the thread that
+    /// scored it, while its scores are in that core's cache; only the chunks' few winners are
+    /// merged here. Reading every score again on the calling thread would pull each cache line
+    /// across cores. Also returns the time of the scoring and of the merge.
+    #[allow(clippy::type_complexity)]
+    pub fn score_and_select(
+        &self,
+        fe: &Frontend,
+        interests: &[f32],
+        ids: &[u64],
+        resolved: &ResolvedCandidates,
+        k: Option<usize>,
+        opts: &RunOptions,
+    ) -> Result<(Vec<Option<f32>>, Vec<(usize, f32)>, (Duration, Duration))> {
+        let start = Instant::now();
+        let m = ids.len();
+        let mut scores = if opts.return_scores {
+            vec![None; m]
+        } else {
+            Vec::new()
+        };
+        let scorer = self.math.scorer(fe, interests)?;
+        let missing = &resolved.missing_positions;
+        let chunk = |offset: usize, out: &mut [Option<f32>], rows: &[u32]| {
+            if fe.candidates.is_empty() {
+                // Every candidate is unknown and there is no stand-in row: nothing to score.
+                return Ok(Vec::new());
+            }
+            let mut y = vec![0.0f32; rows.len()];
+            if opts.can_stop() {
+                for (ys, rs) in y.chunks_mut(CHECK_EVERY).zip(rows.chunks(CHECK_EVERY)) {
+                    opts.check("scoring")?;
+                    scorer(rs, ys)?;
+                }
+            } else {
+                scorer(rows, &mut y)?;
+            }
+            post::check_scores_finite(&y, offset, |p| missing.binary_search(&p).is_err(), ids)?;
+            for (o, &v) in out.iter_mut().zip(&y) {
+                *o = Some(v);
+            }
+            // Unknown ids had a stand-in row: drop their scores; -inf marks them for the
+            // selection (every other score is finite, checked above).
+            let from = missing.partition_point(|&p| p < offset);
+            let to = missing.partition_point(|&p| p < offset + rows.len());
+            for &p in &missing[from..to] {
+                if let Some(o) = out.get_mut(p - offset) {
+                    *o = None;
+                }
+                y[p - offset] = f32::NEG_INFINITY;
+            }
+            let mut winners = Vec::new();
+            if let Some(k) = k {
+                TOP_K.with(|cell| {
+                    let (selector, _) = &mut *cell.borrow_mut();
+                    selector.select_scores(&y, k, &mut winners);
+                });
+                winners.iter_mut().for_each(|w| w.0 += offset);
+            }
+            Ok::<_, Error>(winners)
+        };
+        let rows = &resolved.rows;
+        let chunks = self.parallel_chunks(m);
+        let per_chunk: Vec<Vec<(usize, f32)>> = if chunks <= 1 {
+            vec![chunk(0, &mut scores, rows)?]
+        } else {
+            let size = m.div_ceil(chunks);
+            if scores.is_empty() {
+                rows.par_chunks(size)
+                    .enumerate()
+                    .map(|(c, rows)| chunk(c * size, &mut [], rows))
+                    .collect::<Result<_>>()?
+            } else {
+                scores
+                    .par_chunks_mut(size)
+                    .zip(rows.par_chunks(size))
+                    .enumerate()
+                    .map(|(c, (out, rows))| chunk(c * size, out, rows))
+                    .collect::<Result<_>>()?
+            }
+        };
+        let scored = start.elapsed();
+        let mut winners = Vec::new();
+        if let Some(k) = k {
+            // Each chunk's best k arrive ordered (the chunks sorted them in parallel): a
+            // linear merge, ties by lower position (SPEC §1.5), gives the request's best k.
+            winners.reserve(k);
+            TopK::merge_ordered(&per_chunk, k, &mut winners);
+        }
+        Ok((scores, winners, (scored, start.elapsed() - scored)))
+    }
+
+    /// Keep-awake after a request (see [`crate::spin`]).
+    fn after_request(&self) {
+        if self.parallel() {
+            self.spinner.extend(self.keep_awake);
+        }
+    }
+}
+
+impl Executor for CpuExecutor {
+    fn run_batch(&self, ctx: &Ctx<'_>, calls: &[(&Request, &RunOptions)]) -> Vec<Result<Response>> {
+        self.install(|| {
+            let out = match self.parallelism {
+                Parallelism::None => calls.iter().map(|(r, o)| self.run_one(ctx, r, o)).collect(),
+                _ if calls.len() == 1 => vec![self.run_one(ctx, calls[0].0, calls[0].1)],
+                _ => calls
+                    .par_iter()
+                    .map(|(r, o)| self.run_one(ctx, r, o))
+                    .collect(),
+            };
+            self.after_request();
+            out
+        })
+    }
+}
+
+/// Touches the store rows of `rows` in order until `done` is set (a cache hint only).
+/// Between runs of rows it lets rayon hand this thread pending work first: the user side
+/// offers its short tower to another thread, which must not wait for a mere cache warm-up.
+fn warm_rows(fe: &Frontend, rows: &[u32], done: &AtomicBool) {
+    let store = &fe.candidates.vectors;
+    for chunk in rows.chunks(256) {
+        if done.load(AtomicOrdering::Acquire) {
+            return;
+        }
+        rayon::yield_now();
+        if done.load(AtomicOrdering::Acquire) {
+            return;
+        }
+        for &r in chunk {
+            if (r as usize) < store.rows() {
+                crate::tensor::prefetch(store.row_bytes(r as usize));
+            }
+        }
+    }
+}
