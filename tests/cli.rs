@@ -367,6 +367,53 @@ fn top_k_larger_than_the_scored_candidates_returns_them_all() {
     assert_eq!(line["top_k"].as_array().unwrap().len(), 2);
 }
 
+/// A caller-chosen k is clamped to the candidates, whatever its size: these values crashed the
+/// process ("capacity overflow", or an abort allocating k entries).
+#[test]
+fn huge_top_k_is_clamped_never_a_crash() {
+    let tiny = Tiny::new("top_k_huge");
+    for k in [
+        "18446744073709551615",
+        "4294967295",
+        "2147483648",
+        "1000000000000",
+    ] {
+        let out = tiny.score(
+            &["--top-k", k],
+            &format!("{}\n", request(&[id_of(1), 3, id_of(2)])),
+        );
+        assert!(out.status.success(), "--top-k {k}: {}", stderr(&out));
+        let line = &stdout_lines(&out)[0];
+        assert_eq!(line["top_k"].as_array().unwrap().len(), 2, "--top-k {k}");
+    }
+}
+
+/// `hcn bench` sizes that could not be held are refused with a message, not an abort.
+#[test]
+fn bench_refuses_sizes_it_cannot_hold() {
+    let tiny = Tiny::new("bench_huge");
+    for (flag, value, says) in [
+        ("--candidates-per-request", "18446744073709551615", "limit"),
+        ("--requests", "18446744073709551615", "GiB"),
+        ("--threads", "18446744073709551615", "threads"),
+    ] {
+        let mut args = vec!["bench".to_string()];
+        args.extend(tiny.engine_args());
+        args.extend([flag.to_string(), value.to_string()]);
+        if flag != "--candidates-per-request" {
+            args.extend(["--candidates-per-request".to_string(), "10".to_string()]);
+        }
+        let out = run(&args, "");
+        assert!(!out.status.success(), "{flag} {value}");
+        assert!(
+            stderr(&out).contains(says),
+            "{flag} {value}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
 #[test]
 fn emit_interests_gives_n_rows_of_d() {
     let tiny = Tiny::new("interests");

@@ -531,6 +531,7 @@ mod model {
             weights,
             tensors: Vec::new(),
             path: "in-memory".into(),
+            sha256: [0; 32],
         }
     }
 }

@@ -267,6 +267,7 @@ fn model(seed: u64, json: &str) -> Model {
         weights,
         tensors: Vec::new(),
         path: "in-memory".into(),
+        sha256: [0; 32],
     }
 }
 

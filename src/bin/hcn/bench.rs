@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
     /// Threads of the rayon pool the engine runs in.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub threads: u64,
     /// Top-k returned per request.
     #[arg(long, default_value_t = 1000)]
@@ -118,6 +118,27 @@ fn generate(engine: &Engine, args: &BenchArgs) -> Result<Vec<Request>, String> {
     let cfg = &engine.model().config;
     let token_ids = nonempty_ids(engine.tokens(), "token")?;
     let candidate_ids = nonempty_ids(engine.candidates(), "candidate")?;
+    // Every request is drawn before timing: refuse sizes that cannot be held, instead of
+    // letting an allocation abort the process.
+    let limit = engine.options().limits.max_candidates;
+    if args.candidates_per_request > limit {
+        return Err(format!(
+            "--candidates-per-request {} exceeds the engine's limit of {limit} candidates per request",
+            args.candidates_per_request
+        ));
+    }
+    const MAX_BYTES: u128 = 8 << 30;
+    let per_request = (args.candidates_per_request + cfg.long_len + cfg.short_len) as u128 * 8;
+    let bytes = per_request * u128::from(args.requests);
+    if bytes > MAX_BYTES {
+        return Err(format!(
+            "--requests {} × {} candidates would need {:.1} GiB of pre-drawn requests (at most {} GiB)",
+            args.requests,
+            args.candidates_per_request,
+            bytes as f64 / f64::from(1u32 << 30),
+            MAX_BYTES >> 30
+        ));
+    }
     let mut rng = Rng::new(args.seed);
     let draw = |ids: &[u64], count: usize, rng: &mut Rng| -> Vec<u64> {
         (0..count).map(|_| ids[rng.below(ids.len())]).collect()
