@@ -13,15 +13,19 @@
 // to m) — documented in src/cuda/mod.rs.
 // Mapping: grid (B), block 256.  Output slots b·k … b·k + k − 1 (positions relative to the
 // user's first candidate, and scores); slots past min(k, m) get position −1.
-// Assumes: scores are finite (NaN would still get a deterministic place); m < 2^31.
+// Assumes: m < 2^31. Ties: -0.0 = +0.0; a NaN ranks last (as on the CPU).
 #include "common.cuh"
 
 #define TOPK_THREADS 256
 #define TOPK_WARPS (TOPK_THREADS / HCN_WARP)
 
+// The order of the CPU (src/post.rs, `order_bits`): -0.0 ties with +0.0, a NaN ranks below
+// every number (the engine rejects non-finite scores anyway; this keeps the kernel's proposals
+// the CPU's at a tie on the k-th place).
 __device__ __forceinline__ unsigned long long topk_key(float s, int i) {
-  const unsigned u = __float_as_uint(s);
-  const unsigned ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  unsigned u = __float_as_uint(s);
+  if (u == 0x80000000u) u = 0u;  // -0.0 -> +0.0
+  const unsigned ordered = (s != s) ? 0u : ((u & 0x80000000u) ? ~u : (u | 0x80000000u));
   return ((unsigned long long)ordered << 32) | (unsigned long long)(0xFFFFFFFFu - (unsigned)i);
 }
 

@@ -89,6 +89,22 @@ impl Engine {
         })
     }
 
+    /// An engine whose whole requests go to `device` (the CUDA module's emulated executor).
+    #[allow(dead_code)] // only the `cuda` feature builds one
+    pub(crate) fn with_device(
+        model: Arc<Model>,
+        tokens: Arc<ItemStore>,
+        candidates: Arc<ItemStore>,
+        options: EngineOptions,
+        device: Box<dyn Executor>,
+        report: String,
+    ) -> Result<Self> {
+        let mut engine = Self::new(model, tokens, candidates, options)?;
+        engine.device = Some(device);
+        engine.device_report = report;
+        Ok(engine)
+    }
+
     pub fn model(&self) -> &Model {
         &self.fe.model
     }

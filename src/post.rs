@@ -152,7 +152,7 @@ pub(crate) fn finish(
         top_k,
         missing_candidates: cands.missing,
         skipped_behaviors: user.skipped_behaviors,
-        interests: options.return_interests.then(|| UserInterests {
+        interests: options.return_interests.then_some(UserInterests {
             n,
             dim,
             values: c.interests,

@@ -153,7 +153,8 @@ fn ref_score(xu: &[f64], n: usize, x: &[f64], mode: i32) -> f64 {
 
 fn ref_topk(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    // The engine's one order (SPEC §1.5; -0.0 = +0.0, NaN last), shared by every executor.
+    idx.sort_by(|&a, &b| hcn_prerank::post::better(scores[a], scores[b], a, b));
     idx.into_iter().take(k).map(|i| (i, scores[i])).collect()
 }
 
@@ -407,6 +408,10 @@ fn topk_selects_the_k_largest_with_ties_by_position() {
             .collect(),
         rng.vec(333, 10.0),
         vec![1.0; 300],
+        // Signed zeros tie (the lower position wins) and a NaN ranks last, as on the CPU: a
+        // key from the raw bits put +0.0 above -0.0 and a NaN first.
+        vec![-0.0, 0.0, -0.0, 0.0, -1.0],
+        vec![f32::NAN, -1.0, 0.0, f32::NAN, 2.0],
     ];
     let lens: Vec<usize> = users.iter().map(Vec::len).collect();
     let offs = offsets(&lens);
@@ -433,8 +438,11 @@ fn topk_selects_the_k_largest_with_ties_by_position() {
                 slots[got.len()..].iter().all(|&p| p == -1),
                 "user {u} k={k}: unused slots"
             );
-            got.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            assert_eq!(got, want, "user {u} k={k}");
+            got.sort_by(|a, b| hcn_prerank::post::better(a.1, b.1, a.0, b.0));
+            let bits = |v: &[(usize, f32)]| -> Vec<(usize, u32)> {
+                v.iter().map(|&(p, s)| (p, s.to_bits())).collect()
+            };
+            assert_eq!(bits(&got), bits(&want), "user {u} k={k}");
         }
     }
 }

@@ -43,7 +43,8 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 
 fn host_topk(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    // The engine's one order (SPEC §1.5; -0.0 = +0.0, NaN last), shared by every executor.
+    idx.sort_by(|&a, &b| hcn_prerank::post::better(scores[a], scores[b], a, b));
     idx.into_iter().take(k).map(|i| (i, scores[i])).collect()
 }
 

@@ -156,6 +156,18 @@ impl crate::exec::Executor for CudaExecutor {
         ctx: &crate::exec::Ctx<'_>,
         calls: &[(&crate::Request, &crate::RunOptions)],
     ) -> Vec<Result<crate::Response>> {
+        run_plan(&self.plan, ctx, calls)
+    }
+}
+
+/// [`Plan::run_batch`] for the engine's requests, whatever the backend (the GPU, or the CPU
+/// emulation of [`emulated_engine`]).
+fn run_plan<B: backend::Backend>(
+    plan: &Plan<B>,
+    ctx: &crate::exec::Ctx<'_>,
+    calls: &[(&crate::Request, &crate::RunOptions)],
+) -> Vec<Result<crate::Response>> {
+    {
         use crate::frontend::{Frontend, ResolvedCandidates, ResolvedUser};
         use std::time::Instant;
         struct Prepared {
@@ -206,7 +218,7 @@ impl crate::exec::Executor for CudaExecutor {
             .max()
             .unwrap_or(0);
         let t = Instant::now();
-        let outputs = match self.run_batch(&inputs, k_max) {
+        let outputs = match plan.run_batch(&inputs, k_max) {
             Ok(o) => o,
             Err(e) => {
                 let msg = e.to_string();
@@ -262,4 +274,52 @@ impl crate::exec::Executor for CudaExecutor {
             })
             .collect()
     }
+}
+
+/// The plan on the CPU emulation of the kernels ([`emu`]), as an engine executor: what the
+/// tests use to run whole requests through the GPU's plan without a GPU.
+struct EmulatedExecutor {
+    plan: Plan<emu::EmuBackend>,
+}
+
+impl std::fmt::Debug for EmulatedExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedExecutor").finish_non_exhaustive()
+    }
+}
+
+impl crate::exec::Executor for EmulatedExecutor {
+    fn run_batch(
+        &self,
+        ctx: &crate::exec::Ctx<'_>,
+        calls: &[(&crate::Request, &crate::RunOptions)],
+    ) -> Vec<Result<crate::Response>> {
+        run_plan(&self.plan, ctx, calls)
+    }
+}
+
+/// An engine whose whole requests run through the GPU plan on the CPU emulation of the kernels
+/// (tests only: slow, and not a device). Its front end, post-processing and split API are the
+/// engine's own.
+#[doc(hidden)]
+pub fn emulated_engine(
+    model: std::sync::Arc<Model>,
+    tokens: std::sync::Arc<ItemStore>,
+    candidates: std::sync::Arc<ItemStore>,
+    options: crate::EngineOptions,
+) -> Result<crate::Engine> {
+    let plan = Plan::new(
+        emu::EmuBackend,
+        &model,
+        StoreSource::from_store(&tokens),
+        StoreSource::from_store(&candidates),
+    )?;
+    crate::Engine::with_device(
+        model,
+        tokens,
+        candidates,
+        options,
+        Box::new(EmulatedExecutor { plan }),
+        "cuda-emulation (CPU)".into(),
+    )
 }

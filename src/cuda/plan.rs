@@ -451,8 +451,9 @@ impl<B: Backend> Plan<B> {
                     .filter(|(&p, _)| p >= 0)
                     .map(|(&p, &v)| (p as usize, v))
                     .collect();
-                // The kernel returns the winners in position order; best first, ties by position.
-                top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                // The kernel returns the winners in position order; put them in the one order
+                // every executor shares (SPEC §1.5, -0.0 = +0.0).
+                top.sort_by(|a, b| crate::post::better(a.1, b.1, a.0, b.0));
                 out.push(UserOutput {
                     interests: xu_h
                         .get(ui * n * d..(ui + 1) * n * d)
