@@ -159,8 +159,8 @@ impl Engine {
     /// the request under [`UnknownIds::Reject`](crate::UnknownIds::Reject)).
     pub fn score(&self, interests: &UserInterests, candidates: &[u64]) -> Result<Scores> {
         self.fe.check_interests(interests)?;
-        let resolved = self.fe.resolve_candidates(candidates)?;
         let opts = RunOptions::default();
+        let resolved = self.fe.resolve_candidates(candidates, &opts)?;
         let (scores, _, _) = self.host.install(|| {
             self.host.score_and_select(
                 &self.fe,

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::options::{EngineOptions, Limits, UnknownIds};
-use crate::request::{Request, UserInterests, UserRequest};
+use crate::request::{Request, RunOptions, UserInterests, UserRequest};
+
+/// Candidate ids resolved between two deadline / cancellation checks (when the call has either).
+pub(crate) const CHECK_IDS: usize = 16384;
 use crate::store::ItemStore;
 
 /// A user request after validation: token rows (SPEC §1.1 applied) and field ids in config order.
@@ -218,13 +221,22 @@ impl Frontend {
 
     /// Store rows of the candidates (row 0 standing in for unknown ids), the unknown ids'
     /// positions and the ids themselves.
-    pub fn resolve_candidates(&self, candidates: &[u64]) -> Result<ResolvedCandidates> {
+    /// `opts`' deadline and cancellation are checked every [`CHECK_IDS`] ids.
+    pub fn resolve_candidates(
+        &self,
+        candidates: &[u64],
+        opts: &RunOptions,
+    ) -> Result<ResolvedCandidates> {
         self.check_candidate_count(candidates.len())?;
         // Written in place (no `push`): this loop runs once per candidate.
         let mut rows = vec![0u32; candidates.len()];
         let mut missing_positions = Vec::new();
         let mut missing = Vec::new();
+        let can_stop = opts.can_stop();
         for (i, (&id, row)) in candidates.iter().zip(rows.iter_mut()).enumerate() {
+            if can_stop && i % CHECK_IDS == 0 {
+                opts.check("resolving candidates")?;
+            }
             match self.candidates.lookup(id) {
                 Some(r) => *row = r,
                 None => {

@@ -182,7 +182,7 @@ fn run_plan<B: backend::Backend>(
         let prepare = |(r, o): &(&crate::Request, &crate::RunOptions)| {
             o.check("queued")?;
             let user = fe.resolve_user(&r.user)?;
-            let cands = fe.resolve_candidates(&r.candidates)?;
+            let cands = fe.resolve_candidates(&r.candidates, o)?;
             let mut gaps = cands.missing_positions.iter().peekable();
             let (mut positions, mut rows) = (Vec::new(), Vec::new());
             for (i, &row) in cands.rows.iter().enumerate() {

@@ -238,7 +238,7 @@ impl CpuExecutor {
                 },
                 || {
                     let t = Instant::now();
-                    let r = fe.resolve_candidates(&req.candidates)?;
+                    let r = fe.resolve_candidates(&req.candidates, opts)?;
                     let resolve = t.elapsed();
                     warm_rows(fe, &r.rows, &done);
                     Ok::<_, Error>((r, resolve))
@@ -253,7 +253,7 @@ impl CpuExecutor {
             let x = self.math.interests(fe, &user, &req.user.dense, false);
             times.user = t.elapsed();
             let t = Instant::now();
-            let r = fe.resolve_candidates(&req.candidates)?;
+            let r = fe.resolve_candidates(&req.candidates, opts)?;
             times.resolve += t.elapsed();
             (x, r)
         };
