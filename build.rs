@@ -16,6 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The codes host and kernels share (score modes, concat blocks): the crate's own definitions.
+#[path = "src/abi.rs"]
+mod abi;
+
 /// `-gencode` pairs: real SASS for the architectures we serve on, PTX for the oldest so that a
 /// newer GPU can JIT it.
 const GENCODES: &[(&str, &str)] = &[
@@ -47,8 +51,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=NVCC_CCBIN");
 
+    println!("cargo:rerun-if-changed=src/abi.rs");
+    std::fs::write(out.join("hcn_abi.h"), abi::header()).expect("writing hcn_abi.h");
+
     build_fatbin(&root, &kdir, &kernels, &out);
-    build_emulation(&kdir);
+    build_emulation(&kdir, &out);
 }
 
 /// Files of `dir` ending in `.ext`, sorted (so the generated translation unit is stable).
@@ -97,7 +104,9 @@ fn build_fatbin(root: &Path, kdir: &Path, kernels: &[PathBuf], out: &Path) {
     cmd.arg("--fatbin")
         .args(["-O3", "-std=c++17", "--Werror", "all-warnings"])
         .arg("-I")
-        .arg(kdir);
+        .arg(kdir)
+        .arg("-I")
+        .arg(out);
     // The pip wheels put headers at <prefix>/include (runtime, crt) and <prefix>/include/cccl;
     // nvcc.profile already points there when its target dir is empty, but a stray system profile
     // or a relocated install might not, so say it explicitly (harmless when redundant).
@@ -138,12 +147,13 @@ fn build_fatbin(root: &Path, kdir: &Path, kernels: &[PathBuf], out: &Path) {
     std::fs::write(out.join("nvcc_command.txt"), &line).expect("writing nvcc_command.txt");
 }
 
-fn build_emulation(kdir: &Path) {
+fn build_emulation(kdir: &Path, out: &Path) {
     cc::Build::new()
         .cpp(true)
         .std("c++20")
         .file(kdir.join("emu/launch.cpp"))
         .include(kdir)
+        .include(out)
         .flag("-pthread")
         // `#pragma unroll` is an nvcc pragma; g++ ignores it, which is what we want.
         .flag_if_supported("-Wno-unknown-pragmas")

@@ -73,10 +73,10 @@ extern "C" __global__ void co_interest_f32(const float* __restrict__ lhat,
     float* orow = out + (row0 + i) * ldo;
     for (int b = 0; b < num_blocks; ++b) {
       const unsigned code = (block_codes >> (2 * b)) & 3u;
-      const float val = code == 0u   ? L[(long long)i * ld_in + c]
-                        : code == 1u ? S[(long long)i * ld_in + c]
-                        : code == 2u ? lt
-                                     : st;
+      const float val = code == HCN_BLOCK_LONG    ? L[(long long)i * ld_in + c]
+                        : code == HCN_BLOCK_SHORT ? S[(long long)i * ld_in + c]
+                        : code == HCN_BLOCK_LONG_ALIGNED ? lt
+                                                         : st;
       orow[b * dim + c] = val;
     }
   }

@@ -11,18 +11,7 @@ pub const CONFIG_KEY: &str = "hcn.config";
 /// The only format string this engine reads.
 pub const FORMAT: &str = "hcn/1";
 
-/// A concat block of the co-interest network (SPEC §1.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Block {
-    /// `L̂`, the long-term interests.
-    Long,
-    /// `Ŝ`, the short-term interests.
-    Short,
-    /// `L̃ = softmax_rows(E) Ŝ`.
-    LongAligned,
-    /// `S̃ = softmax_cols(E)ᵀ L̂`.
-    ShortAligned,
-}
+pub use crate::abi::{Block, ScoreMode};
 
 impl Block {
     pub fn name(self) -> &'static str {
@@ -43,17 +32,6 @@ impl Block {
             _ => return None,
         })
     }
-}
-
-/// How a candidate's `n` inner products become one logit (SPEC §1.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScoreMode {
-    /// `y = Σ_j softmax(s)_j s_j` (eq. 8).
-    Softmax,
-    /// `y = max_j s_j`.
-    Max,
-    /// `y = mean_j s_j`.
-    Mean,
 }
 
 impl ScoreMode {

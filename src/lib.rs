@@ -11,6 +11,7 @@
 //! [`reference`](mod@reference) is the plain scalar oracle of SPEC §1, [`engine`] is the public
 //! API over the request front end, the executors and [`post`] (shared post-processing).
 
+mod abi;
 pub mod auc;
 pub mod config;
 pub mod cpu;

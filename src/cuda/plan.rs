@@ -18,7 +18,7 @@
 
 use super::backend::{Backend, HostInputs, StoreDesc};
 use super::launch;
-use crate::config::{Block, HcnConfig, ScoreMode};
+use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower, UserProfile};
 use crate::tensor::DType;
 use crate::{Error, Result};
@@ -158,15 +158,6 @@ fn host_profile(p: &UserProfile, dim: usize, field_ids: &[usize], dense: &[f32])
     x
 }
 
-fn block_code(b: Block) -> u8 {
-    match b {
-        Block::Long => 0,
-        Block::Short => 1,
-        Block::LongAligned => 2,
-        Block::ShortAligned => 3,
-    }
-}
-
 fn tail(rows: &[u32], max: usize) -> &[u32] {
     &rows[rows.len().saturating_sub(max)..]
 }
@@ -206,13 +197,9 @@ impl<B: Backend> Plan<B> {
             blocks: cfg
                 .co_interest_concat
                 .iter()
-                .map(|&b| block_code(b))
+                .map(|&b| b as u8) // src/abi.rs: the kernels' codes
                 .collect(),
-            mode: match cfg.score {
-                ScoreMode::Softmax => 0,
-                ScoreMode::Max => 1,
-                ScoreMode::Mean => 2,
-            },
+            mode: cfg.score as i32,
             profile: w.user.clone(),
             long,
             short,
