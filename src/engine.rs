@@ -222,6 +222,7 @@ impl Engine {
         let ctx = Ctx {
             fe: &self.fe,
             version: &self.version,
+            host: &self.host,
         };
         let out = match &self.device {
             Some(device) => device.run_batch(&ctx, calls),

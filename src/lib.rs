@@ -24,6 +24,7 @@ pub mod cuda;
 pub mod engine;
 pub mod error;
 mod exec;
+mod fast;
 mod frontend;
 pub mod json;
 pub mod model;

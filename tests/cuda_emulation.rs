@@ -674,13 +674,18 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
     }
     // A duplicated candidate gives an exact score tie: top-k must order it by position.
     users[0].4[10] = users[0].4[3];
+    // X̂ is computed on the host for every executor (the plan takes it as an input).
+    let profiles: Vec<Vec<f32>> = users
+        .iter()
+        .map(|(_, _, f, dense, _)| hcn_prerank::reference::profile(&m, f, dense))
+        .collect();
     let inputs: Vec<UserInput<'_>> = users
         .iter()
-        .map(|(l, s, f, dense, c)| UserInput {
+        .zip(&profiles)
+        .map(|((l, s, _, _, c), p)| UserInput {
             long_rows: l,
             short_rows: s,
-            field_ids: f,
-            dense,
+            profile: p,
             candidate_rows: c,
         })
         .collect();
@@ -699,13 +704,14 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
             .flat_map(|&r| tok_w[r as usize * d..(r as usize + 1) * d].to_vec())
             .collect()
     };
-    for (u, (inp, o)) in inputs.iter().zip(&out).enumerate() {
+    for (u, ((inp, o), user)) in inputs.iter().zip(&out).zip(&users).enumerate() {
+        let (field_ids, dense) = (&user.2, &user.3);
         let xu = ref_user(
             &m,
             &rows_f64(inp.long_rows, cfg.long_len),
             &rows_f64(inp.short_rows, cfg.short_len),
-            inp.field_ids,
-            inp.dense,
+            field_ids,
+            dense,
         );
         assert_close(&o.interests, &xu, &format!("X^U user {u}"));
         // The project's oracle (`hcn_prerank::reference`) agrees with this file's own reference.
@@ -714,8 +720,8 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
             &m,
             &as_f32(rows_f64(inp.long_rows, cfg.long_len)),
             &as_f32(rows_f64(inp.short_rows, cfg.short_len)),
-            inp.field_ids,
-            inp.dense,
+            field_ids,
+            dense,
         );
         assert_close(&oracle, &xu, &format!("reference::user_interests user {u}"));
         let want: Vec<f64> = inp
@@ -795,7 +801,7 @@ fn plan_rejects_rows_outside_the_stores() {
     };
     assert!(matches!(
         plan.run_batch(&[bad], 1),
-        Err(hcn_prerank::Error::Request { .. })
+        Err(hcn_prerank::Error::Misuse { .. })
     ));
     let bad = UserInput {
         candidate_rows: &[0, 9],
@@ -803,10 +809,20 @@ fn plan_rejects_rows_outside_the_stores() {
     };
     assert!(matches!(
         plan.run_batch(&[bad], 1),
-        Err(hcn_prerank::Error::Request { .. })
+        Err(hcn_prerank::Error::Misuse { .. })
+    ));
+    let bad = UserInput {
+        candidate_rows: &[0],
+        profile: &[0.0; 3],
+        ..Default::default()
+    };
+    assert!(matches!(
+        plan.run_batch(&[bad], 1),
+        Err(hcn_prerank::Error::Misuse { .. })
     ));
     let ok = UserInput {
         long_rows: &[3],
+        profile: &[0.0; 4],
         candidate_rows: &[0, 1, 2],
         ..Default::default()
     };

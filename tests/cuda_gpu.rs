@@ -321,7 +321,7 @@ fn executor_matches_the_emulated_plan_on_the_industrial_shape() {
         (
             (0..l).map(|_| rng.below(nt) as u32).collect(),
             (0..s).map(|_| rng.below(nt) as u32).collect(),
-            rng.vec(4, 1.0),
+            hcn_prerank::reference::profile(&m, &[], &rng.vec(4, 1.0)),
             (0..c).map(|_| rng.below(nc) as u32).collect(),
         )
     })
@@ -331,8 +331,7 @@ fn executor_matches_the_emulated_plan_on_the_industrial_shape() {
         .map(|(l, s, dense, c)| UserInput {
             long_rows: l,
             short_rows: s,
-            field_ids: &[],
-            dense,
+            profile: dense,
             candidate_rows: c,
         })
         .collect();
@@ -353,7 +352,8 @@ fn executor_matches_the_emulated_plan_on_the_industrial_shape() {
     }
 }
 
-/// One user's inputs for [`user_inputs`]: long rows, short rows, dense features, candidates.
+/// One user's inputs for [`user_inputs`]: long rows, short rows, the profile vector `X̂`,
+/// candidates.
 type UserData = (Vec<u32>, Vec<u32>, Vec<f32>, Vec<u32>);
 
 fn user_inputs(batch: &[UserData]) -> Vec<UserInput<'_>> {
@@ -362,8 +362,7 @@ fn user_inputs(batch: &[UserData]) -> Vec<UserInput<'_>> {
         .map(|(l, s, dense, c)| UserInput {
             long_rows: l,
             short_rows: s,
-            field_ids: &[],
-            dense,
+            profile: dense,
             candidate_rows: c,
         })
         .collect()
@@ -423,7 +422,7 @@ fn pinned_staging_is_reused_across_batch_sizes_and_threads() {
                     (
                         (0..l).map(|_| rng.below(nt) as u32).collect(),
                         (0..s).map(|_| rng.below(nt) as u32).collect(),
-                        rng.vec(3, 1.0),
+                        hcn_prerank::reference::profile(&m, &[], &rng.vec(3, 1.0)),
                         (0..c).map(|_| rng.below(nc) as u32).collect(),
                     )
                 })

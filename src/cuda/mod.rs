@@ -172,6 +172,8 @@ fn run_plan<B: backend::Backend>(
         use std::time::Instant;
         struct Prepared {
             user: ResolvedUser,
+            /// `X̂`, from the host executor (the same for every executor).
+            profile: Vec<f32>,
             cands: ResolvedCandidates,
             /// Request positions of the known candidates, in order (the rows sent).
             positions: Vec<usize>,
@@ -182,6 +184,18 @@ fn run_plan<B: backend::Backend>(
         let prepare = |(r, o): &(&crate::Request, &crate::RunOptions)| {
             o.check("queued")?;
             let user = fe.resolve_user(&r.user)?;
+            let profile = ctx.host.profile(fe, &user.field_ids, &r.user.dense);
+            // The finiteness rule: a non-finite X̂ would make X^U non-finite (on the CPU this is
+            // caught on X^U; the plan refuses it as an input).
+            if let Some(i) = profile.iter().position(|v| !v.is_finite()) {
+                return Err(Error::overflow(
+                    "interests",
+                    format!(
+                        "X̂[{i}] (the profile vector) is {}: the model's arithmetic overflows F32 for this request",
+                        profile[i]
+                    ),
+                ));
+            }
             let cands = fe.resolve_candidates(&r.candidates, o)?;
             let mut gaps = cands.missing_positions.iter().peekable();
             let (mut positions, mut rows) = (Vec::new(), Vec::new());
@@ -193,6 +207,7 @@ fn run_plan<B: backend::Backend>(
             }
             Ok(Prepared {
                 user,
+                profile,
                 cands,
                 positions,
                 rows,
@@ -202,13 +217,11 @@ fn run_plan<B: backend::Backend>(
         let resolve = start.elapsed();
         let inputs: Vec<UserInput<'_>> = prepared
             .iter()
-            .zip(calls)
-            .filter_map(|(p, (r, _))| p.as_ref().ok().map(|p| (p, r)))
-            .map(|(p, r)| UserInput {
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| UserInput {
                 long_rows: &p.user.long_rows,
                 short_rows: &p.user.short_rows,
-                field_ids: &p.user.field_ids,
-                dense: &r.user.dense,
+                profile: &p.profile,
                 candidate_rows: &p.rows,
             })
             .collect();
@@ -221,10 +234,14 @@ fn run_plan<B: backend::Backend>(
         let outputs = match plan.run_batch(&inputs, k_max) {
             Ok(o) => o,
             Err(e) => {
-                let msg = e.to_string();
+                // The batch failed as a whole: every request in it gets the error, same kind.
+                let again = |e: &Error| match e {
+                    Error::Misuse { what, reason } => Error::misuse(what, reason),
+                    other => Error::Device(other.to_string()),
+                };
                 return prepared
                     .into_iter()
-                    .map(|p| p.and_then(|_| Err(Error::Device(msg.clone()))))
+                    .map(|p| p.and_then(|_| Err(again(&e))))
                     .collect();
             }
         };

@@ -13,13 +13,13 @@
 //! reused pinned memory and a single synchronisation).
 //! Layer 0's `Q = seeds Wq_0ᵀ + bq_0` does not depend on the user and is computed once on the
 //! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
-//! with the stacked weight `[Wk; Wv]`. The user profile MLP (`X̂`, SPEC §1.4) runs on the host
+//! with the stacked weight `[Wk; Wv]`. The user profile `X̂` (SPEC §1.4) is computed on the host
 //! (a few hundred flops) and enters the fusion GEMM as the right half of its input.
 
 use super::backend::{Backend, HostInputs, StoreDesc};
 use super::launch;
 use crate::config::HcnConfig;
-use crate::model::{Linear, Model, Tower, UserProfile};
+use crate::model::{Linear, Model, Tower};
 use crate::tensor::DType;
 use crate::{Error, Result};
 
@@ -53,10 +53,9 @@ pub struct UserInput<'a> {
     pub long_rows: &'a [u32],
     /// Token-store rows of the short-term sequence.
     pub short_rows: &'a [u32],
-    /// Per configured profile field (config order), the id inside that field's vocabulary.
-    pub field_ids: &'a [usize],
-    /// Dense profile features (`user_dense` values).
-    pub dense: &'a [f32],
+    /// `X̂`, the user's profile vector (SPEC §1.4, `D` values), computed on the host once per
+    /// user for every executor (`src/fast/profile.rs`; zero for a model without a profile).
+    pub profile: &'a [f32],
     /// Candidate-store rows to score, in request order.
     pub candidate_rows: &'a [u32],
 }
@@ -96,7 +95,6 @@ struct DeviceTower<B: Backend> {
 pub struct Plan<B: Backend> {
     backend: B,
     cfg: HcnConfig,
-    profile: UserProfile,
     long: DeviceTower<B>,
     short: DeviceTower<B>,
     co_w: B::F,
@@ -136,26 +134,6 @@ fn host_linear(l: &Linear, x: &[f32], rows: usize, relu: bool) -> Vec<f32> {
         }
     }
     y
-}
-
-/// `X̂` of SPEC §1.4 on the host: field embeddings (config order), dense features, the MLP with
-/// ReLU between layers. Zero when the model has no profile.
-fn host_profile(p: &UserProfile, dim: usize, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
-    if p.mlp.is_empty() {
-        return vec![0.0; dim];
-    }
-    let mut x = Vec::with_capacity(p.input_dim());
-    for (f, &id) in p.fields.iter().zip(field_ids) {
-        let mut row = vec![0.0f32; f.width()];
-        f.table.row_into(id, &mut row);
-        x.extend_from_slice(&row);
-    }
-    x.extend_from_slice(dense);
-    let last = p.mlp.len() - 1;
-    for (i, l) in p.mlp.iter().enumerate() {
-        x = host_linear(l, &x, 1, i < last);
-    }
-    x
 }
 
 fn tail(rows: &[u32], max: usize) -> &[u32] {
@@ -200,7 +178,6 @@ impl<B: Backend> Plan<B> {
                 .map(|&b| b as u8) // src/abi.rs: the kernels' codes
                 .collect(),
             mode: cfg.score as i32,
-            profile: w.user.clone(),
             long,
             short,
             tokens,
@@ -262,39 +239,21 @@ impl<B: Backend> Plan<B> {
             ("candidate_rows", u.candidate_rows, cand),
         ] {
             if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
-                return Err(Error::request(
+                return Err(Error::misuse(
                     field(name),
                     format!("row {r} is outside a store of {n} rows"),
                 ));
             }
         }
-        let p = &self.profile;
-        if u.field_ids.len() != p.fields.len() {
-            return Err(Error::request(
-                field("field_ids"),
-                format!(
-                    "{} ids for {} profile fields",
-                    u.field_ids.len(),
-                    p.fields.len()
-                ),
+        let d = self.cfg.dim;
+        if u.profile.len() != d {
+            return Err(Error::misuse(
+                field("profile"),
+                format!("{} values, the model has D = {d}", u.profile.len()),
             ));
         }
-        for (f, &id) in p.fields.iter().zip(u.field_ids) {
-            if id >= f.vocab() {
-                return Err(Error::request(
-                    format!("fields.{}", f.name),
-                    format!("id {id} outside the vocabulary of {}", f.vocab()),
-                ));
-            }
-        }
-        if u.dense.len() != p.dense {
-            return Err(Error::request(
-                "dense",
-                format!("{} values, the model expects {}", u.dense.len(), p.dense),
-            ));
-        }
-        if u.dense.iter().any(|v| !v.is_finite()) {
-            return Err(Error::request("dense", "non-finite value"));
+        if u.profile.iter().any(|v| !v.is_finite()) {
+            return Err(Error::misuse(field("profile"), "non-finite value"));
         }
         Ok(())
     }
@@ -324,10 +283,10 @@ impl<B: Backend> Plan<B> {
         // tile_n(X̂) (SPEC §1.4), computed on the host.
         let mut fuse_host = vec![0.0f32; bn * 2 * d];
         for (ui, u) in users.iter().enumerate() {
-            let xhat = host_profile(&self.profile, d, u.field_ids, u.dense);
+            let xhat = u.profile;
             for j in 0..n {
                 let row = (ui * n + j) * 2 * d;
-                fuse_host[row + d..row + 2 * d].copy_from_slice(&xhat);
+                fuse_host[row + d..row + 2 * d].copy_from_slice(xhat);
             }
         }
         let (staging, dev) = be.upload_batch(HostInputs {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::user::{self, UserPlan};
 use super::{Ctx, Executor};
 use crate::cpu::{Kernels, RowSource, TopK};
 use crate::error::{Error, Result};
+use crate::fast::{self, UserPlan};
 use crate::frontend::{Frontend, ResolvedCandidates, ResolvedUser};
 use crate::options::{CpuKernels, EngineOptions, Parallelism};
 use crate::post::{self, Computed};
@@ -33,6 +33,9 @@ pub(crate) trait CpuMath: Send + Sync + std::fmt::Debug {
         dense: &[f32],
         parallel: bool,
     ) -> Vec<f32>;
+    /// `X̂` (SPEC §1.4, `D` values): the profile vector, computed on the host for every
+    /// executor (the GPU plan takes it as an input).
+    fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32>;
     /// A scorer of candidate-store rows for these (finite, well-shaped) interests.
     fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>>;
 }
@@ -55,19 +58,23 @@ impl CpuMath for FastCpu {
         let cfg = &fe.model.config;
         let x_long = gather_tokens(fe, &user.long_rows);
         let x_short = gather_tokens(fe, &user.short_rows);
+        let x_hat = self.profile(fe, &user.field_ids, dense);
         let mut out = vec![0.0f32; cfg.interests * cfg.dim];
-        user::user_interests(
+        fast::user_interests(
             &self.kernels,
             &fe.model,
             &self.plan,
             &x_long,
             &x_short,
-            &user.field_ids,
-            dense,
+            &x_hat,
             parallel,
             &mut out,
         );
         out
+    }
+
+    fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
+        fast::profile::profile(&self.kernels, &fe.model, &self.plan.mlp, field_ids, dense)
     }
 
     fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>> {
@@ -91,6 +98,10 @@ impl CpuMath for ReferenceCpu {
         let x_long = gather_tokens(fe, &user.long_rows);
         let x_short = gather_tokens(fe, &user.short_rows);
         reference::user_interests(&fe.model, &x_long, &x_short, &user.field_ids, dense)
+    }
+
+    fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
+        reference::profile(&fe.model, field_ids, dense)
     }
 
     fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>> {
@@ -204,6 +215,12 @@ impl CpuExecutor {
             _ => rayon::current_num_threads(),
         };
         threads.min(m / MIN_PARALLEL_CHUNK).max(1)
+    }
+
+    /// `X̂` of a resolved user (for an executor that takes it as an input).
+    #[allow(dead_code)] // the CUDA executor
+    pub fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
+        self.math.profile(fe, field_ids, dense)
     }
 
     /// `X^U` of a resolved user, checked finite.

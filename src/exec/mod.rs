@@ -11,7 +11,6 @@
 //! CPU with its reason).
 
 pub(crate) mod cpu;
-pub(crate) mod user;
 
 use std::sync::Arc;
 
@@ -24,6 +23,9 @@ use crate::request::{Request, Response, RunOptions};
 pub(crate) struct Ctx<'a> {
     pub fe: &'a Frontend,
     pub version: &'a Arc<str>,
+    /// The CPU executor, for what every executor takes from the host (the profile vector `X̂`).
+    #[allow(dead_code)] // read by the CUDA executor
+    pub host: &'a cpu::CpuExecutor,
 }
 
 /// One implementation of SPEC §1 for batches of requests.

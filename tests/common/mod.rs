@@ -252,7 +252,8 @@ pub fn run_fixture_result(
         long: Vec<u32>,
         short: Vec<u32>,
         skipped: usize,
-        fields: Vec<usize>,
+        /// `X̂`, computed on the host (the plan takes it as an input).
+        profile: Vec<f32>,
         rows: Vec<u32>,
         /// Request position of each entry of `rows`.
         positions: Vec<usize>,
@@ -266,7 +267,7 @@ pub fn run_fixture_result(
             };
             let (long, short) = (known(&r.user.long), known(&r.user.short));
             let skipped = r.user.long.len() + r.user.short.len() - long.len() - short.len();
-            let fields = model
+            let fields: Vec<usize> = model
                 .config
                 .user_fields
                 .iter()
@@ -289,7 +290,7 @@ pub fn run_fixture_result(
                 long,
                 short,
                 skipped,
-                fields,
+                profile: hcn_prerank::reference::profile(model, &fields, &r.user.dense),
                 rows,
                 positions,
                 missing,
@@ -298,12 +299,10 @@ pub fn run_fixture_result(
         .collect();
     let inputs: Vec<hcn_prerank::cuda::UserInput<'_>> = resolved
         .iter()
-        .zip(requests)
-        .map(|(x, r)| hcn_prerank::cuda::UserInput {
+        .map(|x| hcn_prerank::cuda::UserInput {
             long_rows: &x.long,
             short_rows: &x.short,
-            field_ids: &x.fields,
-            dense: &r.user.dense,
+            profile: &x.profile,
             candidate_rows: &x.rows,
         })
         .collect();
