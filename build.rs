@@ -5,7 +5,7 @@
 //!    and embedded in the library by `src/cuda/module.rs` (`include_bytes!`). Because ptxas runs
 //!    for every listed architecture, a kernel that does not assemble for one of them fails the
 //!    build — CI checks this without a GPU;
-//! 2. compiles the same kernel sources for the host (g++, C++20) together with the emulation
+//! 2. with the `cuda-emulation` feature (tests only), compiles the same kernel sources for the host (g++, C++20) together with the emulation
 //!    header `kernels/emu/cuda_emu.h` into a static library, so `tests/cuda_emulation.rs` can
 //!    *run* every kernel on the CPU (see DEVELOPERS.md, "CUDA toolchain").
 //!
@@ -55,7 +55,9 @@ fn main() {
     std::fs::write(out.join("hcn_abi.h"), abi::header()).expect("writing hcn_abi.h");
 
     build_fatbin(&root, &kdir, &kernels, &out);
-    build_emulation(&kdir, &out);
+    if std::env::var_os("CARGO_FEATURE_CUDA_EMULATION").is_some() {
+        build_emulation(&kdir, &out);
+    }
 }
 
 /// Files of `dir` ending in `.ext`, sorted (so the generated translation unit is stable).

@@ -20,7 +20,9 @@ if cargo tree --no-default-features -e normal | grep -q ' clap'; then
 fi
 
 if [ "${HCN_SKIP_CUDA:-0}" != "1" ]; then
-    echo "== cargo test --release --features cuda"
+    echo "== cargo test --release --features cuda,cuda-emulation"
     bash scripts/install-nvcc.sh
-    cargo test --release --features cuda
+    cargo test --release --features cuda,cuda-emulation
+    echo "== cargo build --release --features cuda (what ships: no emulation inside)"
+    cargo build --release --features cuda
 fi

@@ -5,7 +5,7 @@
 //! score block (256), n = 1, D not a multiple of 32, F32/F16/BF16 stores, every score mode,
 //! top-k with ties. Tolerance: SPEC §5 GPU, `2e-3 · (1 + |ref|)`.
 //! Finally the whole GPU plan runs end to end on the emulation against a reference model.
-#![cfg(feature = "cuda")]
+#![cfg(feature = "cuda-emulation")]
 
 use half::{bf16, f16};
 use hcn_prerank::cuda::emu::{self, EmuBackend, EmuStore};

@@ -5,7 +5,7 @@
 //! live device buffers and staging areas. Each fault must come back as
 //! an error (never a panic or a partial result), leave no device buffer behind, and leave the
 //! plan and the CPU engine usable.
-#![cfg(feature = "cuda")]
+#![cfg(feature = "cuda-emulation")]
 
 mod common;
 

@@ -5,7 +5,7 @@
 //!
 //! Without a usable GPU every test prints why ([`hcn_prerank::cuda::probe`]'s reason) and passes:
 //! CI has no GPU; these run on a GPU machine with `cargo test --features cuda --test cuda_gpu`.
-#![cfg(feature = "cuda")]
+#![cfg(feature = "cuda-emulation")]
 
 use hcn_prerank::cuda::backend::Backend;
 use hcn_prerank::cuda::device::CudaBackend;

@@ -56,7 +56,7 @@ fn executors(case: &Case) -> Vec<Exec> {
             });
         }
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-emulation")]
     {
         use std::sync::Arc;
         let model = Arc::new(hcn_prerank::Model::load(&case.model).unwrap());
@@ -76,6 +76,9 @@ fn executors(case: &Case) -> Vec<Exec> {
             // A model outside the kernels' limits: the GPU refuses it at load, by design.
             Err(e) => eprintln!("{}: no emulated GPU executor: {e}", case.name),
         }
+    }
+    #[cfg(feature = "cuda")]
+    {
         if hcn_prerank::cuda::probe().is_ok() {
             out.push(Exec {
                 name: "cuda:0".into(),

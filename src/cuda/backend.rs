@@ -1,6 +1,6 @@
 //! What the GPU plan (`plan.rs`) needs from a device: buffers, copies, and one call per kernel.
 //! Two implementations: [`super::device::CudaBackend`] (cudarc, a real GPU) and
-//! [`super::emu::EmuBackend`] (the same kernels compiled for the CPU). Keeping the plan generic
+//! `super::emu::EmuBackend` (feature `cuda-emulation`) (the same kernels compiled for the CPU). Keeping the plan generic
 //! means the orchestration — buffer sizes, strides, offsets, the order of launches — is exercised
 //! end to end in CI even though CI has no GPU.
 //!

@@ -618,7 +618,7 @@ impl Backend for CudaBackend {
         if g.is_empty() || n == 0 {
             return Ok(());
         }
-        let codes = super::emu::pack_blocks(blocks);
+        let codes = super::launch::pack_blocks(blocks);
         let (ld_in, ldo, n, dim, nb) = (
             i32_of(ld_in, "ld")?,
             i32_of(ldo, "ldo")?,

@@ -407,7 +407,7 @@ pub fn co_interest(
     if geo.is_empty() || n == 0 {
         return Ok(());
     }
-    let codes = pack_blocks(blocks);
+    let codes = launch::pack_blocks(blocks);
     let (gr, bl) = g(&geo);
     let i = |x: usize| launch::to_i32(x, "co_interest size");
     // SAFETY: extents checked above.
@@ -427,14 +427,6 @@ pub fn co_interest(
         );
     }
     Ok(())
-}
-
-/// Packs concat block codes 2 bits each, block t in bits `[2t, 2t + 2)` (co_interest.cu).
-pub fn pack_blocks(blocks: &[u8]) -> u32 {
-    blocks
-        .iter()
-        .enumerate()
-        .fold(0u32, |acc, (t, &b)| acc | (u32::from(b & 3) << (2 * t)))
 }
 
 /// `score_<dtype>`: one score per candidate row, `mode` 0 softmax, 1 max, 2 mean.

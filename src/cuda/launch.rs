@@ -153,3 +153,11 @@ pub fn check_model_shape(dim: usize, heads: usize, interests: usize, blocks: usi
 pub fn to_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Device(format!("{what} = {v} exceeds 2^31 − 1")))
 }
+
+/// Packs concat block codes 2 bits each, block t in bits `[2t, 2t + 2)` (co_interest.cu).
+pub fn pack_blocks(blocks: &[u8]) -> u32 {
+    blocks
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (t, &b)| acc | (u32::from(b & 3) << (2 * t)))
+}

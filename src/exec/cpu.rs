@@ -324,45 +324,16 @@ impl CpuExecutor {
             Vec::new()
         };
         let scorer = self.math.scorer(fe, interests)?;
-        let missing = &resolved.missing_positions;
-        let chunk = |offset: usize, out: &mut [Option<f32>], rows: &[u32]| {
-            if fe.candidates.is_empty() {
-                // Every candidate is unknown and there is no stand-in row: nothing to score.
-                return Ok(Vec::new());
-            }
-            let mut y = vec![0.0f32; rows.len()];
-            if opts.can_stop() {
-                for (ys, rs) in y.chunks_mut(CHECK_EVERY).zip(rows.chunks(CHECK_EVERY)) {
-                    opts.check("scoring")?;
-                    scorer(rs, ys)?;
-                }
-            } else {
-                scorer(rows, &mut y)?;
-            }
-            post::check_scores_finite(&y, offset, |p| missing.binary_search(&p).is_err(), ids)?;
-            for (o, &v) in out.iter_mut().zip(&y) {
-                *o = Some(v);
-            }
-            // Unknown ids had a stand-in row: drop their scores; -inf marks them for the
-            // selection (every other score is finite, checked above).
-            let from = missing.partition_point(|&p| p < offset);
-            let to = missing.partition_point(|&p| p < offset + rows.len());
-            for &p in &missing[from..to] {
-                if let Some(o) = out.get_mut(p - offset) {
-                    *o = None;
-                }
-                y[p - offset] = f32::NEG_INFINITY;
-            }
-            let mut winners = Vec::new();
-            if let Some(k) = k {
-                TOP_K.with(|cell| {
-                    let (selector, _) = &mut *cell.borrow_mut();
-                    selector.select_scores(&y, k, &mut winners);
-                });
-                winners.iter_mut().for_each(|w| w.0 += offset);
-            }
-            Ok::<_, Error>(winners)
+        let job = ChunkJob {
+            scorer: &scorer,
+            fe,
+            missing: &resolved.missing_positions,
+            ids,
+            k,
+            opts,
         };
+        let chunk =
+            |offset: usize, out: &mut [Option<f32>], rows: &[u32]| job.run(offset, out, rows);
         let rows = &resolved.rows;
         let chunks = self.parallel_chunks(m);
         let per_chunk: Vec<Vec<(usize, f32)>> = if chunks <= 1 {
@@ -416,6 +387,66 @@ impl Executor for CpuExecutor {
             self.after_request();
             out
         })
+    }
+}
+
+/// One chunk of a request's candidates, scored by the thread that takes it.
+struct ChunkJob<'a> {
+    scorer: &'a RowScorer<'a>,
+    fe: &'a Frontend,
+    /// Request positions of unknown candidates, ascending.
+    missing: &'a [usize],
+    ids: &'a [u64],
+    k: Option<usize>,
+    opts: &'a RunOptions,
+}
+
+impl ChunkJob<'_> {
+    /// Scores `rows` (request positions `offset..`) into `out` (empty when the caller wants no
+    /// scores), applies the finiteness rule, and returns the chunk's best `k`, ordered.
+    fn run(
+        &self,
+        offset: usize,
+        out: &mut [Option<f32>],
+        rows: &[u32],
+    ) -> Result<Vec<(usize, f32)>> {
+        let (missing, opts) = (self.missing, self.opts);
+        if self.fe.candidates.is_empty() {
+            // Every candidate is unknown and there is no stand-in row: nothing to score.
+            return Ok(Vec::new());
+        }
+        let mut y = vec![0.0f32; rows.len()];
+        if opts.can_stop() {
+            for (ys, rs) in y.chunks_mut(CHECK_EVERY).zip(rows.chunks(CHECK_EVERY)) {
+                opts.check("scoring")?;
+                (self.scorer)(rs, ys)?;
+            }
+        } else {
+            (self.scorer)(rows, &mut y)?;
+        }
+        post::check_scores_finite(&y, offset, |p| missing.binary_search(&p).is_err(), self.ids)?;
+        for (o, &v) in out.iter_mut().zip(&y) {
+            *o = Some(v);
+        }
+        // Unknown ids had a stand-in row: drop their scores; -inf marks them for the
+        // selection (every other score is finite, checked above).
+        let from = missing.partition_point(|&p| p < offset);
+        let to = missing.partition_point(|&p| p < offset + rows.len());
+        for &p in &missing[from..to] {
+            if let Some(o) = out.get_mut(p - offset) {
+                *o = None;
+            }
+            y[p - offset] = f32::NEG_INFINITY;
+        }
+        let mut winners = Vec::new();
+        if let Some(k) = self.k {
+            TOP_K.with(|cell| {
+                let (selector, _) = &mut *cell.borrow_mut();
+                selector.select_scores(&y, k, &mut winners);
+            });
+            winners.iter_mut().for_each(|w| w.0 += offset);
+        }
+        Ok(winners)
     }
 }
 
