@@ -72,6 +72,15 @@ pub enum Error {
     /// A device (CUDA) problem: absent driver, no such GPU, out of memory, failed launch.
     #[error("device: {0}")]
     Device(String),
+
+    /// A CUDA driver call failed: `what` the engine was doing, `source` the driver's own error
+    /// (kept, not flattened into the message).
+    #[error("device: {what}: {source}")]
+    Driver {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 /// What kind of failure an [`Error`] is, for choosing a status code (gRPC / HTTP) without
@@ -165,7 +174,7 @@ impl Error {
             Error::Limit { .. } => ErrorKind::LimitExceeded,
             Error::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
-            Error::Device(_) => ErrorKind::Unavailable,
+            Error::Device(_) | Error::Driver { .. } => ErrorKind::Unavailable,
             Error::Io { .. }
             | Error::Format { .. }
             | Error::Config { .. }

@@ -26,7 +26,10 @@ use crate::tensor::DType;
 use crate::{Error, Result};
 
 fn dev(what: &'static str) -> impl Fn(DriverError) -> Error {
-    move |e| Error::Device(format!("{what}: {e}"))
+    move |e| Error::Driver {
+        what: what.to_string(),
+        source: Box::new(e),
+    }
 }
 
 fn cfg(g: &Geometry) -> LaunchConfig {
@@ -216,8 +219,10 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and loads the embedded kernels. Call [`super::probe_device`] first:
     /// cudarc panics when the driver library is absent, this function assumes it is present.
     pub fn new(ordinal: usize) -> Result<Self> {
-        let ctx = CudaContext::new(ordinal)
-            .map_err(|e| Error::Device(format!("cannot open CUDA device {ordinal}: {e}")))?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::Driver {
+            what: format!("cannot open CUDA device {ordinal}"),
+            source: Box::new(e),
+        })?;
         let name = ctx
             .name()
             .unwrap_or_else(|_| format!("CUDA device {ordinal}"));

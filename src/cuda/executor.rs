@@ -134,14 +134,22 @@ fn run_plan<B: Backend>(
     let outputs = match plan.run_batch(&inputs, k_max) {
         Ok(o) => o,
         Err(e) => {
-            // The batch failed as a whole: every request in it gets the error, same kind.
-            let again = |e: &Error| match e {
+            // The batch failed as a whole: every request in it gets the error, same kind (an
+            // error is not `Clone`: the driver's own error stays with the first request).
+            let copy = match &e {
                 Error::Misuse { what, reason } => Error::misuse(what, reason),
                 other => Error::Device(other.to_string()),
             };
+            let mut first = Some(e);
+            let mut again = |_: ()| {
+                first.take().unwrap_or_else(|| match &copy {
+                    Error::Misuse { what, reason } => Error::misuse(what, reason),
+                    other => Error::Device(other.to_string().trim_start_matches("device: ").into()),
+                })
+            };
             return prepared
                 .into_iter()
-                .map(|p| p.and_then(|_| Err(again(&e))))
+                .map(|p| p.and_then(|_| Err(again(()))))
                 .collect();
         }
     };
