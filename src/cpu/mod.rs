@@ -191,115 +191,154 @@ pub struct Kernels {
     level: Level,
 }
 
-/// Generates one level's `#[target_feature]` entry points around the generic kernels. The
-/// kernels are `#[inline(always)]`, so each entry point is one monomorphic function compiled
-/// with the level's features.
-macro_rules! entry_points {
-    ($(#[$attr:meta])* mod $name:ident) => {
-        mod $name {
-            use super::simd::{self, RawRows, ScoreLayout, Simd};
-
-            $(#[$attr])*
-            pub(super) unsafe fn score_rows<S: Simd>(
-                s: S,
-                q: &ScoreLayout<'_>,
-                src: RawRows,
-                rows: &[u32],
-                out: &mut [f32],
-                scratch: &mut [f32],
-                sbuf: &mut [f32],
-            ) -> Result<(), usize> {
-                // SAFETY: forwarded contract (features present, buffers sized) — see caller.
-                unsafe { simd::score_rows(s, q, src, rows, out, scratch, sbuf) }
-            }
-
-            $(#[$attr])*
-            // Only the 16-lane level (AVX-512) uses it.
-            #[allow(dead_code)]
-            $(#[$attr])*
-            pub(super) unsafe fn score_rows_by_lanes<S: Simd>(
-                s: S,
-                q: &ScoreLayout<'_>,
-                src: RawRows,
-                rows: &[u32],
-                out: &mut [f32],
-                scratch: &mut [f32],
-            ) -> Result<(), usize> {
-                // SAFETY: forwarded contract (features present, 16 lanes, k-major layout,
-                // scratch sized) — see caller.
-                unsafe { simd::score_rows_by_lanes(s, q, src, rows, out, scratch) }
-            }
-
-            $(#[$attr])*
-            pub(super) unsafe fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
-                // SAFETY: features present (caller); both pointers valid for `a.len()` elements
-                // because the caller passes equal lengths.
-                unsafe { simd::dot(s, a.as_ptr(), b.as_ptr(), a.len()) }
-            }
-
-            #[allow(clippy::too_many_arguments)]
-            $(#[$attr])*
-            pub(super) unsafe fn matmul<S: Simd>(
-                s: S,
-                x: &[f32],
-                m: usize,
-                k: usize,
-                wt: &[f32],
-                n: usize,
-                bias: Option<&[f32]>,
-                out: &mut [f32],
-            ) {
-                // SAFETY: features present (caller); lengths m·k, k·n, n, m·n checked by caller.
-                unsafe {
-                    simd::matmul(
-                        s,
-                        x.as_ptr(),
-                        m,
-                        k,
-                        wt.as_ptr(),
-                        n,
-                        bias.map(|b| b.as_ptr()),
-                        out.as_mut_ptr(),
-                    )
-                }
-            }
-
-            $(#[$attr])*
-            pub(super) unsafe fn softmax_inplace<S: Simd>(s: S, x: &mut [f32]) {
-                // SAFETY: features present (caller); pointer valid for `x.len()` elements.
-                unsafe { simd::softmax_inplace(s, x.as_mut_ptr(), x.len()) }
-            }
-        }
-    };
+/// One kernel call, written once for every SIMD level (pulp's `WithSimd` pattern): the op is a
+/// value, [`Kernels::run`] is the one dispatch, and each level's `#[target_feature]` trampoline
+/// below is where the op (and the `#[inline(always)]` kernels under it) is compiled with that
+/// level's instructions.
+trait SimdOp {
+    type Output;
+    /// # Safety
+    /// `S`'s instructions are present ([`Kernels::run`] only calls it so) and the op's buffers
+    /// are as its own comment requires.
+    unsafe fn run<S: simd::Simd>(self, s: S) -> Self::Output;
 }
 
-entry_points!(mod scalar_fns);
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-entry_points!(#[target_feature(enable = "avx2,fma,f16c")] mod avx2_fns);
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-entry_points!(#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")] mod avx512_fns);
-#[cfg(target_arch = "aarch64")]
-entry_points!(#[target_feature(enable = "neon")] mod neon_fns);
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn on_avx2<O: SimdOp>(op: O) -> O::Output {
+    // SAFETY: forwarded (the CPU has AVX2, FMA and F16C: `Kernels::run`).
+    unsafe { op.run(avx2::Avx2) }
+}
 
-/// Calls the entry point `$f` of the `*_fns` module of `$k`'s level, with that level's vector
-/// type as first argument.
-macro_rules! dispatch {
-    ($k:expr, $f:ident($($arg:expr),* $(,)?)) => {{
-        match $k.level {
-            // SAFETY (all arms): a `Kernels` only exists for a level whose instructions this CPU
-            // has (`Kernels::new` checks), which is what the `#[target_feature]` entry needs.
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Level::Avx2 => unsafe { avx2_fns::$f(avx2::Avx2, $($arg),*) },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Level::Avx512 => unsafe { avx512_fns::$f(avx512::Avx512, $($arg),*) },
-            #[cfg(target_arch = "aarch64")]
-            Level::Neon => unsafe { neon_fns::$f(neon::Neon, $($arg),*) },
-            _ => unsafe { scalar_fns::$f(scalar::Scalar, $($arg),*) },
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+unsafe fn on_avx512<O: SimdOp>(op: O) -> O::Output {
+    // SAFETY: forwarded (the CPU has AVX-512F/VL: `Kernels::run`).
+    unsafe { op.run(avx512::Avx512) }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn on_neon<O: SimdOp>(op: O) -> O::Output {
+    // SAFETY: forwarded (the CPU has NEON: `Kernels::run`).
+    unsafe { op.run(neon::Neon) }
+}
+
+fn on_scalar<O: SimdOp>(op: O) -> O::Output {
+    // SAFETY: the scalar level needs no instructions; buffers as the op requires (caller).
+    unsafe { op.run(scalar::Scalar) }
+}
+
+/// `Σ a_i b_i` (equal lengths).
+struct DotOp<'a>(&'a [f32], &'a [f32]);
+
+impl SimdOp for DotOp<'_> {
+    type Output = f32;
+    #[inline(always)]
+    unsafe fn run<S: simd::Simd>(self, s: S) -> f32 {
+        // SAFETY: features present (caller); both slices hold `a.len()` elements (checked).
+        unsafe { simd::dot(s, self.0.as_ptr(), self.1.as_ptr(), self.0.len()) }
+    }
+}
+
+/// `out (m×n) = x (m×k) · wt (k×n) + bias` (lengths checked by [`Kernels::matmul`]).
+struct MatmulOp<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    wt: &'a [f32],
+    n: usize,
+    bias: Option<&'a [f32]>,
+    out: &'a mut [f32],
+}
+
+impl SimdOp for MatmulOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: simd::Simd>(self, s: S) {
+        // SAFETY: features present (caller); lengths m·k, k·n, n, m·n checked by the caller.
+        unsafe {
+            simd::matmul(
+                s,
+                self.x.as_ptr(),
+                self.m,
+                self.k,
+                self.wt.as_ptr(),
+                self.n,
+                self.bias.map(|b| b.as_ptr()),
+                self.out.as_mut_ptr(),
+            )
         }
-    }};
+    }
+}
+
+/// `x ← softmax(x)`.
+struct SoftmaxOp<'a>(&'a mut [f32]);
+
+impl SimdOp for SoftmaxOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: simd::Simd>(self, s: S) {
+        // SAFETY: features present (caller); the pointer is valid for `len` elements.
+        unsafe { simd::softmax_inplace(s, self.0.as_mut_ptr(), self.0.len()) }
+    }
+}
+
+/// Scores store rows against a [`ScoreQuery`]'s layout; `Err(position)` for a row index outside
+/// the store.
+struct ScoreOp<'a> {
+    q: &'a simd::ScoreLayout<'a>,
+    raw: simd::RawRows,
+    rows: &'a [u32],
+    out: &'a mut [f32],
+    scratch: &'a mut [f32],
+    sbuf: &'a mut [f32],
+    /// Rows in lanes (only with 16 lanes: `Level::score_rows_in_lanes`).
+    by_lanes: bool,
+}
+
+impl SimdOp for ScoreOp<'_> {
+    type Output = std::result::Result<(), usize>;
+    #[inline(always)]
+    unsafe fn run<S: simd::Simd>(self, s: S) -> Self::Output {
+        // SAFETY: features present (caller); the layout was built for this level's width (or
+        // k-major with 16 lanes when `by_lanes`, which only the 16-lane level sets); `scratch`
+        // and `sbuf` hold `BLOCK` rows; `raw` describes whole rows and every index is checked
+        // against `raw.rows` before it is read; `out.len() == rows.len()` (checked).
+        unsafe {
+            if self.by_lanes && S::W == 16 {
+                simd::score_rows_by_lanes(s, self.q, self.raw, self.rows, self.out, self.scratch)
+            } else {
+                simd::score_rows(
+                    s,
+                    self.q,
+                    self.raw,
+                    self.rows,
+                    self.out,
+                    self.scratch,
+                    self.sbuf,
+                )
+            }
+        }
+    }
 }
 
 impl Kernels {
+    /// Runs `op` on this level: the one dispatch of the crate.
+    fn run<O: SimdOp>(&self, op: O) -> O::Output {
+        match self.level {
+            // SAFETY (all arms): a `Kernels` only exists for a level whose instructions this CPU
+            // has (`Kernels::new` checks), which is what the `#[target_feature]` trampoline needs.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx2 => unsafe { on_avx2(op) },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Level::Avx512 => unsafe { on_avx512(op) },
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => unsafe { on_neon(op) },
+            _ => on_scalar(op),
+        }
+    }
+
     /// The kernels of `level`, or `None` when this CPU lacks its instructions.
     pub fn new(level: Level) -> Option<Kernels> {
         level.is_supported().then_some(Kernels { level })
@@ -325,7 +364,7 @@ impl Kernels {
                 b.len()
             )));
         }
-        Ok(dispatch!(self, dot(a, b)))
+        Ok(self.run(DotOp(a, b)))
     }
 
     /// `out (m×n) = x (m×k) · wt (k×n) + bias`, all row-major; `wt` is a weight already
@@ -350,7 +389,15 @@ impl Kernels {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        dispatch!(self, matmul(x, m, k, wt, n, bias, out));
+        self.run(MatmulOp {
+            x,
+            m,
+            k,
+            wt,
+            n,
+            bias,
+            out,
+        });
         Ok(())
     }
 
@@ -375,7 +422,7 @@ impl Kernels {
 
     /// `x ← softmax(x)`, max-subtracted. An empty slice is left alone.
     pub fn softmax_inplace(&self, x: &mut [f32]) {
-        dispatch!(self, softmax_inplace(x))
+        self.run(SoftmaxOp(x))
     }
 
     /// Prepares the user's interests `xu` (`n × d`, row-major) for scoring with `mode`.
@@ -516,30 +563,15 @@ impl ScoreQuery {
             row_stride: src.row_stride,
             dtype: src.dtype,
         };
-        let (sc, sb) = (&mut scratch[..], &mut sbuf[..]);
-        let res = match self.kernels.level {
-            // SAFETY: as below; `by_lanes` is only set for AVX-512 (16 lanes, as the kernel
-            // needs), with the k-major layout (`width = n ≤ LANES_MAX_N`); `scratch` holds
-            // `BLOCK` rows.
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Level::Avx512 if self.by_lanes => unsafe {
-                avx512_fns::score_rows_by_lanes(avx512::Avx512, &q, raw, rows, out, sc)
-            },
-            // SAFETY (all arms): the `Kernels` proves the level's instructions exist; the layout
-            // was built for `self.width` lanes, which is the vector type each arm passes;
-            // `scratch`/`sbuf` are sized for `BLOCK` rows above; `raw` describes `src.bytes`
-            // exactly (whole rows only) and every row index is checked against `raw.rows`
-            // before it is read; `out.len() == rows.len()` was checked.
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Level::Avx2 => unsafe { avx2_fns::score_rows(avx2::Avx2, &q, raw, rows, out, sc, sb) },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Level::Avx512 => unsafe {
-                avx512_fns::score_rows(avx512::Avx512, &q, raw, rows, out, sc, sb)
-            },
-            #[cfg(target_arch = "aarch64")]
-            Level::Neon => unsafe { neon_fns::score_rows(neon::Neon, &q, raw, rows, out, sc, sb) },
-            _ => unsafe { scalar_fns::score_rows(scalar::Scalar, &q, raw, rows, out, sc, sb) },
-        };
+        let res = self.kernels.run(ScoreOp {
+            q: &q,
+            raw,
+            rows,
+            out,
+            scratch: &mut scratch,
+            sbuf: &mut sbuf,
+            by_lanes: self.by_lanes,
+        });
         res.map_err(|pos| {
             Error::Incompatible(format!(
                 "score: row index {} (position {pos}) is outside the store's {} rows",
