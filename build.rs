@@ -32,6 +32,8 @@ const GENCODES: &[(&str, &str)] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "serve")]
+    compile_proto();
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -162,4 +164,16 @@ fn build_emulation(kdir: &Path, out: &Path) {
         .opt_level(2)
         .warnings(true)
         .compile("hcn_cuda_emu");
+}
+
+/// `serve`: the gRPC service's protobuf types and stubs, compiled by protox (pure Rust, so no
+/// system `protoc` is needed) and tonic-prost-build.
+#[cfg(feature = "serve")]
+fn compile_proto() {
+    println!("cargo:rerun-if-changed=proto/hcn/v1/prerank.proto");
+    let fds = protox::compile(["hcn/v1/prerank.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/hcn/v1/prerank.proto: {e}"));
+    tonic_prost_build::configure()
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generating the gRPC code: {e}"));
 }

@@ -35,6 +35,8 @@ pub mod request;
 #[doc(hidden)]
 pub mod rng;
 mod safetensors_file;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod spin;
 pub mod store;
 pub mod swap;

@@ -540,6 +540,7 @@ mod model {
             tensors: Vec::new(),
             path: "in-memory".into(),
             sha256: [0; 32],
+            config_json: String::new(),
         }
     }
 }

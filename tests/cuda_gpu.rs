@@ -269,6 +269,7 @@ fn model(seed: u64, json: &str) -> Model {
         tensors: Vec::new(),
         path: "in-memory".into(),
         sha256: [0; 32],
+        config_json: String::new(),
     }
 }
 

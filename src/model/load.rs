@@ -73,6 +73,7 @@ pub(super) fn load(path: &Path) -> Result<Model> {
         tensors,
         path: path.to_path_buf(),
         sha256: sha2::Sha256::digest(&file.map[..]).into(),
+        config_json: config_text.to_string(),
     })
 }
 

@@ -116,6 +116,8 @@ pub struct Model {
     pub path: PathBuf,
     /// SHA-256 of the whole file, taken at load.
     pub sha256: [u8; 32],
+    /// The file's `hcn.config` text, as stored.
+    pub config_json: String,
 }
 
 impl Model {

@@ -13,6 +13,8 @@ mod common;
 mod eval;
 mod inspect;
 mod score;
+#[cfg(feature = "serve")]
+mod serve;
 
 use std::process::ExitCode;
 
@@ -39,6 +41,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// AUC and log loss of the engine's scores on requests with `labels`; prints one JSON line.
     Eval(eval::EvalArgs),
+    /// Serve the engine over gRPC and HTTP until SIGTERM (SPEC §7).
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

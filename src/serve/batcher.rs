@@ -1,0 +1,169 @@
+//! The batching queue (TEI's design): one task owns the queue and forms batches by request count
+//! and candidate budget, waiting at most `max_queue_delay` for a batch to fill. Admission is
+//! bounded (a full queue answers at once, never grows); a request larger than the candidate
+//! budget runs alone (it never waits for room that cannot come); a request whose deadline passed
+//! while it waited is answered without being computed. Batches run one at a time on the engine's
+//! own threads (`spawn_blocking` → the engine's rayon pool), never on the async runtime's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::State;
+use crate::{Error, Request, Response, RunOptions};
+
+/// How batches are formed (SPEC §7's flags).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_requests: usize,
+    pub max_candidates: usize,
+    pub max_delay: Duration,
+    pub max_queue: usize,
+}
+
+/// What a request gets back: the engine's answer and where its time went.
+pub struct Answer {
+    pub result: crate::Result<Response>,
+    pub queued: Duration,
+    pub inference: Duration,
+    /// Already counted in `hcn_requests_total` by the queue (a request whose deadline passed
+    /// while queued: its client may be gone, so the handler may never see this answer).
+    pub counted: bool,
+}
+
+pub struct Job {
+    pub request: Request,
+    pub options: RunOptions,
+    pub arrived: Instant,
+    pub reply: oneshot::Sender<Answer>,
+    /// `"grpc"` or `"http"`, for the metrics.
+    pub protocol: &'static str,
+}
+
+/// The handlers' side of the queue.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Why a job was not queued.
+pub enum Rejected {
+    /// The queue is full (RESOURCE_EXHAUSTED / 429).
+    Full,
+    /// The server is shutting down (UNAVAILABLE / 503).
+    Closed,
+}
+
+impl Queue {
+    /// Queues `job` or says at once why not.
+    pub fn submit(&self, job: Job, state: &State) -> Result<(), Rejected> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                state.metrics.queue_depth.inc();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Rejected::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Rejected::Closed),
+        }
+    }
+}
+
+/// Starts the queue's owner task; it ends when every [`Queue`] is dropped and the queue is empty.
+pub fn start(state: Arc<State>, limits: BatchLimits) -> (Queue, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(limits.max_queue.max(1));
+    let task = tokio::spawn(run(rx, state, limits));
+    (Queue { tx }, task)
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<State>, limits: BatchLimits) {
+    // A job taken from the queue that did not fit the batch being formed: it opens the next.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut batch = Vec::new();
+        let mut candidates = 0usize;
+        let deadline = tokio::time::Instant::now() + limits.max_delay;
+        let mut next = Some(first);
+        loop {
+            if let Some(job) = next.take() {
+                state.metrics.queue_depth.dec();
+                let m = job.request.candidates.len();
+                // The first job always fits (one larger than the budget runs alone).
+                if !batch.is_empty() && candidates + m > limits.max_candidates {
+                    held = Some(job);
+                    state.metrics.queue_depth.inc();
+                    break;
+                }
+                candidates += m;
+                batch.push(job);
+            }
+            if batch.len() >= limits.max_requests || candidates >= limits.max_candidates {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(j)) => next = Some(j),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        execute(batch, candidates, &state).await;
+    }
+}
+
+/// Answers the jobs whose deadline passed while queued, runs the rest as one engine batch.
+async fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
+    let now = Instant::now();
+    let mut live = Vec::with_capacity(batch.len());
+    for job in batch {
+        if job.options.deadline.is_some_and(|d| d <= now) {
+            let code = if job.protocol == "grpc" {
+                "DeadlineExceeded"
+            } else {
+                "504"
+            };
+            state.metrics.answered(job.protocol, code);
+            let _ = job.reply.send(Answer {
+                result: Err(Error::DeadlineExceeded { stage: "queued" }),
+                queued: now - job.arrived,
+                inference: Duration::ZERO,
+                counted: true,
+            });
+        } else {
+            live.push(job);
+        }
+    }
+    if live.is_empty() {
+        return;
+    }
+    state.metrics.batch_requests.observe(live.len() as f64);
+    state.metrics.batch_candidates.observe(candidates as f64);
+    let engine = state.engine.snapshot();
+    let started = Instant::now();
+    let joined = tokio::task::spawn_blocking(move || {
+        let calls: Vec<(&Request, &RunOptions)> =
+            live.iter().map(|j| (&j.request, &j.options)).collect();
+        let results = engine.run_batch_with(&calls);
+        (live, results)
+    })
+    .await;
+    // The engine does not panic on any input; if it ever did, the jobs' reply channels were
+    // dropped with the batch and each handler answers INTERNAL. The queue keeps serving.
+    let Ok((live, results)) = joined else {
+        return;
+    };
+    let inference = started.elapsed();
+    for (job, result) in live.into_iter().zip(results) {
+        let _ = job.reply.send(Answer {
+            result,
+            queued: started - job.arrived,
+            inference,
+            counted: false,
+        });
+    }
+}
