@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use super::batcher::{Answer, Job, Queue, Rejected};
 use super::pb::prerank_server::{Prerank, PrerankServer};
 use super::pb::{InfoRequest, InfoResponse, ScoreRequest, ScoreResponse, ScoredItem};
-use super::State;
+use super::{no_delay, State};
 use crate::{ErrorKind, Request, RunOptions, UserRequest};
 
 /// `hcn.v1.Prerank`.
@@ -252,7 +252,7 @@ pub async fn serve(
         .layer(axum::middleware::map_response(
             too_large_is_resource_exhausted,
         ));
-    axum::serve(listener, app)
+    axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)
         .await
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::batcher::Queue;
 use super::grpc::Service;
-use super::{ModelFiles, State};
+use super::{no_delay, ModelFiles, State};
 use crate::{ErrorKind, RunOptions};
 
 #[derive(Clone)]
@@ -195,7 +195,7 @@ pub async fn serve_public(
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::map_response(limit_to_json))
         .with_state(Ctx { state, queue });
-    axum::serve(listener, app)
+    axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)
         .await
 }
@@ -249,7 +249,7 @@ pub async fn serve_admin(
     let app = Router::new()
         .route("/admin/reload", post(reload))
         .with_state(state);
-    axum::serve(listener, app)
+    axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)
         .await
 }

@@ -161,6 +161,19 @@ fn row_id(store: &crate::ItemStore, r: u32) -> u64 {
     }
 }
 
+/// Accepted connections with `TCP_NODELAY`: a response's last segment must not wait for the
+/// client's delayed ACK (measured: ~40 ms per request without it).
+pub(crate) fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
+}
+
 /// Runs the service until SIGTERM (or SIGINT); blocks the calling thread.
 pub fn run(cfg: ServeConfig) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
