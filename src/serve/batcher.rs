@@ -2,13 +2,19 @@
 //! and candidate budget, waiting at most `max_queue_delay` for a batch to fill. Admission is
 //! bounded (a full queue answers at once, never grows); a request larger than the candidate
 //! budget runs alone (it never waits for room that cannot come); a request whose deadline passed
-//! while it waited is answered without being computed. Batches run one at a time on the engine's
-//! own threads (`spawn_blocking` → the engine's rayon pool), never on the async runtime's.
+//! while it waited is answered without being computed.
+//!
+//! The owner is an OS thread living inside the engine's rayon pool (not a task of the async
+//! runtime): the runtime's threads only do network I/O, a batch runs where its work runs (no
+//! hand-off to another thread per batch, so the pool's keep-awake applies, as in `hcn bench`),
+//! and the wait for a batch to fill uses the OS's timed wait (µs precision, where tokio's timer
+//! has 1 ms).
 
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::State;
 use crate::{Error, Request, Response, RunOptions};
@@ -44,7 +50,7 @@ pub struct Job {
 /// The handlers' side of the queue.
 #[derive(Clone)]
 pub struct Queue {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::SyncSender<Job>,
 }
 
 /// Why a job was not queued.
@@ -63,33 +69,41 @@ impl Queue {
                 state.metrics.queue_depth.inc();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Rejected::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Rejected::Closed),
+            Err(TrySendError::Full(_)) => Err(Rejected::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Rejected::Closed),
         }
     }
 }
 
-/// Starts the queue's owner task; it ends when every [`Queue`] is dropped and the queue is empty.
-pub fn start(state: Arc<State>, limits: BatchLimits) -> (Queue, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(limits.max_queue.max(1));
-    let task = tokio::spawn(run(rx, state, limits));
-    (Queue { tx }, task)
+/// Starts the queue's owner on a worker of `pool`; it ends when every [`Queue`] is dropped and
+/// the queue is empty.
+pub fn start(
+    state: Arc<State>,
+    limits: BatchLimits,
+    pool: Arc<rayon::ThreadPool>,
+) -> (Queue, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(limits.max_queue.max(1));
+    let owner = std::thread::Builder::new()
+        .name("hcn-queue".into())
+        .spawn(move || pool.install(|| run(rx, &state, limits)))
+        .expect("starting the queue's thread");
+    (Queue { tx }, owner)
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<State>, limits: BatchLimits) {
+fn run(rx: mpsc::Receiver<Job>, state: &Arc<State>, limits: BatchLimits) {
     // A job taken from the queue that did not fit the batch being formed: it opens the next.
     let mut held: Option<Job> = None;
     loop {
         let first = match held.take() {
             Some(j) => j,
-            None => match rx.recv().await {
-                Some(j) => j,
-                None => return,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
             },
         };
         let mut batch = Vec::new();
         let mut candidates = 0usize;
-        let deadline = tokio::time::Instant::now() + limits.max_delay;
+        let deadline = Instant::now() + limits.max_delay;
         let mut next = Some(first);
         loop {
             if let Some(job) = next.take() {
@@ -107,17 +121,32 @@ async fn run(mut rx: mpsc::Receiver<Job>, state: Arc<State>, limits: BatchLimits
             if batch.len() >= limits.max_requests || candidates >= limits.max_candidates {
                 break;
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => next = Some(j),
-                Ok(None) | Err(_) => break,
+            // Whatever is already waiting joins at once; then wait for more until the deadline.
+            next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        match rx.recv_timeout(left) {
+                            Ok(j) => Some(j),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                }
+            };
+            if next.is_none() {
+                break;
             }
         }
-        execute(batch, candidates, &state).await;
+        execute(batch, candidates, state);
     }
 }
 
 /// Answers the jobs whose deadline passed while queued, runs the rest as one engine batch.
-async fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
+fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
     let now = Instant::now();
     let mut live = Vec::with_capacity(batch.len());
     for job in batch {
@@ -145,18 +174,9 @@ async fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
     state.metrics.batch_candidates.observe(candidates as f64);
     let engine = state.engine.snapshot();
     let started = Instant::now();
-    let joined = tokio::task::spawn_blocking(move || {
-        let calls: Vec<(&Request, &RunOptions)> =
-            live.iter().map(|j| (&j.request, &j.options)).collect();
-        let results = engine.run_batch_with(&calls);
-        (live, results)
-    })
-    .await;
-    // The engine does not panic on any input; if it ever did, the jobs' reply channels were
-    // dropped with the batch and each handler answers INTERNAL. The queue keeps serving.
-    let Ok((live, results)) = joined else {
-        return;
-    };
+    let calls: Vec<(&Request, &RunOptions)> =
+        live.iter().map(|j| (&j.request, &j.options)).collect();
+    let results = engine.run_batch_with(&calls);
     let inference = started.elapsed();
     for (job, result) in live.into_iter().zip(results) {
         let _ = job.reply.send(Answer {

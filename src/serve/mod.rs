@@ -62,15 +62,20 @@ pub struct State {
     /// Reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
     device: Device,
-    threads: usize,
+    /// The engine's pool, shared by every engine a reload builds (the queue's owner lives in it).
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl State {
     /// Loads, validates and warms an engine (one request through it) — nothing is swapped.
-    fn build_engine(files: &ModelFiles, device: Device, threads: usize) -> crate::Result<Engine> {
+    fn build_engine(
+        files: &ModelFiles,
+        device: Device,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> crate::Result<Engine> {
         let options = EngineOptions {
             device,
-            parallelism: Parallelism::Threads(threads),
+            parallelism: Parallelism::Pool(pool),
             keep_awake: Duration::from_millis(1),
             ..EngineOptions::default()
         };
@@ -87,9 +92,9 @@ impl State {
             Some(f) => f,
             None => self.files.lock().map_err(|e| e.to_string())?.clone(),
         };
-        let (device, threads) = (self.device, self.threads);
+        let (device, pool) = (self.device, Arc::clone(&self.pool));
         let f = files.clone();
-        let built = tokio::task::spawn_blocking(move || State::build_engine(&f, device, threads))
+        let built = tokio::task::spawn_blocking(move || State::build_engine(&f, device, pool))
             .await
             .map_err(|e| format!("reload task failed: {e}"));
         let result = match built {
@@ -190,9 +195,23 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         tokens: cfg.tokens.clone(),
         candidates: cfg.candidates.clone(),
     };
-    let (device, threads) = (cfg.device, cfg.threads);
-    let f = files.clone();
-    let engine = tokio::task::spawn_blocking(move || State::build_engine(&f, device, threads))
+    // The queue's owner is one of the pool's workers (it computes its batches itself), so the
+    // pool has at least one more for work submitted from outside (a reload's warm-up).
+    let threads = match cfg.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        t => t,
+    }
+    .max(2);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hcn-engine-{i}"))
+            .build()
+            .map_err(|e| format!("cannot start {threads} engine threads: {e}"))?,
+    );
+    let device = cfg.device;
+    let (f, p) = (files.clone(), Arc::clone(&pool));
+    let engine = tokio::task::spawn_blocking(move || State::build_engine(&f, device, p))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot load the engine: {e}"))?;
@@ -210,9 +229,9 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         files: Mutex::new(files),
         reloading: tokio::sync::Mutex::new(()),
         device,
-        threads,
+        pool: Arc::clone(&pool),
     });
-    let (queue, queue_task) = batcher::start(Arc::clone(&state), cfg.batch);
+    let (queue, queue_owner) = batcher::start(Arc::clone(&state), cfg.batch, pool);
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc)
         .await
@@ -280,8 +299,8 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
             Err(e) => return Err(format!("{name} server task: {e}")),
         }
     }
-    // Every handler is done, so every queue sender is gone: the queue drains and its task ends.
-    let _ = queue_task.await;
+    // Every handler is done, so every queue sender is gone: the queue drains and its owner ends.
+    let _ = tokio::task::spawn_blocking(move || queue_owner.join()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Where the engine runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
-    /// Threads of the engine's own pool (0 = one per core).
+    /// Threads of the engine's own pool (0 = one per core; at least 2: the queue's owner is one).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4096))]
     pub threads: u64,
     /// Most requests in one batch.
