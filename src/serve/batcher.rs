@@ -10,7 +10,7 @@
 //! and the wait for a batch to fill uses the OS's timed wait (µs precision, where tokio's timer
 //! has 1 ms).
 
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
