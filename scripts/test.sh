@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README.md), also what CI runs:
 #   1. the whole suite on the CPU build (no CUDA anywhere), and the library's dependency tree
-#      without the CLI feature (no clap);
+#      without the CLI feature (no clap), and deploy/k8s validated (scripts/validate-deploy.sh);
 #   2. the `cuda` feature: installs the pinned nvcc wheels (scripts/install-nvcc.sh) so build.rs
 #      compiles every kernel for every listed arch, then runs the suite again, which executes every
 #      kernel under the CPU emulation (and on a GPU when one is present).
@@ -18,6 +18,9 @@ if cargo tree --no-default-features -e normal | grep -q ' clap'; then
     echo "clap is in the library's tree without the cli feature" >&2
     exit 1
 fi
+
+echo "== deploy/k8s manifests against the Kubernetes schemas"
+bash scripts/validate-deploy.sh
 
 if [ "${HCN_SKIP_CUDA:-0}" != "1" ]; then
     echo "== cargo test --release --features cuda,cuda-emulation"
