@@ -1,8 +1,8 @@
 //! The public entry point: an [`Engine`] holds a model and its two stores and serves requests.
 //! It is `Send + Sync`; share one behind an `Arc` across threads.
 //!
-//! The engine is a facade over three parts: the [`Frontend`] (every rule about what a request
-//! may contain), an executor ([`crate::exec`]: the CPU fast path, the f64 reference, or CUDA)
+//! The engine is a facade over three parts: the front end (`src/frontend.rs`: every rule about what a request
+//! may contain), an executor (`src/exec/`: the CPU fast path, the f64 reference, or CUDA)
 //! chosen at load, and the shared post-processing ([`crate::post`]: the finiteness rule, the
 //! top-k order, the response).
 //!
@@ -140,7 +140,7 @@ impl Engine {
 
     /// `X^U` for one user (SPEC §1.1–1.4), on the CPU executor. Validates the profile fields
     /// and dense features, skips behavior ids not in the token store (or rejects them under
-    /// [`UnknownIds::Reject`](crate::UnknownIds::Reject)) and keeps the most recent `long_len` /
+    /// [`UnknownIds::Reject`]) and keeps the most recent `long_len` /
     /// `short_len` tokens.
     pub fn user_interests(&self, user: &UserRequest) -> Result<UserInterests> {
         let resolved = self.fe.resolve_user(user)?;
@@ -156,7 +156,7 @@ impl Engine {
 
     /// One score per candidate (SPEC §1.5), aligned with `candidates`, on the CPU executor;
     /// candidates not in the store get `None` and are listed in `missing_candidates` (or reject
-    /// the request under [`UnknownIds::Reject`](crate::UnknownIds::Reject)).
+    /// the request under [`UnknownIds::Reject`]).
     pub fn score(&self, interests: &UserInterests, candidates: &[u64]) -> Result<Scores> {
         self.fe.check_interests(interests)?;
         let opts = RunOptions::default();

@@ -18,8 +18,8 @@
 //!
 //! How a line is read: typed serde, straight from the text (no `serde_json::Value` in between, so
 //! 50,000 candidate ids are 50,000 `u64`s and nothing else). Each top-level key's value is read
-//! by its own seed under a [`serde_path_to_error`] tracker ([`Keyed`]); a visitor that finds a
-//! wrong value reads that value (or the rest of its array) to the end and raises a [`Fault`], so
+//! by its own seed under a [`serde_path_to_error`] tracker (`Keyed`); a visitor that finds a
+//! wrong value reads that value (or the rest of its array) to the end and raises a `Fault`, so
 //! the path comes from the tracker (`candidates` + `[3]`) and the parse goes on. The errors are
 //! then ranked as the rules above rank them: a line that is not valid JSON first, then
 //! `candidates`, `long`, `short`, `fields`, `dense` (the last duplicate of a key counting).

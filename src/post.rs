@@ -3,7 +3,7 @@
 //! - **the order** of SPEC §1.5: score descending, ties by lower candidate position, with
 //!   `-0.0` equal to `+0.0` ([`order_bits`], [`better`]). The CPU's selection
 //!   ([`crate::cpu::TopK`]) is built on it; a GPU's kernel may propose the winners, but
-//!   [`finish`] puts them in this order;
+//!   `finish` puts them in this order;
 //! - **the finiteness rule**: a non-finite `X^U` or score is never returned (JSON would write it
 //!   as `null`, the mark of a missing candidate; a NaN would have no place in the order): the
 //!   request fails with [`Error::Overflow`] naming where;
