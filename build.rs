@@ -173,7 +173,21 @@ fn compile_proto() {
     println!("cargo:rerun-if-changed=proto/hcn/v1/prerank.proto");
     let fds = protox::compile(["hcn/v1/prerank.proto"], ["proto"])
         .unwrap_or_else(|e| panic!("proto/hcn/v1/prerank.proto: {e}"));
+    // The messages and the server, whose codec answers undecodable requests INVALID_ARGUMENT
+    // (src/serve/codec.rs; prost's codec says INTERNAL)…
     tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::serve::codec::RequestCodec")
+        .compile_fds(fds.clone())
+        .unwrap_or_else(|e| panic!("generating the gRPC server: {e}"));
+    // …and the client, on the same messages, with prost's plain codec.
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    let client = out.join("client");
+    std::fs::create_dir_all(&client).expect("creating OUT_DIR/client");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".hcn.v1", "crate::serve::pb")
+        .out_dir(&client)
         .compile_fds(fds)
-        .unwrap_or_else(|e| panic!("generating the gRPC code: {e}"));
+        .unwrap_or_else(|e| panic!("generating the gRPC client: {e}"));
 }

@@ -481,3 +481,190 @@ async fn sigterm_drains_in_flight_requests() {
     }
     assert!(answered >= 1, "no request was in flight at the signal");
 }
+
+/// Sends raw bytes as a `Score` message (what a broken client could put on the wire).
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(src);
+        let mut v = vec![0; n];
+        prost::bytes::Buf::copy_to_slice(src, &mut v);
+        Ok(Some(v))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 1,000 malformed requests over both protocols (bad JSON, bad protobuf bytes, wrong types,
+/// unknown fields, ids and field values out of range, huge bodies) interleaved with good ones:
+/// every bad one gets its code, every good one its exact answer, the server stays up and its
+/// memory flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_malformed_requests_interleaved_with_good_ones() {
+    let server = Server::start(&["--max-body-bytes", "1000000"]);
+    let engine = engine();
+    let cfg = engine.model().config.clone();
+    let good_lines = lines();
+    let goods: Vec<Request> = good_lines
+        .iter()
+        .map(|l| hcn_prerank::json::parse_request(l, &cfg).unwrap())
+        .collect();
+    let wants: Vec<hcn_prerank::Response> = goods
+        .iter()
+        .map(|r| engine.run_with(r, &RunOptions::top_k(Some(5))).unwrap())
+        .collect();
+    let mut client = server.client().await;
+    let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    let url = format!("{}/v1/score", server.http);
+    let pid = server.child.id();
+    let mut rss_after_warmup = 0;
+    let mut rng = hcn_prerank::rng::SplitMix64::new(11);
+    for i in 0..1000usize {
+        if i == 100 {
+            rss_after_warmup = rss_kib(pid);
+        }
+        let g = i % goods.len();
+        match i % 10 {
+            // Good, both protocols: exact answers.
+            0 => {
+                let got = client
+                    .score(grpc_request(&goods[g], 5))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let top: Vec<u64> = got.top_k.iter().map(|t| t.id).collect();
+                let want: Vec<u64> = wants[g].top_k.iter().map(|t| t.id).collect();
+                assert_eq!(top, want, "#{i}");
+            }
+            1 => {
+                let mut body: serde_json::Value = serde_json::from_str(&good_lines[g]).unwrap();
+                body["top_k"] = 5.into();
+                let (status, text) = http_post(&url, &body.to_string());
+                assert_eq!(status, 200, "#{i}: {text}");
+                assert_eq!(
+                    text,
+                    hcn_prerank::json::response_json(&wants[g], false, true),
+                    "#{i}"
+                );
+            }
+            // Bad protobuf bytes.
+            2 => {
+                let len = 1 + rng.below(64);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8 | 0x80).collect();
+                raw.ready().await.unwrap();
+                let e = raw
+                    .unary(
+                        tonic::Request::new(bytes),
+                        "/hcn.v1.Prerank/Score".parse().unwrap(),
+                        RawCodec,
+                    )
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::InvalidArgument, "#{i}: {e:?}");
+            }
+            // gRPC: unknown profile field, out-of-vocabulary id, wrong dense length.
+            3 => {
+                let mut r = grpc_request(&goods[g], 5);
+                match rng.below(3) {
+                    0 => {
+                        r.fields.insert(format!("nope{i}"), 1);
+                    }
+                    1 => {
+                        r.fields.insert("city".into(), u64::MAX - i as u64);
+                    }
+                    _ => {
+                        r.dense.push(1.0);
+                    }
+                }
+                let e = client.score(r).await.unwrap_err();
+                assert_eq!(e.code(), Code::InvalidArgument, "#{i}: {e:?}");
+            }
+            // HTTP: broken JSON (a good line cut short), wrong types, negative / fractional /
+            // huge ids, an unknown profile field.
+            4..=8 => {
+                let line = &good_lines[g];
+                let body = match i % 10 {
+                    4 => line[..1 + rng.below(line.len() - 2)].to_string(),
+                    5 => line.replacen("\"candidates\": [", "\"candidates\": [\"x\", ", 1),
+                    6 => line.replacen("\"candidates\": [", &format!("\"candidates\": [-{i}, "), 1),
+                    7 => line.replacen("\"long\": [", "\"long\": [1.5, ", 1),
+                    _ => line.replacen(
+                        "\"candidates\": [",
+                        "\"candidates\": [18446744073709551616, ",
+                        1,
+                    ),
+                };
+                let (status, text) = http_post(&url, &body);
+                assert_eq!(status, 400, "#{i}: {body:.60} → {text}");
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "#{i}");
+            }
+            // A body over the limit.
+            _ => {
+                let huge = "1,".repeat(600_000);
+                let (status, _) = http_post(&url, &format!("{{\"candidates\": [{huge}1]}}"));
+                assert_eq!(status, 413, "#{i}");
+            }
+        }
+    }
+    // Still the same process, still answering, memory flat after the warm-up.
+    assert!(server_alive(&server));
+    let rss = rss_kib(pid);
+    assert!(
+        rss < rss_after_warmup + 64 * 1024,
+        "RSS grew from {rss_after_warmup} KiB to {rss} KiB"
+    );
+    assert!(client.score(grpc_request(&goods[0], 5)).await.is_ok());
+}
+
+fn server_alive(server: &Server) -> bool {
+    std::path::Path::new(&format!("/proc/{}", server.child.id())).exists()
+}

@@ -9,6 +9,7 @@
 //! - [`metrics`]: SPEC §7's metric names.
 
 pub mod batcher;
+pub mod codec;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -26,6 +27,11 @@ use pb::prerank_server as grpc_server;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("hcn.v1");
+    mod client {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/client/hcn.v1.rs"));
+    }
+    pub use client::prerank_client;
 }
 
 /// Everything `hcn serve` is started with.
