@@ -178,6 +178,30 @@ async fn limit_to_json(resp: Response) -> Response {
     resp
 }
 
+/// A body announced (`Content-Length`) over the limit is refused before a byte of it is read; a
+/// body without a length is cut at the limit by `DefaultBodyLimit`.
+async fn announced_length(
+    AxState(max): AxState<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        let mut resp = json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is over the size limit",
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
+}
+
 /// Serves the public HTTP routes until `stop` resolves, then drains.
 pub async fn serve_public(
     listener: tokio::net::TcpListener,
@@ -194,6 +218,10 @@ pub async fn serve_public(
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::map_response(limit_to_json))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body_bytes,
+            announced_length,
+        ))
         .with_state(Ctx { state, queue });
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)
