@@ -14,7 +14,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cpu::TopK;
 use crate::error::{Error, Result};
 use crate::exec::{self, cpu::CpuExecutor, Ctx, Executor};
 use crate::frontend::Frontend;
@@ -126,6 +125,12 @@ impl Engine {
         &self.device_report
     }
 
+    /// The short name of the device serving requests (`cpu`, `cuda:0`): [`device_label`] of
+    /// [`Engine::device_report`].
+    pub fn device_label(&self) -> &str {
+        device_label(&self.device_report)
+    }
+
     /// The model version every [`Response`] carries: [`EngineOptions::model_version`] or the
     /// first 16 hex digits of the model file's SHA-256 (SPEC §7).
     pub fn version(&self) -> &str {
@@ -182,7 +187,9 @@ impl Engine {
     pub fn top_k(&self, scores: &Scores, candidates: &[u64], k: usize) -> Vec<Scored> {
         let k = k.min(scores.scores.len());
         let mut winners = Vec::new();
-        TopK::new().select_by(scores.scores.len(), |i| scores.scores[i], k, &mut winners);
+        exec::cpu::with_top_k(|selector| {
+            selector.select_by(scores.scores.len(), |i| scores.scores[i], k, &mut winners)
+        });
         winners
             .iter()
             .filter_map(|&(position, score)| {
@@ -244,8 +251,44 @@ impl Engine {
     }
 }
 
+/// The short name of the device serving requests (`cpu`, `cuda:0`), from
+/// an engine's device report ([`Engine::device_report`]), which starts with it (e.g. `"cpu: requested"`,
+/// `"cuda:0: NVIDIA H100"`, `"cuda:0 (NVIDIA H100)"`). Falls back to the text before the first
+/// `": "`.
+pub fn device_label(report: &str) -> &str {
+    if let Some(rest) = report.strip_prefix("cuda") {
+        // "cuda" plus an optional ":<index>".
+        let index_len = rest
+            .strip_prefix(':')
+            .map(|r| r.bytes().take_while(u8::is_ascii_digit).count())
+            .filter(|&n| n > 0)
+            .map_or(0, |n| n + 1);
+        return &report[..4 + index_len];
+    }
+    if report.starts_with("cpu") {
+        return "cpu";
+    }
+    report.split(": ").next().unwrap_or(report)
+}
+
 #[allow(dead_code)]
 fn assert_engine_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Engine>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_label;
+
+    #[test]
+    fn device_label_takes_the_device_part() {
+        assert_eq!(device_label("cpu: requested"), "cpu");
+        assert_eq!(device_label("cuda:0: NVIDIA H100"), "cuda:0");
+        assert_eq!(device_label("cuda:12 (NVIDIA H100)"), "cuda:12");
+        assert_eq!(device_label("cuda: no index"), "cuda");
+        assert_eq!(device_label("cpu"), "cpu");
+        assert_eq!(device_label("cpu (fallback: no GPU)"), "cpu");
+        assert_eq!(device_label("metal: hypothetical"), "metal");
+    }
 }

@@ -186,20 +186,6 @@ fn compare(case: &Case, execs: &[Exec], calls: &[(&Request, &RunOptions)], label
     }
 }
 
-/// The id of every row of a store.
-fn row_ids(store: &hcn_prerank::ItemStore) -> Vec<u64> {
-    match &store.index {
-        hcn_prerank::store::IdIndex::RowNumber => (0..store.len() as u64).collect(),
-        hcn_prerank::store::IdIndex::Map(m) => {
-            let mut ids = vec![0; store.len()];
-            for (&id, &row) in m {
-                ids[row as usize] = id;
-            }
-            ids
-        }
-    }
-}
-
 fn opts(k: Option<usize>, scores: bool, interests: bool) -> RunOptions {
     RunOptions {
         top_k: k,
@@ -251,7 +237,7 @@ fn random_batches_with_ties_and_missing_ids_agree_on_every_executor() {
     {
         let execs = executors(&case);
         let e = &execs[0].engine;
-        let (tok_ids, cand_ids) = (row_ids(e.tokens()), row_ids(e.candidates()));
+        let (tok_ids, cand_ids) = (e.tokens().row_ids(), e.candidates().row_ids());
         let mut requests = Vec::new();
         let mut options = Vec::new();
         for i in 0..12 {

@@ -106,12 +106,12 @@ impl State {
         let result = match built {
             Ok(Ok(engine)) => {
                 let version = engine.version().to_string();
-                let device = engine.device_report().to_string();
+                let device = engine.device_label().to_string();
                 self.engine.swap(engine);
                 if let Ok(mut current) = self.files.lock() {
                     *current = files;
                 }
-                self.metrics.set_model(&version, &device_label(&device));
+                self.metrics.set_model(&version, &device);
                 tracing::info!(%version, "reloaded");
                 Ok(version)
             }
@@ -132,15 +132,6 @@ impl State {
     }
 }
 
-/// `cpu` / `cuda:0` from an engine's device report.
-fn device_label(report: &str) -> String {
-    report
-        .split([' ', ':'])
-        .next()
-        .unwrap_or(report)
-        .to_string()
-}
-
 /// One request through a fresh engine (pages in the model, builds the pool, checks it answers).
 fn warm(engine: &Engine) -> crate::Result<()> {
     let cfg = &engine.model().config;
@@ -154,22 +145,10 @@ fn warm(engine: &Engine) -> crate::Result<()> {
             .collect(),
         dense: vec![0.0; cfg.user_dense],
     };
-    let candidates = (0..engine.candidates().len().min(64) as u32)
-        .map(|r| row_id(engine.candidates(), r))
-        .collect();
+    let mut candidates = engine.candidates().row_ids();
+    candidates.truncate(64);
     engine.run(&crate::Request { user, candidates }, Some(8))?;
     Ok(())
-}
-
-/// The id of store row `r`.
-fn row_id(store: &crate::ItemStore, r: u32) -> u64 {
-    match &store.index {
-        crate::store::IdIndex::RowNumber => u64::from(r),
-        crate::store::IdIndex::Map(m) => m
-            .iter()
-            .find_map(|(&id, &row)| (row == r).then_some(id))
-            .unwrap_or(u64::from(r)),
-    }
 }
 
 /// Accepted connections with `TCP_NODELAY`: a response's last segment must not wait for the
@@ -222,7 +201,7 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot load the engine: {e}"))?;
     let metrics = metrics::Metrics::new();
-    metrics.set_model(engine.version(), &device_label(engine.device_report()));
+    metrics.set_model(engine.version(), engine.device_label());
     tracing::info!(
         version = engine.version(),
         device = engine.device_report(),

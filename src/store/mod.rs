@@ -82,6 +82,23 @@ impl ItemStore {
         }
     }
 
+    /// Item id of every row (the `ids` tensor, or the row number when it has none).
+    pub fn row_ids(&self) -> Vec<u64> {
+        match &self.index {
+            IdIndex::RowNumber => (0..self.len() as u64).collect(),
+            IdIndex::Map(map) => {
+                let mut ids = vec![0u64; self.len()];
+                for (&id, &row) in map {
+                    // The loader built the map from the `ids` tensor, one entry per row.
+                    if let Some(slot) = ids.get_mut(row as usize) {
+                        *slot = id;
+                    }
+                }
+                ids
+            }
+        }
+    }
+
     /// True when the store has an `ids` tensor (otherwise ids are row numbers).
     pub fn has_ids(&self) -> bool {
         matches!(self.index, IdIndex::Map(_))

@@ -11,7 +11,7 @@ use clap::Args;
 use hcn_prerank::{Engine, ItemStore, Request, UserRequest};
 use serde::Serialize;
 
-use crate::common::{device_label, load_engine, row_ids, DeviceArg, EngineFiles, Rng};
+use crate::common::{load_engine, DeviceArg, EngineFiles, Rng};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -77,7 +77,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         requests: requests.len(),
         batch,
         threads,
-        device: device_label(engine.device_report()),
+        device: engine.device_label(),
         median_us: percentile(&latencies_us, 0.5),
         p90_us: percentile(&latencies_us, 0.9),
         p99_us: percentile(&latencies_us, 0.99),
@@ -174,7 +174,7 @@ fn nonempty_ids(store: &ItemStore, what: &str) -> Result<Vec<u64>, String> {
             store.path.display()
         ));
     }
-    Ok(row_ids(store))
+    Ok(store.row_ids())
 }
 
 /// The `q`-quantile of sorted samples, interpolating linearly between the two closest ranks

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use hcn_prerank::{Device, Engine, EngineOptions, ItemStore};
+use hcn_prerank::{Device, Engine, EngineOptions};
 
 /// `--device cpu|cuda|auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,58 +58,5 @@ pub fn load_engine(files: &EngineFiles, device: DeviceArg) -> Result<Engine, Str
         .map_err(|e| format!("cannot load the engine: {e}"))
 }
 
-/// The short name of the device serving requests (`cpu`, `cuda:0`), from
-/// [`Engine::device_report`], which starts with it (e.g. `"cpu: requested"`,
-/// `"cuda:0: NVIDIA H100"`, `"cuda:0 (NVIDIA H100)"`). Falls back to the text before the first
-/// `": "`.
-pub fn device_label(report: &str) -> &str {
-    if let Some(rest) = report.strip_prefix("cuda") {
-        // "cuda" plus an optional ":<index>".
-        let index_len = rest
-            .strip_prefix(':')
-            .map(|r| r.bytes().take_while(u8::is_ascii_digit).count())
-            .filter(|&n| n > 0)
-            .map_or(0, |n| n + 1);
-        return &report[..4 + index_len];
-    }
-    if report.starts_with("cpu") {
-        return "cpu";
-    }
-    report.split(": ").next().unwrap_or(report)
-}
-
-/// Item id of every row of a store (the `ids` tensor, or the row number when it has none).
-pub fn row_ids(store: &ItemStore) -> Vec<u64> {
-    match &store.index {
-        hcn_prerank::store::IdIndex::RowNumber => (0..store.len() as u64).collect(),
-        hcn_prerank::store::IdIndex::Map(map) => {
-            let mut ids = vec![0u64; store.len()];
-            for (&id, &row) in map {
-                // The loader built the map from the `ids` tensor, one entry per row.
-                if let Some(slot) = ids.get_mut(row as usize) {
-                    *slot = id;
-                }
-            }
-            ids
-        }
-    }
-}
-
 /// `hcn bench`'s generator; `reference/bench_peers.py` reproduces its stream.
 pub use hcn_prerank::rng::SplitMix64 as Rng;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_label_takes_the_device_part() {
-        assert_eq!(device_label("cpu: requested"), "cpu");
-        assert_eq!(device_label("cuda:0: NVIDIA H100"), "cuda:0");
-        assert_eq!(device_label("cuda:12 (NVIDIA H100)"), "cuda:12");
-        assert_eq!(device_label("cuda: no index"), "cuda");
-        assert_eq!(device_label("cpu"), "cpu");
-        assert_eq!(device_label("cpu (fallback: no GPU)"), "cpu");
-        assert_eq!(device_label("metal: hypothetical"), "metal");
-    }
-}
