@@ -96,14 +96,17 @@ impl Frontend {
     /// The size limits of a whole request, checked before any work (cheap: lengths only).
     pub fn check_limits(&self, request: &Request) -> Result<()> {
         self.check_candidate_count(request.candidates.len())?;
+        self.check_sequence_len("long", request.user.long.len())?;
+        self.check_sequence_len("short", request.user.short.len())
+    }
+
+    fn check_sequence_len(&self, field: &str, len: usize) -> Result<()> {
         let limit = self.limits.max_behavior_ids;
-        for (field, ids) in [("long", &request.user.long), ("short", &request.user.short)] {
-            if ids.len() > limit {
-                return Err(Error::limit(
-                    field,
-                    format!("{} behavior ids exceed the limit of {limit}", ids.len()),
-                ));
-            }
+        if len > limit {
+            return Err(Error::limit(
+                field,
+                format!("{len} behavior ids exceed the limit of {limit}"),
+            ));
         }
         Ok(())
     }
@@ -193,13 +196,7 @@ impl Frontend {
         max_len: usize,
         skipped: &mut usize,
     ) -> Result<Vec<u32>> {
-        let limit = self.limits.max_behavior_ids;
-        if ids.len() > limit {
-            return Err(Error::limit(
-                field,
-                format!("{} behavior ids exceed the limit of {limit}", ids.len()),
-            ));
-        }
+        self.check_sequence_len(field, ids.len())?;
         let mut rows = Vec::with_capacity(ids.len().min(max_len));
         for (i, &id) in ids.iter().enumerate() {
             match self.tokens.lookup(id) {

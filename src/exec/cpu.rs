@@ -133,13 +133,14 @@ fn gather_tokens(fe: &Frontend, rows: &[u32]) -> Vec<f32> {
     x
 }
 
-/// A top-k selector with its winner buffer.
-type TopKScratch = (TopK, Vec<(usize, f32)>);
-
 thread_local! {
     /// Per-thread top-k selector and buffers, reused across requests.
-    static TOP_K: std::cell::RefCell<TopKScratch> =
-        std::cell::RefCell::new((TopK::new(), Vec::new()));
+    static TOP_K: std::cell::RefCell<TopK> = std::cell::RefCell::new(TopK::new());
+}
+
+/// Runs `f` with this thread's reusable top-k selector (its buffers are kept between calls).
+pub(crate) fn with_top_k<R>(f: impl FnOnce(&mut TopK) -> R) -> R {
+    TOP_K.with(|cell| f(&mut cell.borrow_mut()))
 }
 
 /// Smallest number of candidates worth handing to another thread.
@@ -327,7 +328,7 @@ impl CpuExecutor {
         let job = ChunkJob {
             scorer: &scorer,
             fe,
-            missing: &resolved.missing_positions,
+            resolved,
             ids,
             k,
             opts,
@@ -394,8 +395,7 @@ impl Executor for CpuExecutor {
 struct ChunkJob<'a> {
     scorer: &'a RowScorer<'a>,
     fe: &'a Frontend,
-    /// Request positions of unknown candidates, ascending.
-    missing: &'a [usize],
+    resolved: &'a ResolvedCandidates,
     ids: &'a [u64],
     k: Option<usize>,
     opts: &'a RunOptions,
@@ -410,7 +410,7 @@ impl ChunkJob<'_> {
         out: &mut [Option<f32>],
         rows: &[u32],
     ) -> Result<Vec<(usize, f32)>> {
-        let (missing, opts) = (self.missing, self.opts);
+        let (missing, opts) = (&self.resolved.missing_positions, self.opts);
         if self.fe.candidates.is_empty() {
             // Every candidate is unknown and there is no stand-in row: nothing to score.
             return Ok(Vec::new());
@@ -424,7 +424,7 @@ impl ChunkJob<'_> {
         } else {
             (self.scorer)(rows, &mut y)?;
         }
-        post::check_scores_finite(&y, offset, |p| missing.binary_search(&p).is_err(), self.ids)?;
+        post::check_scores_finite(&y, offset, |p| self.resolved.is_known(p), self.ids)?;
         for (o, &v) in out.iter_mut().zip(&y) {
             *o = Some(v);
         }
@@ -440,10 +440,7 @@ impl ChunkJob<'_> {
         }
         let mut winners = Vec::new();
         if let Some(k) = self.k {
-            TOP_K.with(|cell| {
-                let (selector, _) = &mut *cell.borrow_mut();
-                selector.select_scores(&y, k, &mut winners);
-            });
+            with_top_k(|selector| selector.select_scores(&y, k, &mut winners));
             winners.iter_mut().for_each(|w| w.0 += offset);
         }
         Ok(winners)

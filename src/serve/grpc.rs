@@ -157,30 +157,32 @@ impl Prerank for Service {
             Service::submit(&self.state, &self.queue, to_request(r), options, "grpc").await;
         let m = &self.state.metrics;
         m.request_duration.observe(arrived.elapsed().as_secs_f64());
-        let (answer, resp) = match outcome {
+        let Answer {
+            result,
+            queued,
+            inference,
+            counted,
+        } = match outcome {
+            Ok(answer) => answer,
             Err((kind, msg)) => {
                 let code = status_code(kind);
                 m.answered("grpc", &format!("{code:?}"));
                 return Err(Status::new(code, msg));
             }
-            Ok(answer) => match answer.result {
-                Err(e) => {
-                    let code = status_code(e.kind());
-                    if !answer.counted {
-                        m.answered("grpc", &format!("{code:?}"));
-                    }
-                    m.queue_duration.observe(answer.queued.as_secs_f64());
-                    return Err(Status::new(code, e.to_string()));
+        };
+        m.queue_duration.observe(queued.as_secs_f64());
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                let code = status_code(e.kind());
+                if !counted {
+                    m.answered("grpc", &format!("{code:?}"));
                 }
-                Ok(ref resp) => {
-                    let resp = resp.clone();
-                    (answer, resp)
-                }
-            },
+                return Err(Status::new(code, e.to_string()));
+            }
         };
         m.answered("grpc", "Ok");
-        m.queue_duration.observe(answer.queued.as_secs_f64());
-        m.inference_duration.observe(answer.inference.as_secs_f64());
+        m.inference_duration.observe(inference.as_secs_f64());
         m.candidates.inc_by(candidates);
         m.missing_candidates
             .inc_by(resp.missing_candidates.len() as u64);
@@ -188,8 +190,8 @@ impl Prerank for Service {
         let mut out = tonic::Response::new(to_response(resp));
         let md = out.metadata_mut();
         for (key, d) in [
-            ("x-queue-time-us", answer.queued),
-            ("x-inference-time-us", answer.inference),
+            ("x-queue-time-us", queued),
+            ("x-inference-time-us", inference),
         ] {
             if let Ok(v) = d.as_micros().to_string().parse() {
                 md.insert(key, v);
