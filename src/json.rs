@@ -51,11 +51,48 @@ const MAX_FOUND_CHARS: usize = 48;
 
 /// Parses one JSON Lines request (SPEC §4) against the model's config.
 pub fn parse_request(line: &str, cfg: &HcnConfig) -> Result<Request> {
+    parse_line(line, cfg, None)
+}
+
+/// The keys an HTTP request body may add to a §4 request (SPEC §7).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceKeys {
+    /// `"top_k": K` (`null` or absent: no top-k).
+    pub top_k: Option<u64>,
+    /// `"emit_interests": true`.
+    pub emit_interests: bool,
+}
+
+/// [`parse_request`] plus SPEC §7's `top_k` and `emit_interests`, in one read of the text. A
+/// wrong request is reported first (as [`parse_request`] would), then a wrong `top_k`, then a
+/// wrong `emit_interests`.
+pub fn parse_service_request(line: &str, cfg: &HcnConfig) -> Result<(Request, ServiceKeys)> {
+    let keys = ServiceKeysSlot::default();
+    let request = parse_line(line, cfg, Some(&keys))?;
+    let top_k = keys.top_k.take().unwrap_or(Ok(None))?;
+    let emit_interests = keys.emit_interests.take().unwrap_or(Ok(false))?;
+    Ok((
+        request,
+        ServiceKeys {
+            top_k,
+            emit_interests,
+        },
+    ))
+}
+
+/// What [`RequestVisitor`] found under the service's keys (the last duplicate wins).
+#[derive(Default)]
+struct ServiceKeysSlot {
+    top_k: Cell<Option<Result<Option<u64>>>>,
+    emit_interests: Cell<Option<Result<bool>>>,
+}
+
+fn parse_line(line: &str, cfg: &HcnConfig, keys: Option<&ServiceKeysSlot>) -> Result<Request> {
     read_again_if_rejected(|track| {
         let mut de = serde_json::Deserializer::from_str(line);
         // As `serde_json::from_str`: the value, then nothing but whitespace.
         match de
-            .deserialize_any(RequestVisitor { cfg, track })
+            .deserialize_any(RequestVisitor { cfg, track, keys })
             .and_then(|parsed| de.end().map(|()| parsed))
         {
             Ok(parsed) => request_or_not_object(parsed),
@@ -73,7 +110,14 @@ pub fn parse_request(line: &str, cfg: &HcnConfig) -> Result<Request> {
 /// same line, like `hcn eval`'s `labels`, parses the text once).
 pub fn parse_request_value(value: &Value, cfg: &HcnConfig) -> Result<Request> {
     read_again_if_rejected(|track| {
-        match Deserializer::deserialize_any(value, RequestVisitor { cfg, track }) {
+        match Deserializer::deserialize_any(
+            value,
+            RequestVisitor {
+                cfg,
+                track,
+                keys: None,
+            },
+        ) {
             Ok(parsed) => request_or_not_object(parsed),
             // A `Value` is valid JSON, so this does not happen.
             Err(e) => Err(Error::request(WHOLE_REQUEST, e.to_string())),
@@ -353,6 +397,11 @@ pub(crate) use reject;
 /// (shortened), `an array of N elements`, `an object`.
 struct Found;
 
+/// [`Found`]'s rendering of an already read value.
+fn quoted(v: &Value) -> String {
+    Deserializer::deserialize_any(v, Found).unwrap_or_else(|e| e.to_string())
+}
+
 fn shorten(s: String) -> String {
     if s.chars().count() > MAX_FOUND_CHARS {
         let cut: String = s.chars().take(MAX_FOUND_CHARS).collect();
@@ -416,6 +465,8 @@ fn slot<T>(read: Result<Slot<T>, (String, String)>) -> Slot<T> {
 struct RequestVisitor<'c> {
     cfg: &'c HcnConfig,
     track: bool,
+    /// Where `top_k` and `emit_interests` go; `None`: they are unknown keys (ignored).
+    keys: Option<&'c ServiceKeysSlot>,
 }
 
 enum TopKey {
@@ -424,6 +475,8 @@ enum TopKey {
     Short,
     Fields,
     Dense,
+    TopK,
+    EmitInterests,
     Other,
 }
 
@@ -443,6 +496,8 @@ impl<'de> Visitor<'de> for TopKeyVisitor {
             "short" => TopKey::Short,
             "fields" => TopKey::Fields,
             "dense" => TopKey::Dense,
+            "top_k" => TopKey::TopK,
+            "emit_interests" => TopKey::EmitInterests,
             _ => TopKey::Other,
         })
     }
@@ -483,7 +538,30 @@ impl<'de> Visitor<'de> for RequestVisitor<'_> {
                         }
                     )
                 }
-                TopKey::Other => {
+                TopKey::TopK if let Some(keys) = self.keys => {
+                    let v: Value = map.next_value()?;
+                    let got = match v {
+                        Value::Null => Ok(None),
+                        Value::Number(ref n) if n.as_u64().is_some() => Ok(n.as_u64()),
+                        other => Err(Error::request(
+                            "top_k",
+                            format!("expected a non-negative integer, found {}", quoted(&other)),
+                        )),
+                    };
+                    keys.top_k.set(Some(got));
+                }
+                TopKey::EmitInterests if let Some(keys) = self.keys => {
+                    let v: Value = map.next_value()?;
+                    let got = match v {
+                        Value::Bool(b) => Ok(b),
+                        other => Err(Error::request(
+                            "emit_interests",
+                            format!("expected true or false, found {}", quoted(&other)),
+                        )),
+                    };
+                    keys.emit_interests.set(Some(got));
+                }
+                TopKey::TopK | TopKey::EmitInterests | TopKey::Other => {
                     map.next_value::<Skip>()?;
                 }
             }
@@ -1251,6 +1329,53 @@ mod tests {
                 );
             }
             other => panic!("{line}: expected a request error, got {other:?}"),
+        }
+    }
+
+    /// SPEC §7's keys are read in the same pass; to `parse_request` they are unknown (ignored).
+    #[test]
+    fn service_keys_are_read_with_the_request() {
+        let c = bare();
+        let line = r#"{"candidates": [4, 8], "top_k": 3, "emit_interests": true}"#;
+        let (r, keys) = parse_service_request(line, &c).unwrap();
+        assert_eq!(r, parse_request(line, &c).unwrap());
+        assert_eq!(
+            keys,
+            ServiceKeys {
+                top_k: Some(3),
+                emit_interests: true
+            }
+        );
+        let (_, keys) = parse_service_request(r#"{"candidates": [], "top_k": null}"#, &c).unwrap();
+        assert_eq!(keys, ServiceKeys::default());
+        // The last duplicate wins, as for every key.
+        let (_, keys) =
+            parse_service_request(r#"{"candidates": [], "top_k": "x", "top_k": 2}"#, &c).unwrap();
+        assert_eq!(keys.top_k, Some(2));
+        for (line, field, needle) in [
+            (r#"{"candidates": [], "top_k": -1}"#, "top_k", "found -1"),
+            (r#"{"candidates": [], "top_k": 1.5}"#, "top_k", "found 1.5"),
+            (
+                r#"{"candidates": [], "top_k": "3"}"#,
+                "top_k",
+                "found \"3\"",
+            ),
+            (
+                r#"{"candidates": [], "emit_interests": 1}"#,
+                "emit_interests",
+                "found 1",
+            ),
+            // A wrong request comes first.
+            (r#"{"candidates": [-1], "top_k": -1}"#, "candidates[0]", ""),
+        ] {
+            match parse_service_request(line, &c) {
+                Err(Error::Request { field: f, reason }) => {
+                    assert_eq!(f, field, "{line}: {reason}");
+                    assert!(reason.contains(needle), "{line}: {reason}");
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+            assert!(parse_request(line, &c).is_ok() || field == "candidates[0]");
         }
     }
 

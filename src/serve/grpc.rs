@@ -188,11 +188,9 @@ impl Prerank for Service {
             .inc_by(resp.missing_candidates.len() as u64);
         m.skipped_behaviors.inc_by(resp.skipped_behaviors as u64);
         let mut out = tonic::Response::new(to_response(resp));
+        // Moved into the trailers by `fix_up`.
         let md = out.metadata_mut();
-        for (key, d) in [
-            ("x-queue-time-us", queued),
-            ("x-inference-time-us", inference),
-        ] {
+        for (key, d) in TIMINGS.into_iter().zip([queued, inference]) {
             if let Ok(v) = d.as_micros().to_string().parse() {
                 md.insert(key, v);
             }
@@ -220,16 +218,72 @@ pub fn info(state: &State) -> InfoResponse {
     }
 }
 
-/// SPEC §7: a message over the size limit is RESOURCE_EXHAUSTED. tonic's decoder answers
-/// OUT_OF_RANGE (11) for it, before any handler runs (the handlers never answer 11).
-async fn too_large_is_resource_exhausted(
-    mut resp: axum::response::Response,
-) -> axum::response::Response {
-    if resp.headers().get("grpc-status").is_some_and(|v| v == "11") {
-        resp.headers_mut()
+/// The timing entries the handler sets as headers; sent as trailing metadata instead (they are
+/// known only once the answer is, and gRPC clients read per-call figures from the trailers).
+const TIMINGS: [&str; 2] = ["x-queue-time-us", "x-inference-time-us"];
+
+/// Fixes up what tonic's stack answers: SPEC §7's RESOURCE_EXHAUSTED for a message over the size
+/// limit (tonic's decoder answers OUT_OF_RANGE (11) before any handler runs; the handlers never
+/// answer 11), and the timings moved from the headers into the trailers.
+async fn fix_up(resp: axum::response::Response) -> axum::response::Response {
+    let (mut parts, body) = resp.into_parts();
+    if parts.headers.get("grpc-status").is_some_and(|v| v == "11") {
+        parts
+            .headers
             .insert("grpc-status", axum::http::HeaderValue::from_static("8"));
     }
-    resp
+    let mut timings = axum::http::HeaderMap::new();
+    for key in TIMINGS {
+        if let Some(v) = parts.headers.remove(key) {
+            timings.insert(key, v);
+        }
+    }
+    if timings.is_empty() {
+        return axum::response::Response::from_parts(parts, body);
+    }
+    let body = axum::body::Body::new(WithTrailers {
+        inner: body,
+        extra: Some(timings),
+    });
+    axum::response::Response::from_parts(parts, body)
+}
+
+/// A response body whose trailers frame (tonic's `grpc-status`) gains `extra`.
+struct WithTrailers {
+    inner: axum::body::Body,
+    extra: Option<axum::http::HeaderMap>,
+}
+
+impl http_body::Body for WithTrailers {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    if let Some(extra) = this.extra.take() {
+                        trailers.extend(extra);
+                    }
+                    std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+                }
+                Err(frame) => std::task::Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serves gRPC on `listener` until `stop` resolves, then drains.
@@ -251,9 +305,7 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(prerank).add_service(health_service);
     let app = routes
         .into_axum_router()
-        .layer(axum::middleware::map_response(
-            too_large_is_resource_exhausted,
-        ));
+        .layer(axum::middleware::map_response(fix_up));
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)
         .await

@@ -34,15 +34,6 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// The two keys SPEC §7 adds to a §4 request object.
-#[derive(Deserialize, Default)]
-struct Extra {
-    #[serde(default)]
-    top_k: Option<u64>,
-    #[serde(default)]
-    emit_interests: bool,
-}
-
 async fn score(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
     let m = &ctx.state.metrics;
@@ -61,13 +52,9 @@ async fn score(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Bytes) -> R
         return bad("the body is not UTF-8".into());
     };
     let engine = ctx.state.engine.snapshot();
-    let request = match crate::json::parse_request(text, &engine.model().config) {
-        Ok(r) => r,
+    let (request, extra) = match crate::json::parse_service_request(text, &engine.model().config) {
+        Ok(parsed) => parsed,
         Err(e) => return bad(e.to_string()),
-    };
-    let extra: Extra = match serde_json::from_str(text) {
-        Ok(x) => x,
-        Err(e) => return bad(format!("top_k / emit_interests: {e}")),
     };
     let deadline = headers
         .get("x-timeout-ms")

@@ -45,6 +45,8 @@ pub struct ServeConfig {
     pub admin: SocketAddr,
     pub device: Device,
     pub threads: usize,
+    /// How long the engine's workers keep polling for work after a batch (`EngineOptions::keep_awake`).
+    pub keep_awake: Duration,
     pub batch: batcher::BatchLimits,
     /// Largest HTTP body / gRPC message accepted (bytes).
     pub max_body_bytes: usize,
@@ -68,6 +70,7 @@ pub struct State {
     /// Reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
     device: Device,
+    keep_awake: Duration,
     /// The engine's pool, shared by every engine a reload builds (the queue's owner lives in it).
     pool: Arc<rayon::ThreadPool>,
 }
@@ -77,12 +80,13 @@ impl State {
     fn build_engine(
         files: &ModelFiles,
         device: Device,
+        keep_awake: Duration,
         pool: Arc<rayon::ThreadPool>,
     ) -> crate::Result<Engine> {
         let options = EngineOptions {
             device,
             parallelism: Parallelism::Pool(pool),
-            keep_awake: Duration::from_millis(1),
+            keep_awake,
             ..EngineOptions::default()
         };
         let engine = Engine::load(&files.model, &files.tokens, &files.candidates, options)?;
@@ -98,11 +102,12 @@ impl State {
             Some(f) => f,
             None => self.files.lock().map_err(|e| e.to_string())?.clone(),
         };
-        let (device, pool) = (self.device, Arc::clone(&self.pool));
+        let (device, keep_awake, pool) = (self.device, self.keep_awake, Arc::clone(&self.pool));
         let f = files.clone();
-        let built = tokio::task::spawn_blocking(move || State::build_engine(&f, device, pool))
-            .await
-            .map_err(|e| format!("reload task failed: {e}"));
+        let built =
+            tokio::task::spawn_blocking(move || State::build_engine(&f, device, keep_awake, pool))
+                .await
+                .map_err(|e| format!("reload task failed: {e}"));
         let result = match built {
             Ok(Ok(engine)) => {
                 let version = engine.version().to_string();
@@ -194,12 +199,13 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
             .build()
             .map_err(|e| format!("cannot start {threads} engine threads: {e}"))?,
     );
-    let device = cfg.device;
+    let (device, keep_awake) = (cfg.device, cfg.keep_awake);
     let (f, p) = (files.clone(), Arc::clone(&pool));
-    let engine = tokio::task::spawn_blocking(move || State::build_engine(&f, device, p))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot load the engine: {e}"))?;
+    let engine =
+        tokio::task::spawn_blocking(move || State::build_engine(&f, device, keep_awake, p))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot load the engine: {e}"))?;
     let metrics = metrics::Metrics::new();
     metrics.set_model(engine.version(), engine.device_label());
     tracing::info!(
@@ -214,6 +220,7 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         files: Mutex::new(files),
         reloading: tokio::sync::Mutex::new(()),
         device,
+        keep_awake,
         pool: Arc::clone(&pool),
     });
     let (queue, queue_owner) = batcher::start(Arc::clone(&state), cfg.batch, pool);
