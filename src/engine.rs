@@ -125,6 +125,14 @@ impl Engine {
         &self.device_report
     }
 
+    /// Whether a batch of requests costs much less than its requests one by one, so that a
+    /// server should wait a little for one to fill: true on a GPU (one launch plan per batch);
+    /// false on the CPU, where a batch runs request by request (a request that finds the engine
+    /// idle should start at once; those arriving meanwhile form the next batch by themselves).
+    pub fn batches_pay_off(&self) -> bool {
+        self.device.is_some()
+    }
+
     /// The short name of the device serving requests (`cpu`, `cuda:0`): [`device_label`] of
     /// [`Engine::device_report`].
     pub fn device_label(&self) -> &str {

@@ -288,6 +288,35 @@ async fn every_error_is_the_spec_code() {
     assert_eq!(http_post(&url, &body.to_string()).0, 200);
 }
 
+/// On the CPU a lone request does not wait for a batch to fill (the default delay is the GPU's):
+/// its queue time, read from the gRPC trailers, stays far below the 500 µs it used to wait. An
+/// explicit `--max-queue-delay-us` is honoured on the CPU too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_on_the_cpu_does_not_wait_for_a_batch() {
+    let cfg = engine().model().config.clone();
+    let good = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
+    let queue_us = |r: &tonic::Response<_>| -> u64 {
+        r.metadata()
+            .get("x-queue-time-us")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("x-queue-time-us in the trailers")
+    };
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let mut least = u64::MAX;
+    for _ in 0..20 {
+        let r = client.score(grpc_request(&good, 3)).await.unwrap();
+        least = least.min(queue_us(&r));
+    }
+    assert!(least < 400, "least queue time {least} µs");
+    drop(server);
+    let server = Server::start(&["--max-queue-delay-us", "30000"]);
+    let mut client = server.client().await;
+    let r = client.score(grpc_request(&good, 3)).await.unwrap();
+    assert!(queue_us(&r) >= 30_000, "{}", queue_us(&r));
+}
+
 /// A deadline that passes while the request is queued: answered DEADLINE_EXCEEDED (HTTP 504)
 /// without being computed. The server waits 200 ms for a batch to fill, so a lone request with
 /// a 20 ms deadline is always expired when its batch forms. (A gRPC client enforces its deadline

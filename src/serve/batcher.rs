@@ -1,5 +1,6 @@
 //! The batching queue (TEI's design): one task owns the queue and forms batches by request count
-//! and candidate budget, waiting at most `max_queue_delay` for a batch to fill. Admission is
+//! and candidate budget, waiting at most `max_queue_delay` for a batch to fill (by default only
+//! on a GPU: see [`BatchLimits::max_delay`]). Admission is
 //! bounded (a full queue answers at once, never grows); a request larger than the candidate
 //! budget runs alone (it never waits for room that cannot come); a request whose deadline passed
 //! while it waited is answered without being computed.
@@ -7,8 +8,9 @@
 //! The owner is an OS thread living inside the engine's rayon pool (not a task of the async
 //! runtime): the runtime's threads only do network I/O, a batch runs where its work runs (no
 //! hand-off to another thread per batch, so the pool's keep-awake applies, as in `hcn bench`),
-//! and the wait for a batch to fill uses the OS's timed wait (µs precision, where tokio's timer
-//! has 1 ms).
+//! for the keep-awake window after a batch the owner polls the queue instead of sleeping (as the
+//! pool's workers do), and the wait for a batch to fill uses the OS's timed wait (µs precision,
+//! where tokio's timer has 1 ms).
 
 use std::sync::mpsc::{self, TryRecvError, TrySendError};
 use std::sync::Arc;
@@ -19,12 +21,18 @@ use tokio::sync::oneshot;
 use super::State;
 use crate::{Error, Request, Response, RunOptions};
 
+/// The wait for a batch to fill where batches pay off, unless set (SPEC §7's default).
+pub const DEFAULT_DELAY: Duration = Duration::from_micros(500);
+
 /// How batches are formed (SPEC §7's flags).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub max_requests: usize,
     pub max_candidates: usize,
-    pub max_delay: Duration,
+    /// The longest wait for a batch to fill. `None`: [`DEFAULT_DELAY`] where a batch pays off
+    /// (`Engine::batches_pay_off`: a GPU), none on the CPU (a batch there runs request by
+    /// request, so waiting only adds latency; requests that arrive while one runs form the next).
+    pub max_delay: Option<Duration>,
     pub max_queue: usize,
 }
 
@@ -90,20 +98,61 @@ pub fn start(
     (Queue { tx }, owner)
 }
 
+/// The next job, waiting until `deadline` (`None`: until one comes or every sender is gone).
+/// Until `awake_until` the wait polls, yielding the core between polls, instead of sleeping: a
+/// sleeping thread is woken tens of µs late on a VM (its vCPU halts; see `crate::spin`), which
+/// the next request would pay. The engine's workers poll for the same window after a batch.
+fn next_job(
+    rx: &mpsc::Receiver<Job>,
+    deadline: Option<Instant>,
+    awake_until: Instant,
+) -> Option<Job> {
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return None;
+        }
+        if now >= awake_until {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    match deadline {
+        None => rx.recv().ok(),
+        // Timeout or disconnected: no job.
+        Some(d) => rx
+            .recv_timeout(d.saturating_duration_since(Instant::now()))
+            .ok(),
+    }
+}
+
 fn run(rx: mpsc::Receiver<Job>, state: &Arc<State>, limits: BatchLimits) {
     // A job taken from the queue that did not fit the batch being formed: it opens the next.
     let mut held: Option<Job> = None;
+    let mut awake_until = Instant::now();
     loop {
         let first = match held.take() {
             Some(j) => j,
-            None => match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
+            None => match next_job(&rx, None, awake_until) {
+                Some(j) => j,
+                None => return,
             },
         };
         let mut batch = Vec::new();
         let mut candidates = 0usize;
-        let deadline = Instant::now() + limits.max_delay;
+        let delay = limits.max_delay.unwrap_or_else(|| {
+            if state.engine.snapshot().batches_pay_off() {
+                DEFAULT_DELAY
+            } else {
+                Duration::ZERO
+            }
+        });
+        let deadline = Instant::now() + delay;
         let mut next = Some(first);
         loop {
             if let Some(job) = next.take() {
@@ -122,24 +171,14 @@ fn run(rx: mpsc::Receiver<Job>, state: &Arc<State>, limits: BatchLimits) {
                 break;
             }
             // Whatever is already waiting joins at once; then wait for more until the deadline.
-            next = match rx.try_recv() {
-                Ok(j) => Some(j),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        None
-                    } else {
-                        // Timeout or disconnected: the batch is what it is.
-                        rx.recv_timeout(left).ok()
-                    }
-                }
-            };
+            // None (the deadline, or every sender gone): the batch is what it is.
+            next = next_job(&rx, Some(deadline), awake_until);
             if next.is_none() {
                 break;
             }
         }
         execute(batch, candidates, state);
+        awake_until = Instant::now() + state.keep_awake;
     }
 }
 
