@@ -4,7 +4,9 @@
 //!
 //! - `tower`: the user side (`Engine::user_interests`, full-length sequences);
 //! - `score`: scoring one request's candidates (`Engine::score`);
-//! - `end_to_end`: `Engine::run_batch` with top-1000, batch 1 and 32.
+//! - `end_to_end`: `Engine::run_batch` with top-1000, batch 1 and 32;
+//! - `floors/fma`, `floors/gather`: this machine's FMA peak per SIMD level and random-row gather
+//!   rate (`hcn_prerank::floors`), the floors every figure above is read against.
 //!
 //! Models and 1M-row stores are synthetic (`hcn_prerank::synth`), written once to
 //! `target/bench-models/`. `HCN_BENCH_PROFILES=public` (or `industrial`) limits the run;
@@ -14,6 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hcn_prerank::cpu::Level;
+use hcn_prerank::floors::{fma_flops_per_thread, fma_peak, gather_rows};
 use hcn_prerank::synth::{ensure_profile_files, Profile};
 use hcn_prerank::tensor::DType;
 use hcn_prerank::{Engine, EngineOptions, Parallelism, Request, UserRequest};
@@ -168,5 +172,57 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// This machine's floors (`hcn_prerank::floors`): `floors/fma/{level}/t{threads}` in FLOP/s,
+/// `floors/gather/{profile}/f16/t{threads}/p{distance}` in rows/s (one request's candidates, fresh
+/// random rows each iteration).
+fn floors(c: &mut Criterion) {
+    let mut g = c.benchmark_group("floors/fma");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for level in Level::available() {
+        for threads in [1usize, 2] {
+            g.throughput(Throughput::Elements(
+                threads as u64 * fma_flops_per_thread(level),
+            ));
+            g.bench_function(
+                BenchmarkId::from_parameter(format!("{}/t{threads}", level.name())),
+                |b| b.iter(|| fma_peak(level, threads, 1)),
+            );
+        }
+    }
+    g.finish();
+    for profile in profiles() {
+        let m = profile.candidates_per_request();
+        let engine = engine(profile, DType::F16, 1);
+        let matrix = &engine.candidates().vectors;
+        let mut rng = Rng::new(11);
+        let draws: Vec<Vec<usize>> = (0..64)
+            .map(|_| (0..m).map(|_| rng.below(matrix.rows())).collect())
+            .collect();
+        let mut g = c.benchmark_group(format!("floors/gather/{}", profile.name()));
+        g.sample_size(20)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500));
+        g.throughput(Throughput::Elements(m as u64));
+        for threads in [1usize, 2] {
+            let pool = pool(threads);
+            for distance in [0usize, 8, 16, 32] {
+                g.bench_function(
+                    BenchmarkId::from_parameter(format!("f16/t{threads}/p{distance}")),
+                    |b| {
+                        let mut i = 0;
+                        b.iter(|| {
+                            i = (i + 1) % draws.len();
+                            gather_rows(matrix, &draws[i], distance, &pool)
+                        })
+                    },
+                );
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, floors);
 criterion_main!(benches);

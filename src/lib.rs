@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 mod exec;
 mod fast;
+pub mod floors;
 mod frontend;
 pub mod json;
 pub mod model;

@@ -8,7 +8,9 @@
 use std::time::Instant;
 
 use clap::Args;
-use hcn_prerank::{Engine, ItemStore, Request, UserRequest};
+use hcn_prerank::cpu::Level;
+use hcn_prerank::floors::{cpu_identity, fma_peak, gather_rate, FmaPeak};
+use hcn_prerank::{CpuKernels, Engine, ItemStore, Request, StageTimes, UserRequest};
 use serde::Serialize;
 
 use crate::common::{load_engine, DeviceArg, EngineFiles, Rng};
@@ -38,6 +40,12 @@ pub struct BenchArgs {
     /// Seed of the request generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also measure this machine's floors (FMA peak per SIMD level, random-row gather rate of
+    /// the candidate store at 1 and --threads threads, several prefetch distances) and write a
+    /// second JSON line: the floors, the median time of each stage of a request, and the
+    /// scoring stage against max(gather floor, FMA floor).
+    #[arg(long)]
+    pub floors: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -51,6 +59,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let batch = usize::try_from(args.batch).map_err(|e| e.to_string())?;
     let batches: Vec<&[Request]> = requests.chunks(batch).collect();
 
+    let mut stages: Vec<StageTimes> = Vec::new();
     let (mut latencies_us, timed_seconds, scored) = pool.install(|| {
         // Warm-up: caches, page faults of the mapped stores, lazy device setup.
         let warmup = (batches.len() / 10).clamp(1, 10);
@@ -64,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             let start = Instant::now();
             let out = engine.run_batch(b, Some(args.top_k));
             let seconds = start.elapsed().as_secs_f64();
+            stages.extend(out.iter().flatten().map(|r| r.timings));
             check(out)?;
             latencies.push(seconds * 1e6);
             total += seconds;
@@ -89,7 +99,87 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     };
     let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     println!("{line}");
+    if args.floors {
+        let line = floors_report(&engine, &args, &pool, &stages)?;
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// `--floors`: this machine's limits and the request's stages against them (one JSON line).
+fn floors_report(
+    engine: &Engine,
+    args: &BenchArgs,
+    pool: &rayon::ThreadPool,
+    stages: &[StageTimes],
+) -> Result<String, String> {
+    let threads = pool.current_num_threads();
+    let mut counts = vec![1];
+    if threads > 1 {
+        counts.push(threads);
+    }
+    let fma: Vec<FmaPeak> = Level::ALL
+        .into_iter()
+        .flat_map(|l| counts.iter().filter_map(move |&t| fma_peak(l, t, 5)))
+        .collect();
+    let matrix = &engine.candidates().vectors;
+    let rows = args.candidates_per_request;
+    let mut gather = Vec::new();
+    for &t in &counts {
+        let p = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .map_err(|e| e.to_string())?;
+        for distance in [0, 4, 8, 16, 32] {
+            gather.push(gather_rate(matrix, rows, 15, distance, &p, args.seed));
+        }
+    }
+    let median_us = |f: &dyn Fn(&StageTimes) -> std::time::Duration| {
+        let mut v: Vec<f64> = stages.iter().map(|s| f(s).as_secs_f64() * 1e6).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let stages_us = serde_json::json!({
+        "resolve": median_us(&|s| s.resolve),
+        "user": median_us(&|s| s.user),
+        "score": median_us(&|s| s.score),
+        "top_k": median_us(&|s| s.top_k),
+    });
+    // The scoring stage's floors at the bench's thread count: the best gather, and the FMAs of
+    // n × D products per candidate at the best level's peak.
+    let level = match engine.options().kernels {
+        CpuKernels::Level(l) => l,
+        CpuKernels::Auto | CpuKernels::Reference => Level::detect(),
+    };
+    let best_gather_us = gather
+        .iter()
+        .filter(|g| g.threads == threads)
+        .map(|g| g.ms_per_draw * 1e3)
+        .fold(f64::INFINITY, f64::min);
+    let cfg = &engine.model().config;
+    let score_flops = (rows * cfg.interests * cfg.dim * 2) as f64;
+    let peak = fma
+        .iter()
+        .find(|p| p.level == level.name() && p.threads == threads)
+        .map_or(0.0, |p| p.gflops);
+    let fma_us = if peak > 0.0 {
+        score_flops / (peak * 1e3)
+    } else {
+        0.0
+    };
+    let floor_us = best_gather_us.max(fma_us);
+    let score_us = median_us(&|s| s.score);
+    let out = serde_json::json!({
+        "cpu": cpu_identity(),
+        "level": level.name(),
+        "threads": threads,
+        "fma": fma,
+        "gather": gather,
+        "stages_us": stages_us,
+        "score_floor_us": {"gather": best_gather_us, "fma": fma_us},
+        "score_vs_floor": if floor_us > 0.0 { score_us / floor_us } else { 0.0 },
+    });
+    serde_json::to_string(&out).map_err(|e| e.to_string())
 }
 
 /// The output line, keys in SPEC §4 order.
