@@ -140,11 +140,11 @@ impl Simd for Neon {
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {
         // SAFETY: `prfm` is a hint: it never faults, whatever the address, and changes nothing
-        // observable.
+        // observable. (`readonly`, not `nomem`: rustc warns on a pointer passed to `nomem`.)
         asm!(
             "prfm pldl1keep, [{p}]",
             p = in(reg) p,
-            options(nomem, nostack, preserves_flags)
+            options(readonly, nostack, preserves_flags)
         );
     }
 }
