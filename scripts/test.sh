@@ -4,8 +4,11 @@
 #      without the CLI feature (no clap), and deploy/k8s validated (scripts/validate-deploy.sh);
 #   2. the `cuda` feature: installs the pinned nvcc wheels (scripts/install-nvcc.sh) so build.rs
 #      compiles every kernel for every listed arch, then runs the suite again, which executes every
-#      kernel under the CPU emulation (and on a GPU when one is present).
-# Set HCN_SKIP_CUDA=1 to run only step 1.
+#      kernel under the CPU emulation (and on a GPU when one is present);
+#   3. aarch64: the library cross-compiled for aarch64-unknown-linux-gnu, its unit, SIMD-level and
+#      parity tests run under qemu-user on the NEON kernels (scripts/test-aarch64.sh, which
+#      installs the cross toolchain and qemu when missing).
+# Set HCN_SKIP_CUDA=1 to skip step 2, HCN_SKIP_AARCH64=1 to skip step 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +31,8 @@ if [ "${HCN_SKIP_CUDA:-0}" != "1" ]; then
     cargo test --release --features cuda,cuda-emulation
     echo "== cargo build --release --features cuda (what ships: no emulation inside)"
     cargo build --release --features cuda
+fi
+
+if [ "${HCN_SKIP_AARCH64:-0}" != "1" ]; then
+    bash scripts/test-aarch64.sh
 fi

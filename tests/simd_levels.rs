@@ -17,6 +17,9 @@ fn kernels() -> Vec<Kernels> {
     let levels = Level::available();
     assert!(levels.contains(&Level::Scalar));
     assert!(levels.contains(&Level::detect()));
+    // NEON is in the aarch64 baseline: an aarch64 run that did not test it tested nothing new.
+    #[cfg(target_arch = "aarch64")]
+    assert!(levels.contains(&Level::Neon) && Level::detect() == Level::Neon);
     levels
         .into_iter()
         .map(|l| Kernels::new(l).expect("available level constructs"))
@@ -369,6 +372,76 @@ fn unsupported_levels_do_not_construct() {
     #[cfg(target_arch = "aarch64")]
     assert!(Kernels::new(Level::Avx2).is_none());
     assert_eq!(Kernels::detect().level(), Level::detect());
+}
+
+/// F16 and BF16 rows widen exactly at every level, on every value class a store can hold
+/// (zeros, subnormals, the extremes, random bit patterns), through the vector loads and the
+/// scalar tails, from an unaligned buffer: with one interest that is a one-hot vector, the
+/// `Mean` score of a row is exactly its element `k`.
+#[test]
+fn half_rows_widen_exactly_at_every_level() {
+    let mut rng = Rng::new(10);
+    let d = 37; // vectors of 4, 8 and 16 lanes, then a ragged tail
+    let specials: [(DType, &[u16]); 2] = [
+        (
+            DType::F16,
+            &[
+                0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x83ff, 0x0200, 0x0400, 0x8400, 0x3c00,
+                0xbc00, 0x7bff, 0xfbff, 0x3555,
+            ],
+        ),
+        (
+            DType::BF16,
+            &[
+                0x0000, 0x8000, 0x0001, 0x8001, 0x007f, 0x807f, 0x0080, 0x8080, 0x3f80, 0xbf80,
+                0x7f7f, 0xff7f, 0x3eab,
+            ],
+        ),
+    ];
+    for (dtype, special) in specials {
+        let rows = 9;
+        let mut bits: Vec<u16> = Vec::with_capacity(rows * d);
+        while bits.len() < rows * d {
+            let b = rng.below(1 << 16) as u16;
+            // Finite values only (a one-hot product with an infinity or NaN is NaN).
+            let finite = match dtype {
+                DType::F16 => f16::from_bits(b).is_finite(),
+                _ => bf16::from_bits(b).is_finite(),
+            };
+            if finite {
+                bits.push(b);
+            }
+        }
+        // The special values at the start of row 0 (vector loads) and the end of row 1 (tails).
+        bits[..special.len()].copy_from_slice(special);
+        bits[2 * d - special.len()..2 * d].copy_from_slice(special);
+        let widen = |b: u16| match dtype {
+            DType::F16 => f16::from_bits(b).to_f32(),
+            _ => bf16::from_bits(b).to_f32(),
+        };
+        let mut buf = vec![0u8; 1];
+        buf.extend(bits.iter().flat_map(|b| b.to_le_bytes()));
+        let src = RowSource::new(&buf[1..], dtype, 2 * d, d).unwrap();
+        let all: Vec<u32> = (0..rows as u32).collect();
+        for k in kernels() {
+            for col in 0..d {
+                let mut xu = vec![0.0f32; d];
+                xu[col] = 1.0;
+                let mut out = vec![f32::NAN; rows];
+                k.score_rows(&xu, 1, d, src, &all, ScoreMode::Mean, &mut out)
+                    .unwrap();
+                for (r, &got) in out.iter().enumerate() {
+                    let want = widen(bits[r * d + col]);
+                    assert!(
+                        got == want,
+                        "{:?} {dtype:?} row {r} column {col}: bits {:#06x} gave {got:e}, want {want:e}",
+                        k.level(),
+                        bits[r * d + col]
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

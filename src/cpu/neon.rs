@@ -1,14 +1,17 @@
 //! aarch64 NEON: 4 lanes. NEON is part of the aarch64 baseline, so this level is always
-//! available there. F16 rows widen lane by lane (the `vcvt_f32_f16` intrinsic is not stable);
-//! there is no stable prefetch intrinsic, so the hardware prefetchers are on their own.
+//! available there. The kernels the x86 levels specialise exist here too: F16 rows widen with
+//! `fcvtl` and BF16 rows with a zero-extend and a 16-bit shift, score blocks transpose 4×4 in
+//! registers (`trn1`/`trn2`), rows are prefetched with `prfm pldl1keep`. `fcvtl` and `prfm` are
+//! inline assembly: their intrinsics (`vcvt_f32_f16` needs the unstable `f16` type, `_prefetch`)
+//! are not stable. The rows-in-lanes scoring kernel is AVX-512's only (it needs 16 lanes): NEON
+//! scores with interests in lanes, as AVX2 does.
 //!
-//! Not compiled on the x86-64 development machine (no aarch64 target installed there).
+//! Built and tested (under qemu-user) by `scripts/test-aarch64.sh`.
 
 use std::arch::aarch64::*;
+use std::arch::asm;
 
-use half::f16;
-
-use super::simd::Simd;
+use super::simd::{transpose_via_memory, Simd};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Neon;
@@ -49,19 +52,23 @@ impl Simd for Neon {
     }
     #[inline(always)]
     unsafe fn load_f16(self, p: *const u8) -> float32x4_t {
-        let mut t = [0.0f32; 4];
-        for (i, o) in t.iter_mut().enumerate() {
-            let b = p.add(2 * i).cast::<u16>().read_unaligned();
-            *o = f16::from_bits(u16::from_le(b)).to_f32();
-        }
-        vld1q_f32(t.as_ptr())
+        // The 4 halves as one little-endian u64 (any alignment): lane i = element i.
+        let h = vcreate_u16(u64::from_le(p.cast::<u64>().read_unaligned()));
+        let out: float32x4_t;
+        // SAFETY: `fcvtl` (half → single, exact, subnormals included) is base AArch64 FP/SIMD;
+        // registers only.
+        asm!(
+            "fcvtl {out:v}.4s, {h:v}.4h",
+            h = in(vreg) h,
+            out = lateout(vreg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        out
     }
     #[inline(always)]
     unsafe fn load_bf16(self, p: *const u8) -> float32x4_t {
-        let mut h = [0u16; 4];
-        std::ptr::copy_nonoverlapping(p, h.as_mut_ptr().cast::<u8>(), 8);
-        let w = vmovl_u16(vld1_u16(h.as_ptr()));
-        vreinterpretq_f32_u32(vshlq_n_u32::<16>(w))
+        let h = vcreate_u16(u64::from_le(p.cast::<u64>().read_unaligned()));
+        vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(h)))
     }
     #[inline(always)]
     unsafe fn fma(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
@@ -107,5 +114,37 @@ impl Simd for Neon {
     unsafe fn pow2i(self, v: float32x4_t) -> float32x4_t {
         let e = vaddq_s32(vcvtq_s32_f32(v), vdupq_n_s32(127));
         vreinterpretq_f32_s32(vshlq_n_s32::<23>(e))
+    }
+    /// 4×4 transpose per group of 4: `trn1`/`trn2` on 32-bit lanes, then on 64-bit pairs.
+    #[inline(always)]
+    unsafe fn transpose<const N: usize>(self, v: [float32x4_t; N]) -> [float32x4_t; N] {
+        if !N.is_multiple_of(4) {
+            return transpose_via_memory(self, v);
+        }
+        let mut out = v;
+        for g in 0..N / 4 {
+            let r = &v[g * 4..g * 4 + 4];
+            // t0 = a0 b0 a2 b2, t1 = a1 b1 a3 b3, t2 = c0 d0 c2 d2, t3 = c1 d1 c3 d3.
+            let t0 = vreinterpretq_f64_f32(vtrn1q_f32(r[0], r[1]));
+            let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r[0], r[1]));
+            let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r[2], r[3]));
+            let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r[2], r[3]));
+            let o = &mut out[g * 4..g * 4 + 4];
+            o[0] = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
+            o[1] = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
+            o[2] = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
+            o[3] = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+        }
+        out
+    }
+    #[inline(always)]
+    unsafe fn prefetch(self, p: *const u8) {
+        // SAFETY: `prfm` is a hint: it never faults, whatever the address, and changes nothing
+        // observable. (`readonly`, not `nomem`: rustc warns on a pointer passed to `nomem`.)
+        asm!(
+            "prfm pldl1keep, [{p}]",
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        );
     }
 }

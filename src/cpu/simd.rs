@@ -206,8 +206,8 @@ const PREFETCH_AHEAD: usize = 16;
 /// With 32 vector registers (AVX-512) a block of 16 fits; with 16 (AVX2, NEON) 8 rows + the
 /// X^U vector + a broadcast fill the register file (16 spill: measured 30% slower).
 /// (AVX-512 with `n ≤ LANES_MAX_N` does not come here: see [`score_rows_by_lanes`].)
-/// Where the block is a multiple of the lane count (AVX2, AVX-512) the block's scores are
-/// finished transposed ([`finish_columns`]); otherwise (scalar, NEON) row by row ([`finish`]).
+/// Where the block is a multiple of the lane count (NEON, AVX2, AVX-512) the block's scores are
+/// finished transposed ([`finish_columns`]); otherwise row by row ([`finish`]).
 #[inline(always)]
 pub(crate) unsafe fn score_rows<S: Simd>(
     s: S,
