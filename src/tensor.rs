@@ -73,28 +73,41 @@ pub fn widen_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Asks the CPU to start loading the cache lines of `bytes` (a hint: no effect on results, and
-/// nothing on targets without a stable prefetch instruction). Random rows of a large mapping
-/// each cost a DRAM round trip; issuing all of a gather's loads first overlaps them.
+/// Asks the CPU to start loading the cache lines of `bytes` (a hint: no effect on results).
+/// Random rows of a large mapping each cost a DRAM round trip; issuing all of a gather's loads
+/// first overlaps them. x86-64: `prefetcht0`; aarch64: `prfm pldl1keep` (inline assembly: the
+/// intrinsic is not stable); nothing elsewhere.
 #[inline]
 pub fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut off = 0;
-        while off < bytes.len() {
-            // SAFETY: prefetch never faults and the address lies inside `bytes`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off).cast()) };
-            off += 64;
+    #[inline(always)]
+    fn line(p: *const u8) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: prefetch never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
         }
-        if let Some(last) = bytes.last() {
-            // An unaligned slice can straddle one more line than its length suggests.
-            // SAFETY: as above.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(last).cast()) };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `prfm` is a hint: it never faults and changes nothing observable.
+        unsafe {
+            std::arch::asm!(
+                "prfm pldl1keep, [{p}]",
+                p = in(reg) p,
+                options(readonly, nostack, preserves_flags)
+            );
         }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = p;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    let mut off = 0;
+    while off < bytes.len() {
+        line(bytes.as_ptr().wrapping_add(off));
+        off += 64;
+    }
+    if let Some(last) = bytes.last() {
+        // An unaligned slice can straddle one more line than its length suggests.
+        line(std::ptr::from_ref(last));
+    }
 }
 
 /// The stored little-endian bytes of `values` in `dtype` (round to nearest even for F16/BF16):
