@@ -16,7 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The codes host and kernels share (score modes, concat blocks): the crate's own definitions.
+/// The interface host and kernels share (score modes, concat blocks, every kernel's parameter
+/// struct and entry points): the crate's own definitions, written into `hcn_abi.h`.
+// The crate uses the rest (without `cuda`, src/abi.rs allows it itself).
+#[cfg_attr(feature = "cuda", allow(dead_code))]
 #[path = "src/abi.rs"]
 mod abi;
 

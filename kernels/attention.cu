@@ -10,6 +10,7 @@
 // receiving each key's weight by a shuffle broadcast.  Key/value tiles (32 keys × d) are staged
 // in shared memory once per step and shared by the 4 warps; rows are padded to d + 1 floats so
 // lane j reading key j's channel c is bank-conflict free.
+// Parameters: `AttentionParams` (src/abi.rs).
 // Assumes: d = head_dim ≤ HCN_MAX_HEAD_DIM (128); heads · d columns starting at column 0 of each
 // Q/K/V row; kv_offsets[B + 1] ascending (user b's keys are rows kv_offsets[b] ..
 // kv_offsets[b+1] of K and V); q_user_stride = 0 lets all users share one Q (layer 0, where
@@ -20,11 +21,12 @@
 #define ATT_WARPS 4
 #define ATT_TILE 32
 
-extern "C" __global__ void attention_f32(const float* __restrict__ q, int ldq,
-                                         long long q_user_stride, const float* __restrict__ k,
-                                         const float* __restrict__ v, int ldkv,
-                                         const int* __restrict__ kv_offsets,
-                                         float* __restrict__ out, int ldo, int n, int head_dim) {
+__device__ __forceinline__ void attention(const AttentionParams& p) {
+  const float* __restrict__ q = p.q;
+  const float* __restrict__ k = p.k;
+  const float* __restrict__ v = p.v;
+  const int* __restrict__ kv_offsets = p.kv_offsets;
+  float* __restrict__ out = p.out;
   __shared__ float ks[ATT_TILE][HCN_MAX_HEAD_DIM + 1];
   __shared__ float vs[ATT_TILE][HCN_MAX_HEAD_DIM + 1];
   __shared__ float qs[ATT_WARPS][HCN_MAX_HEAD_DIM];
@@ -33,19 +35,19 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, int ldq,
   const int user = blockIdx.y;
   const int warp = threadIdx.x / HCN_WARP;
   const int lane = threadIdx.x % HCN_WARP;
-  const int d = head_dim;
+  const int d = p.head_dim;
   const int col0 = head * d;
   const int base = kv_offsets[user];
   const int len = kv_offsets[user + 1] - base;
   const float scale = 1.0f / sqrtf((float)d);
   constexpr int CH = HCN_MAX_HEAD_DIM / HCN_WARP;  // output channels per lane (max)
 
-  for (int i0 = 0; i0 < n; i0 += ATT_WARPS) {
+  for (int i0 = 0; i0 < p.n; i0 += ATT_WARPS) {
     const int i = i0 + warp;
-    const bool active = i < n;  // warp-uniform
+    const bool active = i < p.n;  // warp-uniform
     __syncthreads();  // the previous group's warps are done reading qs
     if (active) {
-      const float* qrow = q + (long long)user * q_user_stride + (long long)i * ldq + col0;
+      const float* qrow = q + (long long)user * p.q_user_stride + (long long)i * p.ldq + col0;
       for (int c = lane; c < d; c += HCN_WARP) qs[warp][c] = qrow[c] * scale;
     }
     float m = -INFINITY;  // running max of the scores seen so far
@@ -62,7 +64,7 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, int ldq,
         const int c = e % d;
         float kv = 0.0f, vv = 0.0f;
         if (jj < tile) {
-          const long long r = (long long)(base + t0 + jj) * ldkv + col0 + c;
+          const long long r = (long long)(base + t0 + jj) * p.ldkv + col0 + c;
           kv = k[r];
           vv = v[r];
         }
@@ -97,7 +99,7 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, int ldq,
     if (active) {
       // l == 0 exactly when the sequence is empty: the head output is zero (SPEC §1.2).
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      float* orow = out + ((long long)user * n + i) * ldo + col0;
+      float* orow = out + ((long long)user * p.n + i) * p.ldo + col0;
 #pragma unroll
       for (int t = 0; t < CH; ++t) {
         const int c = lane + t * HCN_WARP;
@@ -106,3 +108,5 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, int ldq,
     }
   }
 }
+
+HCN_KERNEL_attention(attention)

@@ -7,6 +7,7 @@
 // tiles staged in shared memory (padded to 33 columns so the W-tile reads are bank-conflict
 // free; the x-tile reads are warp broadcasts).
 // Grid: (ceil(out_dim / 32), ceil(rows / 32)).
+// Parameters: `LinearParams` (src/abi.rs).
 // Assumes: row-major x [rows × in_dim] with leading dimension ldx ≥ in_dim, W [out_dim × in_dim]
 // contiguous, y with leading dimension ldy ≥ out_dim (so y may be a column block of a wider
 // concat buffer); `bias` may be null (zero bias).  No alignment requirement.
@@ -15,10 +16,11 @@
 #define LIN_TILE 32
 #define LIN_ROWS_PER_THREAD 4
 
-extern "C" __global__ void linear_f32(const float* __restrict__ x, int ldx,
-                                      const float* __restrict__ w, const float* __restrict__ bias,
-                                      float* __restrict__ y, int ldy, int rows, int in_dim,
-                                      int out_dim, int relu) {
+__device__ __forceinline__ void linear(const LinearParams& p) {
+  const float* __restrict__ x = p.x;
+  const float* __restrict__ w = p.w;
+  const float* __restrict__ bias = p.bias;
+  float* __restrict__ y = p.y;
   __shared__ float xs[LIN_TILE][LIN_TILE + 1];
   __shared__ float ws[LIN_TILE][LIN_TILE + 1];
   const int tx = threadIdx.x;  // output feature within the tile; also the k index when loading
@@ -29,15 +31,15 @@ extern "C" __global__ void linear_f32(const float* __restrict__ x, int ldx,
 #pragma unroll
   for (int q = 0; q < LIN_ROWS_PER_THREAD; ++q) acc[q] = 0.0f;
 
-  for (int k0 = 0; k0 < in_dim; k0 += LIN_TILE) {
+  for (int k0 = 0; k0 < p.in_dim; k0 += LIN_TILE) {
     const int k = k0 + tx;
 #pragma unroll
     for (int q = 0; q < LIN_ROWS_PER_THREAD; ++q) {
       const int rr = ty + 8 * q;
       const int r = r0 + rr;
-      xs[rr][tx] = (r < rows && k < in_dim) ? x[(long long)r * ldx + k] : 0.0f;
+      xs[rr][tx] = (r < p.rows && k < p.in_dim) ? x[(long long)r * p.ldx + k] : 0.0f;
       const int oo = blockIdx.x * LIN_TILE + rr;
-      ws[rr][tx] = (oo < out_dim && k < in_dim) ? w[(long long)oo * in_dim + k] : 0.0f;
+      ws[rr][tx] = (oo < p.out_dim && k < p.in_dim) ? w[(long long)oo * p.in_dim + k] : 0.0f;
     }
     __syncthreads();
 #pragma unroll 8
@@ -49,16 +51,18 @@ extern "C" __global__ void linear_f32(const float* __restrict__ x, int ldx,
     __syncthreads();
   }
 
-  if (o < out_dim) {
+  if (o < p.out_dim) {
     const float b = bias ? bias[o] : 0.0f;
 #pragma unroll
     for (int q = 0; q < LIN_ROWS_PER_THREAD; ++q) {
       const int r = r0 + ty + 8 * q;
-      if (r < rows) {
+      if (r < p.rows) {
         float v = acc[q] + b;
-        if (relu && v < 0.0f) v = 0.0f;
-        y[(long long)r * ldy + o] = v;
+        if (p.relu && v < 0.0f) v = 0.0f;
+        y[(long long)r * p.ldy + o] = v;
       }
     }
   }
 }
+
+HCN_KERNEL_linear(linear)

@@ -11,6 +11,7 @@
 // each interest j the warp forms s_j with a butterfly reduction, so every lane holds the same
 // s_j and the softmax aggregate runs online (running max, Σ exp, Σ exp·s) without storing the
 // n scores.
+// Parameters: `ScoreParams` (src/abi.rs).
 // Assumes: D ≤ HCN_MAX_DIM, n · D ≤ SCORE_MAX_XU floats; every row index < N (resolved and
 // checked on the host); X^U is [B·n × D] contiguous; cand_offsets[B + 1] ascending, user b's
 // candidates are entries cand_offsets[b] … cand_offsets[b+1] of `rows` and of `out`.
@@ -20,14 +21,16 @@
 #define SCORE_PER_BLOCK 256
 #define SCORE_MAX_XU 8192  // floats of X^U in shared memory: 32 KB
 
-// One warp scores candidates [start + warp, end) step SCORE_WARPS.  CH = the number of columns
-// per lane rounded up to a power of two, a compile-time constant so the row lives in registers
-// and the dot-product loops unroll without dead iterations (CH = 2 for D ≤ 64, 4 for D ≤ 128).
+// One warp scores candidates [start + warp, end) step SCORE_WARPS of the user whose first
+// candidate is `first`.  CH = the number of columns per lane rounded up to a power of two, a
+// compile-time constant so the row lives in registers and the dot-product loops unroll without
+// dead iterations (CH = 2 for D ≤ 64, 4 for D ≤ 128).
 template <int CH, class T>
-__device__ __forceinline__ void score_rows(const T* __restrict__ store, int dim,
-                                           const unsigned* __restrict__ rows, int first, int start,
-                                           int end, const float* xus, int n, int mode,
-                                           float* __restrict__ out) {
+__device__ __forceinline__ void score_rows(const ScoreParams& p, const T* __restrict__ store,
+                                           const unsigned* __restrict__ rows,
+                                           float* __restrict__ out, int first, int start, int end,
+                                           const float* xus) {
+  const int dim = p.dim, n = p.n, mode = p.mode;
   const int warp = threadIdx.x / HCN_WARP;
   const int lane = threadIdx.x % HCN_WARP;
   for (int cand = start + warp; cand < end; cand += SCORE_WARPS) {
@@ -72,13 +75,15 @@ __device__ __forceinline__ void score_rows(const T* __restrict__ store, int dim,
   }
 }
 
+// T: the store's element type (one entry point per store dtype, src/abi.rs STORE_DTYPES).
 template <class T>
-__device__ __forceinline__ void score_impl(const T* __restrict__ store, int dim,
-                                           const unsigned* __restrict__ rows,
-                                           const int* __restrict__ cand_offsets,
-                                           const float* __restrict__ xu, int n, int mode,
-                                           float* __restrict__ out) {
+__device__ __forceinline__ void score(const ScoreParams& p) {
   __shared__ float xus[SCORE_MAX_XU];
+  const T* __restrict__ store = static_cast<const T*>(p.store);
+  const unsigned* __restrict__ rows = p.rows;
+  const int* __restrict__ cand_offsets = p.cand_offsets;
+  const float* __restrict__ xu = p.xu;
+  float* __restrict__ out = p.out;
   const int user = blockIdx.y;
   const int first = cand_offsets[user];
   const int m = cand_offsets[user + 1] - first;
@@ -86,31 +91,17 @@ __device__ __forceinline__ void score_impl(const T* __restrict__ store, int dim,
   if (start >= m) return;  // uniform over the block, before any barrier
   const int end = hcn_min_i(start + SCORE_PER_BLOCK, m);
 
-  const float* xu_user = xu + (long long)user * n * dim;
-  for (int e = threadIdx.x; e < n * dim; e += blockDim.x) xus[e] = xu_user[e];
+  const float* xu_user = xu + (long long)user * p.n * p.dim;
+  for (int e = threadIdx.x; e < p.n * p.dim; e += blockDim.x) xus[e] = xu_user[e];
   __syncthreads();
 
   // Uniform over the block (dim is a kernel argument).
-  const int ch = (dim + HCN_WARP - 1) / HCN_WARP;
-  if (ch <= 2) score_rows<2>(store, dim, rows, first, start, end, xus, n, mode, out);
-  else if (ch <= 4) score_rows<4>(store, dim, rows, first, start, end, xus, n, mode, out);
-  else if (ch <= 8) score_rows<8>(store, dim, rows, first, start, end, xus, n, mode, out);
-  else if (ch <= 16) score_rows<16>(store, dim, rows, first, start, end, xus, n, mode, out);
-  else score_rows<HCN_MAX_DIM / HCN_WARP>(store, dim, rows, first, start, end, xus, n, mode, out);
+  const int ch = (p.dim + HCN_WARP - 1) / HCN_WARP;
+  if (ch <= 2) score_rows<2>(p, store, rows, out, first, start, end, xus);
+  else if (ch <= 4) score_rows<4>(p, store, rows, out, first, start, end, xus);
+  else if (ch <= 8) score_rows<8>(p, store, rows, out, first, start, end, xus);
+  else if (ch <= 16) score_rows<16>(p, store, rows, out, first, start, end, xus);
+  else score_rows<HCN_MAX_DIM / HCN_WARP>(p, store, rows, out, first, start, end, xus);
 }
 
-extern "C" __global__ void score_f32(const float* store, int dim, const unsigned* rows,
-                                     const int* cand_offsets, const float* xu, int n, int mode,
-                                     float* out) {
-  score_impl(store, dim, rows, cand_offsets, xu, n, mode, out);
-}
-extern "C" __global__ void score_f16(const __half* store, int dim, const unsigned* rows,
-                                     const int* cand_offsets, const float* xu, int n, int mode,
-                                     float* out) {
-  score_impl(store, dim, rows, cand_offsets, xu, n, mode, out);
-}
-extern "C" __global__ void score_bf16(const __nv_bfloat16* store, int dim, const unsigned* rows,
-                                      const int* cand_offsets, const float* xu, int n, int mode,
-                                      float* out) {
-  score_impl(store, dim, rows, cand_offsets, xu, n, mode, out);
-}
+HCN_KERNEL_score(score)

@@ -13,6 +13,7 @@
 // to m) — documented in src/cuda/mod.rs.
 // Mapping: grid (B), block 256.  Output slots b·k … b·k + k − 1 (positions relative to the
 // user's first candidate, and scores); slots past min(k, m) get position −1.
+// Parameters: `TopkParams` (src/abi.rs).
 // Assumes: m < 2^31. Ties: -0.0 = +0.0; a NaN ranks last (as on the CPU).
 #include "common.cuh"
 
@@ -29,9 +30,11 @@ __device__ __forceinline__ unsigned long long topk_key(float s, int i) {
   return ((unsigned long long)ordered << 32) | (unsigned long long)(0xFFFFFFFFu - (unsigned)i);
 }
 
-extern "C" __global__ void topk_f32(const float* __restrict__ scores,
-                                    const int* __restrict__ offsets, int k,
-                                    int* __restrict__ out_pos, float* __restrict__ out_score) {
+__device__ __forceinline__ void topk(const TopkParams& p) {
+  const float* __restrict__ scores = p.scores;
+  const int* __restrict__ offsets = p.offsets;
+  int* __restrict__ out_pos = p.out_pos;
+  float* __restrict__ out_score = p.out_score;
   // Per-warp histograms: the first passes see scores with equal high bits (same sign and
   // exponent), so one shared histogram would put every thread's atomic on the same word.
   __shared__ unsigned warp_hist[TOPK_WARPS][256];
@@ -52,12 +55,12 @@ extern "C" __global__ void topk_f32(const float* __restrict__ scores,
   if (tid == 0) {
     prefix = 0ull;
     mask = 0ull;
-    remaining = (unsigned)k;
+    remaining = (unsigned)p.k;
     written = 0;
   }
   __syncthreads();
   // With m ≤ k every candidate is selected: threshold 0 keeps all of them.
-  if (m > k && k > 0) {
+  if (m > p.k && p.k > 0) {
     for (int shift = 56; shift >= 0; shift -= 8) {
       for (int b = tid; b < TOPK_WARPS * 256; b += blockDim.x) warp_hist[b / 256][b % 256] = 0u;
       __syncthreads();
@@ -88,8 +91,8 @@ extern "C" __global__ void topk_f32(const float* __restrict__ scores,
     }
   }
   // k == 0: select nothing; m ≤ k: select everything.
-  const bool none = k <= 0;
-  const unsigned long long threshold = (m > k) ? prefix : 0ull;
+  const bool none = p.k <= 0;
+  const unsigned long long threshold = (m > p.k) ? prefix : 0ull;
 
   for (int base = 0; base < m && !none; base += blockDim.x) {
     const int i = base + tid;
@@ -105,8 +108,8 @@ extern "C" __global__ void topk_f32(const float* __restrict__ scores,
     for (int w = 0; w < warp; ++w) before += warp_tot[w];
     if (flag) {
       const int slot = before + incl - 1;
-      out_pos[(long long)user * k + slot] = i;
-      out_score[(long long)user * k + slot] = s[i];
+      out_pos[(long long)user * p.k + slot] = i;
+      out_score[(long long)user * p.k + slot] = s[i];
     }
     __syncthreads();
     if (tid == 0) {
@@ -116,9 +119,11 @@ extern "C" __global__ void topk_f32(const float* __restrict__ scores,
     }
     __syncthreads();
   }
-  const int filled = m < k ? m : k;
-  for (int slot = filled + tid; slot < k; slot += blockDim.x) {
-    out_pos[(long long)user * k + slot] = -1;
-    out_score[(long long)user * k + slot] = 0.0f;
+  const int filled = m < p.k ? m : p.k;
+  for (int slot = filled + tid; slot < p.k; slot += blockDim.x) {
+    out_pos[(long long)user * p.k + slot] = -1;
+    out_score[(long long)user * p.k + slot] = 0.0f;
   }
 }
+
+HCN_KERNEL_topk(topk)

@@ -8,7 +8,13 @@
 #![cfg(feature = "cuda-emulation")]
 
 use half::{bf16, f16};
-use hcn_prerank::cuda::emu::{self, EmuBackend, EmuStore};
+use hcn_prerank::cuda::abi::{
+    AttentionParams, CoInterestParams, GatherParams, KernelDesc, KernelParams, LinearParams,
+    ScoreMode, ScoreParams, TopkParams, Variant, SCORE_MODES,
+};
+use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
+use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
+use hcn_prerank::cuda::launch::{self, extent, Geometry};
 use hcn_prerank::cuda::{Plan, StoreSource, UserInput};
 use hcn_prerank::tensor::{narrow, DType};
 
@@ -45,6 +51,17 @@ fn store(dtype: DType, values: &[f32], rows: usize, dim: usize) -> (EmuStore, Ve
 }
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// Launches `p` on the emulation. Every address in these tests' parameter structs comes from
+/// `input` / `output` with the extent the kernel touches, and the buffers outlive the launch.
+fn run<P: KernelParams>(variant: Variant, geo: Geometry, p: P) -> hcn_prerank::Result<()> {
+    // SAFETY: see above.
+    unsafe { EmuBackend.launch(variant, &geo, &p) }
+}
+
+fn int(v: usize) -> i32 {
+    i32::try_from(v).unwrap()
+}
 
 // ---------------------------------------------------------------- naive f64 references
 
@@ -139,15 +156,15 @@ fn ref_co_interest(l: &[f64], s: &[f64], n: usize, dim: usize) -> (Vec<f64>, Vec
 }
 
 /// SPEC §1.5 for one candidate vector x.
-fn ref_score(xu: &[f64], n: usize, x: &[f64], mode: i32) -> f64 {
+fn ref_score(xu: &[f64], n: usize, x: &[f64], mode: ScoreMode) -> f64 {
     let dim = x.len();
     let s: Vec<f64> = (0..n)
         .map(|j| (0..dim).map(|c| xu[j * dim + c] * x[c]).sum())
         .collect();
     match mode {
-        0 => softmax(&s).iter().zip(&s).map(|(a, v)| a * v).sum(),
-        1 => s.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-        _ => s.iter().sum::<f64>() / n as f64,
+        ScoreMode::Softmax => softmax(&s).iter().zip(&s).map(|(a, v)| a * v).sum(),
+        ScoreMode::Max => s.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        ScoreMode::Mean => s.iter().sum::<f64>() / n as f64,
     }
 }
 
@@ -188,7 +205,19 @@ fn linear_matches_reference_on_awkward_shapes() {
         let b = rng.vec(out_dim, 0.5);
         let sentinel = 7.25f32;
         let mut y = vec![sentinel; rows * ldy];
-        emu::linear(&x, ldx, &w, &b, &mut y, ldy, rows, in_dim, out_dim, relu).unwrap();
+        let p = LinearParams {
+            x: input(&x, 0, extent(rows, ldx, in_dim)).unwrap(),
+            w: input(&w, 0, out_dim * in_dim).unwrap(),
+            bias: input(&b, 0, out_dim).unwrap(),
+            y: output(&mut y, 0, extent(rows, ldy, out_dim)).unwrap(),
+            ldx: int(ldx),
+            ldy: int(ldy),
+            rows: int(rows),
+            in_dim: int(in_dim),
+            out_dim: int(out_dim),
+            relu: i32::from(relu),
+        };
+        run(Variant::F32, launch::linear(rows, out_dim).unwrap(), p).unwrap();
         let xd: Vec<f64> = (0..rows)
             .flat_map(|r| widen(&x[r * ldx..r * ldx + in_dim]))
             .collect();
@@ -221,7 +250,15 @@ fn gather_widens_every_dtype() {
             let (st, widened) = store(dtype, &values, n_rows, dim);
             let rows: Vec<u32> = (0..count).map(|_| rng.below(n_rows) as u32).collect();
             let mut out = vec![f32::NAN; count * dim];
-            emu::gather(&st, &rows, &mut out).unwrap();
+            let p = GatherParams {
+                store: EmuBackend.store_rows(&st),
+                rows: input(&rows, 0, count).unwrap(),
+                out: output(&mut out, 0, count * dim).unwrap(),
+                count: int(count),
+                dim: int(dim),
+            };
+            let variant = store_variant(dtype).unwrap();
+            run(variant, launch::gather(count).unwrap(), p).unwrap();
             for (i, &r) in rows.iter().enumerate() {
                 for c in 0..dim {
                     // Widening is exact.
@@ -236,11 +273,57 @@ fn gather_widens_every_dtype() {
     }
 }
 
+/// What guards a launch without a GPU: an extent outside its buffer (`input`, `output`), an
+/// entry point the kernels do not have, a parameter struct of another size than the kernel's.
+/// (Rows outside a store are the plan's to refuse: `plan_rejects_rows_outside_the_stores`.)
 #[test]
-fn gather_rejects_rows_outside_the_store() {
-    let (st, _) = store(DType::F32, &[1.0, 2.0], 1, 2);
-    let mut out = vec![0.0; 2];
-    assert!(emu::gather(&st, &[1], &mut out).is_err());
+fn launches_reject_bad_extents_unknown_entry_points_and_foreign_structs() {
+    let x = vec![0.0f32; 4];
+    let mut y = vec![0.0f32; 4];
+    assert!(input(&x, 0, 4).is_ok() && input(&x, 4, 0).is_ok());
+    assert!(input(&x, 2, 3).is_err() && input(&x, 5, 0).is_err());
+    assert!(output(&mut y, usize::MAX, 2).is_err());
+
+    let p = LinearParams {
+        x: input(&x, 0, 4).unwrap(),
+        w: input(&x, 0, 4).unwrap(),
+        bias: input(&x, 0, 2).unwrap(),
+        y: output(&mut y, 0, 4).unwrap(),
+        ldx: 2,
+        ldy: 2,
+        rows: 2,
+        in_dim: 2,
+        out_dim: 2,
+        relu: 0,
+    };
+    let f16 = Variant::for_store("F16").unwrap();
+    let err = run(f16, launch::linear(2, 2).unwrap(), p).unwrap_err();
+    assert!(err.to_string().contains("no kernel `linear_f16`"), "{err}");
+
+    /// Claims to be `linear`'s parameters but is smaller.
+    #[derive(Clone, Copy)]
+    #[repr(C)]
+    struct Foreign {
+        x: u64,
+    }
+    // SAFETY: repr(C) plain data; the test checks that the emulation refuses it.
+    unsafe impl KernelParams for Foreign {
+        const DESC: &'static KernelDesc = LinearParams::DESC;
+        fn rust_layout() -> (usize, Vec<usize>) {
+            (8, vec![0])
+        }
+    }
+    let err = run(
+        Variant::F32,
+        launch::linear(2, 2).unwrap(),
+        Foreign { x: 0 },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("different parameter struct"),
+        "{err}"
+    );
+    run(Variant::F32, launch::linear(2, 2).unwrap(), p).unwrap();
 }
 
 #[test]
@@ -266,23 +349,25 @@ fn attention_matches_reference_including_empty_sequences() {
         let stride = if shared_q { 0 } else { n * dim };
         let ldo = dim + 3;
         let mut out = vec![f32::NAN; users * n * ldo];
-        let v_part = if kv.is_empty() { &kv[..] } else { &kv[dim..] };
-        emu::attention(
-            &q,
-            dim,
-            stride,
-            &kv,
-            v_part,
-            2 * dim,
-            &offs,
-            &mut out,
-            ldo,
-            users,
-            n,
-            heads,
-            d,
-        )
-        .unwrap();
+        let q_len = (users - 1) * stride + extent(n, dim, dim);
+        // K and V: the two column halves of the K/V rows (an empty buffer when no user has a
+        // key: nothing is read).
+        let v_at = if kv.is_empty() { 0 } else { dim };
+        let p = AttentionParams {
+            q: input(&q, 0, q_len).unwrap(),
+            k: input(&kv, 0, extent(total, 2 * dim, dim)).unwrap(),
+            v: input(&kv, v_at, extent(total, 2 * dim, dim)).unwrap(),
+            kv_offsets: input(&offs, 0, users + 1).unwrap(),
+            out: output(&mut out, 0, extent(users * n, ldo, dim)).unwrap(),
+            q_user_stride: stride as i64,
+            ldq: int(dim),
+            ldkv: int(2 * dim),
+            ldo: int(ldo),
+            n: int(n),
+            head_dim: int(d),
+        };
+        let geo = launch::attention(heads, users, n, d).unwrap();
+        run(Variant::F32, geo, p).unwrap();
         for u in 0..users {
             let (a, b) = (offs[u] as usize, offs[u + 1] as usize);
             let k: Vec<f64> = (a..b)
@@ -325,7 +410,18 @@ fn co_interest_matches_reference_for_every_block_kind() {
         let s = rng.vec(users * n * dim, 1.0);
         let nb = blocks.len();
         let mut out = vec![f32::NAN; users * n * nb * dim];
-        emu::co_interest(&l, &s, dim, &mut out, nb * dim, users, n, dim, blocks).unwrap();
+        let p = CoInterestParams {
+            lhat: input(&l, 0, users * n * dim).unwrap(),
+            shat: input(&s, 0, users * n * dim).unwrap(),
+            out: output(&mut out, 0, users * n * nb * dim).unwrap(),
+            ld_in: int(dim),
+            ldo: int(nb * dim),
+            n: int(n),
+            dim: int(dim),
+            num_blocks: int(nb),
+            block_codes: launch::pack_blocks(blocks),
+        };
+        run(Variant::F32, launch::co_interest(users, n, nb).unwrap(), p).unwrap();
         for u in 0..users {
             let lu = widen(&l[u * n * dim..(u + 1) * n * dim]);
             let su = widen(&s[u * n * dim..(u + 1) * n * dim]);
@@ -373,9 +469,21 @@ fn score_matches_reference_for_every_dtype_and_mode() {
             let total = *offs.last().unwrap() as usize;
             let rows: Vec<u32> = (0..total).map(|_| rng.below(n_rows) as u32).collect();
             let xu = rng.vec(users * n * dim, 1.0);
-            for mode in 0..3 {
+            let max_m = lens.iter().copied().max().unwrap_or(0);
+            for (mode, _) in SCORE_MODES {
                 let mut out = vec![f32::NAN; total];
-                emu::score(&st, &rows, &offs, &xu, users, n, mode, &mut out).unwrap();
+                let p = ScoreParams {
+                    store: EmuBackend.store_rows(&st),
+                    rows: input(&rows, 0, total).unwrap(),
+                    cand_offsets: input(&offs, 0, users + 1).unwrap(),
+                    xu: input(&xu, 0, users * n * dim).unwrap(),
+                    out: output(&mut out, 0, total).unwrap(),
+                    dim: int(dim),
+                    n: int(n),
+                    mode,
+                };
+                let geo = launch::score(max_m, users, n, dim).unwrap();
+                run(store_variant(dtype).unwrap(), geo, p).unwrap();
                 let mut want = Vec::with_capacity(total);
                 for u in 0..users {
                     let xuu = widen(&xu[u * n * dim..(u + 1) * n * dim]);
@@ -387,7 +495,7 @@ fn score_matches_reference_for_every_dtype_and_mode() {
                 assert_close(
                     &out,
                     &want,
-                    &format!("score {dtype:?} D={dim} n={n} mode={mode}"),
+                    &format!("score {dtype:?} D={dim} n={n} mode={mode:?}"),
                 );
             }
         }
@@ -419,7 +527,14 @@ fn topk_selects_the_k_largest_with_ties_by_position() {
     for k in [0usize, 1, 3, 20, 40, 299, 301, 1000] {
         let mut pos = vec![-7; users.len() * k];
         let mut val = vec![0.0f32; users.len() * k];
-        emu::topk(&flat, &offs, users.len(), k, &mut pos, &mut val).unwrap();
+        let p = TopkParams {
+            scores: input(&flat, 0, flat.len()).unwrap(),
+            offsets: input(&offs, 0, users.len() + 1).unwrap(),
+            out_pos: output(&mut pos, 0, users.len() * k).unwrap(),
+            out_score: output(&mut val, 0, users.len() * k).unwrap(),
+            k: int(k),
+        };
+        run(Variant::F32, launch::topk(users.len(), k).unwrap(), p).unwrap();
         for (u, s) in users.iter().enumerate() {
             let want = ref_topk(s, k);
             let slots = &pos[u * k..(u + 1) * k];
@@ -694,11 +809,7 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
     let out = plan.run_batch(&inputs, k).unwrap();
     assert_eq!(out.len(), inputs.len());
 
-    let mode = match cfg.score {
-        hcn_prerank::ScoreMode::Softmax => 0,
-        hcn_prerank::ScoreMode::Max => 1,
-        hcn_prerank::ScoreMode::Mean => 2,
-    };
+    let mode = cfg.score;
     let rows_f64 = |rows: &[u32], keep: usize| -> Vec<f64> {
         rows[rows.len().saturating_sub(keep)..]
             .iter()

@@ -12,8 +12,10 @@ mod common;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use hcn_prerank::cuda::backend::{Backend, DeviceInputs, HostInputs, StoreDesc};
+use hcn_prerank::cuda::abi::{In, KernelParams, StoreRows, Variant};
+use hcn_prerank::cuda::backend::{Backend, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc};
 use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
+use hcn_prerank::cuda::launch::Geometry;
 use hcn_prerank::cuda::{Plan, StoreSource};
 use hcn_prerank::tensor::DType;
 use hcn_prerank::{Engine, EngineOptions, Error, ItemStore, Model, Result};
@@ -27,6 +29,19 @@ struct Buf<T> {
 impl<T> Drop for Buf<T> {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<T: DeviceBuffer> DeviceBuffer for Buf<T> {
+    type Elem = T::Elem;
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn base_addr(&self) -> u64 {
+        self.inner.base_addr()
+    }
+    fn base_addr_mut(&mut self) -> u64 {
+        self.inner.base_addr_mut()
     }
 }
 
@@ -76,7 +91,7 @@ impl Faulty {
         })
     }
 
-    fn launch(&self, kernel: &'static str) -> Result<()> {
+    fn injected_launch_fault(&self, kernel: &str) -> Result<()> {
         if *self.fail_launch.lock().unwrap() == Some(kernel) {
             return Err(Error::Device(format!(
                 "launch of {kernel} failed (injected)"
@@ -86,7 +101,6 @@ impl Faulty {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 impl Backend for Faulty {
     type F = Buf<Vec<f32>>;
     type I = Buf<Vec<i32>>;
@@ -105,6 +119,9 @@ impl Backend for Faulty {
     }
     fn store_desc(&self, s: &Self::Store) -> StoreDesc {
         EmuBackend.store_desc(&s.inner)
+    }
+    fn store_rows(&self, s: &Self::Store) -> In<StoreRows> {
+        EmuBackend.store_rows(&s.inner)
     }
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F> {
         self.alloc(EmuBackend.upload_f32(v))
@@ -168,146 +185,16 @@ impl Backend for Faulty {
         drop(staging);
         r
     }
-    fn linear(
+    unsafe fn launch<P: KernelParams>(
         &self,
-        x: (&Self::F, usize),
-        ldx: usize,
-        w: &Self::F,
-        b: &Self::F,
-        y: (&mut Self::F, usize),
-        ldy: usize,
-        rows: usize,
-        in_dim: usize,
-        out_dim: usize,
-        relu: bool,
+        variant: Variant,
+        geo: &Geometry,
+        p: &P,
     ) -> Result<()> {
-        self.launch("linear")?;
-        EmuBackend.linear(
-            (&x.0.inner, x.1),
-            ldx,
-            &w.inner,
-            &b.inner,
-            (&mut y.0.inner, y.1),
-            ldy,
-            rows,
-            in_dim,
-            out_dim,
-            relu,
-        )
-    }
-    fn gather(
-        &self,
-        store: &Self::Store,
-        rows: &Self::U,
-        count: usize,
-        out: &mut Self::F,
-    ) -> Result<()> {
-        self.launch("gather")?;
-        EmuBackend.gather(&store.inner, &rows.inner, count, &mut out.inner)
-    }
-    fn attention(
-        &self,
-        q: (&Self::F, usize),
-        ldq: usize,
-        q_user_stride: usize,
-        kv: &Self::F,
-        k_off: usize,
-        v_off: usize,
-        ldkv: usize,
-        offsets: &Self::I,
-        out: (&mut Self::F, usize),
-        ldo: usize,
-        users: usize,
-        n: usize,
-        heads: usize,
-        head_dim: usize,
-    ) -> Result<()> {
-        self.launch("attention")?;
-        EmuBackend.attention(
-            (&q.0.inner, q.1),
-            ldq,
-            q_user_stride,
-            &kv.inner,
-            k_off,
-            v_off,
-            ldkv,
-            &offsets.inner,
-            (&mut out.0.inner, out.1),
-            ldo,
-            users,
-            n,
-            heads,
-            head_dim,
-        )
-    }
-    fn co_interest(
-        &self,
-        lhat: &Self::F,
-        shat: &Self::F,
-        ld_in: usize,
-        out: &mut Self::F,
-        ldo: usize,
-        users: usize,
-        n: usize,
-        dim: usize,
-        blocks: &[u8],
-    ) -> Result<()> {
-        self.launch("co_interest")?;
-        EmuBackend.co_interest(
-            &lhat.inner,
-            &shat.inner,
-            ld_in,
-            &mut out.inner,
-            ldo,
-            users,
-            n,
-            dim,
-            blocks,
-        )
-    }
-    fn score(
-        &self,
-        store: &Self::Store,
-        rows: &Self::U,
-        offsets: &Self::I,
-        xu: &Self::F,
-        users: usize,
-        max_m: usize,
-        n: usize,
-        mode: i32,
-        out: &mut Self::F,
-    ) -> Result<()> {
-        self.launch("score")?;
-        EmuBackend.score(
-            &store.inner,
-            &rows.inner,
-            &offsets.inner,
-            &xu.inner,
-            users,
-            max_m,
-            n,
-            mode,
-            &mut out.inner,
-        )
-    }
-    fn topk(
-        &self,
-        scores: &Self::F,
-        offsets: &Self::I,
-        users: usize,
-        k: usize,
-        pos: &mut Self::I,
-        val: &mut Self::F,
-    ) -> Result<()> {
-        self.launch("topk")?;
-        EmuBackend.topk(
-            &scores.inner,
-            &offsets.inner,
-            users,
-            k,
-            &mut pos.inner,
-            &mut val.inner,
-        )
+        self.injected_launch_fault(P::DESC.op)?;
+        // SAFETY: the addresses in `p` are the emulation's (the buffers wrap its vectors); the
+        // caller's guarantee carries over.
+        unsafe { EmuBackend.launch(variant, geo, p) }
     }
 }
 

@@ -7,9 +7,14 @@
 //! CI has no GPU; these run on a GPU machine with `cargo test --features cuda --test cuda_gpu`.
 #![cfg(feature = "cuda-emulation")]
 
-use hcn_prerank::cuda::backend::Backend;
+use hcn_prerank::cuda::abi::{
+    AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, ScoreParams,
+    TopkParams, Variant, SCORE_MODES,
+};
+use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::device::CudaBackend;
 use hcn_prerank::cuda::emu::EmuBackend;
+use hcn_prerank::cuda::launch::{self, extent, Geometry};
 use hcn_prerank::cuda::{probe, CudaExecutor, Plan, StoreSource, UserInput, UserOutput};
 use hcn_prerank::model::{AttentionLayer, Linear, Tower, UserProfile, Weights};
 use hcn_prerank::store::IdIndex;
@@ -48,6 +53,17 @@ fn host_topk(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     idx.into_iter().take(k).map(|i| (i, scores[i])).collect()
 }
 
+/// Launches `p` on `be`. Every address in the tests' parameter structs comes from `input` /
+/// `output` with the extent the kernel touches.
+fn run<B: Backend, P: KernelParams>(be: &B, variant: Variant, geo: Geometry, p: P) {
+    // SAFETY: see above; the buffers outlive the launch (and the download that follows it).
+    unsafe { be.launch(variant, &geo, &p) }.unwrap();
+}
+
+fn int(v: usize) -> i32 {
+    i32::try_from(v).unwrap()
+}
+
 /// Every kernel once through the [`Backend`] trait, on awkward shapes; returns each output.
 fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let mut rng = Rng::new(42);
@@ -58,19 +74,19 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let w = be.upload_f32(&rng.vec(out_dim * in_dim, 0.3)).unwrap();
     let b = be.upload_f32(&rng.vec(out_dim, 0.3)).unwrap();
     let mut y = be.zeros_f32(rows * ldy).unwrap();
-    be.linear(
-        (&x, 0),
-        in_dim,
-        &w,
-        &b,
-        (&mut y, 0),
-        ldy,
-        rows,
-        in_dim,
-        out_dim,
-        true,
-    )
-    .unwrap();
+    let p = LinearParams {
+        x: input(&x, 0, rows * in_dim).unwrap(),
+        w: input(&w, 0, out_dim * in_dim).unwrap(),
+        bias: input(&b, 0, out_dim).unwrap(),
+        y: output(&mut y, 0, extent(rows, ldy, out_dim)).unwrap(),
+        ldx: int(in_dim),
+        ldy: int(ldy),
+        rows: int(rows),
+        in_dim: int(in_dim),
+        out_dim: int(out_dim),
+        relu: 1,
+    };
+    run(be, Variant::F32, launch::linear(rows, out_dim).unwrap(), p);
     out.push(("linear".into(), be.download_f32(&y).unwrap()));
 
     // gather + attention: lengths 0, 1, 33, 70; d = 17.
@@ -87,33 +103,44 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let store = be
         .upload_store(dtype, &narrow(dtype, &store_vals), n_rows, dim)
         .unwrap();
+    let variant = store_variant(dtype).unwrap();
     let rows_h: Vec<u32> = (0..total).map(|_| rng.below(n_rows) as u32).collect();
     let rows_d = be.upload_u32(&rows_h).unwrap();
     let mut g = be.zeros_f32(total * dim).unwrap();
-    be.gather(&store, &rows_d, total, &mut g).unwrap();
+    let p = GatherParams {
+        store: be.store_rows(&store),
+        rows: input(&rows_d, 0, total).unwrap(),
+        out: output(&mut g, 0, total * dim).unwrap(),
+        count: int(total),
+        dim: int(dim),
+    };
+    run(be, variant, launch::gather(total).unwrap(), p);
     out.push(("gather".into(), be.download_f32(&g).unwrap()));
 
     let kv = be.upload_f32(&rng.vec(total * 2 * dim, 1.5)).unwrap();
-    let q = be.upload_f32(&rng.vec(lens.len() * n * dim, 1.5)).unwrap();
+    let users = lens.len();
+    let q = be.upload_f32(&rng.vec(users * n * dim, 1.5)).unwrap();
     let offs_d = be.upload_i32(&offs).unwrap();
-    let mut a = be.zeros_f32(lens.len() * n * dim).unwrap();
-    be.attention(
-        (&q, 0),
-        dim,
-        n * dim,
-        &kv,
-        0,
-        dim,
-        2 * dim,
-        &offs_d,
-        (&mut a, 0),
-        dim,
-        lens.len(),
-        n,
-        heads,
-        d,
-    )
-    .unwrap();
+    let mut a = be.zeros_f32(users * n * dim).unwrap();
+    let p = AttentionParams {
+        q: input(&q, 0, users * n * dim).unwrap(),
+        k: input(&kv, 0, extent(total, 2 * dim, dim)).unwrap(),
+        v: input(&kv, dim, extent(total, 2 * dim, dim)).unwrap(),
+        kv_offsets: input(&offs_d, 0, users + 1).unwrap(),
+        out: output(&mut a, 0, users * n * dim).unwrap(),
+        q_user_stride: (n * dim) as i64,
+        ldq: int(dim),
+        ldkv: int(2 * dim),
+        ldo: int(dim),
+        n: int(n),
+        head_dim: int(d),
+    };
+    run(
+        be,
+        Variant::F32,
+        launch::attention(heads, users, n, d).unwrap(),
+        p,
+    );
     out.push(("attention".into(), be.download_f32(&a).unwrap()));
 
     // co_interest: every block kind.
@@ -121,19 +148,21 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let l = be.upload_f32(&rng.vec(users * n * dim, 1.0)).unwrap();
     let s = be.upload_f32(&rng.vec(users * n * dim, 1.0)).unwrap();
     let blocks = [0u8, 1, 2, 3, 3];
-    let mut cat = be.zeros_f32(users * n * blocks.len() * dim).unwrap();
-    be.co_interest(
-        &l,
-        &s,
-        dim,
-        &mut cat,
-        blocks.len() * dim,
-        users,
-        n,
-        dim,
-        &blocks,
-    )
-    .unwrap();
+    let width = blocks.len() * dim;
+    let mut cat = be.zeros_f32(users * n * width).unwrap();
+    let p = CoInterestParams {
+        lhat: input(&l, 0, users * n * dim).unwrap(),
+        shat: input(&s, 0, users * n * dim).unwrap(),
+        out: output(&mut cat, 0, users * n * width).unwrap(),
+        ld_in: int(dim),
+        ldo: int(width),
+        n: int(n),
+        dim: int(dim),
+        num_blocks: int(blocks.len()),
+        block_codes: launch::pack_blocks(&blocks),
+    };
+    let geo = launch::co_interest(users, n, blocks.len()).unwrap();
+    run(be, Variant::F32, geo, p);
     out.push(("co_interest".into(), be.download_f32(&cat).unwrap()));
 
     // score: each mode, 300 candidates for user 0 (more than one 256-block), none for user 1.
@@ -147,21 +176,28 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let crow_d = be.upload_u32(&crow).unwrap();
     let coffs_d = be.upload_i32(&coffs).unwrap();
     let xu = be.upload_f32(&rng.vec(cl.len() * n * dim, 1.0)).unwrap();
-    for mode in 0..3 {
+    for (mode, _) in SCORE_MODES {
         let mut sc = be.zeros_f32(ctotal).unwrap();
-        be.score(
-            &store,
-            &crow_d,
-            &coffs_d,
-            &xu,
-            cl.len(),
-            300,
-            n,
+        let p = ScoreParams {
+            store: be.store_rows(&store),
+            rows: input(&crow_d, 0, ctotal).unwrap(),
+            cand_offsets: input(&coffs_d, 0, cl.len() + 1).unwrap(),
+            xu: input(&xu, 0, cl.len() * n * dim).unwrap(),
+            out: output(&mut sc, 0, ctotal).unwrap(),
+            dim: int(dim),
+            n: int(n),
             mode,
-            &mut sc,
-        )
-        .unwrap();
-        out.push((format!("score mode {mode}"), be.download_f32(&sc).unwrap()));
+        };
+        run(
+            be,
+            variant,
+            launch::score(300, cl.len(), n, dim).unwrap(),
+            p,
+        );
+        out.push((
+            format!("score mode {}", mode as i32),
+            be.download_f32(&sc).unwrap(),
+        ));
     }
     out
 }
@@ -202,8 +238,14 @@ fn topk_on_the_gpu_is_exact() {
     for k in [1usize, 10, 1000] {
         let mut pos = be.zeros_i32(users.len() * k).unwrap();
         let mut val = be.zeros_f32(users.len() * k).unwrap();
-        be.topk(&scores, &offs_d, users.len(), k, &mut pos, &mut val)
-            .unwrap();
+        let p = TopkParams {
+            scores: input(&scores, 0, flat.len()).unwrap(),
+            offsets: input(&offs_d, 0, users.len() + 1).unwrap(),
+            out_pos: output(&mut pos, 0, users.len() * k).unwrap(),
+            out_score: output(&mut val, 0, users.len() * k).unwrap(),
+            k: int(k),
+        };
+        run(&be, Variant::F32, launch::topk(users.len(), k).unwrap(), p);
         let (p, v) = (
             be.download_i32(&pos).unwrap(),
             be.download_f32(&val).unwrap(),

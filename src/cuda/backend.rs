@@ -1,11 +1,15 @@
-//! What the GPU plan (`plan.rs`) needs from a device: buffers, copies, and one call per kernel.
-//! Two implementations: [`super::device::CudaBackend`] (cudarc, a real GPU) and
-//! `super::emu::EmuBackend` (feature `cuda-emulation`) (the same kernels compiled for the CPU). Keeping the plan generic
-//! means the orchestration — buffer sizes, strides, offsets, the order of launches — is exercised
-//! end to end in CI even though CI has no GPU.
+//! What the GPU plan (`plan.rs`) needs from a device: buffers, copies, and one generic kernel
+//! launch. Two implementations: [`super::device::CudaBackend`] (cudarc, a real GPU) and
+//! `super::emu::EmuBackend` (feature `cuda-emulation`) (the same kernels compiled for the CPU).
+//! Keeping the plan generic means the orchestration — buffer sizes, strides, offsets, the order of
+//! launches — is exercised end to end in CI even though CI has no GPU.
 //!
-//! Buffers are passed as `(buffer, element offset)` where a kernel reads or writes a column block
-//! of a wider row-major matrix (e.g. layer `l`'s output inside the `n × r·D` concat buffer).
+//! A kernel is launched with its parameter struct (`src/abi.rs`, e.g. [`crate::cuda::abi::LinearParams`]),
+//! which the caller fills: shapes, modes, and the device addresses of the buffers, taken with
+//! [`input`] / [`output`] (which check that the extent the kernel touches lies inside the buffer;
+//! an element offset addresses a column block of a wider row-major matrix, e.g. layer `l`'s
+//! output inside the `n × r·D` concat buffer). [`Backend::launch`] passes the struct as the
+//! kernel's one by-value argument, so no backend knows any kernel's arguments.
 //!
 //! Per-request transfers go through two batch-level calls rather than one call per buffer:
 //! [`Backend::upload_batch`] sends every host input of a batch at once and hands back a
@@ -14,8 +18,10 @@
 //! enqueue them all asynchronously and synchronise once: the staging memory has to stay untouched
 //! from the first upload until that synchronisation, so the backend, not the plan, owns it.
 
+use super::launch::Geometry;
+use crate::abi::{In, KernelParams, Out, StoreRows, Variant};
 use crate::tensor::DType;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Shape and dtype of an uploaded item store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,16 +48,66 @@ pub struct DeviceInputs<B: Backend + ?Sized> {
     pub f32s: Vec<B::F>,
 }
 
-/// Device operations; every method maps to one kernel launch or one copy. Kernel-level contracts
-/// (strides, offsets, limits) are those documented at the top of each `kernels/*.cu`.
-#[allow(clippy::too_many_arguments)]
+/// A device buffer of `Elem`s: what [`input`] and [`output`] take an address of.
+pub trait DeviceBuffer {
+    type Elem;
+    /// Elements in the buffer.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The device address of element 0, for a kernel that reads the buffer.
+    fn base_addr(&self) -> u64;
+    /// The device address of element 0, for a kernel that writes the buffer.
+    fn base_addr_mut(&mut self) -> u64;
+}
+
+fn span<B: DeviceBuffer>(b: &B, at: usize, len: usize) -> Result<u64> {
+    match at.checked_add(len) {
+        Some(end) if end <= b.len() => {
+            Ok(b.base_addr() + (at * std::mem::size_of::<B::Elem>()) as u64)
+        }
+        _ => Err(Error::Device(format!(
+            "a kernel argument spans elements {at}..{at}+{len} of a device buffer of {}",
+            b.len()
+        ))),
+    }
+}
+
+/// The address of elements `at .. at + len` of `b`, which a kernel reads; an error when they are
+/// not all inside `b`.
+pub fn input<B: DeviceBuffer>(b: &B, at: usize, len: usize) -> Result<In<B::Elem>> {
+    span(b, at, len).map(In::from_addr)
+}
+
+/// The address of elements `at .. at + len` of `b`, which a kernel writes; an error when they
+/// are not all inside `b`.
+pub fn output<B: DeviceBuffer>(b: &mut B, at: usize, len: usize) -> Result<Out<B::Elem>> {
+    span(b, at, len)?;
+    let base = b.base_addr_mut();
+    Ok(Out::from_addr(
+        base + (at * std::mem::size_of::<B::Elem>()) as u64,
+    ))
+}
+
+/// The store kernels' variant for a store of `dtype` (`src/abi.rs` `STORE_DTYPES`).
+pub fn store_variant(dtype: DType) -> Result<Variant> {
+    Variant::for_store(dtype.name()).ok_or_else(|| {
+        Error::Device(format!(
+            "the CUDA kernels have no variant for {} stores",
+            dtype.name()
+        ))
+    })
+}
+
+/// Device operations: buffers, copies, and [`Backend::launch`] for every kernel.
 pub trait Backend {
     /// F32 device buffer.
-    type F;
+    type F: DeviceBuffer<Elem = f32>;
     /// I32 device buffer (offsets, top-k positions).
-    type I;
+    type I: DeviceBuffer<Elem = i32>;
     /// U32 device buffer (store row indices).
-    type U;
+    type U: DeviceBuffer<Elem = u32>;
     /// An item store's `vectors` in its own dtype.
     type Store;
     /// The host memory a batch's transfers go through, held from [`Backend::upload_batch`] to
@@ -67,6 +123,9 @@ pub trait Backend {
         dim: usize,
     ) -> Result<Self::Store>;
     fn store_desc(&self, s: &Self::Store) -> StoreDesc;
+    /// The address of a store's rows, for the store kernels (`gather`, `score`), whose variant
+    /// ([`store_variant`]) reads them as the store's dtype.
+    fn store_rows(&self, s: &Self::Store) -> In<StoreRows>;
     // One buffer per call, synchronous downloads: for the weights at load time and for tests.
     // A batch's per-request data goes through `upload_batch` / `read_back` below.
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F>;
@@ -90,80 +149,22 @@ pub trait Backend {
         read: impl FnOnce(&[&[f32]], &[&[i32]]) -> R,
     ) -> Result<R>;
 
-    /// `linear.cu`.
-    fn linear(
-        &self,
-        x: (&Self::F, usize),
-        ldx: usize,
-        w: &Self::F,
-        b: &Self::F,
-        y: (&mut Self::F, usize),
-        ldy: usize,
-        rows: usize,
-        in_dim: usize,
-        out_dim: usize,
-        relu: bool,
-    ) -> Result<()>;
-    /// `gather.cu`: the first `count` entries of `rows`.
-    fn gather(
-        &self,
-        store: &Self::Store,
-        rows: &Self::U,
-        count: usize,
-        out: &mut Self::F,
-    ) -> Result<()>;
-    /// `attention.cu`; K and V are column blocks `k_off`, `v_off` of one buffer.
-    fn attention(
-        &self,
-        q: (&Self::F, usize),
-        ldq: usize,
-        q_user_stride: usize,
-        kv: &Self::F,
-        k_off: usize,
-        v_off: usize,
-        ldkv: usize,
-        offsets: &Self::I,
-        out: (&mut Self::F, usize),
-        ldo: usize,
-        users: usize,
-        n: usize,
-        heads: usize,
-        head_dim: usize,
-    ) -> Result<()>;
-    /// `co_interest.cu`; `blocks` codes 0 long, 1 short, 2 long_aligned, 3 short_aligned.
-    fn co_interest(
-        &self,
-        lhat: &Self::F,
-        shat: &Self::F,
-        ld_in: usize,
-        out: &mut Self::F,
-        ldo: usize,
-        users: usize,
-        n: usize,
-        dim: usize,
-        blocks: &[u8],
-    ) -> Result<()>;
-    /// `score.cu`; `max_m` is the largest per-user candidate count (sizes the grid).
-    fn score(
-        &self,
-        store: &Self::Store,
-        rows: &Self::U,
-        offsets: &Self::I,
-        xu: &Self::F,
-        users: usize,
-        max_m: usize,
-        n: usize,
-        mode: i32,
-        out: &mut Self::F,
-    ) -> Result<()>;
-    /// `topk.cu`.
-    fn topk(
-        &self,
-        scores: &Self::F,
-        offsets: &Self::I,
-        users: usize,
-        k: usize,
-        pos: &mut Self::I,
-        val: &mut Self::F,
-    ) -> Result<()>;
+    /// Runs the kernel entry point `<P::DESC.op>_<variant.suffix>` over `geo` with `p` as its one
+    /// argument (nothing when `geo` is empty). The kernel contract (strides, offsets, limits) is
+    /// the one documented at the top of `kernels/<op>.cu`; `launch.rs` gives the geometry and
+    /// checks the limits.
+    ///
+    /// # Safety
+    /// Every address in `p` must be one of this backend's (from [`input`], [`output`] or
+    /// [`Backend::store_rows`]) and cover what the kernel reads or writes through it for the
+    /// shapes in `p` and `geo`, and the buffers must live until the kernel has run (on the GPU:
+    /// until they are dropped, which is ordered after the launch on the same stream). Index
+    /// arguments (rows, offsets) must be in range.
+    unsafe fn launch<P: KernelParams>(&self, variant: Variant, geo: &Geometry, p: &P)
+        -> Result<()>;
+}
+
+/// The name of the entry point `<op>_<suffix>` of `P`'s kernel.
+pub fn entry_point<P: KernelParams>(variant: Variant) -> String {
+    format!("{}_{}", P::DESC.op, variant.suffix)
 }

@@ -1,7 +1,8 @@
 //! The real GPU: [`Backend`] over cudarc's driver API. Loads the fatbin that build.rs embedded
-//! (SASS for sm_80/86/89/90, PTX for newer GPUs), keeps one stream, and maps each backend call to
-//! one kernel launch with the geometry from [`launch`]. Every driver error becomes
-//! [`Error::Device`] naming the operation.
+//! (SASS for sm_80/86/89/90, PTX for newer GPUs), keeps one stream, and launches a kernel with
+//! its parameter struct (`src/abi.rs`) as the one by-value argument ([`Backend::launch`]), with
+//! the geometry from [`launch`]. Every driver error becomes [`Error::Device`] naming the
+//! operation.
 //!
 //! Per-request transfers are staged through page-locked (pinned) host memory: a copy from or to
 //! pageable memory makes the driver bounce it through its own pinned buffer and, for downloads,
@@ -13,15 +14,17 @@
 //! grows — to the next power of two — only when a larger batch arrives, so steady-state requests
 //! allocate no pinned memory at all.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
-    LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 
-use super::backend::{Backend, DeviceInputs, HostInputs, StoreDesc};
-use super::launch::{self, Geometry};
+use super::backend::{entry_point, Backend, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc};
+use super::launch::Geometry;
+use crate::abi::{In, KernelParams, StoreRows, Variant, KERNELS};
 use crate::tensor::DType;
 use crate::{Error, Result};
 
@@ -40,10 +43,6 @@ fn cfg(g: &Geometry) -> LaunchConfig {
     }
 }
 
-fn i32_of(v: usize, what: &str) -> Result<i32> {
-    launch::to_i32(v, what)
-}
-
 /// An uploaded store: the raw bytes of its `vectors` (the kernel variant reads them as its dtype;
 /// device allocations are 256-byte aligned, so typed loads are aligned).
 #[derive(Debug)]
@@ -52,20 +51,37 @@ pub struct DeviceStore {
     desc: StoreDesc,
 }
 
-struct Kernels {
-    linear: CudaFunction,
-    gather: [CudaFunction; 3],
-    attention: CudaFunction,
-    co_interest: CudaFunction,
-    score: [CudaFunction; 3],
-    topk: CudaFunction,
-}
+/// Every entry point of the module (`src/abi.rs` `KERNELS`), by (op, variant suffix).
+type Kernels = HashMap<(&'static str, &'static str), CudaFunction>;
 
-fn by_dtype(fs: &[CudaFunction; 3], d: DType) -> &CudaFunction {
-    match d {
-        DType::F32 => &fs[0],
-        DType::F16 => &fs[1],
-        DType::BF16 => &fs[2],
+/// A kernel's parameter struct as its one by-value argument: cudarc pushes a pointer to it and
+/// the driver copies the `size_of::<P>()` bytes into the kernel's parameter space, where the
+/// entry point `<op>_<suffix>(const P p)` reads them. `repr(transparent)`, so the bytes are the
+/// struct's, whose C layout the generated header asserts (sizes and offsets) and whose Rust
+/// layout `src/abi.rs`'s test checks against the same numbers.
+#[repr(transparent)]
+struct ByValue<P>(P);
+
+// SAFETY: `KernelParams` is implemented only for `#[repr(C)]` structs of plain-data fields
+// (integers, floats, `repr(i32)` enums, u64 device addresses) laid out as the kernels' C structs.
+unsafe impl<P: KernelParams> DeviceRepr for ByValue<P> {}
+
+impl<T> DeviceBuffer for CudaSlice<T> {
+    type Elem = T;
+    fn len(&self) -> usize {
+        CudaSlice::len(self)
+    }
+    // The guard cudarc returns would record a read/write event on drop, which matters only with
+    // several streams (cudarc's multi-stream mode): the backend has one stream, which orders
+    // every copy, launch and free, so it is dropped at once.
+    fn base_addr(&self) -> u64 {
+        let (ptr, _record) = self.device_ptr(self.stream());
+        ptr
+    }
+    fn base_addr_mut(&mut self) -> u64 {
+        let stream = self.stream().clone();
+        let (ptr, _record) = self.device_ptr_mut(&stream);
+        ptr
     }
 }
 
@@ -239,19 +255,16 @@ impl CudaBackend {
                      SASS and compute_80 PTX; an older driver than CUDA 13.0 rejects the PTX)"
                 ))
             })?;
-        let f = |n: &str| {
-            module
-                .load_function(n)
-                .map_err(|e| Error::Device(format!("kernel `{n}` not in the module: {e}")))
-        };
-        let k = Kernels {
-            linear: f("linear_f32")?,
-            gather: [f("gather_f32")?, f("gather_f16")?, f("gather_bf16")?],
-            attention: f("attention_f32")?,
-            co_interest: f("co_interest_f32")?,
-            score: [f("score_f32")?, f("score_f16")?, f("score_bf16")?],
-            topk: f("topk_f32")?,
-        };
+        let mut k = Kernels::new();
+        for desc in KERNELS {
+            for v in desc.variants.list() {
+                let n = format!("{}_{}", desc.op, v.suffix);
+                let f = module
+                    .load_function(&n)
+                    .map_err(|e| Error::Device(format!("kernel `{n}` not in the module: {e}")))?;
+                k.insert((desc.op, v.suffix), f);
+            }
+        }
         Ok(CudaBackend {
             ctx,
             stream,
@@ -375,11 +388,6 @@ fn stage_down<T: DeviceRepr>(
     Ok(ranges)
 }
 
-fn view<T>(b: &CudaSlice<T>, off: usize) -> Result<cudarc::driver::CudaView<'_, T>> {
-    b.try_slice(off..)
-        .ok_or_else(|| Error::Device(format!("offset {off} past a device buffer of {}", b.len())))
-}
-
 impl Backend for CudaBackend {
     type F = CudaSlice<f32>;
     type I = CudaSlice<i32>;
@@ -405,6 +413,9 @@ impl Backend for CudaBackend {
     }
     fn store_desc(&self, s: &DeviceStore) -> StoreDesc {
         s.desc
+    }
+    fn store_rows(&self, s: &DeviceStore) -> In<StoreRows> {
+        In::from_addr(s.bytes.base_addr())
     }
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F> {
         self.upload(v)
@@ -484,219 +495,30 @@ impl Backend for CudaBackend {
         Ok(read(&f, &i))
     }
 
-    fn linear(
+    unsafe fn launch<P: KernelParams>(
         &self,
-        x: (&Self::F, usize),
-        ldx: usize,
-        w: &Self::F,
-        b: &Self::F,
-        y: (&mut Self::F, usize),
-        ldy: usize,
-        rows: usize,
-        in_dim: usize,
-        out_dim: usize,
-        relu: bool,
+        variant: Variant,
+        geo: &Geometry,
+        p: &P,
     ) -> Result<()> {
-        let g = launch::linear(rows, out_dim)?;
-        if g.is_empty() {
+        if geo.is_empty() {
             return Ok(());
         }
-        let xv = view(x.0, x.1)?;
-        let yoff = y.1;
-        let ylen = y.0.len();
-        let mut yv = y.0.try_slice_mut(yoff..).ok_or_else(|| {
-            Error::Device(format!("offset {yoff} past a device buffer of {ylen}"))
+        let f = self.k.get(&(P::DESC.op, variant.suffix)).ok_or_else(|| {
+            Error::Device(format!(
+                "no kernel `{}` in the module",
+                entry_point::<P>(variant)
+            ))
         })?;
-        let (ldx, ldy) = (i32_of(ldx, "ldx")?, i32_of(ldy, "ldy")?);
-        let (rows, in_dim, out_dim) = (
-            i32_of(rows, "rows")?,
-            i32_of(in_dim, "in")?,
-            i32_of(out_dim, "out")?,
-        );
-        let relu = i32::from(relu);
-        let mut l = self.stream.launch_builder(&self.k.linear);
-        l.arg(&xv)
-            .arg(&ldx)
-            .arg(w)
-            .arg(b)
-            .arg(&mut yv)
-            .arg(&ldy)
-            .arg(&rows)
-            .arg(&in_dim)
-            .arg(&out_dim)
-            .arg(&relu);
-        // SAFETY: the argument list matches `linear_f32`'s parameters in order and type; the
-        // plan sizes every buffer for the extents documented in linear.cu.
-        unsafe { l.launch(cfg(&g)) }.map_err(dev("launching linear_f32"))?;
-        Ok(())
-    }
-
-    fn gather(
-        &self,
-        store: &DeviceStore,
-        rows: &Self::U,
-        count: usize,
-        out: &mut Self::F,
-    ) -> Result<()> {
-        let g = launch::gather(count)?;
-        if g.is_empty() {
-            return Ok(());
-        }
-        let (count, dim) = (i32_of(count, "rows")?, i32_of(store.desc.dim, "D")?);
-        let mut l = self
-            .stream
-            .launch_builder(by_dtype(&self.k.gather, store.desc.dtype));
-        l.arg(&store.bytes).arg(rows).arg(&count).arg(&dim).arg(out);
-        // SAFETY: matches `gather_<dtype>`; row indices were validated against the store by the
-        // plan before upload.
-        unsafe { l.launch(cfg(&g)) }.map_err(dev("launching gather"))?;
-        Ok(())
-    }
-
-    fn attention(
-        &self,
-        q: (&Self::F, usize),
-        ldq: usize,
-        q_user_stride: usize,
-        kv: &Self::F,
-        k_off: usize,
-        v_off: usize,
-        ldkv: usize,
-        offsets: &Self::I,
-        out: (&mut Self::F, usize),
-        ldo: usize,
-        users: usize,
-        n: usize,
-        heads: usize,
-        head_dim: usize,
-    ) -> Result<()> {
-        let g = launch::attention(heads, users, head_dim)?;
-        if g.is_empty() || n == 0 {
-            return Ok(());
-        }
-        let qv = view(q.0, q.1)?;
-        let kvw = view(kv, k_off)?;
-        let vvw = view(kv, v_off)?;
-        let ooff = out.1;
-        let olen = out.0.len();
-        let mut ov = out.0.try_slice_mut(ooff..).ok_or_else(|| {
-            Error::Device(format!("offset {ooff} past a device buffer of {olen}"))
+        let arg = ByValue(*p);
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&arg);
+        // SAFETY: the one argument is the entry point's parameter struct, by value (see
+        // `ByValue`); the caller guarantees what its addresses point at (`Backend::launch`).
+        unsafe { l.launch(cfg(geo)) }.map_err(|e| Error::Driver {
+            what: format!("launching {}", entry_point::<P>(variant)),
+            source: Box::new(e),
         })?;
-        let ldq = i32_of(ldq, "ldq")?;
-        let stride = i64::try_from(q_user_stride).map_err(|_| Error::Device("q stride".into()))?;
-        let (ldkv, ldo, n, hd) = (
-            i32_of(ldkv, "ldkv")?,
-            i32_of(ldo, "ldo")?,
-            i32_of(n, "n")?,
-            i32_of(head_dim, "d")?,
-        );
-        let mut l = self.stream.launch_builder(&self.k.attention);
-        l.arg(&qv)
-            .arg(&ldq)
-            .arg(&stride)
-            .arg(&kvw)
-            .arg(&vvw)
-            .arg(&ldkv)
-            .arg(offsets)
-            .arg(&mut ov)
-            .arg(&ldo)
-            .arg(&n)
-            .arg(&hd);
-        // SAFETY: matches `attention_f32`; offsets ascend and index rows of the K/V buffer.
-        unsafe { l.launch(cfg(&g)) }.map_err(dev("launching attention_f32"))?;
-        Ok(())
-    }
-
-    fn co_interest(
-        &self,
-        lhat: &Self::F,
-        shat: &Self::F,
-        ld_in: usize,
-        out: &mut Self::F,
-        ldo: usize,
-        users: usize,
-        n: usize,
-        dim: usize,
-        blocks: &[u8],
-    ) -> Result<()> {
-        let g = launch::co_interest(users)?;
-        if g.is_empty() || n == 0 {
-            return Ok(());
-        }
-        let codes = super::launch::pack_blocks(blocks);
-        let (ld_in, ldo, n, dim, nb) = (
-            i32_of(ld_in, "ld")?,
-            i32_of(ldo, "ldo")?,
-            i32_of(n, "n")?,
-            i32_of(dim, "D")?,
-            i32_of(blocks.len(), "blocks")?,
-        );
-        let mut l = self.stream.launch_builder(&self.k.co_interest);
-        l.arg(lhat)
-            .arg(shat)
-            .arg(&ld_in)
-            .arg(out)
-            .arg(&ldo)
-            .arg(&n)
-            .arg(&dim)
-            .arg(&nb)
-            .arg(&codes);
-        // SAFETY: matches `co_interest_f32`; n ≤ 64 and ≤ 16 blocks (checked at plan creation).
-        unsafe { l.launch(cfg(&g)) }.map_err(dev("launching co_interest_f32"))?;
-        Ok(())
-    }
-
-    fn score(
-        &self,
-        store: &DeviceStore,
-        rows: &Self::U,
-        offsets: &Self::I,
-        xu: &Self::F,
-        users: usize,
-        max_m: usize,
-        n: usize,
-        mode: i32,
-        out: &mut Self::F,
-    ) -> Result<()> {
-        let g = launch::score(max_m, users)?;
-        if g.is_empty() || n == 0 {
-            return Ok(());
-        }
-        let (dim, n) = (i32_of(store.desc.dim, "D")?, i32_of(n, "n")?);
-        let mut l = self
-            .stream
-            .launch_builder(by_dtype(&self.k.score, store.desc.dtype));
-        l.arg(&store.bytes)
-            .arg(&dim)
-            .arg(rows)
-            .arg(offsets)
-            .arg(xu)
-            .arg(&n)
-            .arg(&mode)
-            .arg(out);
-        // SAFETY: matches `score_<dtype>`; candidate rows validated against the store.
-        unsafe { l.launch(cfg(&g)) }.map_err(dev("launching score"))?;
-        Ok(())
-    }
-
-    fn topk(
-        &self,
-        scores: &Self::F,
-        offsets: &Self::I,
-        users: usize,
-        k: usize,
-        pos: &mut Self::I,
-        val: &mut Self::F,
-    ) -> Result<()> {
-        let g = launch::topk(users)?;
-        if g.is_empty() || k == 0 {
-            return Ok(());
-        }
-        let k = i32_of(k, "k")?;
-        let mut l = self.stream.launch_builder(&self.k.topk);
-        l.arg(scores).arg(offsets).arg(&k).arg(pos).arg(val);
-        // SAFETY: matches `topk_f32`; pos/val hold users × k slots.
-        unsafe { l.launch(cfg(&g)) }.map_err(dev("launching topk_f32"))?;
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! so both run the kernels with the same grids and blocks. Each constant here mirrors a `#define`
 //! in `kernels/` (named in the comment); the kernels assume these limits, so they are checked
 //! here before any launch and a violation is an [`Error::Device`], never an out-of-bounds access.
+//! A launch with nothing to do gets an empty geometry ([`Geometry::is_empty`]), which the
+//! backends do not launch.
 
 use crate::{Error, Result};
 
@@ -27,6 +29,12 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// No block: nothing to launch.
+    const NONE: Geometry = Geometry {
+        grid: (0, 1, 1),
+        block: (32, 1, 1),
+    };
+
     /// True when the grid has no block at all (nothing to do; CUDA rejects such launches).
     pub fn is_empty(&self) -> bool {
         self.grid.0 == 0 || self.grid.1 == 0 || self.grid.2 == 0
@@ -74,12 +82,15 @@ pub fn gather(count: usize) -> Result<Geometry> {
     })
 }
 
-/// `attention.cu`: one block of 4 warps per (head, user).
-pub fn attention(heads: usize, users: usize, head_dim: usize) -> Result<Geometry> {
+/// `attention.cu`: one block of 4 warps per (head, user); nothing for `n = 0` interests.
+pub fn attention(heads: usize, users: usize, n: usize, head_dim: usize) -> Result<Geometry> {
     if head_dim == 0 || head_dim > MAX_HEAD_DIM {
         return Err(Error::Device(format!(
             "head dimension d = {head_dim} is outside the kernels' range 1..={MAX_HEAD_DIM}"
         )));
+    }
+    if n == 0 {
+        return Ok(Geometry::NONE);
     }
     Ok(Geometry {
         grid: (dim(heads, "heads")?, grid_y(users, "users per batch")?, 1),
@@ -87,16 +98,36 @@ pub fn attention(heads: usize, users: usize, head_dim: usize) -> Result<Geometry
     })
 }
 
-/// `co_interest.cu`: one block per user.
-pub fn co_interest(users: usize) -> Result<Geometry> {
+/// `co_interest.cu`: one block per user; `n ≤ MAX_INTERESTS` interests (nothing for 0),
+/// `blocks ≤ MAX_CONCAT_BLOCKS`.
+pub fn co_interest(users: usize, n: usize, blocks: usize) -> Result<Geometry> {
+    if n > MAX_INTERESTS || blocks > MAX_CONCAT_BLOCKS {
+        return Err(Error::Device(format!(
+            "co_interest with n = {n} and {blocks} blocks: the kernel supports n ≤ \
+             {MAX_INTERESTS} and ≤ {MAX_CONCAT_BLOCKS} blocks"
+        )));
+    }
+    if n == 0 {
+        return Ok(Geometry::NONE);
+    }
     Ok(Geometry {
         grid: (grid_y(users, "users per batch")?, 1, 1),
         block: (256, 1, 1),
     })
 }
 
-/// `score.cu`: `SCORE_PER_BLOCK` = 256 candidates per block, users along y.
-pub fn score(max_candidates: usize, users: usize) -> Result<Geometry> {
+/// `score.cu`: `SCORE_PER_BLOCK` = 256 candidates per block, users along y; `D ≤ MAX_DIM`,
+/// `n · D ≤ MAX_SCORE_XU` (nothing for `n = 0`).
+pub fn score(max_candidates: usize, users: usize, n: usize, d: usize) -> Result<Geometry> {
+    if d > MAX_DIM || n.saturating_mul(d) > MAX_SCORE_XU {
+        return Err(Error::Device(format!(
+            "score with n = {n}, D = {d}: the kernel supports D ≤ {MAX_DIM} and \
+             n · D ≤ {MAX_SCORE_XU}"
+        )));
+    }
+    if n == 0 {
+        return Ok(Geometry::NONE);
+    }
     Ok(Geometry {
         grid: (
             dim(max_candidates.div_ceil(256), "candidate blocks")?,
@@ -107,8 +138,11 @@ pub fn score(max_candidates: usize, users: usize) -> Result<Geometry> {
     })
 }
 
-/// `topk.cu`: one block of `TOPK_THREADS` = 256 per user.
-pub fn topk(users: usize) -> Result<Geometry> {
+/// `topk.cu`: one block of `TOPK_THREADS` = 256 per user; nothing for `k = 0`.
+pub fn topk(users: usize, k: usize) -> Result<Geometry> {
+    if k == 0 {
+        return Ok(Geometry::NONE);
+    }
     Ok(Geometry {
         grid: (grid_y(users, "users per batch")?, 1, 1),
         block: (256, 1, 1),
@@ -152,6 +186,16 @@ pub fn check_model_shape(dim: usize, heads: usize, interests: usize, blocks: usi
 /// Converts a count or offset to the `int` the kernels take.
 pub fn to_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Device(format!("{what} = {v} exceeds 2^31 − 1")))
+}
+
+/// Elements a `rows × cols` view with leading dimension `ld` spans (what a kernel touches of a
+/// row-major matrix, e.g. a column block of a wider buffer).
+pub fn extent(rows: usize, ld: usize, cols: usize) -> usize {
+    if rows == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
 }
 
 /// Packs concat block codes 2 bits each, block t in bits `[2t, 2t + 2)` (co_interest.cu).

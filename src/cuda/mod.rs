@@ -2,6 +2,8 @@
 //!
 //! * `kernels/*.cu` (one op per file, shared `common.cuh`) are compiled by build.rs with nvcc into
 //!   one fatbin embedded here ([`FATBIN`]; the exact command is [`NVCC_COMMAND`]).
+//! * Each kernel takes one argument, its parameter struct, defined once in [`abi`] (`src/abi.rs`)
+//!   and written by build.rs into the header the kernels include.
 //! * [`plan`] is the order of launches for a batch, generic over a [`backend::Backend`]: the GPU
 //!   ([`device::CudaBackend`], cudarc) or the CPU emulation of the same kernels ([`emu`], used by
 //!   the tests because CI has no GPU).
@@ -19,6 +21,12 @@
 //! panics when `libcuda.so` is absent, so probing first is what keeps `Device::Auto` safe on
 //! machines without a GPU.
 
+/// The host–kernel interface (`src/abi.rs`): every kernel's parameter struct, the store dtypes
+/// the store kernels are instantiated for, and the codes both sides share. build.rs writes the
+/// same definitions into the C header the kernels include.
+pub mod abi {
+    pub use crate::abi::*;
+}
 pub mod backend;
 pub mod device;
 #[cfg(feature = "cuda-emulation")]

@@ -15,9 +15,17 @@
 //! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
 //! with the stacked weight `[Wk; Wv]`. The user profile `X̂` (SPEC §1.4) is computed on the host
 //! (a few hundred flops) and enters the fusion GEMM as the right half of its input.
+//!
+//! Each launch fills its kernel's parameter struct (`src/abi.rs`) here, taking every buffer's
+//! address with [`input`] / [`output`] and the extent the kernel touches, which is checked
+//! against the buffer.
 
-use super::backend::{Backend, HostInputs, StoreDesc};
-use super::launch;
+use super::backend::{input, output, store_variant, Backend, HostInputs, StoreDesc};
+use super::launch::{self, extent, to_i32};
+use crate::abi::{
+    AttentionParams, CoInterestParams, GatherParams, LinearParams, ScoreMode, ScoreParams,
+    TopkParams, Variant,
+};
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
 use crate::tensor::DType;
@@ -101,10 +109,15 @@ pub struct Plan<B: Backend> {
     co_b: B::F,
     fusion_w: B::F,
     fusion_b: B::F,
-    blocks: Vec<u8>,
-    mode: i32,
+    /// The co-interest concat blocks, packed as `CoInterestParams::block_codes`.
+    block_codes: u32,
+    num_blocks: usize,
+    mode: ScoreMode,
     tokens: B::Store,
     candidates: B::Store,
+    /// The store kernels' variants for the two stores' dtypes.
+    token_variant: Variant,
+    candidate_variant: Variant,
 }
 
 impl<B: Backend> std::fmt::Debug for Plan<B> {
@@ -161,6 +174,12 @@ impl<B: Backend> Plan<B> {
                 )));
             }
         }
+        let (token_variant, candidate_variant) = (
+            store_variant(tokens.dtype)?,
+            store_variant(candidates.dtype)?,
+        );
+        // `Block`'s discriminants are the kernel's codes (src/abi.rs).
+        let block_codes: Vec<u8> = cfg.co_interest_concat.iter().map(|&b| b as u8).collect();
         let w = &model.weights;
         let long = Self::upload_tower(&backend, &w.long, &cfg)?;
         let short = Self::upload_tower(&backend, &w.short, &cfg)?;
@@ -172,16 +191,15 @@ impl<B: Backend> Plan<B> {
             co_b: backend.upload_f32(&w.co_interest.bias)?,
             fusion_w: backend.upload_f32(&w.fusion.weight)?,
             fusion_b: backend.upload_f32(&w.fusion.bias)?,
-            blocks: cfg
-                .co_interest_concat
-                .iter()
-                .map(|&b| b as u8) // src/abi.rs: the kernels' codes
-                .collect(),
-            mode: cfg.score as i32,
+            block_codes: launch::pack_blocks(&block_codes),
+            num_blocks: cfg.co_interest_concat.len(),
+            mode: cfg.score,
             long,
             short,
             tokens,
             candidates,
+            token_variant,
+            candidate_variant,
             backend,
             cfg,
         })
@@ -270,7 +288,7 @@ impl<B: Backend> Plan<B> {
         let be = &self.backend;
         let (b, n, d) = (users.len(), self.cfg.interests, self.cfg.dim);
         let bn = b * n;
-        let k = self.blocks.len();
+        let k = self.num_blocks;
 
         // Every per-request input is built on the host first, so the batch crosses to the device
         // in one `upload_batch` (on the GPU: through reused page-locked memory, asynchronously).
@@ -318,18 +336,20 @@ impl<B: Backend> Plan<B> {
 
         // Co-interest concat, then X̃ into the left half of the fusion input.
         let mut cat = be.zeros_f32(bn * k * d)?;
-        be.co_interest(
-            &long_hat,
-            &short_hat,
-            d,
-            &mut cat,
-            k * d,
-            b,
-            n,
-            d,
-            &self.blocks,
-        )?;
-        be.linear(
+        let p = CoInterestParams {
+            lhat: input(&long_hat, 0, extent(bn, d, d))?,
+            shat: input(&short_hat, 0, extent(bn, d, d))?,
+            out: output(&mut cat, 0, extent(bn, k * d, k * d))?,
+            ld_in: to_i32(d, "D")?,
+            ldo: to_i32(k * d, "co_interest width")?,
+            n: to_i32(n, "n")?,
+            dim: to_i32(d, "D")?,
+            num_blocks: to_i32(k, "concat blocks")?,
+            block_codes: self.block_codes,
+        };
+        // SAFETY: the addresses cover the extents co_interest.cu touches for these shapes.
+        unsafe { be.launch(Variant::F32, &launch::co_interest(b, n, k)?, &p) }?;
+        self.linear(
             (&cat, 0),
             k * d,
             &self.co_w,
@@ -342,7 +362,7 @@ impl<B: Backend> Plan<B> {
             false,
         )?;
         let mut xu = be.zeros_f32(bn * d)?;
-        be.linear(
+        self.linear(
             (&fuse_in, 0),
             2 * d,
             &self.fusion_w,
@@ -363,21 +383,32 @@ impl<B: Backend> Plan<B> {
             .max()
             .unwrap_or(0);
         let mut scores = be.zeros_f32(total)?;
-        be.score(
-            &self.candidates,
-            &cand_rows_dev,
-            &cand_offs_dev,
-            &xu,
-            b,
-            max_m,
-            n,
-            self.mode,
-            &mut scores,
-        )?;
+        let p = ScoreParams {
+            store: be.store_rows(&self.candidates),
+            rows: input(&cand_rows_dev, 0, total)?,
+            cand_offsets: input(&cand_offs_dev, 0, b + 1)?,
+            xu: input(&xu, 0, bn * d)?,
+            out: output(&mut scores, 0, total)?,
+            dim: to_i32(d, "D")?,
+            n: to_i32(n, "n")?,
+            mode: self.mode,
+        };
+        let geo = launch::score(max_m, b, n, d)?;
+        // SAFETY: rows were checked against the candidate store (`validate`), the offsets
+        // ascend to `total` (`stack`), and the addresses cover what score.cu touches.
+        unsafe { be.launch(self.candidate_variant, &geo, &p) }?;
         let k_dev = top_k.min(max_m);
         let mut pos = be.zeros_i32(b * k_dev)?;
         let mut val = be.zeros_f32(b * k_dev)?;
-        be.topk(&scores, &cand_offs_dev, b, k_dev, &mut pos, &mut val)?;
+        let p = TopkParams {
+            scores: input(&scores, 0, total)?,
+            offsets: input(&cand_offs_dev, 0, b + 1)?,
+            out_pos: output(&mut pos, 0, b * k_dev)?,
+            out_score: output(&mut val, 0, b * k_dev)?,
+            k: to_i32(k_dev, "k")?,
+        };
+        // SAFETY: the offsets ascend to `total`; `users · k` output slots.
+        unsafe { be.launch(Variant::F32, &launch::topk(b, k_dev)?, &p) }?;
 
         // One synchronisation for the whole batch; the outputs are built straight from the
         // read-back memory.
@@ -413,6 +444,39 @@ impl<B: Backend> Plan<B> {
         })?
     }
 
+    /// `linear.cu`: `y = relu?(x Wᵀ + b)` for `rows` rows of `in_dim` values (leading dimension
+    /// `ldx`, from element `x.1`), into `out_dim` columns (leading dimension `ldy`, from `y.1`).
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        x: (&B::F, usize),
+        ldx: usize,
+        w: &B::F,
+        b: &B::F,
+        y: (&mut B::F, usize),
+        ldy: usize,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+        relu: bool,
+    ) -> Result<()> {
+        let p = LinearParams {
+            x: input(x.0, x.1, extent(rows, ldx, in_dim))?,
+            w: input(w, 0, out_dim * in_dim)?,
+            bias: input(b, 0, out_dim)?,
+            y: output(y.0, y.1, extent(rows, ldy, out_dim))?,
+            ldx: to_i32(ldx, "ldx")?,
+            ldy: to_i32(ldy, "ldy")?,
+            rows: to_i32(rows, "rows")?,
+            in_dim: to_i32(in_dim, "in_dim")?,
+            out_dim: to_i32(out_dim, "out_dim")?,
+            relu: i32::from(relu),
+        };
+        let geo = launch::linear(rows, out_dim)?;
+        // SAFETY: the addresses cover the extents linear.cu touches for these shapes.
+        unsafe { self.backend.launch(Variant::F32, &geo, &p) }
+    }
+
     /// SPEC §1.2 for one tower over the batch: returns `F` for every user (`B·n × D`). `rows`
     /// holds the batch's `count` token rows, `offsets` the `users + 1` offsets into them.
     fn tower(
@@ -432,7 +496,15 @@ impl<B: Backend> Plan<B> {
         );
         let bn = users * n;
         let mut x = be.zeros_f32(count * d)?;
-        be.gather(&self.tokens, rows_dev, count, &mut x)?;
+        let p = GatherParams {
+            store: be.store_rows(&self.tokens),
+            rows: input(rows_dev, 0, count)?,
+            out: output(&mut x, 0, count * d)?,
+            count: to_i32(count, "token rows")?,
+            dim: to_i32(d, "D")?,
+        };
+        // SAFETY: the rows were checked against the token store (`validate`); `count × D` out.
+        unsafe { be.launch(self.token_variant, &launch::gather(count)?, &p) }?;
 
         // At least one row: V is addressed at column offset D of this buffer even when the whole
         // batch has no token (every attention then reads nothing and writes zeros).
@@ -441,7 +513,7 @@ impl<B: Backend> Plan<B> {
         let mut a = be.zeros_f32(bn * d)?;
         let mut hcat = be.zeros_f32(bn * r * d)?;
         for (l, layer) in t.layers.iter().enumerate() {
-            be.linear(
+            self.linear(
                 (&x, 0),
                 d,
                 &layer.wkv,
@@ -458,7 +530,7 @@ impl<B: Backend> Plan<B> {
             let (queries, user_stride) = match &layer.q0 {
                 Some(q0) => (q0, 0),
                 None => {
-                    be.linear(
+                    self.linear(
                         (&hcat, (l - 1) * d),
                         r * d,
                         &layer.wq,
@@ -473,23 +545,28 @@ impl<B: Backend> Plan<B> {
                     (&q, n * d)
                 }
             };
-            be.attention(
-                (queries, 0),
-                d,
-                user_stride,
-                &kv,
-                0,
-                d,
-                2 * d,
-                offs_dev,
-                (&mut a, 0),
-                d,
-                users,
-                n,
-                h,
-                d / h,
-            )?;
-            be.linear(
+            // Every user's n query rows (one set for all of them with stride 0); K and V are the
+            // two column halves of the `count × 2D` buffer.
+            let q_len = (users - 1) * user_stride + extent(n, d, d);
+            let p = AttentionParams {
+                q: input(queries, 0, q_len)?,
+                k: input(&kv, 0, extent(count, 2 * d, d))?,
+                v: input(&kv, d, extent(count, 2 * d, d))?,
+                kv_offsets: input(offs_dev, 0, users + 1)?,
+                out: output(&mut a, 0, extent(bn, d, d))?,
+                q_user_stride: i64::try_from(user_stride)
+                    .map_err(|_| Error::Device("query stride".into()))?,
+                ldq: to_i32(d, "D")?,
+                ldkv: to_i32(2 * d, "2D")?,
+                ldo: to_i32(d, "D")?,
+                n: to_i32(n, "n")?,
+                head_dim: to_i32(d / h, "d")?,
+            };
+            let geo = launch::attention(h, users, n, d / h)?;
+            // SAFETY: the offsets ascend to `count` (`stack`); the addresses cover the rows
+            // attention.cu reads and writes.
+            unsafe { be.launch(Variant::F32, &geo, &p) }?;
+            self.linear(
                 (&a, 0),
                 d,
                 &layer.wo,
@@ -503,7 +580,7 @@ impl<B: Backend> Plan<B> {
             )?;
         }
         let mut f = be.zeros_f32(bn * d)?;
-        be.linear(
+        self.linear(
             (&hcat, 0),
             r * d,
             &t.merge_w,
