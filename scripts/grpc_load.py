@@ -3,7 +3,11 @@
 
 Stubs are generated from proto/hcn/v1/prerank.proto at start (grpcio-tools, into a temp dir).
 Requests are SPEC §4 JSON lines (e.g. `hcn bench`'s shapes written by scripts/serve_bench.sh or
-weights/requests.jsonl), sent with top_k and return_scores=false.
+weights/requests.jsonl), sent with top_k and return_scores=false. Each message is serialized once
+at start and sent as bytes (the client spends no CPU re-encoding the same request: it shares the
+machine with the server); answers are left as bytes. The server's own split of each answer's time
+(the `x-queue-time-us` / `x-inference-time-us` trailers) is reported next to the client's latency.
+Open-loop latency counts from each request's scheduled arrival (no coordinated omission).
 
   closed  N clients, each sending back to back: latency percentiles and max QPS
   open    Poisson arrivals at RATE per second for SECONDS: latency percentiles, errors
@@ -35,7 +39,7 @@ def load_requests(path, pb, top_k, limit):
             r = json.loads(line)
             reqs.append(pb.ScoreRequest(long=r.get("long", []), short=r.get("short", []),
                                         fields=r.get("fields", {}), dense=r.get("dense", []),
-                                        candidates=r["candidates"], top_k=top_k))
+                                        candidates=r["candidates"], top_k=top_k).SerializeToString())
             if len(reqs) >= limit:
                 break
     return reqs
@@ -59,15 +63,28 @@ def main():
     ap.add_argument("--max-requests-loaded", type=int, default=200)
     args = ap.parse_args()
     import grpc
-    pb, pbg = stubs()
+    pb, _ = stubs()
     reqs = load_requests(args.requests_file, pb, args.top_k, args.max_requests_loaded)
     opts = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
     lat, errors, lock = [], [], threading.Lock()
+    queue_us, inference_us = [], []
+
+    def score_call(ch):
+        # Bytes in, bytes out: no protobuf work per call on the client.
+        return ch.unary_unary("/hcn.v1.Prerank/Score")
+
+    def timings(call):
+        md = dict(call.trailing_metadata() or ())
+        with lock:
+            if "x-queue-time-us" in md:
+                queue_us.append(int(md["x-queue-time-us"]))
+            if "x-inference-time-us" in md:
+                inference_us.append(int(md["x-inference-time-us"]))
 
     def one(stub, r):
         t = time.perf_counter()
         try:
-            stub.Score(r, timeout=30)
+            _, call = stub.with_call(r, timeout=30)
             ok = True
         except grpc.RpcError as e:
             ok = False
@@ -75,15 +92,16 @@ def main():
                 errors.append(str(e.code()))
         dt = time.perf_counter() - t
         if ok:
+            timings(call)
             with lock:
                 lat.append(dt)
 
     if args.mode == "closed":
         def client(i):
             ch = grpc.insecure_channel(args.target, options=opts)
-            stub = pbg.PrerankStub(ch)
+            stub = score_call(ch)
             for w in range(3):  # warm-up, not timed
-                stub.Score(reqs[(i + w) % len(reqs)], timeout=30)
+                stub(reqs[(i + w) % len(reqs)], timeout=30)
             for n in range(args.count):
                 one(stub, reqs[(i * 7 + n) % len(reqs)])
         start = time.perf_counter()
@@ -94,9 +112,9 @@ def main():
         done = len(lat)
     else:
         ch = grpc.insecure_channel(args.target, options=opts)
-        stub = pbg.PrerankStub(ch)
+        stub = score_call(ch)
         for w in range(5):
-            stub.Score(reqs[w % len(reqs)], timeout=30)
+            stub(reqs[w % len(reqs)], timeout=30)
         rng = random.Random(0)
         futures, start, t_next, n = [], time.perf_counter(), 0.0, 0
         pending = []
@@ -104,6 +122,7 @@ def main():
             def cb(f):
                 dt = time.perf_counter() - t0
                 if f.exception() is None:
+                    timings(f)
                     with lock:
                         lat.append(dt)
                 else:
@@ -115,8 +134,8 @@ def main():
             if now < t_next:
                 time.sleep(min(t_next - now, 0.01))
                 continue
-            t0 = time.perf_counter()
-            f = stub.Score.future(reqs[n % len(reqs)], timeout=30)
+            t0 = start + t_next  # the scheduled arrival, even if this thread is late
+            f = stub.future(reqs[n % len(reqs)], timeout=30)
             f.add_done_callback(cb_factory(t0))
             pending.append(f)
             n += 1
@@ -132,7 +151,9 @@ def main():
     print(json.dumps({"mode": args.mode, "clients": args.clients, "rate": args.rate if args.mode == "open" else None,
                       "answered": done, "errors": len(errors), "error_codes": sorted(set(errors)),
                       "median_ms": ms(pct(lat, 50)), "p90_ms": ms(pct(lat, 90)), "p99_ms": ms(pct(lat, 99)),
-                      "qps": round(done / wall, 1)}))
+                      "qps": round(done / wall, 1),
+                      "server_queue_us_median": pct(queue_us, 50),
+                      "server_inference_us_median": pct(inference_us, 50)}))
 
 
 if __name__ == "__main__":
