@@ -11,6 +11,8 @@ Open-loop latency counts from each request's scheduled arrival (no coordinated o
 
   closed  N clients, each sending back to back: latency percentiles and max QPS
   open    Poisson arrivals at RATE per second for SECONDS: latency percentiles, errors
+  ping    one client calling Info back to back: the round trip of the client and the transport
+          alone (no engine), the floor under every Score latency
 
 Every loop is bounded in count and time; loopback only. Prints one JSON line.
 """
@@ -52,9 +54,9 @@ def pct(xs, p):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["closed", "open"])
+    ap.add_argument("mode", choices=["closed", "open", "ping"])
     ap.add_argument("--target", default="127.0.0.1:50051")
-    ap.add_argument("--requests-file", required=True)
+    ap.add_argument("--requests-file")
     ap.add_argument("--top-k", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--count", type=int, default=200, help="requests per client (closed)")
@@ -64,7 +66,8 @@ def main():
     args = ap.parse_args()
     import grpc
     pb, _ = stubs()
-    reqs = load_requests(args.requests_file, pb, args.top_k, args.max_requests_loaded)
+    reqs = [] if args.mode == "ping" else load_requests(args.requests_file, pb, args.top_k,
+                                                        args.max_requests_loaded)
     opts = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
     lat, errors, lock = [], [], threading.Lock()
     queue_us, inference_us = [], []
@@ -96,7 +99,19 @@ def main():
             with lock:
                 lat.append(dt)
 
-    if args.mode == "closed":
+    if args.mode == "ping":
+        ch = grpc.insecure_channel(args.target, options=opts)
+        info = ch.unary_unary("/hcn.v1.Prerank/Info")
+        for _ in range(20):
+            info(b"", timeout=30)
+        start = time.perf_counter()
+        for _ in range(args.count):
+            t = time.perf_counter()
+            info(b"", timeout=30)
+            lat.append(time.perf_counter() - t)
+        wall = time.perf_counter() - start
+        done = len(lat)
+    elif args.mode == "closed":
         def client(i):
             ch = grpc.insecure_channel(args.target, options=opts)
             stub = score_call(ch)

@@ -289,6 +289,29 @@ fn gather(matrix: &MappedMatrix, idx: &[usize], distance: usize) -> u64 {
     sum
 }
 
+/// `matrix`'s bytes copied into anonymous memory advised `MADV_HUGEPAGE` (2 MiB pages where
+/// the kernel grants them), to measure what page walks cost the random gather of the file
+/// mapping (`hcn bench --floors` reports both). `None` where the copy or the advice fails.
+pub fn huge_page_copy(matrix: &MappedMatrix) -> Option<MappedMatrix> {
+    let bytes = matrix.bytes();
+    let mut anon = memmap2::MmapMut::map_anon(bytes.len().max(1)).ok()?;
+    #[cfg(target_os = "linux")]
+    anon.advise(memmap2::Advice::HugePage).ok()?;
+    anon[..bytes.len()].copy_from_slice(bytes);
+    let map = std::sync::Arc::new(anon.make_read_only().ok()?);
+    MappedMatrix::new(map, 0, matrix.rows(), matrix.cols(), matrix.dtype())
+}
+
+/// The kernel's count of anonymous memory in transparent huge pages (`AnonHugePages` of
+/// `/proc/meminfo`, KiB), to tell whether [`huge_page_copy`] got them.
+pub fn anon_huge_pages_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// This CPU as `lscpu` names it: model name, family and model (x86 `/proc/cpuinfo`; on other
 /// targets the implementer/part lines), for every figure's record.
 pub fn cpu_identity() -> String {
@@ -352,5 +375,9 @@ mod tests {
         let g = gather_rate(&matrix, 1000, 3, 8, &pool, 1);
         assert_eq!((g.threads, g.rows, g.row_bytes), (2, 1000, 32));
         assert!(g.ns_per_row > 0.0);
+        // The huge-page copy holds the same rows.
+        let copy = huge_page_copy(&matrix).expect("anonymous copy");
+        assert_eq!(copy.bytes(), matrix.bytes());
+        assert_eq!(gather(&copy, &idx, 4), want);
     }
 }

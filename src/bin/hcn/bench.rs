@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use clap::Args;
 use hcn_prerank::cpu::Level;
-use hcn_prerank::floors::{cpu_identity, fma_peak, gather_rate, FmaPeak};
+use hcn_prerank::floors::{
+    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, huge_page_copy, FmaPeak,
+};
 use hcn_prerank::{CpuKernels, Engine, ItemStore, Request, StageTimes, UserRequest};
 use serde::Serialize;
 
@@ -134,6 +136,23 @@ fn floors_report(
             gather.push(gather_rate(matrix, rows, 15, distance, &p, args.seed));
         }
     }
+    // The same gather on an anonymous copy advised MADV_HUGEPAGE: what page walks cost.
+    let before = anon_huge_pages_kib();
+    let mut huge_pages = serde_json::Value::Null;
+    if let Some(copy) = huge_page_copy(matrix) {
+        let granted = anon_huge_pages_kib()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(b));
+        let mut rates = Vec::new();
+        for &t in &counts {
+            let p = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .map_err(|e| e.to_string())?;
+            rates.push(gather_rate(&copy, rows, 15, 16, &p, args.seed));
+        }
+        huge_pages = serde_json::json!({"granted_kib": granted, "gather": rates});
+    }
     let median_us = |f: &dyn Fn(&StageTimes) -> std::time::Duration| {
         let mut v: Vec<f64> = stages.iter().map(|s| f(s).as_secs_f64() * 1e6).collect();
         v.sort_by(f64::total_cmp);
@@ -175,6 +194,7 @@ fn floors_report(
         "threads": threads,
         "fma": fma,
         "gather": gather,
+        "gather_huge_pages": huge_pages,
         "stages_us": stages_us,
         "score_floor_us": {"gather": best_gather_us, "fma": fma_us},
         "score_vs_floor": if floor_us > 0.0 { score_us / floor_us } else { 0.0 },
