@@ -289,6 +289,33 @@ fn gather(matrix: &MappedMatrix, idx: &[usize], distance: usize) -> u64 {
     sum
 }
 
+/// Floating-point operations of one request's user side (SPEC §1.2–1.4) in the cheap evaluation
+/// order SPEC §1.2 allows, full-length sequences: per tower and layer, the query's product with
+/// each head's key weights (`Q_k Wk_k`; layer 0's is a constant of the model), attention straight
+/// over the tokens (`h·n·L·D` multiply-adds each for the logits and `A_k X`), the value and output
+/// projections of the n rows; then the merge, the co-interest network and the fusion. The
+/// profile MLP is left out (small, and its shape depends on the fields). A multiply-add counts 2.
+/// The user-side stage is stated against this count and the one-thread FMA peak.
+pub fn user_side_flops(cfg: &crate::HcnConfig) -> f64 {
+    let (d, n, h, r) = (
+        cfg.dim as f64,
+        cfg.interests as f64,
+        cfg.heads as f64,
+        cfg.layers as f64,
+    );
+    let rows_by_dd = n * d * d * 2.0; // one n × D by D × D product
+    let tower = |len: f64| {
+        let attention = 2.0 * h * n * len * d * 2.0;
+        // Layer 0: the query and its key fold are constants; later layers compute both.
+        let queries = (r - 1.0).max(0.0) * 2.0 * rows_by_dd;
+        r * (attention + 2.0 * rows_by_dd) + queries + n * (r * d) * d * 2.0
+    };
+    let blocks = cfg.co_interest_concat.len() as f64;
+    let co_interest = 3.0 * n * n * d * 2.0 + n * (blocks * d) * d * 2.0;
+    let fusion = n * (2.0 * d) * d * 2.0;
+    tower(cfg.long_len as f64) + tower(cfg.short_len as f64) + co_interest + fusion
+}
+
 /// `matrix`'s bytes copied into anonymous memory advised `MADV_HUGEPAGE` (2 MiB pages where
 /// the kernel grants them), to measure what page walks cost the random gather of the file
 /// mapping (`hcn bench --floors` reports both). `None` where the copy or the advice fails.

@@ -10,7 +10,8 @@ use std::time::Instant;
 use clap::Args;
 use hcn_prerank::cpu::Level;
 use hcn_prerank::floors::{
-    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, huge_page_copy, FmaPeak,
+    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, huge_page_copy, user_side_flops,
+    FmaPeak,
 };
 use hcn_prerank::{CpuKernels, Engine, ItemStore, Request, StageTimes, UserRequest};
 use serde::Serialize;
@@ -188,6 +189,18 @@ fn floors_report(
     };
     let floor_us = best_gather_us.max(fma_us);
     let score_us = median_us(&|s| s.score);
+    // The user side runs on one thread (its two towers overlap with the candidate warm-up).
+    let peak_1 = fma
+        .iter()
+        .find(|p| p.level == level.name() && p.threads == 1)
+        .map_or(0.0, |p| p.gflops);
+    let user_flops = user_side_flops(cfg);
+    let user_us = median_us(&|s| s.user);
+    let user_share = if user_us > 0.0 && peak_1 > 0.0 {
+        user_flops / (user_us * 1e-6) / (peak_1 * 1e9)
+    } else {
+        0.0
+    };
     let out = serde_json::json!({
         "cpu": cpu_identity(),
         "level": level.name(),
@@ -198,6 +211,8 @@ fn floors_report(
         "stages_us": stages_us,
         "score_floor_us": {"gather": best_gather_us, "fma": fma_us},
         "score_vs_floor": if floor_us > 0.0 { score_us / floor_us } else { 0.0 },
+        "user_flops": user_flops,
+        "user_share_of_fma_peak": user_share,
     });
     serde_json::to_string(&out).map_err(|e| e.to_string())
 }
