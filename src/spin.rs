@@ -9,9 +9,13 @@
 //!
 //! [`Spinner::extend`] keeps one job per worker on the pool that polls for work
 //! (`rayon::yield_now`, which also steals and takes injected jobs) until a deadline that every
-//! request pushes forward, so the workers are running when the next request splits. The cost is
-//! the pool's cores busy for at most the window after the last request — the same trade ONNX
-//! Runtime's intra-op threads make by default (they spin before sleeping).
+//! request pushes forward, so the workers are running when the next request splits. Between
+//! polls the job yields its core to the OS (`sched_yield`), not a `pause` loop: a thread that
+//! has real work on the same core — the service's network threads sending the answer, a client
+//! on the same machine — runs at once instead of waiting for the spinner's time slice, while an
+//! otherwise idle core still never halts. The cost is the pool's cores busy for at most the
+//! window after the last request — the same trade ONNX Runtime's intra-op threads make by
+//! default (they spin before sleeping).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -66,7 +70,7 @@ impl Spinner {
                 if !POLLING.with(|p| p.replace(true)) {
                     while now_ns() < me.until.load(Ordering::Acquire) {
                         if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                            std::hint::spin_loop();
+                            std::thread::yield_now();
                         }
                     }
                     POLLING.with(|p| p.set(false));
