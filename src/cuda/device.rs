@@ -61,11 +61,12 @@ struct Kernels {
     topk: CudaFunction,
 }
 
-fn by_dtype(fs: &[CudaFunction; 3], d: DType) -> &CudaFunction {
+fn by_dtype(fs: &[CudaFunction; 3], d: DType) -> Result<&CudaFunction> {
     match d {
-        DType::F32 => &fs[0],
-        DType::F16 => &fs[1],
-        DType::BF16 => &fs[2],
+        DType::F32 => Ok(&fs[0]),
+        DType::F16 => Ok(&fs[1]),
+        DType::BF16 => Ok(&fs[2]),
+        DType::I8 => Err(Error::Device("no I8 kernels yet (issue 13)".into())),
     }
 }
 
@@ -545,7 +546,7 @@ impl Backend for CudaBackend {
         let (count, dim) = (i32_of(count, "rows")?, i32_of(store.desc.dim, "D")?);
         let mut l = self
             .stream
-            .launch_builder(by_dtype(&self.k.gather, store.desc.dtype));
+            .launch_builder(by_dtype(&self.k.gather, store.desc.dtype)?);
         l.arg(&store.bytes).arg(rows).arg(&count).arg(&dim).arg(out);
         // SAFETY: matches `gather_<dtype>`; row indices were validated against the store by the
         // plan before upload.
@@ -665,7 +666,7 @@ impl Backend for CudaBackend {
         let (dim, n) = (i32_of(store.desc.dim, "D")?, i32_of(n, "n")?);
         let mut l = self
             .stream
-            .launch_builder(by_dtype(&self.k.score, store.desc.dtype));
+            .launch_builder(by_dtype(&self.k.score, store.desc.dtype)?);
         l.arg(&store.bytes)
             .arg(&dim)
             .arg(rows)

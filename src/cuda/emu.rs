@@ -179,6 +179,11 @@ enum StoreData {
     Half(Vec<u16>),
 }
 
+/// I8 stores (SPEC §3) have no kernels yet (issue 13).
+fn no_i8() -> Error {
+    Error::Device("no I8 kernels yet (issue 13)".into())
+}
+
 impl EmuStore {
     /// `bytes`: `rows × dim` little-endian elements of `dtype` (a store's `vectors` tensor).
     pub fn from_bytes(dtype: DType, bytes: &[u8], rows: usize, dim: usize) -> Result<Self> {
@@ -197,6 +202,7 @@ impl EmuStore {
                     .map(|c| u16::from_le_bytes([c[0], c[1]]))
                     .collect(),
             ),
+            DType::I8 => return Err(no_i8()),
         };
         Ok(EmuStore {
             data,
@@ -294,6 +300,7 @@ pub fn gather(store: &EmuStore, rows: &[u32], out: &mut [f32]) -> Result<()> {
         DType::F32 => ffi::hcn_emu_gather_f32,
         DType::F16 => ffi::hcn_emu_gather_f16,
         DType::BF16 => ffi::hcn_emu_gather_bf16,
+        DType::I8 => return Err(no_i8()),
     };
     // SAFETY: rows are < store rows (checked), out holds count × dim; synchronous call.
     unsafe {
@@ -466,6 +473,7 @@ pub fn score(
         DType::F32 => ffi::hcn_emu_score_f32,
         DType::F16 => ffi::hcn_emu_score_f16,
         DType::BF16 => ffi::hcn_emu_score_bf16,
+        DType::I8 => return Err(no_i8()),
     };
     // SAFETY: rows < store rows, offsets ascending within rows/out, X^U covers users × n × D.
     unsafe {
