@@ -1169,6 +1169,19 @@ fn i8_store_errors_name_the_tensor() {
             &["row 2 is", text, "finite and >= 0"],
         );
     }
+    // A scale whose product with the row's q overflows F32 (row values must be finite F32s, as a
+    // float store's are); the same scale on an all-zero row, or a small q, is fine.
+    let (v2, _, q2, mut s2) = i8_store(4, 3);
+    s2[0] = 3e38;
+    let t = T::new("scales", "F32", &[4], encode("F32", &s2));
+    let r = load_store_bytes(&store(Some(v2.clone()), Some(t)));
+    let max = q2[..3].iter().map(|v| v.unsigned_abs()).max().unwrap();
+    assert!(max > 1, "test data: row 0 has a large q");
+    assert_tensor(r, "scales", &["row 0 is", "overflows F32"]);
+    s2[0] = 0.0;
+    s2[1] = 3e38; // row 1 is all zero
+    let t = T::new("scales", "F32", &[4], encode("F32", &s2));
+    assert!(load_store_bytes(&store(Some(v2), Some(t))).is_ok());
     // -128 is outside SPEC §3's [-127, 127].
     let mut m = v.clone();
     m.data[4] = 0x80;

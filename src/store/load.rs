@@ -127,7 +127,8 @@ pub(super) fn load(path: &Path) -> Result<ItemStore> {
         }
     };
 
-    let scales = check_scales(&file, dtype, rows).map_err(|reason| err(SCALES, reason))?;
+    let scales =
+        check_scales(&file, dtype, rows, bytes, cols).map_err(|reason| err(SCALES, reason))?;
     let vectors = match scales {
         Some(s) => MappedMatrix::new_i8(file.map.clone(), v.start, rows, cols, s),
         None => MappedMatrix::new(file.map.clone(), v.start, rows, cols, dtype),
@@ -143,10 +144,15 @@ pub(super) fn load(path: &Path) -> Result<ItemStore> {
 
 /// SPEC §3's `scales`: required with I8 `vectors` (`[N]` F32, every value finite and ≥ 0) and
 /// forbidden otherwise. Returns the byte offset of `scales[0]` for I8; the reason otherwise.
+/// Like a float store's values, every row value `scale · q` must be a finite F32 (compute is
+/// F32): a scale above `f32::MAX / 127` is refused when the row's largest `|q|` makes it
+/// overflow (`hcn quantize` never writes one: its scales are at most `f32::MAX / 127`).
 fn check_scales(
     file: &SafetensorsFile,
     dtype: DType,
     rows: usize,
+    vectors: &[u8],
+    cols: usize,
 ) -> std::result::Result<Option<usize>, String> {
     let t = match (file.get(SCALES), dtype) {
         (None, DType::I8) => {
@@ -179,6 +185,20 @@ fn check_scales(
             return Err(format!(
                 "row {row} is {s}; every scale must be finite and >= 0"
             ));
+        }
+        if s > f32::MAX / 127.0 {
+            let q = &vectors[row * cols..(row + 1) * cols];
+            let max = q
+                .iter()
+                .map(|&b| (b as i8).unsigned_abs())
+                .max()
+                .unwrap_or(0);
+            if !(s * f32::from(max)).is_finite() {
+                return Err(format!(
+                    "row {row} is {s}; times the row's largest |q| ({max}) it overflows F32 \
+                     (every row value scale · q must be a finite F32)"
+                ));
+            }
         }
     }
     Ok(Some(t.start))

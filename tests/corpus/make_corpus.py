@@ -231,6 +231,9 @@ def stores():
     find(t, "scales")["data"][0:4] = struct.pack("<f", float("inf"))
     s["i8_scale_inf"] = build(meta, t)
     t = copy(q)
+    find(t, "scales")["data"][0:4] = struct.pack("<f", 3e38)  # row 0 has |q| = 127: 3.8e40
+    s["i8_scale_overflows_f32"] = build(meta, t)
+    t = copy(q)
     find(t, "vectors")["data"][13] = 0x80
     s["i8_value_minus_128"] = build(meta, t)
     t = copy(q)
