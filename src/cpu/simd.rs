@@ -228,15 +228,17 @@ impl RawRows {
 }
 
 /// `acc[r] · scales[r]` for each of the `R` row accumulators (I8 rows: the row's scale applied
-/// once, to its `W` partial scores, instead of to its `D` values).
+/// once, to its `W` partial scores, instead of to its `D` values). By value and a plain loop,
+/// as [`Simd::transpose`], so the accumulators stay in registers.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn scale_rows<S: Simd, const R: usize>(
     s: S,
     mut acc: [S::V; R],
     sc: &[f32; R],
 ) -> [S::V; R] {
-    for (a, &c) in acc.iter_mut().zip(sc) {
-        *a = s.mul(*a, s.splat(c));
+    for r in 0..R {
+        acc[r] = s.mul(acc[r], s.splat(sc[r]));
     }
     acc
 }
