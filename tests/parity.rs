@@ -19,7 +19,7 @@ fn fixtures_exist_and_cover_the_spec() {
         cases.len()
     );
     let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
-    for needle in ["tiny", "public", "f16", "bf16", "f32"] {
+    for needle in ["tiny", "public", "f16", "bf16", "f32", "_i8"] {
         assert!(
             names.iter().any(|n| n.contains(needle)),
             "no fixture named *{needle}*: {names:?}"
