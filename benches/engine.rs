@@ -99,7 +99,7 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 fn bench(c: &mut Criterion) {
     for profile in profiles() {
         let m = profile.candidates_per_request();
-        for dtype in [DType::F16, DType::F32] {
+        for dtype in [DType::F16, DType::I8, DType::F32] {
             let dt = dtype.name().to_lowercase();
             for threads in [1usize, 2] {
                 let engine = engine(profile, dtype, threads);

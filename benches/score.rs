@@ -41,14 +41,28 @@ impl Rng {
 }
 
 /// A `rows × d` store of random values in an anonymous mapping (like a store file, but with no
-/// file): the kernels see exactly what `ItemStore` gives them.
+/// file): the kernels see exactly what `ItemStore` gives them. I8: the values quantized (SPEC §3),
+/// the `rows` F32 scales after them.
 fn synthetic_store(rows: usize, d: usize, dtype: DType, seed: u64) -> MappedMatrix {
     let mut rng = Rng(seed);
-    let mut map = memmap2::MmapMut::map_anon(rows * d * dtype.size()).expect("anonymous mapping");
+    let scales = if dtype == DType::I8 { 4 * rows } else { 0 };
+    let mut map =
+        memmap2::MmapMut::map_anon(rows * d * dtype.size() + scales).expect("anonymous mapping");
     match dtype {
         DType::F32 => {
             for c in map.chunks_exact_mut(4) {
                 c.copy_from_slice(&(rng.sym() * 0.2).to_le_bytes());
+            }
+        }
+        DType::I8 => {
+            let (q, s) = map.split_at_mut(rows * d);
+            let mut x = vec![0.0f32; d];
+            let mut qi = vec![0i8; d];
+            for (row, sc) in q.chunks_exact_mut(d).zip(s.chunks_exact_mut(4)) {
+                x.iter_mut().for_each(|v| *v = rng.sym() * 0.2);
+                let scale = hcn_prerank::tensor::quantize_row(&x, &mut qi);
+                sc.copy_from_slice(&scale.to_le_bytes());
+                row.iter_mut().zip(&qi).for_each(|(b, &v)| *b = v as u8);
             }
         }
         _ => {
@@ -58,7 +72,11 @@ fn synthetic_store(rows: usize, d: usize, dtype: DType, seed: u64) -> MappedMatr
         }
     }
     let map = Arc::new(map.make_read_only().expect("read-only mapping"));
-    MappedMatrix::new(map, 0, rows, d, dtype).expect("store fits its mapping")
+    if dtype == DType::I8 {
+        MappedMatrix::new_i8(map, 0, rows, d, rows * d).expect("store fits its mapping")
+    } else {
+        MappedMatrix::new(map, 0, rows, d, dtype).expect("store fits its mapping")
+    }
 }
 
 fn bench_score<M: Measurement>(c: &mut Criterion<M>) {
@@ -79,8 +97,10 @@ fn bench_score<M: Measurement>(c: &mut Criterion<M>) {
         // store stays in L2 and shows what the arithmetic alone costs.
         for (dtype, store_rows) in [
             (DType::F16, STORE_ROWS),
+            (DType::I8, STORE_ROWS),
             (DType::F32, STORE_ROWS),
             (DType::F16, HOT_ROWS),
+            (DType::I8, HOT_ROWS),
         ] {
             let store = synthetic_store(store_rows, d, dtype, 7);
             let src = RowSource::from_matrix(&store).expect("valid store");

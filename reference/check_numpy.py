@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python reference/check_numpy.py [DIR ...]`` (default: every case in tests/fixtures
 and weights/). Shares no code with ``hcn.py``/``export.py``/``gen_fixtures.py``: it reads the
-safetensors files with its own parser (BF16 widened by bit shifting), applies SPEC §1.1/§3's request
+safetensors files with its own parser (BF16 widened by bit shifting; I8 store rows as
+``scales[i] · q_i`` in float64, SPEC §3), applies SPEC §1.1/§3's request
 rules, evaluates the model with explicit loops over heads and interests, and compares with
 ``expected.jsonl``. Exits non-zero on any mismatch beyond 1e-9 · (1 + |ref|) or in the discrete outputs.
 """
@@ -42,6 +43,8 @@ def read_safetensors(path):
         elif dt == "BF16":
             # bf16 is the top half of an f32: widen exactly by shifting the bits up.
             arr = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view("<f4").astype(np.float64)
+        elif dt == "I8":
+            arr = np.frombuffer(buf, "i1")
         elif dt == "U64":
             arr = np.frombuffer(buf, "<u8")
         elif dt == "I64":
@@ -56,6 +59,8 @@ class Store:
     def __init__(self, path):
         t, _ = read_safetensors(path)
         self.vectors = t["vectors"]
+        if "scales" in t:  # SPEC §3: an I8 row is exactly scales[i] · q_i (float64 is exact here)
+            self.vectors = t["scales"][:, None] * self.vectors.astype(np.float64)
         ids = [int(x) for x in t["ids"]] if "ids" in t else list(range(self.vectors.shape[0]))
         self.row = {x: i for i, x in enumerate(ids)}
 

@@ -6,11 +6,13 @@ Library use (from a training script)::
     write_model(model, "hcn.safetensors", dtype="f16")                # model: reference.hcn.HCN
     write_model(model, "m.safetensors", dtype={"long.seeds": "f32"}, default_dtype="bf16")
     write_store("tokens.safetensors", vectors, ids=item_ids, dtype="f16")   # ids: U64 by default
+    write_store("items8.safetensors", vectors, ids=item_ids, dtype="i8")    # I8 + scales (SPEC §3)
 
 Command line (exporting a trained checkpoint)::
 
     python reference/export.py model --checkpoint ckpt.pt --out hcn.safetensors --dtype f16
     python reference/export.py store --vectors items.pt --ids ids.npy --out items.safetensors
+    python reference/export.py store --vectors items.pt --out items8.safetensors --dtype i8
 
 The file is written by a small writer of our own (not ``safetensors.torch.save_file``) so that U64
 ids and BF16 tensors come out exactly, with the 8-byte header alignment the format recommends.
@@ -30,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hcn import HCN, normalize_config  # noqa: E402
+from quantize_i8 import quantize_rows  # noqa: E402
 
 CONFIG_KEY = "hcn.config"
 CONFIG_KEYS = (
@@ -47,8 +50,8 @@ CONFIG_KEYS = (
     "score",
 )
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-ELEM_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "U64": 8, "I64": 8}
-ST_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "u64": "U64", "i64": "I64"}
+ELEM_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U64": 8, "I64": 8}
+ST_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "i8": "I8", "u64": "U64", "i64": "I64"}
 
 DTypeSpec = Union[str, Mapping[str, str]]
 
@@ -164,12 +167,23 @@ def write_store(
     dtype: str = "f16",
     id_dtype: str = "u64",
 ) -> None:
-    """Writes an item store per SPEC §3: ``vectors`` [N, D]; ``ids`` [N] unique (None: row numbers)."""
+    """Writes an item store per SPEC §3: ``vectors`` [N, D]; ``ids`` [N] unique (None: row numbers).
+
+    ``dtype="i8"``: SPEC §3's quantized store, ``vectors`` I8 and ``scales`` F32 (per row
+    ``scale = max|x| / 127``, ``q = round-half-to-even(x / scale)`` in float32: the same bits as
+    ``hcn quantize`` on an F32 store of the same vectors; see ``quantize_i8.py``)."""
     v = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if not isinstance(vectors, torch.Tensor) else vectors)
     if v.dim() != 2:
         raise ValueError(f"vectors must be [N, D], got shape {tuple(v.shape)}")
-    dt = _norm_dtype(dtype)
-    out = {"vectors": (ST_NAMES[dt], tuple(v.shape), _float_bytes(v, dt))}
+    if dtype.lower() in ("i8", "int8"):
+        q, scales = quantize_rows(v.detach().to(torch.float32).cpu().numpy())
+        out = {
+            "vectors": ("I8", tuple(v.shape), q.tobytes()),
+            "scales": ("F32", (v.shape[0],), scales.astype("<f4").tobytes()),
+        }
+    else:
+        dt = _norm_dtype(dtype)
+        out = {"vectors": (ST_NAMES[dt], tuple(v.shape), _float_bytes(v, dt))}
     if ids is not None:
         ids_list = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         if len(ids_list) != v.shape[0]:
@@ -251,7 +265,7 @@ def main(argv=None) -> int:
     s.add_argument("--vectors", required=True, help=".npy or torch.save'd [N, D] tensor")
     s.add_argument("--ids", help=".npy or torch.save'd [N] integer ids (default: row numbers)")
     s.add_argument("--out", required=True)
-    s.add_argument("--dtype", default="f16", help="f32, f16 or bf16")
+    s.add_argument("--dtype", default="f16", help="f32, f16, bf16, or i8 (SPEC §3: I8 + per-row F32 scales)")
     s.add_argument("--id-dtype", default="u64", choices=["u64", "i64"])
     a = ap.parse_args(argv)
     if a.cmd == "model":

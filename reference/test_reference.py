@@ -23,6 +23,7 @@ sys.path.insert(0, HERE)
 from hcn import HCN  # noqa: E402
 from export import quantize, read_model_config, write_model, write_store  # noqa: E402
 from gen_fixtures import TINY, init_model  # noqa: E402
+from quantize_i8 import quantize_rows  # noqa: E402
 
 CONFIG = dict(TINY, user_fields=[{"name": "age", "vocab": 5}], user_dense=2, user_mlp_hidden=[4])
 
@@ -112,6 +113,18 @@ def test_export_round_trip():
             got = [int(x) & ((1 << 64) - 1) for x in f.get_tensor("ids").view(torch.int64).tolist()]
             assert got == ids
             assert torch.equal(f.get_tensor("vectors").double(), quantize(torch.from_numpy(vec), "bf16"))
+
+        # I8 (SPEC §3): vectors I8 + scales F32, the same bits as quantize_i8 (and hcn quantize).
+        vec[2] = 0.0
+        write_store(spath, vec, ids, dtype="i8")
+        q, scales = quantize_rows(vec)
+        with safe_open(spath, "pt") as f:
+            assert f.get_tensor("vectors").dtype == torch.int8
+            assert torch.equal(f.get_tensor("vectors"), torch.from_numpy(q))
+            assert torch.equal(f.get_tensor("scales"), torch.from_numpy(scales))
+        assert scales[2] == 0 and (q[2] == 0).all() and q.min() >= -127
+        rows = scales.astype(np.float64)[:, None] * q
+        assert np.abs(rows - vec).max() <= (scales.max() / 2) * (1 + 1e-4)
 
 
 def test_cli_exports_checkpoint():

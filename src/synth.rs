@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::tensor::{narrow, DType};
+use crate::tensor::{narrow, quantize_row, DType};
 
 /// A SPEC §6 benchmark profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,22 +184,35 @@ pub fn write_model(path: &Path, profile: Profile, seed: u64) -> Result<()> {
 }
 
 /// Writes a store of `rows` random unit-scale vectors of dimension `dim` in `dtype` to `path`
-/// (streamed: a 1M-row store never sits in memory). Ids are absent (row numbers).
+/// (streamed: a 1M-row store never sits in memory). Ids are absent (row numbers). I8: the same
+/// random rows quantized (SPEC §3, [`quantize_row`]), the scales after the vectors.
 pub fn write_store(path: &Path, rows: usize, dim: usize, dtype: DType, seed: u64) -> Result<()> {
     let mut rng = SplitMix64::new(seed ^ 0x5707e);
-    let entries = vec![(
+    let mut entries = vec![(
         "vectors".to_string(),
         dtype.name(),
         vec![rows, dim],
         rows * dim * dtype.size(),
     )];
+    if dtype == DType::I8 {
+        entries.push(("scales".to_string(), "F32", vec![rows], rows * 4));
+    }
     let file = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     write_header(&mut w, None, &entries).map_err(io_err(path))?;
+    let mut scales = Vec::new();
+    let mut q = vec![0i8; dim];
     for _ in 0..rows {
-        w.write_all(&narrow(dtype, &rng.vec(dim, 1.0)))
-            .map_err(io_err(path))?;
+        let x = rng.vec(dim, 1.0);
+        if dtype == DType::I8 {
+            scales.extend_from_slice(&quantize_row(&x, &mut q).to_le_bytes());
+            w.write_all(bytemuck::cast_slice(&q))
+                .map_err(io_err(path))?;
+        } else {
+            w.write_all(&narrow(dtype, &x)).map_err(io_err(path))?;
+        }
     }
+    w.write_all(&scales).map_err(io_err(path))?;
     w.flush().map_err(io_err(path))
 }
 

@@ -574,6 +574,181 @@ fn inspect_prints_config_and_tensors() {
     assert!(stderr(&out).contains("junk.bin"));
 }
 
+/// Reads an I8 store's rows back as (q, scale) with the engine's loader.
+fn i8_rows(path: &Path) -> Vec<(Vec<i8>, f32)> {
+    let s = hcn_prerank::ItemStore::load(path).unwrap();
+    assert_eq!(s.vectors.dtype().name(), "I8");
+    (0..s.len())
+        .map(|r| {
+            let q = s.vectors.row_bytes(r).iter().map(|&b| b as i8).collect();
+            (q, s.vectors.row_scale(r).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn quantize_writes_an_i8_store_as_the_spec_says() {
+    let tiny = Tiny::new("quantize");
+    let dir = tiny.store.parent().unwrap().to_path_buf();
+    // Rows chosen for SPEC §3's rules: ties to even (scale 1: 2.5 → 2, 3.5 → 4, -0.5 → 0), an
+    // all-zero row (scale 0), a negative maximum, and an ordinary row.
+    let rows: [[f32; 4]; 4] = [
+        [127.0, 2.5, 3.5, -0.5],
+        [0.0, 0.0, -0.0, 0.0],
+        [-0.3, 0.1, 0.2, -0.05],
+        [1e-3, -7.25, 3.0, 0.0],
+    ];
+    let ids: Vec<u8> = [9u64, 4, u64::MAX, 0]
+        .iter()
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    let src = dir.join("rows.safetensors");
+    write_safetensors(
+        &src,
+        &[
+            (
+                "vectors".into(),
+                Dtype::F32,
+                vec![4, 4],
+                f32_bytes(rows.as_flattened()),
+            ),
+            ("ids".into(), Dtype::U64, vec![4], ids),
+        ],
+        None,
+    );
+    let dst = dir.join("rows8.safetensors");
+    let out = run(
+        &[
+            "quantize".into(),
+            "--in".into(),
+            src.display().to_string(),
+            "--out".into(),
+            dst.display().to_string(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = &stdout_lines(&out)[0];
+    assert_eq!(line["rows"], 4);
+    assert_eq!(line["dim"], 4);
+    assert_eq!(line["from"], "F32");
+    assert_eq!(line["zero_rows"], 1);
+    assert_eq!(line["vector_bytes_in"], 64);
+    assert_eq!(line["vector_bytes_out"], 16 + 16);
+    let got = i8_rows(&dst);
+    assert_eq!(got[0], (vec![127, 2, 4, 0], 1.0));
+    assert_eq!(got[1], (vec![0; 4], 0.0));
+    // The rule written out independently: scale = max|x| / 127 and x / scale in F32, half to even.
+    for (r, row) in rows.iter().enumerate() {
+        let scale = row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+        let q: Vec<i8> = row
+            .iter()
+            .map(|&v| {
+                if scale == 0.0 {
+                    0
+                } else {
+                    (v / scale).round_ties_even() as i8
+                }
+            })
+            .collect();
+        assert_eq!(got[r], (q, scale), "row {r}");
+    }
+    // Ids copied, same dtype.
+    let a = hcn_prerank::ItemStore::load(&src).unwrap();
+    let b = hcn_prerank::ItemStore::load(&dst).unwrap();
+    assert_eq!(a.row_ids(), b.row_ids());
+    let insp = run(&["inspect".into(), dst.display().to_string()], "");
+    let text = String::from_utf8(insp.stdout).unwrap();
+    assert!(
+        text.contains("I8 (row i = scales[i] · vectors[i]"),
+        "{text}"
+    );
+    assert!(text.contains("present (U64)"), "{text}");
+
+    // The tiny engine's store quantized in place (written aside, renamed over it) scores every
+    // candidate, close to the F32 store's scores.
+    let before = tiny.score(
+        &["--top-k", "3"],
+        &request(&[id_of(0), id_of(7), id_of(19)]),
+    );
+    let out = run(
+        &[
+            "quantize".into(),
+            "--in".into(),
+            tiny.store.display().to_string(),
+            "--out".into(),
+            tiny.store.display().to_string(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_lines(&out)[0]["rows"], ROWS as u64);
+    let after = tiny.score(
+        &["--top-k", "3"],
+        &request(&[id_of(0), id_of(7), id_of(19)]),
+    );
+    assert!(after.status.success(), "{}", stderr(&after));
+    let (f, q) = (&stdout_lines(&before)[0], &stdout_lines(&after)[0]);
+    for (x, y) in f32s(&f["scores"]).iter().zip(f32s(&q["scores"])) {
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!((x - y).abs() <= 0.05 * (1.0 + x.abs()), "F32 {x} vs I8 {y}");
+    }
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn quantize_failures_name_the_file_and_leave_nothing_behind() {
+    let tiny = Tiny::new("quantize-fail");
+    let dir = tiny.store.parent().unwrap().to_path_buf();
+    let q = |input: &Path, output: &Path| {
+        run(
+            &[
+                "quantize".into(),
+                "--in".into(),
+                input.display().to_string(),
+                "--out".into(),
+                output.display().to_string(),
+            ],
+            "",
+        )
+    };
+    // A model is not a store: the loader names the tensor.
+    let out = q(&tiny.model, &dir.join("m8.safetensors"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a store tensor"),
+        "{}",
+        stderr(&out)
+    );
+    // A missing input, an output directory that does not exist.
+    let out = q(&dir.join("nope.safetensors"), &dir.join("x8.safetensors"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nope.safetensors"),
+        "{}",
+        stderr(&out)
+    );
+    let out = q(&tiny.store, &dir.join("no/such/dir/s8.safetensors"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("s8.safetensors"), "{}", stderr(&out));
+    // Usage: both flags are required.
+    let out = run(&["quantize".into(), "--in".into(), "x".into()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("8.safetensors")),
+        "{names:?}"
+    );
+}
+
 #[test]
 fn bench_prints_one_json_line() {
     let tiny = Tiny::new("bench");

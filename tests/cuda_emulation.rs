@@ -41,8 +41,21 @@ fn stored_values(dtype: DType, values: &[f32]) -> Vec<f64> {
             DType::F32 => f64::from(v),
             DType::F16 => f64::from(f16::from_f32(v).to_f32()),
             DType::BF16 => f64::from(bf16::from_f32(v).to_f32()),
+            // `narrow`'s I8: the integers themselves (no kernels read I8 yet: issue 13).
+            DType::I8 => f64::from(v.round_ties_even().clamp(-127.0, 127.0)),
         })
         .collect()
+}
+
+/// No I8 kernels yet (issue 13): the emulated backend refuses an I8 store instead of misreading it.
+#[test]
+fn i8_stores_are_refused_not_misread() {
+    let r = EmuStore::from_bytes(DType::I8, &[1, 2, 3, 4], 2, 2);
+    assert!(
+        matches!(r, Err(hcn_prerank::Error::Device(ref m)) if m.contains("I8")),
+        "{:?}",
+        r.err()
+    );
 }
 
 fn store(dtype: DType, values: &[f32], rows: usize, dim: usize) -> (EmuStore, Vec<f64>) {
@@ -972,13 +985,16 @@ fn parity_fixtures_pass_on_the_emulated_plan() {
         let model = hcn_prerank::Model::load(&case.model).unwrap();
         let tokens = hcn_prerank::ItemStore::load(&case.tokens).unwrap();
         let cands = hcn_prerank::ItemStore::load(&case.candidates).unwrap();
-        let plan = Plan::new(
+        let plan = match Plan::new(
             EmuBackend,
             &model,
             StoreSource::from_store(&tokens),
             StoreSource::from_store(&cands),
-        )
-        .unwrap();
+        ) {
+            // I8 stores have no kernels yet (issue 13): refused at load, by design.
+            Err(hcn_prerank::Error::Device(m)) if m.contains("I8") => continue,
+            r => r.unwrap(),
+        };
         let resps = common::run_fixture(
             |u, k| plan.run_batch(u, k),
             &model,

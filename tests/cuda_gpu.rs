@@ -515,7 +515,11 @@ fn parity_fixtures_pass_on_the_gpu() {
         let model = hcn_prerank::Model::load(&case.model).unwrap();
         let tokens = ItemStore::load(&case.tokens).unwrap();
         let cands = ItemStore::load(&case.candidates).unwrap();
-        let exec = CudaExecutor::new(&model, &tokens, &cands, 0).unwrap();
+        let exec = match CudaExecutor::new(&model, &tokens, &cands, 0) {
+            // I8 stores have no kernels yet (issue 13): refused at load, by design.
+            Err(hcn_prerank::Error::Device(m)) if m.contains("I8") => continue,
+            r => r.unwrap(),
+        };
         let resps = common::run_fixture(
             |u, k| exec.run_batch(u, k),
             &model,

@@ -220,6 +220,50 @@ fn auto_device_reports_why_it_runs_on_the_cpu() {
     );
 }
 
+/// The GPU executor has no I8 kernels yet: an I8 store on `Device::Cuda` is a typed load error
+/// naming the store (never a wrong score), and `Auto` runs on the CPU with that reason — with or
+/// without a GPU or the `cuda` feature (the stores are checked before any device is touched).
+#[test]
+fn i8_stores_are_refused_on_cuda_and_auto_falls_back_to_the_cpu() {
+    let cases = common::cases();
+    for name in ["tiny_f16_max_i8", "tiny_bf16_mean_i8"] {
+        let case = cases.iter().find(|c| c.name == name).unwrap();
+        let which = if name.contains("max") {
+            "candidate"
+        } else {
+            "token"
+        };
+        let load = |device| {
+            let opts = EngineOptions {
+                device,
+                ..Default::default()
+            };
+            Engine::load(&case.model, &case.tokens, &case.candidates, opts)
+        };
+        let err = load(Device::Cuda(0)).unwrap_err();
+        assert!(
+            matches!(err, Error::Device(ref m) if m.contains("I8") && m.contains(&format!("{which} store"))),
+            "{name}: {err}"
+        );
+        assert_eq!(err.kind(), hcn_prerank::ErrorKind::Unavailable);
+        let engine = load(Device::Auto).unwrap();
+        let report = engine.device_report();
+        assert!(
+            report.starts_with("cpu: CUDA not usable") && report.contains("I8"),
+            "{name}: {report}"
+        );
+        let resp = engine.run(&case.requests[0], Some(case.top_k)).unwrap();
+        common::check_response(
+            name,
+            &resp,
+            &case.expected[0],
+            &case.requests[0].candidates,
+            case.top_k,
+            common::CPU_TOL,
+        );
+    }
+}
+
 #[test]
 fn interests_of_the_wrong_shape_are_rejected() {
     let (case, engine) = tiny();

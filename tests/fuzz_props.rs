@@ -243,6 +243,15 @@ const HUGE: [&[u8]; 5] = [
     &[0x62, 0xff],             // bf16 ~-3e38
 ];
 
+/// Values SPEC §3 refuses in an I8 store: a `vectors` byte of -128, negative scales (little-endian;
+/// an F32 NaN or infinity is in `NON_FINITE`).
+const I8_HOSTILE: [&[u8]; 4] = [
+    &[0x80],                   // i8 -128
+    &[0x00, 0x00, 0x80, 0xbe], // f32 -0.25
+    &[0x01, 0x00, 0x00, 0x80], // f32 -1e-45 (the smallest negative)
+    &[0x00, 0x00, 0x80, 0x80], // f32 -1.2e-38
+];
+
 /// One mutation of a safetensors file. Indices are taken modulo the thing they index.
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -265,6 +274,7 @@ enum Mutation {
     HeaderLen(u64),
     NonFinite(usize, usize),
     Huge(usize, usize),
+    I8Hostile(usize, usize),
     DataByte(usize, u8),
     Truncate(usize),
     Extend(Vec<u8>),
@@ -288,7 +298,7 @@ const CONFIG_KEYS: [&str; 12] = [
 fn mutation() -> impl Strategy<Value = Mutation> {
     let idx = any::<usize>;
     let dtype = prop::sample::select(vec![
-        "F32", "F16", "BF16", "F64", "I32", "I64", "U8", "U64", "BOOL", "F8_E4M3", "Q4", "",
+        "F32", "F16", "BF16", "I8", "F64", "I32", "I64", "U8", "U64", "BOOL", "F8_E4M3", "Q4", "",
     ]);
     prop_oneof![
         // Weighted towards mutations that keep the container valid, so that the config and
@@ -310,6 +320,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => hostile_u64().prop_map(Mutation::HeaderLen),
         4 => (idx(), 0..NON_FINITE.len()).prop_map(|(i, p)| Mutation::NonFinite(i, p)),
         3 => (idx(), 0..HUGE.len()).prop_map(|(i, p)| Mutation::Huge(i, p)),
+        3 => (idx(), 0..I8_HOSTILE.len()).prop_map(|(i, p)| Mutation::I8Hostile(i, p)),
         2 => (idx(), any::<u8>()).prop_map(|(i, b)| Mutation::DataByte(i, b)),
         1 => idx().prop_map(Mutation::Truncate),
         1 => prop::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
@@ -339,12 +350,12 @@ fn apply(b: &[u8], m: &Mutation) -> Vec<u8> {
             }
             return out;
         }
-        NonFinite(i, p) | Huge(i, p) => {
+        NonFinite(i, p) | Huge(i, p) | I8Hostile(i, p) => {
             let mut out = b.to_vec();
-            let pat = if matches!(m, Huge(..)) {
-                HUGE[*p]
-            } else {
-                NON_FINITE[*p]
+            let pat = match m {
+                Huge(..) => HUGE[*p],
+                I8Hostile(..) => I8_HOSTILE[*p],
+                _ => NON_FINITE[*p],
             };
             if let Some(e) = header_end.filter(|&e| b.len() >= e + pat.len() && b.len() > e) {
                 // Aligned to the pattern's width, as a stored element would be.
@@ -489,10 +500,13 @@ const MODEL_SOURCES: [(&str, &str); 3] = [
     ("tiny_f32", "model.safetensors"),
     ("tiny_bf16_mean", "model.safetensors"),
 ];
-const STORE_SOURCES: [(&str, &str); 3] = [
+const STORE_SOURCES: [(&str, &str); 5] = [
     ("tinier_mixed_onefile", "tokens.safetensors"),
     ("tiny_f32", "candidates.safetensors"),
     ("tiny_bf16_mean", "tokens.safetensors"),
+    // I8 (SPEC §3): `vectors` I8 + `scales` F32, with and without ids.
+    ("tinier_mixed_onefile_i8", "store.safetensors"),
+    ("tiny_f32_i8", "candidates.safetensors"),
 ];
 
 /// Cases per property; the whole file runs in well under 30 s in release mode.
@@ -618,18 +632,50 @@ fn mutated_models_never_panic() {
     );
 }
 
-/// Any 1–3 mutations of a valid store: `Ok` (every row then readable and finite) or a typed
-/// loader error.
+/// Any 1–3 mutations of a valid store: `Ok` (every row then readable and finite; an I8 store's
+/// scales finite and ≥ 0, no -128) or a typed loader error. SPEC §3's I8 rules reachable by
+/// these mutations must each be hit: `scales` misshaped, negative or non-finite, a -128 value.
+/// (A missing `scales`, or scales next to float vectors, leave a hole in the data or change a
+/// byte size, so the container check answers first: the corpus and `tests/load_errors.rs` have
+/// those.)
 #[test]
 fn mutated_stores_never_panic() {
     fuzz_loader(
         "stores",
         &STORE_SOURCES,
-        &["Format", "Tensor", "Ok"],
+        &[
+            "Format",
+            "Tensor",
+            "Ok",
+            "Ok I8",
+            "Tensor scales: shape",
+            "Tensor scales: value",
+            "Tensor vectors: -128",
+        ],
         |_, path, tally| {
             match ItemStore::load(path) {
                 Err(e) => {
                     count(tally, variant(&e));
+                    if let Error::Tensor { tensor, reason, .. } = &e {
+                        let rule = if reason.contains("missing") {
+                            "missing"
+                        } else if reason.contains("shape") {
+                            "shape"
+                        } else if reason.contains("finite and >= 0")
+                            || reason.contains("overflows F32")
+                        {
+                            "value"
+                        } else if reason.contains("only I8") {
+                            "not I8"
+                        } else if reason.contains("-128") {
+                            "-128"
+                        } else {
+                            "other"
+                        };
+                        if tensor == "vectors" || tensor == "scales" {
+                            count(tally, format!("Tensor {tensor}: {rule}"));
+                        }
+                    }
                     check_load_error(&e)?;
                 }
                 Ok(store) => {
@@ -638,6 +684,13 @@ fn mutated_stores_never_panic() {
                     for r in 0..store.len() {
                         store.vectors.row_into(r, &mut row);
                         prop_assert!(row.iter().all(|v| v.is_finite()));
+                        if let Some(scale) = store.vectors.row_scale(r) {
+                            prop_assert!(scale.is_finite() && scale >= 0.0, "scale {scale}");
+                            prop_assert!(!store.vectors.row_bytes(r).contains(&0x80));
+                        }
+                    }
+                    if store.vectors.scales_bytes().is_some() {
+                        count(tally, "Ok I8");
                     }
                 }
             }
@@ -647,10 +700,10 @@ fn mutated_stores_never_panic() {
 }
 
 /// Valid rewrites of every source file keep it loadable, with the same tensors: the header
-/// re-serialized (keys in another order) with 0–63 trailing spaces (all 3 × 64 combinations).
+/// re-serialized (keys in another order) with 0–63 trailing spaces (every source × 64).
 #[test]
 fn valid_rewrites_always_load() {
-    for (src, (case, file)) in MODEL_SOURCES.iter().enumerate() {
+    for (case, file) in MODEL_SOURCES {
         let orig = Model::load(fixture(case, file)).unwrap();
         for pad in 0..64 {
             let (h, data) = split(bytes_of(case, file)).unwrap();
@@ -658,10 +711,17 @@ fn valid_rewrites_always_load() {
             let model = Model::load(&f.0).unwrap_or_else(|e| panic!("{case} pad {pad}: {e}"));
             assert_eq!(model.weights.fusion.weight, orig.weights.fusion.weight);
             assert_eq!(model.weights.long.seeds, orig.weights.long.seeds);
-            let (case, file) = STORE_SOURCES[src];
+        }
+    }
+    for (case, file) in STORE_SOURCES {
+        let orig = ItemStore::load(fixture(case, file)).unwrap();
+        for pad in 0..64 {
             let (h, data) = split(bytes_of(case, file)).unwrap();
             let f = temp_file(&join(&h, pad, &data));
-            ItemStore::load(&f.0).unwrap_or_else(|e| panic!("{case} store pad {pad}: {e}"));
+            let store =
+                ItemStore::load(&f.0).unwrap_or_else(|e| panic!("{case} store pad {pad}: {e}"));
+            assert_eq!(store.vectors.bytes(), orig.vectors.bytes());
+            assert_eq!(store.vectors.scales_bytes(), orig.vectors.scales_bytes());
         }
     }
 }

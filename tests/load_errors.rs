@@ -1037,6 +1037,207 @@ fn store_errors_are_named() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// I8 stores (SPEC §3: `vectors` I8 + `scales` F32)
+// ---------------------------------------------------------------------------------------------
+
+/// An I8 `vectors` [n, d] with values in [-127, 127] and its `scales` [n] (row 1 all zero with
+/// scale 0, as `hcn quantize` writes an all-zero row).
+fn i8_store(n: usize, d: usize) -> (T, T, Vec<i8>, Vec<f32>) {
+    let mut rng = Rng(11);
+    let q: Vec<i8> = (0..n * d)
+        .map(|i| {
+            if i / d == 1 {
+                0
+            } else {
+                (rng.below(255) as i32 - 127) as i8
+            }
+        })
+        .collect();
+    let scales: Vec<f32> = (0..n)
+        .map(|r| {
+            if r == 1 {
+                0.0
+            } else {
+                0.001 + rng.unit().abs()
+            }
+        })
+        .collect();
+    (
+        T::new(
+            "vectors",
+            "I8",
+            &[n, d],
+            q.iter().map(|&v| v as u8).collect(),
+        ),
+        T::new("scales", "F32", &[n], encode("F32", &scales)),
+        q,
+        scales,
+    )
+}
+
+#[test]
+fn i8_store_loads_with_exact_rows_and_ids() {
+    let (v, sc, q, scales) = i8_store(5, 3);
+    let ids = u64_ids(&[u64::MAX, 1 << 63, 5, 6, 0]);
+    // Any tensor order in the file.
+    for ts in [
+        vec![v.clone(), sc.clone(), ids.clone()],
+        vec![ids.clone(), sc.clone(), v.clone()],
+    ] {
+        let s = load_store_bytes(&serialize(&[], &ts)).unwrap();
+        assert_eq!((s.len(), s.dim(), s.vectors.dtype().name()), (5, 3, "I8"));
+        assert_eq!(s.lookup(1 << 63), Some(1));
+        for r in 0..5 {
+            assert_eq!(s.vectors.row_scale(r), Some(scales[r]));
+            let (mut f, mut x) = ([0.0f32; 3], [0.0f64; 3]);
+            s.vectors.row_into(r, &mut f);
+            s.vectors.row_into_f64(r, &mut x);
+            for k in 0..3 {
+                let qk = q[r * 3 + k];
+                // f32: the F32 product (one rounding); f64: exact.
+                assert_eq!(f[k], scales[r] * f32::from(qk), "row {r} col {k}");
+                assert_eq!(
+                    x[k],
+                    f64::from(scales[r]) * f64::from(qk),
+                    "row {r} col {k}"
+                );
+            }
+        }
+    }
+    // -0.0 is a zero scale, not a negative one; an empty I8 store is valid.
+    let (v, _, _, mut scales) = i8_store(5, 3);
+    scales[2] = -0.0;
+    let sc = T::new("scales", "F32", &[5], encode("F32", &scales));
+    assert!(load_store_bytes(&store(Some(v), Some(sc))).is_ok());
+    let empty = [
+        T::new("vectors", "I8", &[0, 4], vec![]),
+        T::new("scales", "F32", &[0], vec![]),
+    ];
+    assert!(load_store_bytes(&serialize(&[], &empty))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn i8_store_errors_name_the_tensor() {
+    let (v, sc, _, scales) = i8_store(4, 3);
+    // `scales` required with I8, forbidden otherwise.
+    assert_tensor(
+        load_store_bytes(&store(Some(v.clone()), None)),
+        "scales",
+        &["missing", "required with I8"],
+    );
+    let f16 = vectors("F16", 4, 3).0;
+    assert_tensor(
+        load_store_bytes(&store(Some(f16), Some(sc.clone()))),
+        "scales",
+        &["F16 `vectors`", "only I8 vectors have scales"],
+    );
+    // Wrong dtype, length, rank.
+    let half = T::new("scales", "F16", &[4], encode("F16", &scales));
+    assert_tensor(
+        load_store_bytes(&store(Some(v.clone()), Some(half))),
+        "scales",
+        &["dtype F16, expected F32"],
+    );
+    let short = T::new("scales", "F32", &[3], encode("F32", &scales[..3]));
+    assert_tensor(
+        load_store_bytes(&store(Some(v.clone()), Some(short))),
+        "scales",
+        &["shape [3], expected [4]", "one scale per row"],
+    );
+    let two_d = T::new("scales", "F32", &[4, 1], encode("F32", &scales));
+    assert_tensor(
+        load_store_bytes(&store(Some(v.clone()), Some(two_d))),
+        "scales",
+        &["shape [4, 1]"],
+    );
+    // Negative or non-finite scales, named by row.
+    for (bad, text) in [
+        (-0.5f32, "-0.5"),
+        (-1e-30, "-0.000000000000000000000000000001"),
+        (f32::NAN, "NaN"),
+        (f32::INFINITY, "inf"),
+        (f32::NEG_INFINITY, "-inf"),
+    ] {
+        let mut s2 = scales.clone();
+        s2[2] = bad;
+        let t = T::new("scales", "F32", &[4], encode("F32", &s2));
+        assert_tensor(
+            load_store_bytes(&store(Some(v.clone()), Some(t))),
+            "scales",
+            &["row 2 is", text, "finite and >= 0"],
+        );
+    }
+    // A scale whose product with the row's q overflows F32 (row values must be finite F32s, as a
+    // float store's are); the same scale on an all-zero row, or a small q, is fine.
+    let (v2, _, q2, mut s2) = i8_store(4, 3);
+    s2[0] = 3e38;
+    let t = T::new("scales", "F32", &[4], encode("F32", &s2));
+    let r = load_store_bytes(&store(Some(v2.clone()), Some(t)));
+    let max = q2[..3].iter().map(|v| v.unsigned_abs()).max().unwrap();
+    assert!(max > 1, "test data: row 0 has a large q");
+    assert_tensor(r, "scales", &["row 0 is", "overflows F32"]);
+    s2[0] = 0.0;
+    s2[1] = 3e38; // row 1 is all zero
+    let t = T::new("scales", "F32", &[4], encode("F32", &s2));
+    assert!(load_store_bytes(&store(Some(v2), Some(t))).is_ok());
+    // -128 is outside SPEC §3's [-127, 127].
+    let mut m = v.clone();
+    m.data[4] = 0x80;
+    assert_tensor(
+        load_store_bytes(&store(Some(m), Some(sc.clone()))),
+        "vectors",
+        &["row 1, column 1 is -128", "[-127, 127]"],
+    );
+    // A store tensor list that is still checked: an extra tensor next to an I8 store.
+    let extra = T::new("norms", "F32", &[4], encode("F32", &[1.0; 4]));
+    assert_tensor(
+        load_store_bytes(&serialize(&[], &[v.clone(), sc.clone(), extra])),
+        "norms",
+        &["not a store tensor"],
+    );
+    // Model tensors stay float-only: I8 is a store dtype.
+    let r = tiny().load_with(|ts| {
+        let t = find(ts, "long.seeds");
+        t.dtype = "I8";
+        t.data.truncate(8);
+    });
+    assert_tensor(r, "long.seeds", &["dtype I8", "F32, F16 or BF16"]);
+}
+
+/// Both stores of an engine go through the same checks: a bad I8 token store and a bad I8
+/// candidate store each fail the engine's load with the tensor named.
+#[test]
+fn bad_i8_token_or_candidate_store_fails_engine_load() {
+    let model = temp_file(&tiny().bytes());
+    let good = |n| {
+        let (v, sc, _, _) = i8_store(n, 4);
+        temp_file(&store(Some(v), Some(sc)))
+    };
+    let bad = |n| {
+        let (v, _, _, mut scales) = i8_store(n, 4);
+        scales[0] = -1.0;
+        let sc = T::new("scales", "F32", &[n], encode("F32", &scales));
+        temp_file(&store(Some(v), Some(sc)))
+    };
+    let (gt, gc, bt, bc) = (good(9), good(7), bad(9), bad(7));
+    let opts = hcn_prerank::EngineOptions::default;
+    let ok = hcn_prerank::Engine::load(model.path(), gt.path(), gc.path(), opts());
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    for (t, c) in [(&bt, &gc), (&gt, &bc)] {
+        let r = hcn_prerank::Engine::load(model.path(), t.path(), c.path(), opts());
+        match r {
+            Err(Error::Tensor { tensor, reason, .. }) => {
+                assert_eq!(tensor, "scales");
+                assert!(reason.contains("row 0 is -1"), "{reason}");
+            }
+            other => panic!("expected a scales error, got {:?}", other.err()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // No input panics
 // ---------------------------------------------------------------------------------------------
 
@@ -1081,16 +1282,21 @@ fn random_mutations_never_panic() {
     .bytes();
     let (v, _) = vectors("BF16", 6, 3);
     let store_bytes = store(Some(v), Some(u64_ids(&[9, 8, 7, 6, 5, 4])));
+    let (v, sc, _, _) = i8_store(6, 3);
+    let i8_bytes = serialize(&[], &[v, sc, u64_ids(&[9, 8, 7, 6, 5, 4])]);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let (mut model_ok, mut store_ok) = (0, 0);
+    let (mut model_ok, mut store_ok, mut i8_ok) = (0, 0, 0);
     for _ in 0..2000 {
         let b = mutate(&mut rng, &model);
         model_ok += usize::from(load_bytes(&b).is_ok());
         let b = mutate(&mut rng, &store_bytes);
         store_ok += usize::from(load_store_bytes(&b).is_ok());
+        let b = mutate(&mut rng, &i8_bytes);
+        i8_ok += usize::from(load_store_bytes(&b).is_ok());
     }
     // Mutations that leave a file valid (e.g. a changed weight digit pattern) are fine; but most
     // must be caught, or the mutator is not exercising the checks.
     assert!(model_ok < 1000, "{model_ok} of 2000 mutated models loaded");
     assert!(store_ok < 1000, "{store_ok} of 2000 mutated stores loaded");
+    assert!(i8_ok < 1500, "{i8_ok} of 2000 mutated I8 stores loaded");
 }

@@ -19,7 +19,7 @@ fn fixtures_exist_and_cover_the_spec() {
         cases.len()
     );
     let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
-    for needle in ["tiny", "public", "f16", "bf16", "f32"] {
+    for needle in ["tiny", "public", "f16", "bf16", "f32", "_i8"] {
         assert!(
             names.iter().any(|n| n.contains(needle)),
             "no fixture named *{needle}*: {names:?}"
@@ -91,14 +91,14 @@ fn split_calls_equal_run_and_reference_score() {
             let run = engine.run(req, Some(case.top_k)).unwrap();
             assert_eq!(run.scores, scores.scores);
             assert_eq!(run.interests.as_ref(), Some(&interests));
-            // Each score equals the oracle on the stored row.
+            // Each score equals the oracle on the stored row (exact in f64, I8 rows included).
             let store = engine.candidates();
-            let mut x = vec![0.0f32; store.dim()];
+            let mut x = vec![0.0f64; store.dim()];
             for (&id, s) in req.candidates.iter().zip(&scores.scores) {
                 match store.lookup(id) {
                     Some(r) => {
-                        store.vectors.row_into(r as usize, &mut x);
-                        let want = reference::score(&interests.values, interests.n, &x, mode);
+                        store.vectors.row_into_f64(r as usize, &mut x);
+                        let want = reference::score_f64(&interests.values, interests.n, &x, mode);
                         let got =
                             s.unwrap_or_else(|| panic!("{}: candidate {id} unscored", case.name));
                         assert!(
@@ -119,12 +119,25 @@ fn split_calls_equal_run_and_reference_score() {
 /// every SIMD level — against the f64 oracle on the same files.
 #[test]
 fn industrial_shape_matches_the_oracle() {
+    industrial_shape(hcn_prerank::tensor::DType::F16);
+}
+
+/// The same with I8 token and candidate stores (SPEC §3; the oracle reads `scale · q` in f64).
+#[test]
+fn industrial_shape_with_i8_stores_matches_the_oracle() {
+    industrial_shape(hcn_prerank::tensor::DType::I8);
+}
+
+fn industrial_shape(dtype: hcn_prerank::tensor::DType) {
     use hcn_prerank::synth::{ensure_profile_files, Profile};
-    use hcn_prerank::tensor::DType;
     use hcn_prerank::{Request, UserRequest};
 
-    let dir = std::env::temp_dir().join(format!("hcn-parity-industrial-{}", std::process::id()));
-    let (m, t, c) = ensure_profile_files(&dir, Profile::Industrial, 3000, DType::F16).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "hcn-parity-industrial-{}-{}",
+        dtype.name(),
+        std::process::id()
+    ));
+    let (m, t, c) = ensure_profile_files(&dir, Profile::Industrial, 3000, dtype).unwrap();
     let oracle = Engine::load(
         &m,
         &t,
@@ -192,7 +205,7 @@ fn industrial_shape_matches_the_oracle() {
         .unwrap();
         for (i, (r, w)) in requests.iter().zip(&want).enumerate() {
             let got = pool.install(|| engine.run(r, Some(50))).unwrap();
-            let what = format!("industrial request {i} ({kernels:?}, {parallelism:?})");
+            let what = format!("industrial {dtype:?} request {i} ({kernels:?}, {parallelism:?})");
             for (g, o) in got
                 .interests
                 .as_ref()

@@ -1,5 +1,6 @@
 //! Every SIMD level this CPU has, forced explicitly, against plain f64 computations on awkward
-//! shapes (lane width ± 1, primes, empty), all store dtypes and score modes, unaligned rows.
+//! shapes (lane width ± 1, primes, empty), all store dtypes (I8 with its scales: SPEC §3) and
+//! score modes, unaligned rows.
 //! Tolerance is SPEC §5's CPU bound: |got − ref| ≤ 1e-4 · (1 + |ref|).
 
 use half::{bf16, f16};
@@ -26,16 +27,19 @@ fn kernels() -> Vec<Kernels> {
         .collect()
 }
 
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::I8];
 const MODES: [ScoreMode; 3] = [ScoreMode::Softmax, ScoreMode::Max, ScoreMode::Mean];
 
 /// A store of `rows × d` values encoded as `dtype`, starting `misalign` bytes into its buffer
-/// and with `pad` extra bytes per row, plus the exactly widened values the reference uses.
+/// and with `pad` extra bytes per row, plus the exact values the reference uses (f64: an I8
+/// row's `scale · q` need not be an f32). I8 rows are quantized as SPEC §3 says, their scales
+/// (one row all zero, scale 0) `misalign` bytes into their own buffer.
 struct Store {
     buf: Vec<u8>,
     misalign: usize,
     stride: usize,
-    widened: Vec<f32>,
+    exact: Vec<f64>,
+    scales: Vec<u8>,
     dtype: DType,
     d: usize,
 }
@@ -52,8 +56,24 @@ impl Store {
     ) -> Store {
         let stride = d * dtype.size() + pad;
         let mut buf = vec![0xffu8; misalign + rows * stride];
-        let mut widened = Vec::with_capacity(rows * d);
+        let mut exact = Vec::with_capacity(rows * d);
+        let mut scales = vec![0xffu8; misalign];
         for r in 0..rows {
+            if dtype == DType::I8 {
+                let mut x: Vec<f32> = (0..d).map(|_| rng.symmetric(scale)).collect();
+                if r == 2 {
+                    x.fill(0.0);
+                }
+                let mut q = vec![0i8; d];
+                let sc = hcn_prerank::tensor::quantize_row(&x, &mut q);
+                scales.extend_from_slice(&sc.to_le_bytes());
+                let at = misalign + r * stride;
+                for (k, &v) in q.iter().enumerate() {
+                    buf[at + k] = v as u8;
+                    exact.push(f64::from(sc) * f64::from(v));
+                }
+                continue;
+            }
             for k in 0..d {
                 let v = rng.symmetric(scale);
                 let at = misalign + r * stride + k * dtype.size();
@@ -72,34 +92,42 @@ impl Store {
                         buf[at..at + 2].copy_from_slice(&h.to_le_bytes());
                         h.to_f32()
                     }
+                    DType::I8 => unreachable!("quantized above"),
                 };
-                widened.push(w);
+                exact.push(f64::from(w));
             }
         }
         Store {
             buf,
             misalign,
             stride,
-            widened,
+            exact,
+            scales,
             dtype,
             d,
         }
     }
 
     fn source(&self) -> RowSource<'_> {
-        RowSource::new(&self.buf[self.misalign..], self.dtype, self.stride, self.d).unwrap()
+        let rows = &self.buf[self.misalign..];
+        if self.dtype == DType::I8 {
+            let scales = &self.scales[self.misalign..];
+            RowSource::quantized(rows, scales, self.stride, self.d).unwrap()
+        } else {
+            RowSource::new(rows, self.dtype, self.stride, self.d).unwrap()
+        }
     }
 
-    fn row(&self, r: usize) -> &[f32] {
-        &self.widened[r * self.d..(r + 1) * self.d]
+    fn row(&self, r: usize) -> &[f64] {
+        &self.exact[r * self.d..(r + 1) * self.d]
     }
 }
 
 /// SPEC §1.5 in f64.
-fn reference_score(xu: &[f32], n: usize, x: &[f32], mode: ScoreMode) -> f64 {
+fn reference_score(xu: &[f32], n: usize, x: &[f64], mode: ScoreMode) -> f64 {
     let d = x.len();
     let s: Vec<f64> = (0..n)
-        .map(|j| (0..d).map(|k| xu[j * d + k] as f64 * x[k] as f64).sum())
+        .map(|j| (0..d).map(|k| xu[j * d + k] as f64 * x[k]).sum())
         .collect();
     let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     match mode {
@@ -279,6 +307,59 @@ fn score_rejects_bad_inputs_without_panicking() {
         assert!(k.score_query(&[], 0, d, ScoreMode::Max).is_err());
     }
     assert!(RowSource::new(&[0u8; 64], DType::F32, 8, 3).is_err());
+    // I8 rows come with their scales, one per row.
+    assert!(RowSource::new(&[0u8; 64], DType::I8, 8, 8).is_err());
+    assert!(RowSource::quantized(&[0u8; 64], &[0u8; 28], 8, 8).is_err());
+    assert!(RowSource::quantized(&[0u8; 64], &[0u8; 32], 8, 8).is_ok());
+    assert!(RowSource::quantized(&[0u8; 64], &[0u8; 32], 8, 9).is_err());
+}
+
+/// The behaviour-token gather at every level: each row as `MappedMatrix::row_into` would give it
+/// (float dtypes widened exactly; I8 the F32 product `scale · q`, the same bits everywhere), on
+/// awkward widths around the 16-value loads; out-of-range rows are errors naming the position.
+#[test]
+fn gather_rows_equals_the_scalar_widening_at_every_level() {
+    let mut rng = Rng::new(10);
+    for d in [1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 48, 100, 128] {
+        for dtype in DTYPES {
+            let (misalign, pad) = (1 + rng.below(3), rng.below(3));
+            let store = Store::new(&mut rng, 23, d, dtype, 3.0, misalign, pad);
+            let rows: Vec<u32> = (0..41).map(|_| rng.below(23) as u32).collect();
+            // The expected rows: exact values, rounded once to f32 (I8: the F32 product).
+            let want: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| {
+                    let r = r as usize;
+                    if dtype == DType::I8 {
+                        let sb = &store.scales[store.misalign + 4 * r..][..4];
+                        let sc = f32::from_le_bytes(sb.try_into().unwrap());
+                        let at = store.misalign + r * store.stride;
+                        store.buf[at..at + d]
+                            .iter()
+                            .map(|&b| sc * f32::from(b as i8))
+                            .collect::<Vec<_>>()
+                    } else {
+                        store.row(r).iter().map(|&v| v as f32).collect()
+                    }
+                })
+                .collect();
+            for k in kernels() {
+                let mut out = vec![f32::NAN; rows.len() * d];
+                k.gather_rows(store.source(), &rows, &mut out).unwrap();
+                assert_eq!(
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{:?} {dtype:?} D={d}",
+                    k.level()
+                );
+                let mut bad = rows.clone();
+                bad[17] = 23;
+                let err = k.gather_rows(store.source(), &bad, &mut out).unwrap_err();
+                assert!(err.to_string().contains("position 17"), "{err}");
+                assert!(k.gather_rows(store.source(), &rows, &mut out[1..]).is_err());
+            }
+        }
+    }
 }
 
 /// Every `n` on both sides of AVX-512's rows-in-lanes switch (`n ≤ 12`) and of the 16-lane

@@ -1,5 +1,5 @@
 //! x86-64 AVX2 + FMA + F16C: 8 lanes. F16 rows widen with `vcvtph2ps`, BF16 rows with a
-//! zero-extend and a 16-bit shift.
+//! zero-extend and a 16-bit shift, I8 rows with `vpmovsxbd` + `vcvtdq2ps` (16 per 128-bit load).
 
 #[cfg(target_arch = "x86")]
 use std::arch::x86::*;
@@ -56,6 +56,18 @@ impl Simd for Avx2 {
     unsafe fn load_bf16(self, p: *const u8) -> __m256 {
         let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+    }
+    #[inline(always)]
+    unsafe fn load_i8(self, p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
+    }
+    /// One 128-bit load, both halves sign-extended to 8 × i32 and converted.
+    #[inline(always)]
+    unsafe fn widen_i8x16(self, p: *const u8, dst: *mut f32) {
+        let b = _mm_loadu_si128(p.cast());
+        _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+        let hi = _mm_unpackhi_epi64(b, b);
+        _mm256_storeu_ps(dst.add(8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
     }
     #[inline(always)]
     unsafe fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {

@@ -1,5 +1,6 @@
 //! x86-64 AVX-512F (with AVX2 + FMA + F16C): 16 lanes. F16 rows widen with the 512-bit
-//! `vcvtph2ps`; tails use mask registers instead of blend tables.
+//! `vcvtph2ps`, I8 rows with `vpmovsxbd` + `vcvtdq2ps` (16 per 128-bit load); tails use mask
+//! registers instead of blend tables.
 
 #[cfg(target_arch = "x86")]
 use std::arch::x86::*;
@@ -53,6 +54,11 @@ impl Simd for Avx512 {
     unsafe fn load_bf16(self, p: *const u8) -> __m512 {
         let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
+    }
+    /// 16 integers: one 128-bit load, sign-extended to 16 × i32 and converted.
+    #[inline(always)]
+    unsafe fn load_i8(self, p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
     }
     #[inline(always)]
     unsafe fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {

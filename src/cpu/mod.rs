@@ -135,19 +135,57 @@ impl Level {
 }
 
 /// Where candidate rows are read from: `bytes` holds whole rows of `row_stride` bytes, each
-/// starting with `cols` little-endian elements of `dtype` (any alignment).
+/// starting with `cols` little-endian elements of `dtype` (any alignment). I8 rows (SPEC §3)
+/// come with their `scales` (one little-endian F32 per row, any alignment): row `r` is
+/// `scales[r] · q_r`.
 #[derive(Debug, Clone, Copy)]
 pub struct RowSource<'a> {
     bytes: &'a [u8],
     dtype: DType,
     row_stride: usize,
     cols: usize,
+    scales: Option<&'a [u8]>,
 }
 
 impl<'a> RowSource<'a> {
     /// Checks that a row of `cols` elements fits in `row_stride` bytes. The number of rows is
-    /// `bytes.len() / row_stride`.
+    /// `bytes.len() / row_stride`. For the float dtypes; I8 rows need their scales
+    /// ([`RowSource::quantized`]).
     pub fn new(bytes: &'a [u8], dtype: DType, row_stride: usize, cols: usize) -> Result<Self> {
+        if dtype == DType::I8 {
+            return Err(Error::Incompatible(
+                "row source: I8 rows need their scales (RowSource::quantized)".into(),
+            ));
+        }
+        Self::checked(bytes, dtype, row_stride, cols, None)
+    }
+
+    /// I8 rows (`cols` integers in each `row_stride` bytes) and their `scales`: at least one
+    /// little-endian F32 per row.
+    pub fn quantized(
+        bytes: &'a [u8],
+        scales: &'a [u8],
+        row_stride: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let src = Self::checked(bytes, DType::I8, row_stride, cols, Some(scales))?;
+        if scales.len() / 4 < src.rows() {
+            return Err(Error::Incompatible(format!(
+                "row source: {} scales for {} I8 rows",
+                scales.len() / 4,
+                src.rows()
+            )));
+        }
+        Ok(src)
+    }
+
+    fn checked(
+        bytes: &'a [u8],
+        dtype: DType,
+        row_stride: usize,
+        cols: usize,
+        scales: Option<&'a [u8]>,
+    ) -> Result<Self> {
         if cols == 0
             || cols
                 .checked_mul(dtype.size())
@@ -163,12 +201,27 @@ impl<'a> RowSource<'a> {
             dtype,
             row_stride,
             cols,
+            scales,
         })
     }
 
-    /// All rows of a memory-mapped matrix (e.g. the candidate store's `vectors`).
+    /// All rows of a memory-mapped matrix (e.g. the candidate store's `vectors`, with its
+    /// `scales` when it is I8).
     pub fn from_matrix(m: &'a MappedMatrix) -> Result<Self> {
-        RowSource::new(m.bytes(), m.dtype(), m.row_stride(), m.cols())
+        match m.scales_bytes() {
+            Some(scales) => RowSource::quantized(m.bytes(), scales, m.row_stride(), m.cols()),
+            None => RowSource::new(m.bytes(), m.dtype(), m.row_stride(), m.cols()),
+        }
+    }
+
+    fn raw(&self) -> simd::RawRows {
+        simd::RawRows {
+            base: self.bytes.as_ptr(),
+            rows: self.rows(),
+            row_stride: self.row_stride,
+            dtype: self.dtype,
+            scales: self.scales.map_or(std::ptr::null(), <[u8]>::as_ptr),
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -281,6 +334,25 @@ impl SimdOp for SoftmaxOp<'_> {
     unsafe fn run<S: simd::Simd>(self, s: S) {
         // SAFETY: features present (caller); the pointer is valid for `len` elements.
         unsafe { simd::softmax_inplace(s, self.0.as_mut_ptr(), self.0.len()) }
+    }
+}
+
+/// Gathers store rows into F32; `Err(position)` for a row index outside the store.
+struct GatherOp<'a> {
+    raw: simd::RawRows,
+    d: usize,
+    rows: &'a [u32],
+    out: &'a mut [f32],
+}
+
+impl SimdOp for GatherOp<'_> {
+    type Output = std::result::Result<(), usize>;
+    #[inline(always)]
+    unsafe fn run<S: simd::Simd>(self, s: S) -> Self::Output {
+        // SAFETY: features present (caller); `raw` describes whole rows of at least `d`
+        // elements and every index is checked against `raw.rows` before it is read;
+        // `out.len() == rows.len() · d` (checked).
+        unsafe { simd::gather_rows(s, self.raw, self.d, self.rows, self.out.as_mut_ptr()) }
     }
 }
 
@@ -425,6 +497,27 @@ impl Kernels {
         self.run(SoftmaxOp(x))
     }
 
+    /// `out` (`rows.len() × cols`, row-major) ← the rows `rows` of `src` as F32: the behaviour
+    /// tokens' gather (SPEC §1.1). Float dtypes are widened exactly, I8 rows are `scale · q`
+    /// (the F32 product; the same bits at every level). Errors when `out` has the wrong length or
+    /// a row index is out of range (naming its position).
+    pub fn gather_rows(&self, src: RowSource<'_>, rows: &[u32], out: &mut [f32]) -> Result<()> {
+        check_len("gather: out", out.len(), rows.len().checked_mul(src.cols))?;
+        self.run(GatherOp {
+            raw: src.raw(),
+            d: src.cols,
+            rows,
+            out,
+        })
+        .map_err(|pos| {
+            Error::Incompatible(format!(
+                "gather: row index {} (position {pos}) is outside the store's {} rows",
+                rows[pos],
+                src.rows()
+            ))
+        })
+    }
+
     /// Prepares the user's interests `xu` (`n × d`, row-major) for scoring with `mode`.
     pub fn score_query(
         &self,
@@ -557,12 +650,7 @@ impl ScoreQuery {
             nv,
             mode: self.mode,
         };
-        let raw = simd::RawRows {
-            base: src.bytes.as_ptr(),
-            rows: src.rows(),
-            row_stride: src.row_stride,
-            dtype: src.dtype,
-        };
+        let raw = src.raw();
         let res = self.kernels.run(ScoreOp {
             q: &q,
             raw,

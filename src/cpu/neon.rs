@@ -147,4 +147,24 @@ impl Simd for Neon {
             options(readonly, nostack, preserves_flags)
         );
     }
+
+    // I8 store rows (SPEC §3). Not run on the x86-64 development machine.
+
+    /// 4 integers (one 32-bit load), sign-extended twice and converted.
+    #[inline(always)]
+    unsafe fn load_i8(self, p: *const u8) -> float32x4_t {
+        let b = vreinterpret_s8_u32(vdup_n_u32(p.cast::<u32>().read_unaligned()));
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))))
+    }
+    /// 16 integers: one 128-bit load, widened in registers to four vectors.
+    #[inline(always)]
+    unsafe fn widen_i8x16(self, p: *const u8, dst: *mut f32) {
+        let b = vld1q_s8(p.cast());
+        let lo = vmovl_s8(vget_low_s8(b));
+        let hi = vmovl_high_s8(b);
+        vst1q_f32(dst, vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))));
+        vst1q_f32(dst.add(4), vcvtq_f32_s32(vmovl_high_s16(lo)));
+        vst1q_f32(dst.add(8), vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))));
+        vst1q_f32(dst.add(12), vcvtq_f32_s32(vmovl_high_s16(hi)));
+    }
 }

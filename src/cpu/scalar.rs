@@ -45,6 +45,10 @@ impl Simd for Scalar {
         bf16::from_bits(u16::from_le(p.cast::<u16>().read_unaligned())).to_f32()
     }
     #[inline(always)]
+    unsafe fn load_i8(self, p: *const u8) -> f32 {
+        f32::from(p.cast::<i8>().read())
+    }
+    #[inline(always)]
     unsafe fn fma(self, a: f32, b: f32, c: f32) -> f32 {
         // Not `mul_add`: without hardware FMA that is a slow libm call.
         a * b + c

@@ -35,6 +35,18 @@ pub(crate) trait Simd: Copy {
     unsafe fn load_f16(self, p: *const u8) -> Self::V;
     /// Widens `W` little-endian BF16 values at `p` (exact: a shift into the high half).
     unsafe fn load_bf16(self, p: *const u8) -> Self::V;
+    /// Widens `W` signed 8-bit integers at `p` (exact: sign-extend, convert).
+    unsafe fn load_i8(self, p: *const u8) -> Self::V;
+    /// Widens 16 signed 8-bit integers at `p` into `dst[..16]`: one 128-bit load where the level
+    /// has it, widened in registers (the default goes `W` at a time).
+    #[inline(always)]
+    unsafe fn widen_i8x16(self, p: *const u8, dst: *mut f32) {
+        let mut i = 0;
+        while i < 16 {
+            self.store(dst.add(i), self.load_i8(p.add(i)));
+            i += Self::W;
+        }
+    }
     /// `a * b + c`, fused.
     unsafe fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(self, a: Self::V, b: Self::V) -> Self::V;
@@ -112,13 +124,28 @@ pub(crate) unsafe fn transpose_via_memory<S: Simd, const N: usize>(
     out
 }
 
-/// Widens one stored row of `d` elements at `src` into `dst` (F16/BF16 only; F32 rows are read
-/// in place).
+/// Widens one stored row of `d` elements at `src` into `dst` (exact; I8 gives the integers, the
+/// row's scale is applied by the caller). The scoring kernels read F32 rows in place instead.
 #[inline(always)]
 unsafe fn widen_row<S: Simd>(s: S, dtype: DType, src: *const u8, dst: *mut f32, d: usize) {
     let full = d / S::W * S::W;
     let mut i = 0;
     match dtype {
+        DType::I8 => {
+            // 16 integers per 128-bit load, widened in registers; then `W` (AVX2: 8), then one.
+            while i + 16 <= d {
+                s.widen_i8x16(src.add(i), dst.add(i));
+                i += 16;
+            }
+            while i + S::W <= d {
+                s.store(dst.add(i), s.load_i8(src.add(i)));
+                i += S::W;
+            }
+            while i < d {
+                *dst.add(i) = f32::from(src.add(i).cast::<i8>().read());
+                i += 1;
+            }
+        }
         DType::F16 => {
             while i < full {
                 s.store(dst.add(i), s.load_f16(src.add(2 * i)));
@@ -181,13 +208,39 @@ pub(crate) fn layout_interests(xu: &[f32], n: usize, d: usize, w: usize) -> (Vec
 }
 
 /// Where the candidate rows live: `bytes` holds `rows` rows of `row_stride` bytes, each starting
-/// with `d` elements of `dtype`.
+/// with `d` elements of `dtype`. I8 rows also have `scales`: `rows` little-endian F32 values
+/// (any alignment), row `r` being `scales[r] · q_r`; null for the float dtypes.
 #[derive(Clone, Copy)]
 pub(crate) struct RawRows {
     pub base: *const u8,
     pub rows: usize,
     pub row_stride: usize,
     pub dtype: DType,
+    pub scales: *const u8,
+}
+
+impl RawRows {
+    /// Row `r`'s scale (`r < rows`, and `scales` non-null).
+    #[inline(always)]
+    unsafe fn scale(&self, r: usize) -> f32 {
+        f32::from_le_bytes(self.scales.add(4 * r).cast::<[u8; 4]>().read_unaligned())
+    }
+}
+
+/// `acc[r] · scales[r]` for each of the `R` row accumulators (I8 rows: the row's scale applied
+/// once, to its `W` partial scores, instead of to its `D` values). By value and a plain loop,
+/// as [`Simd::transpose`], so the accumulators stay in registers.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn scale_rows<S: Simd, const R: usize>(
+    s: S,
+    mut acc: [S::V; R],
+    sc: &[f32; R],
+) -> [S::V; R] {
+    for r in 0..R {
+        acc[r] = s.mul(acc[r], s.splat(sc[r]));
+    }
+    acc
 }
 
 /// Most rows scored together (sizes the caller's scratch buffers); see [`score_rows`] and
@@ -281,6 +334,10 @@ unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, 
             off += 64;
         }
         s.prefetch(last);
+        if !src.scales.is_null() {
+            // An I8 row's scale lives in another tensor: one more random line.
+            s.prefetch(src.scales.wrapping_add(4 * r));
+        }
     }
 }
 
@@ -302,10 +359,16 @@ unsafe fn block<S: Simd, const R: usize>(
     let valid = rows.len();
     debug_assert!(valid >= 1 && valid <= R && out.len() == valid);
     let mut xp = [std::ptr::null::<f32>(); R];
+    // I8: each row's scale, applied to its scores after the dot products.
+    let quantized = !src.scales.is_null();
+    let mut sc = [1.0f32; R];
     for r in 0..valid {
         let row = rows[r] as usize;
         if row >= src.rows {
             return Err(r);
+        }
+        if quantized {
+            sc[r] = src.scale(row);
         }
         let p = src.base.add(row * src.row_stride);
         xp[r] = match src.dtype {
@@ -320,6 +383,7 @@ unsafe fn block<S: Simd, const R: usize>(
     }
     for r in valid..R {
         xp[r] = xp[0];
+        sc[r] = sc[0];
     }
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();
@@ -333,7 +397,10 @@ unsafe fn block<S: Simd, const R: usize>(
             y.as_mut_ptr()
         };
         if q.nv == 1 {
-            let acc = accumulate::<S, R>(s, ut, &xp, d);
+            let mut acc = accumulate::<S, R>(s, ut, &xp, d);
+            if quantized {
+                acc = scale_rows(s, acc, &sc);
+            }
             let t = s.transpose(acc);
             for g in 0..groups {
                 finish_columns(s, q, |j| t[g * S::W + j], yp.add(g * S::W));
@@ -344,7 +411,10 @@ unsafe fn block<S: Simd, const R: usize>(
             let gstride = q.nv * S::W * S::W;
             for v in 0..q.nv {
                 let u = ut.add(v * d * S::W);
-                let acc = accumulate::<S, R>(s, u, &xp, d);
+                let mut acc = accumulate::<S, R>(s, u, &xp, d);
+                if quantized {
+                    acc = scale_rows(s, acc, &sc);
+                }
                 let t = s.transpose(acc);
                 for g in 0..groups {
                     for i in 0..S::W {
@@ -365,13 +435,58 @@ unsafe fn block<S: Simd, const R: usize>(
     }
     for v in 0..q.nv {
         let u = ut.add(v * d * S::W);
-        let acc = accumulate::<S, R>(s, u, &xp, d);
+        let mut acc = accumulate::<S, R>(s, u, &xp, d);
+        if quantized {
+            acc = scale_rows(s, acc, &sc);
+        }
         for r in 0..R {
             s.store(sb.add((r * q.nv + v) * S::W), acc[r]);
         }
     }
     for r in 0..valid {
         out[r] = finish(s, q, sb.add(r * q.nv * S::W));
+    }
+    Ok(())
+}
+
+/// Gathers the stored rows `rows` of `src` into `out` (`rows.len() × d` F32, row-major): float
+/// dtypes widened exactly, I8 rows as `scale · q` (the F32 product: bit-identical at every
+/// level). Every row's loads are issued first (the rows are random in a large mapping), then the
+/// rows are widened. Returns the position of the first row index that is out of range, writing
+/// nothing.
+#[inline(always)]
+pub(crate) unsafe fn gather_rows<S: Simd>(
+    s: S,
+    src: RawRows,
+    d: usize,
+    rows: &[u32],
+    out: *mut f32,
+) -> Result<(), usize> {
+    if let Some(p) = rows.iter().position(|&r| r as usize >= src.rows) {
+        return Err(p);
+    }
+    prefetch_rows(s, src, rows, 0, rows.len());
+    for (i, &r) in rows.iter().enumerate() {
+        let r = r as usize;
+        let p = src.base.add(r * src.row_stride);
+        let dst = out.add(i * d);
+        match src.dtype {
+            DType::F32 => std::ptr::copy_nonoverlapping(p, dst.cast::<u8>(), 4 * d),
+            dt => widen_row(s, dt, p, dst, d),
+        }
+        if !src.scales.is_null() {
+            let c = src.scale(r);
+            let sv = s.splat(c);
+            let mut k = 0;
+            while k + S::W <= d {
+                s.store(dst.add(k), s.mul(s.load(dst.add(k)), sv));
+                k += S::W;
+            }
+            while k < d {
+                *dst.add(k) *= c;
+                k += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -476,16 +591,23 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     let d = q.d;
     let valid = rows.len();
     let mut xp = [[std::ptr::null::<u8>(); L]; V];
+    // I8: the rows' scales, lanes = rows like the sums they multiply (padding rows: the first's).
+    let quantized = !src.scales.is_null();
+    let mut sc = [1.0f32; BLOCK];
     for r in 0..valid {
         let row = rows[r] as usize;
         if row >= src.rows {
             return Err(r);
+        }
+        if quantized {
+            sc[r] = src.scale(row);
         }
         xp[r / L][r % L] = src.base.add(row * src.row_stride);
     }
     let first = xp[0][0];
     for r in valid..V * L {
         xp[r / L][r % L] = first;
+        sc[r] = sc[0];
     }
     // x^T: vector `v` of element `k` at `xt[(k·V + v)·16 ..]`.
     let xt = scratch.as_mut_ptr();
@@ -496,11 +618,19 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     // With few chains (V·N < 8) two accumulator sets (even and odd k) cover the FMA latency;
     // either way every row gets the same sum order. Separate functions, so that the unused
     // second set is not an array in memory zeroed every block.
-    let sums = if V * N < 8 {
+    let mut sums = if V * N < 8 {
         dot_columns::<S, N, V, 2>(s, q.ut.as_ptr(), xt, d)
     } else {
         dot_columns::<S, N, V, 1>(s, q.ut.as_ptr(), xt, d)
     };
+    if quantized {
+        for v in 0..V {
+            let scv = s.load(sc.as_ptr().add(v * L));
+            for j in 0..N {
+                sums[v][j] = s.mul(sums[v][j], scv);
+            }
+        }
+    }
     let mut y = [0.0f32; BLOCK];
     for v in 0..V {
         finish_columns(s, q, |j| sums[v][j], y.as_mut_ptr().add(v * L));
@@ -614,6 +744,7 @@ unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S
         DType::F16 => s.load_f16(row.add(2 * k)),
         DType::BF16 => s.load_bf16(row.add(2 * k)),
         DType::F32 => s.load(row.cast::<f32>().add(k)),
+        DType::I8 => s.load_i8(row.add(k)),
     }
 }
 

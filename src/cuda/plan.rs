@@ -167,6 +167,11 @@ impl<B: Backend> Plan<B> {
         let d = cfg.dim;
         launch::check_model_shape(d, cfg.heads, cfg.interests, cfg.co_interest_concat.len())?;
         for (what, s) in [("token store", &tokens), ("candidate store", &candidates)] {
+            if s.dtype == DType::I8 {
+                return Err(Error::Device(format!(
+                    "{what}: no I8 kernels yet (issue 13)"
+                )));
+            }
             if s.dim != d {
                 return Err(Error::Incompatible(format!(
                     "{what} has D = {}, the model has D = {d}",

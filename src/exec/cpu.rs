@@ -32,7 +32,7 @@ pub(crate) trait CpuMath: Send + Sync + std::fmt::Debug {
         user: &ResolvedUser,
         dense: &[f32],
         parallel: bool,
-    ) -> Vec<f32>;
+    ) -> Result<Vec<f32>>;
     /// `X̂` (SPEC §1.4, `D` values): the profile vector, computed on the host for every
     /// executor (the GPU plan takes it as an input).
     fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32>;
@@ -54,10 +54,10 @@ impl CpuMath for FastCpu {
         user: &ResolvedUser,
         dense: &[f32],
         parallel: bool,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let cfg = &fe.model.config;
-        let x_long = gather_tokens(fe, &user.long_rows);
-        let x_short = gather_tokens(fe, &user.short_rows);
+        let x_long = self.gather_tokens(fe, &user.long_rows)?;
+        let x_short = self.gather_tokens(fe, &user.short_rows)?;
         let x_hat = self.profile(fe, &user.field_ids, dense);
         let mut out = vec![0.0f32; cfg.interests * cfg.dim];
         fast::user_interests(
@@ -70,7 +70,7 @@ impl CpuMath for FastCpu {
             parallel,
             &mut out,
         );
-        out
+        Ok(out)
     }
 
     fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
@@ -89,15 +89,37 @@ impl CpuMath for FastCpu {
     }
 }
 
+impl FastCpu {
+    /// Token rows gathered into `rows.len() × D` f32 by the SIMD kernels (I8 rows: `scale · q`).
+    fn gather_tokens(&self, fe: &Frontend, rows: &[u32]) -> Result<Vec<f32>> {
+        let mut x = vec![0.0f32; rows.len() * fe.model.config.dim];
+        self.kernels
+            .gather_rows(RowSource::from_matrix(&fe.tokens.vectors)?, rows, &mut x)?;
+        Ok(x)
+    }
+}
+
 /// The scalar f64 oracle of [`crate::reference`].
 #[derive(Debug)]
 pub(crate) struct ReferenceCpu;
 
 impl CpuMath for ReferenceCpu {
-    fn interests(&self, fe: &Frontend, user: &ResolvedUser, dense: &[f32], _: bool) -> Vec<f32> {
-        let x_long = gather_tokens(fe, &user.long_rows);
-        let x_short = gather_tokens(fe, &user.short_rows);
-        reference::user_interests(&fe.model, &x_long, &x_short, &user.field_ids, dense)
+    fn interests(
+        &self,
+        fe: &Frontend,
+        user: &ResolvedUser,
+        dense: &[f32],
+        _: bool,
+    ) -> Result<Vec<f32>> {
+        let x_long = gather_tokens_f64(fe, &user.long_rows);
+        let x_short = gather_tokens_f64(fe, &user.short_rows);
+        Ok(reference::user_interests_f64(
+            &fe.model,
+            &x_long,
+            &x_short,
+            &user.field_ids,
+            dense,
+        ))
     }
 
     fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32> {
@@ -108,27 +130,39 @@ impl CpuMath for ReferenceCpu {
         let cfg = &fe.model.config;
         let (n, dim, mode) = (cfg.interests, cfg.dim, cfg.score);
         Ok(Box::new(move |rows, out| {
-            let mut x = vec![0.0f32; dim];
+            let store = &fe.candidates.vectors;
+            let mut x = vec![0.0f64; dim];
             for (o, &r) in out.iter_mut().zip(rows) {
-                fe.candidates.vectors.row_into(r as usize, &mut x);
-                *o = reference::score(interests, n, &x, mode);
+                check_row(r, store.rows())?;
+                store.row_into_f64(r as usize, &mut x);
+                *o = reference::score_f64(interests, n, &x, mode);
             }
             Ok(())
         }))
     }
 }
 
-/// Token rows gathered into `rows.len() × D` f32.
-fn gather_tokens(fe: &Frontend, rows: &[u32]) -> Vec<f32> {
+/// A row index the front end resolved is inside its store; an error (not a panic) if not.
+fn check_row(r: u32, rows: usize) -> Result<()> {
+    if (r as usize) < rows {
+        Ok(())
+    } else {
+        Err(Error::Incompatible(format!(
+            "row index {r} is outside the store's {rows} rows"
+        )))
+    }
+}
+
+/// Token rows gathered into `rows.len() × D` f64, exactly (I8 rows: `f64(scale) · q`).
+fn gather_tokens_f64(fe: &Frontend, rows: &[u32]) -> Vec<f64> {
     let d = fe.model.config.dim;
     let store = &fe.tokens.vectors;
-    let mut x = vec![0.0f32; rows.len() * d];
-    // Every row's loads first, then the widening: the rows are random in a large mapping.
-    for &r in rows {
-        crate::tensor::prefetch(store.row_bytes(r as usize));
-    }
+    let mut x = vec![0.0f64; rows.len() * d];
     for (chunk, &r) in x.chunks_exact_mut(d).zip(rows) {
-        store.row_into(r as usize, chunk);
+        // The front end resolved the rows from this store.
+        if (r as usize) < store.rows() {
+            store.row_into_f64(r as usize, chunk);
+        }
     }
     x
 }
@@ -226,7 +260,7 @@ impl CpuExecutor {
 
     /// `X^U` of a resolved user, checked finite.
     pub fn interests(&self, fe: &Frontend, user: &ResolvedUser, dense: &[f32]) -> Result<Vec<f32>> {
-        let values = self.install(|| self.math.interests(fe, user, dense, self.parallel()));
+        let values = self.install(|| self.math.interests(fe, user, dense, self.parallel()))?;
         post::check_interests_finite(&values, fe.model.config.dim)?;
         Ok(values)
     }
@@ -265,10 +299,10 @@ impl CpuExecutor {
             let (resolved, resolve) = resolved?;
             times.user = interests.1;
             times.resolve += resolve;
-            (interests.0, resolved)
+            (interests.0?, resolved)
         } else {
             let t = Instant::now();
-            let x = self.math.interests(fe, &user, &req.user.dense, false);
+            let x = self.math.interests(fe, &user, &req.user.dense, false)?;
             times.user = t.elapsed();
             let t = Instant::now();
             let r = fe.resolve_candidates(&req.candidates, opts)?;
@@ -461,9 +495,7 @@ fn warm_rows(fe: &Frontend, rows: &[u32], done: &AtomicBool) {
             return;
         }
         for &r in chunk {
-            if (r as usize) < store.rows() {
-                crate::tensor::prefetch(store.row_bytes(r as usize));
-            }
+            store.prefetch_row(r as usize);
         }
     }
 }

@@ -15,7 +15,7 @@ mod tower;
 
 pub use co_interest::co_interest;
 pub use profile::{fuse, profile};
-pub use score::score;
+pub use score::{score, score_f64};
 pub use tower::tower;
 
 use crate::model::{Linear, Model};
@@ -70,9 +70,21 @@ pub fn user_interests(
     field_ids: &[usize],
     dense: &[f32],
 ) -> Vec<f32> {
+    user_interests_f64(model, &to_f64(x_long), &to_f64(x_short), field_ids, dense)
+}
+
+/// [`user_interests`] with the token rows in f64: the stored values exactly, I8 rows included
+/// (`scale · q` is not always an f32; SPEC §3 has the reference evaluate it in float64).
+pub fn user_interests_f64(
+    model: &Model,
+    x_long: &[f64],
+    x_short: &[f64],
+    field_ids: &[usize],
+    dense: &[f32],
+) -> Vec<f32> {
     let cfg = &model.config;
-    let long = tower::tower_f64(&model.weights.long, cfg, &to_f64(x_long));
-    let short = tower::tower_f64(&model.weights.short, cfg, &to_f64(x_short));
+    let long = tower::tower_f64(&model.weights.long, cfg, x_long);
+    let short = tower::tower_f64(&model.weights.short, cfg, x_short);
     let x_tilde = co_interest::co_interest_f64(model, &long, &short);
     let x_hat = profile::profile_f64(model, field_ids, dense);
     to_f32(&profile::fuse_f64(model, &x_tilde, &x_hat))

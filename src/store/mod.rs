@@ -1,8 +1,11 @@
 //! Item stores (SPEC §3): the token store (behavior tokens) and the candidate store (item-tower
-//! outputs). `vectors` `[N, D]` stays in the memory-mapped file; `ids` (optional, U64 or I64) is
-//! turned into a hash index for O(1) expected lookup. Without `ids`, the id is the row number.
+//! outputs). `vectors` `[N, D]` (F32, F16, BF16, or I8 with its `scales` `[N]`) stays in the
+//! memory-mapped file; `ids` (optional, U64 or I64) is turned into a hash index for O(1) expected
+//! lookup. Without `ids`, the id is the row number. [`quantize`] writes an I8 store from any store
+//! (`hcn quantize`).
 
 mod load;
+pub mod quantize;
 
 use std::path::{Path, PathBuf};
 

@@ -154,6 +154,35 @@ def models():
         write("models", name, b)
 
 
+def f32(x):
+    """x rounded to float32 (IEEE), as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def quantized(tensors):
+    """The store's F16 `vectors` quantized as `hcn quantize` does (SPEC §3): per row
+    scale = max|x| / 127 and q = round-half-to-even(x / scale), both in float32."""
+    out = []
+    for t in copy(tensors):
+        if t["name"] != "vectors":
+            out.append(t)
+            continue
+        n, d = t["shape"]
+        vals = list(struct.unpack(f"<{n * d}e", bytes(t["data"])))
+        q, scales = bytearray(), bytearray()
+        for r in range(n):
+            row = vals[r * d : (r + 1) * d]
+            scale = f32(f32(max(abs(v) for v in row)) / 127.0)
+            scales += struct.pack("<f", scale)
+            for v in row:
+                # Python's round() is half to even; the division is rounded to float32 first.
+                k = 0 if scale == 0 else max(-127, min(127, round(f32(v / scale))))
+                q += struct.pack("<b", k)
+        out.append({"name": "vectors", "dtype": "I8", "shape": [n, d], "data": q})
+        out.append({"name": "scales", "dtype": "F32", "shape": [n], "data": scales})
+    return out
+
+
 def stores():
     meta, ts = read(f"{FIX}/tinier_mixed_onefile/tokens.safetensors")
     s = {}
@@ -188,6 +217,34 @@ def stores():
     s["valid_i64_ids"] = build(meta, t)
     cmeta, cts = read(f"{FIX}/tiny_f32/candidates.safetensors")
     s["truncated_header"] = build(cmeta, cts)[:40]
+    # I8 stores (SPEC §3): the same store quantized, then broken one way each.
+    q = quantized(ts)
+    s["valid_i8"] = build(meta, q)
+    s["i8_scales_missing"] = build(meta, [x for x in copy(q) if x["name"] != "scales"])
+    t = copy(q)
+    find(t, "scales")["data"][8:12] = struct.pack("<f", -0.25)
+    s["i8_scale_negative"] = build(meta, t)
+    t = copy(q)
+    find(t, "scales")["data"][12:16] = struct.pack("<f", float("nan"))
+    s["i8_scale_nan"] = build(meta, t)
+    t = copy(q)
+    find(t, "scales")["data"][0:4] = struct.pack("<f", float("inf"))
+    s["i8_scale_inf"] = build(meta, t)
+    t = copy(q)
+    find(t, "scales")["data"][0:4] = struct.pack("<f", 3e38)  # row 0 has |q| = 127: 3.8e40
+    s["i8_scale_overflows_f32"] = build(meta, t)
+    t = copy(q)
+    find(t, "vectors")["data"][13] = 0x80
+    s["i8_value_minus_128"] = build(meta, t)
+    t = copy(q)
+    sc = find(t, "scales")
+    sc["shape"], sc["data"] = [29], sc["data"][:-4]
+    s["i8_scales_wrong_length"] = build(meta, t)
+    t = copy(q)
+    sc = find(t, "scales")
+    sc["dtype"], sc["shape"], sc["data"] = "F16", [30], sc["data"][:60]
+    s["i8_scales_f16"] = build(meta, t)
+    s["scales_with_f16_vectors"] = build(meta, copy(ts) + [find(copy(q), "scales")])
     for name, b in s.items():
         write("stores", name, b)
 

@@ -158,11 +158,16 @@ fn describe_store(store: &ItemStore, ids_dtype: Option<&str>) -> String {
         (true, None) => "present".to_string(),
         (false, _) => "absent (the id is the row number)".to_string(),
     };
+    let dtype = store.vectors.dtype().name();
+    let scales = if store.vectors.scales_bytes().is_some() {
+        " (row i = scales[i] · vectors[i], F32 scales)"
+    } else {
+        ""
+    };
     format!(
-        "store: {}\n  rows (N): {}\n  dim (D):  {}\n  dtype:    {}\n  ids:      {ids}\n",
+        "store: {}\n  rows (N): {}\n  dim (D):  {}\n  dtype:    {dtype}{scales}\n  ids:      {ids}\n",
         store.path.display(),
         store.len(),
         store.dim(),
-        store.vectors.dtype().name()
     )
 }

@@ -2,7 +2,8 @@
 //! - `score` ([`score`]): JSON Lines requests in, one response or `{"error": …}` line out each;
 //! - `inspect` ([`inspect`]): what a model or store file holds;
 //! - `bench` ([`bench`](mod@bench)): latency and throughput of the engine on seeded random requests;
-//! - `eval` ([`eval`]): AUC and log loss of the engine's scores on labelled requests.
+//! - `eval` ([`eval`]): AUC and log loss of the engine's scores on labelled requests;
+//! - `quantize` ([`quantize`]): an I8 store (SPEC §3) from any store.
 //!
 //! Exit codes: 0 when the command ran (per-request errors of `score` are output lines, not
 //! failures), 1 for a failure (bad model, store, device, input file, write error), 2 for a usage
@@ -12,6 +13,7 @@ mod bench;
 mod common;
 mod eval;
 mod inspect;
+mod quantize;
 mod score;
 #[cfg(feature = "serve")]
 mod serve;
@@ -41,6 +43,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// AUC and log loss of the engine's scores on requests with `labels`; prints one JSON line.
     Eval(eval::EvalArgs),
+    /// Write an I8 store (SPEC §3: per-row F32 scale, round half to even) from any store.
+    Quantize(quantize::QuantizeArgs),
     /// Serve the engine over gRPC and HTTP until SIGTERM (SPEC §7).
     #[cfg(feature = "serve")]
     Serve(serve::ServeArgs),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Quantize(args) => quantize::run(args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(args),
     };
