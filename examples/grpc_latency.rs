@@ -65,7 +65,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let median = |v: &mut Vec<f64>, q: f64| {
         v.sort_by(f64::total_cmp);
-        v.get(((v.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0.0)
+        v.get(((v.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
     };
     println!(
         "{{\"requests\": {count}, \"median_us\": {:.0}, \"p90_us\": {:.0}, \"server_queue_us_median\": {:.0}, \"server_inference_us_median\": {:.0}}}",
