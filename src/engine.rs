@@ -60,9 +60,11 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Self> {
         let model = Arc::new(Model::load(model)?);
-        let tokens = Arc::new(ItemStore::load(tokens)?);
-        let candidates = Arc::new(ItemStore::load(candidates)?);
-        Self::new(model, tokens, candidates, options)
+        let (mut tokens, mut candidates) = (ItemStore::load(tokens)?, ItemStore::load(candidates)?);
+        if options.huge_pages {
+            (tokens, candidates) = (tokens.in_huge_pages()?, candidates.in_huge_pages()?);
+        }
+        Self::new(model, Arc::new(tokens), Arc::new(candidates), options)
     }
 
     /// Builds an engine from loaded parts; checks that their dimensions agree.

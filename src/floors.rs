@@ -320,13 +320,7 @@ pub fn user_side_flops(cfg: &crate::HcnConfig) -> f64 {
 /// the kernel grants them), to measure what page walks cost the random gather of the file
 /// mapping (`hcn bench --floors` reports both). `None` where the copy or the advice fails.
 pub fn huge_page_copy(matrix: &MappedMatrix) -> Option<MappedMatrix> {
-    let bytes = matrix.bytes();
-    let mut anon = memmap2::MmapMut::map_anon(bytes.len().max(1)).ok()?;
-    #[cfg(target_os = "linux")]
-    anon.advise(memmap2::Advice::HugePage).ok()?;
-    anon[..bytes.len()].copy_from_slice(bytes);
-    let map = std::sync::Arc::new(anon.make_read_only().ok()?);
-    MappedMatrix::new(map, 0, matrix.rows(), matrix.cols(), matrix.dtype())
+    matrix.to_anonymous(true).ok()
 }
 
 /// The kernel's count of anonymous memory in transparent huge pages (`AnonHugePages` of

@@ -295,6 +295,25 @@ impl MappedMatrix {
         self.dtype
     }
 
+    /// The same matrix read from a private anonymous copy of its whole mapping (same offsets;
+    /// I8 scales included), advised `MADV_HUGEPAGE` when `huge_pages` (Linux; 2 MiB pages where
+    /// the kernel grants them): random rows then cost fewer page walks than in the file's 4 KiB
+    /// pages (`hcn bench --floors` measures both). Costs the copy's memory and time at load.
+    pub fn to_anonymous(&self, huge_pages: bool) -> std::io::Result<MappedMatrix> {
+        let mut anon = memmap2::MmapMut::map_anon(self.map.len().max(1))?;
+        #[cfg(target_os = "linux")]
+        if huge_pages {
+            anon.advise(memmap2::Advice::HugePage)?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = huge_pages;
+        anon[..self.map.len()].copy_from_slice(&self.map);
+        Ok(MappedMatrix {
+            map: Arc::new(anon.make_read_only()?),
+            ..self.clone()
+        })
+    }
+
     /// Bytes of one row.
     pub fn row_stride(&self) -> usize {
         self.cols * self.dtype.size()

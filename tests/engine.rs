@@ -499,3 +499,35 @@ fn keep_awake_changes_no_answer() {
     }
     drop(pool);
 }
+
+/// `EngineOptions::huge_pages` (stores copied into anonymous huge-page memory) answers exactly as
+/// the file mappings do, on float and I8 stores (whose scales live in the same mapping).
+#[test]
+fn huge_page_stores_answer_exactly_as_the_mapped_files() {
+    let mut seen_i8 = false;
+    for case in common::cases() {
+        let load = |huge_pages| {
+            Engine::load(
+                &case.model,
+                &case.tokens,
+                &case.candidates,
+                EngineOptions {
+                    huge_pages,
+                    ..EngineOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let (mapped, huge) = (load(false), load(true));
+        seen_i8 |= huge.candidates().vectors.dtype().name() == "I8";
+        for r in &case.requests {
+            assert_eq!(
+                mapped.run(r, Some(case.top_k)).unwrap(),
+                huge.run(r, Some(case.top_k)).unwrap(),
+                "{}",
+                case.name
+            );
+        }
+    }
+    assert!(seen_i8, "no I8 fixture was checked");
+}

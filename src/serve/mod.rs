@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub threads: usize,
     /// How long the engine's workers keep polling for work after a batch (`EngineOptions::keep_awake`).
     pub keep_awake: Duration,
+    /// `EngineOptions::huge_pages`, for every engine a reload builds too.
+    pub huge_pages: bool,
     pub batch: batcher::BatchLimits,
     /// Largest HTTP body / gRPC message accepted (bytes).
     pub max_body_bytes: usize,
@@ -71,6 +73,7 @@ pub struct State {
     reloading: tokio::sync::Mutex<()>,
     device: Device,
     keep_awake: Duration,
+    huge_pages: bool,
     /// The engine's pool, shared by every engine a reload builds (the queue's owner lives in it).
     pool: Arc<rayon::ThreadPool>,
 }
@@ -79,14 +82,14 @@ impl State {
     /// Loads, validates and warms an engine (one request through it) — nothing is swapped.
     fn build_engine(
         files: &ModelFiles,
-        device: Device,
-        keep_awake: Duration,
+        (device, keep_awake, huge_pages): (Device, Duration, bool),
         pool: Arc<rayon::ThreadPool>,
     ) -> crate::Result<Engine> {
         let options = EngineOptions {
             device,
             parallelism: Parallelism::Pool(pool),
             keep_awake,
+            huge_pages,
             ..EngineOptions::default()
         };
         let engine = Engine::load(&files.model, &files.tokens, &files.candidates, options)?;
@@ -102,12 +105,12 @@ impl State {
             Some(f) => f,
             None => self.files.lock().map_err(|e| e.to_string())?.clone(),
         };
-        let (device, keep_awake, pool) = (self.device, self.keep_awake, Arc::clone(&self.pool));
+        let how = (self.device, self.keep_awake, self.huge_pages);
+        let pool = Arc::clone(&self.pool);
         let f = files.clone();
-        let built =
-            tokio::task::spawn_blocking(move || State::build_engine(&f, device, keep_awake, pool))
-                .await
-                .map_err(|e| format!("reload task failed: {e}"));
+        let built = tokio::task::spawn_blocking(move || State::build_engine(&f, how, pool))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"));
         let result = match built {
             Ok(Ok(engine)) => {
                 let version = engine.version().to_string();
@@ -199,13 +202,12 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
             .build()
             .map_err(|e| format!("cannot start {threads} engine threads: {e}"))?,
     );
-    let (device, keep_awake) = (cfg.device, cfg.keep_awake);
+    let how = (cfg.device, cfg.keep_awake, cfg.huge_pages);
     let (f, p) = (files.clone(), Arc::clone(&pool));
-    let engine =
-        tokio::task::spawn_blocking(move || State::build_engine(&f, device, keep_awake, p))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot load the engine: {e}"))?;
+    let engine = tokio::task::spawn_blocking(move || State::build_engine(&f, how, p))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot load the engine: {e}"))?;
     let metrics = metrics::Metrics::new();
     metrics.set_model(engine.version(), engine.device_label());
     tracing::info!(
@@ -219,8 +221,9 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         ready: AtomicBool::new(false),
         files: Mutex::new(files),
         reloading: tokio::sync::Mutex::new(()),
-        device,
-        keep_awake,
+        device: cfg.device,
+        keep_awake: cfg.keep_awake,
+        huge_pages: cfg.huge_pages,
         pool: Arc::clone(&pool),
     });
     let (queue, queue_owner) = batcher::start(Arc::clone(&state), cfg.batch, pool);

@@ -62,6 +62,22 @@ impl ItemStore {
         load::load(path.as_ref())
     }
 
+    /// This store with its vectors in anonymous memory advised for huge pages
+    /// ([`MappedMatrix::to_anonymous`]); `EngineOptions::huge_pages`.
+    pub fn in_huge_pages(&self) -> crate::Result<ItemStore> {
+        let vectors = self.vectors.to_anonymous(true).map_err(|e| {
+            crate::Error::Device(format!(
+                "cannot copy {} into huge pages: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(ItemStore {
+            vectors,
+            index: self.index.clone(),
+            path: self.path.clone(),
+        })
+    }
+
     /// `N`.
     pub fn len(&self) -> usize {
         self.vectors.rows()

@@ -71,6 +71,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         device: args.device.to_device(),
         threads: size(args.threads)?,
         keep_awake: Duration::from_micros(args.keep_awake_us),
+        huge_pages: args.files.huge_pages,
         batch: BatchLimits {
             max_requests: size(args.max_batch_requests)?,
             max_candidates: size(args.max_batch_candidates)?,
