@@ -402,6 +402,8 @@ impl Backend for CudaBackend {
         rows: usize,
         dim: usize,
     ) -> Result<DeviceStore> {
+        // A dtype without kernels (no `STORE_DTYPES` row: I8 today) is refused, never misread.
+        super::backend::store_variant(dtype)?;
         let len = rows * dim * dtype.size();
         let bytes = bytes.get(..len).ok_or_else(|| {
             Error::Device(format!("store has {} bytes, expected {len}", bytes.len()))

@@ -47,6 +47,8 @@ pub struct EmuStore {
 impl EmuStore {
     /// `bytes`: `rows × dim` little-endian elements of `dtype` (a store's `vectors` tensor).
     pub fn from_bytes(dtype: DType, bytes: &[u8], rows: usize, dim: usize) -> Result<Self> {
+        // A dtype without kernels (no `STORE_DTYPES` row: I8 today) is refused, never misread.
+        super::backend::store_variant(dtype)?;
         let len = rows * dim * dtype.size();
         let bytes = bytes.get(..len).ok_or_else(|| {
             Error::Device(format!(
