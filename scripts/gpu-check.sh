@@ -159,19 +159,30 @@ for line in sys.stdin:
         xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
     total=$((bytes + tree))
     python3 - "$DIR" "$bytes" "$tree" <<'PY'
-import hashlib, json, os, subprocess, sys, time
+import hashlib, json, os, re, subprocess, sys, time
 d, size, tree = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def out(*cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
     except Exception as e:  # noqa: BLE001 - the manifest records what could not be read
         return f"unavailable: {e}"
+def needs(p):
+    # The newest glibc / libstdc++ symbol versions a binary asks for (the GPU machine's image
+    # must have them).
+    syms = out("objdump", "-T", p)
+    top = {}
+    for tag in ("GLIBC_", "GLIBCXX_"):
+        vs = set(re.findall(tag + r"([0-9.]+)", syms))
+        if vs:
+            top[tag.rstrip("_")] = max(vs, key=lambda v: [int(x) for x in v.split(".") if x])
+    return top
 files = {}
 for base, _, names in os.walk(os.path.join(d, "bin")):
     for n in sorted(names):
         p = os.path.join(base, n)
         files["bin/" + n] = {"bytes": os.path.getsize(p),
-                             "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()}
+                             "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest(),
+                             "needs": needs(p)}
 manifest = {
     "schema": "hcn-gpu-check-manifest/1",
     "prepared": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -285,14 +296,21 @@ run_step_impl() {
             need_stores "$IND" industrial || return 1
             local b=${s#ncu_b} rep="$WORK/ncu/$s"
             mkdir -p "$WORK/ncu"
-            # The warm-up batch is skipped; the first timed batch's launches are profiled.
-            # shellcheck disable=SC2046
-            ncu --section SpeedOfLight --clock-control none \
-                --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,sm__warps_active.avg.pct_of_peak_sustained_active \
-                --launch-skip "$LAUNCHES" --launch-count "$LAUNCHES" \
-                --export "$rep" --force-overwrite \
-                "$BIN/hcn" bench --device cuda $(engine_args "$IND") --batch "$b" \
-                --requests "$b" --threads 4 || return 1
+            # The warm-up batch is skipped; the first timed batch's launches are profiled. If
+            # the extra metrics are refused, the section alone.
+            local extra=(--metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,sm__warps_active.avg.pct_of_peak_sustained_active)
+            local try
+            for try in 1 2; do
+                # shellcheck disable=SC2046
+                ncu --section SpeedOfLight --clock-control none "${extra[@]}" \
+                    --launch-skip "$LAUNCHES" --launch-count "$LAUNCHES" \
+                    --export "$rep" --force-overwrite \
+                    "$BIN/hcn" bench --device cuda $(engine_args "$IND") --batch "$b" \
+                    --requests "$b" --threads 4 && [ -s "$rep.ncu-rep" ] && break
+                [ "$try" = 2 ] && return 1
+                echo "## ncu failed: again without the extra metrics"
+                extra=()
+            done
             ncu --import "$rep.ncu-rep" --csv --page details --print-units base >"$rep.csv" ||
                 ncu --import "$rep.ncu-rep" --csv --page details >"$rep.csv"
             ;;

@@ -435,7 +435,9 @@ def report(args):
             guard(s, lambda s=s, t=t: rep["sanitizers"].__setitem__(s, sanitizer_results(t)))
     for st in steps:
         if st["status"] in ("fail", "timeout") and not st["note"]:
-            tail = [x for x in log_text(work, st["name"]).splitlines() if x.strip()]
+            lines = [x for x in log_text(work, st["name"]).splitlines() if x.strip()]
+            # The last line that is not a sanitizer's banner says what went wrong.
+            tail = [x for x in lines if not x.startswith("=====")] or lines
             st["note"] = tail[-1][:160] if tail else ""
     text = ""
     try:
