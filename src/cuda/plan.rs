@@ -7,10 +7,10 @@
 //! co_interest concat (1) · X̃ = concat Wcᵀ into the fusion input (1) · X^U = fusion (1)
 //! score (1) · top-k (1)
 //! ```
-//! i.e. `2·(1 + 4r) + 5` (39 for r = 4) launches for the whole batch, independent of the number of users, with
-//! one [`Backend::upload_batch`] of every per-request input before the first launch and one
-//! [`Backend::read_back`] of the results after the last (on the GPU: asynchronous copies through
-//! reused pinned memory and a single synchronisation).
+//! i.e. `2·(1 + 4r) + 5` launches for the whole batch (39 for r = 4), independent of the number
+//! of users, with one [`Backend::upload_batch`] of every per-request input before the first
+//! launch and one [`Backend::read_back`] of the results after the last (on the GPU: asynchronous
+//! copies through reused pinned memory and a single synchronisation).
 //! Layer 0's `Q = seeds Wq_0ᵀ + bq_0` does not depend on the user and is computed once on the
 //! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
 //! with the stacked weight `[Wk; Wv]`. The user profile `X̂` (SPEC §1.4) is computed on the host
