@@ -135,6 +135,23 @@ impl Engine {
         self.device.is_some()
     }
 
+    /// Turns per-kernel timing of the device executor on (clearing earlier times) or off, and
+    /// says whether there is one to time: false on the CPU (nothing changes then). On a GPU each
+    /// kernel launch of a batch is bracketed by two CUDA events; off (the default) it costs a
+    /// launch one atomic load. See [`crate::kernel_times`] for what the figures mean; toggle it
+    /// between batches.
+    pub fn set_kernel_timing(&self, on: bool) -> bool {
+        self.device
+            .as_ref()
+            .is_some_and(|d| d.set_kernel_timing(on))
+    }
+
+    /// Per-kernel device times accumulated since [`Engine::set_kernel_timing`] last turned
+    /// timing on; `None` when the engine runs on the CPU.
+    pub fn kernel_times(&self) -> Option<crate::KernelTimes> {
+        self.device.as_ref().and_then(|d| d.kernel_times())
+    }
+
     /// The short name of the device serving requests (`cpu`, `cuda:0`): [`device_label`] of
     /// [`Engine::device_report`].
     pub fn device_label(&self) -> &str {

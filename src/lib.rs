@@ -28,6 +28,7 @@ mod fast;
 pub mod floors;
 mod frontend;
 pub mod json;
+pub mod kernel_times;
 pub mod model;
 pub mod options;
 pub mod post;
@@ -48,6 +49,7 @@ pub mod tensor;
 pub use config::{Block, HcnConfig, ScoreMode};
 pub use engine::Engine;
 pub use error::{Error, ErrorKind, Result};
+pub use kernel_times::{KernelTime, KernelTimes};
 pub use model::Model;
 pub use options::{CpuKernels, Device, EngineOptions, Limits, Parallelism, UnknownIds};
 pub use request::{

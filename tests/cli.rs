@@ -414,6 +414,32 @@ fn bench_refuses_sizes_it_cannot_hold() {
     }
 }
 
+/// `hcn bench --kernel-times` times CUDA kernels: on the CPU it is refused before any work,
+/// naming the device and what to use instead.
+#[test]
+fn bench_kernel_times_needs_a_gpu_engine() {
+    let tiny = Tiny::new("bench_kernel_times");
+    let mut args = vec!["bench".to_string()];
+    args.extend(tiny.engine_args());
+    for a in [
+        "--requests",
+        "2",
+        "--candidates-per-request",
+        "10",
+        "--kernel-times",
+    ] {
+        args.push(a.into());
+    }
+    let out = run(&args, "");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--kernel-times") && err.contains("--device cuda"),
+        "{err}"
+    );
+    assert!(stdout_lines(&out).is_empty(), "nothing measured");
+}
+
 #[test]
 fn emit_interests_gives_n_rows_of_d() {
     let tiny = Tiny::new("interests");

@@ -384,3 +384,55 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
         common::CPU_TOL,
     );
 }
+
+/// The per-kernel timing switch on the plan: off, nothing is recorded; on, a batch that fails
+/// records nothing (its launches before the fault are dropped) and one that succeeds records
+/// every launch, labelled by kernel and site; off again, the times stay and stop growing.
+#[test]
+fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
+    let f = files();
+    let b = Faulty::new();
+    let p = plan(&b, &f).unwrap();
+    run(&p, &f).unwrap();
+    assert_eq!(p.kernel_times(), hcn_prerank::KernelTimes::default());
+    p.set_kernel_timing(true);
+    *b.fail_launch.lock().unwrap() = Some("score");
+    assert!(run(&p, &f).is_err());
+    let t = p.kernel_times();
+    assert_eq!((t.batches, t.kernels.len(), t.dropped), (0, 0, 0));
+    *b.fail_launch.lock().unwrap() = None;
+    run(&p, &f).unwrap();
+    run(&p, &f).unwrap();
+    let t = p.kernel_times();
+    assert_eq!(t.batches, 2);
+    assert_eq!(t.span.count, 2);
+    let r = f.model.config.layers as u64;
+    let launches: u64 = t.kernels.iter().map(|k| k.stat.count).sum();
+    assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 5), "{t:?}");
+    let sites: Vec<&str> = t.kernels.iter().map(|k| k.site.as_str()).collect();
+    let mut want = vec!["long.gather", "long.kv", "long.attention", "long.o"];
+    if r > 1 {
+        want.push("long.q");
+    }
+    want.extend([
+        "long.merge",
+        "short.gather",
+        "co_interest",
+        "co_interest.linear",
+    ]);
+    want.extend(["fusion", "score", "topk"]);
+    for s in want {
+        assert!(sites.contains(&s), "no site {s} in {sites:?}");
+    }
+    let kv = t.kernels.iter().find(|k| k.site == "long.kv").unwrap();
+    assert_eq!((kv.kernel.as_str(), kv.stat.count), ("linear_f32", 2 * r));
+    // The plan's order: the long tower's gather is its first launch, top-k its last.
+    assert_eq!(t.kernels.first().unwrap().site, "long.gather");
+    assert_eq!(t.kernels.last().unwrap().site, "topk");
+    p.set_kernel_timing(false);
+    run(&p, &f).unwrap();
+    assert_eq!(p.kernel_times(), t);
+    // On again: a fresh start.
+    p.set_kernel_timing(true);
+    assert_eq!(p.kernel_times().batches, 0);
+}

@@ -395,6 +395,78 @@ fn executor_matches_the_emulated_plan_on_the_industrial_shape() {
     }
 }
 
+/// The whole engine on the GPU (front end, the CUDA executor, post-processing) against the f64
+/// reference engine on SPEC §6's industrial model (synthetic weights, F16 stores) with full
+/// sequences and 50,000 candidates per request: scores and `X^U` within SPEC §5's GPU tolerance,
+/// and the GPU's top-k exactly the best of its own scores in the one order. The industrial shape
+/// on the GPU without the emulation's minutes.
+#[test]
+fn gpu_engine_matches_the_reference_on_the_industrial_profile() {
+    use hcn_prerank::synth::{ensure_profile_files, Profile};
+    use hcn_prerank::{
+        CpuKernels, Device, Engine, EngineOptions, Request, RunOptions, UserRequest,
+    };
+    if let Err(why) = probe() {
+        eprintln!(
+            "gpu_engine_matches_the_reference_on_the_industrial_profile: skipped, no usable GPU: {why}"
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hcn-cuda-gpu-industrial-{}", std::process::id()));
+    let (m, t, c) = ensure_profile_files(&dir, Profile::Industrial, 60_000, DType::F16).unwrap();
+    let load = |o: EngineOptions| Engine::load(&m, &t, &c, o).unwrap();
+    let gpu = load(EngineOptions {
+        device: Device::Cuda(0),
+        ..Default::default()
+    });
+    let reference = load(EngineOptions {
+        kernels: CpuKernels::Reference,
+        ..Default::default()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = gpu.model().config.clone();
+    let mut rng = Rng::new(23);
+    let ids = |count: usize, rng: &mut Rng| -> Vec<u64> {
+        (0..count).map(|_| rng.below(60_000) as u64).collect()
+    };
+    let requests: Vec<Request> = (0..4)
+        .map(|_| Request {
+            user: UserRequest {
+                long: ids(cfg.long_len, &mut rng),
+                short: ids(cfg.short_len, &mut rng),
+                fields: cfg
+                    .user_fields
+                    .iter()
+                    .map(|f| (f.name.clone(), rng.below(f.vocab) as u64))
+                    .collect(),
+                dense: rng.vec(cfg.user_dense, 1.0),
+            },
+            candidates: ids(50_000, &mut rng),
+        })
+        .collect();
+    let k = 1000;
+    let opts = RunOptions {
+        top_k: Some(k),
+        ..Default::default()
+    };
+    let calls: Vec<(&Request, &RunOptions)> = requests.iter().map(|r| (r, &opts)).collect();
+    let got = gpu.run_batch_with(&calls);
+    let want = reference.run_batch_with(&calls);
+    for (u, (g, w)) in got.into_iter().zip(want).enumerate() {
+        let (g, w) = (g.unwrap(), w.unwrap());
+        let flat = |s: &[Option<f32>]| -> Vec<f32> { s.iter().map(|v| v.unwrap()).collect() };
+        let (gs, ws) = (flat(&g.scores), flat(&w.scores));
+        assert_close(&gs, &ws, &format!("scores of request {u}"));
+        assert_close(
+            &g.interests.as_ref().unwrap().values,
+            &w.interests.as_ref().unwrap().values,
+            &format!("X^U of request {u}"),
+        );
+        let top: Vec<(usize, f32)> = g.top_k.iter().map(|s| (s.position, s.score)).collect();
+        assert_eq!(top, host_topk(&gs, k), "top-k of request {u}");
+    }
+}
+
 /// One user's inputs for [`user_inputs`]: long rows, short rows, the profile vector `X̂`,
 /// candidates.
 type UserData = (Vec<u32>, Vec<u32>, Vec<f32>, Vec<u32>);
@@ -530,4 +602,73 @@ fn parity_fixtures_pass_on_the_gpu() {
         );
         common::check_case("GPU", case, &resps, TOL);
     }
+}
+
+/// The per-kernel timing switch on the GPU: CUDA events around every launch, read after the
+/// batch's synchronisation; every launch of every batch counted, each time positive, and the
+/// kernels' sum within the batch's span (the span also holds the gaps between launches).
+#[test]
+fn kernel_timing_events_on_the_gpu() {
+    if let Err(why) = probe() {
+        eprintln!("kernel_timing_events_on_the_gpu: skipped, no usable GPU: {why}");
+        return;
+    }
+    let m = model(
+        17,
+        r#"{"format": "hcn/1", "dim": 64, "interests": 8, "heads": 4, "layers": 3,
+            "long_len": 100, "short_len": 20, "user_dense": 2}"#,
+    );
+    let d = 64;
+    let mut rng = Rng::new(19);
+    let (nt, nc) = (1000usize, 30_000usize);
+    let tv = rng.vec(nt * d, 1.0);
+    let cv = rng.vec(nc * d, 1.0);
+    let tokens = item_store(DType::F16, &tv, nt, d, "timing-tok");
+    let cands = item_store(DType::F16, &cv, nc, d, "timing-cand");
+    let exec = CudaExecutor::new(&m, &tokens, &cands, 0).unwrap();
+    let batch: Vec<UserData> = (0..4)
+        .map(|_| {
+            (
+                (0..100).map(|_| rng.below(nt) as u32).collect(),
+                (0..20).map(|_| rng.below(nt) as u32).collect(),
+                hcn_prerank::reference::profile(&m, &[], &rng.vec(2, 1.0)),
+                (0..20_000).map(|_| rng.below(nc) as u32).collect(),
+            )
+        })
+        .collect();
+    let k = 100;
+    // Off by default: nothing recorded.
+    exec.run_batch(&user_inputs(&batch), k).unwrap();
+    assert_eq!(exec.kernel_times().batches, 0);
+    exec.set_kernel_timing(true);
+    let timed = 3;
+    for _ in 0..timed {
+        exec.run_batch(&user_inputs(&batch), k).unwrap();
+    }
+    let t = exec.kernel_times();
+    exec.set_kernel_timing(false);
+    eprintln!("{}", serde_json::to_string_pretty(&t).unwrap());
+    assert_eq!(t.batches, timed);
+    assert_eq!(t.dropped, 0);
+    let launches: u64 = t.kernels.iter().map(|k| k.stat.count).sum();
+    assert_eq!(launches, timed * (2 * (1 + 4 * 3) + 5));
+    for kt in &t.kernels {
+        assert!(
+            kt.stat.min_us > 0.0,
+            "{} at {}: {:?}",
+            kt.kernel,
+            kt.site,
+            kt.stat
+        );
+    }
+    let sum: f64 = t.kernels.iter().map(|k| k.per_batch_us).sum();
+    assert!(
+        sum <= t.span.mean_us * 1.01 + 1.0,
+        "kernels {sum} µs in a span of {} µs",
+        t.span.mean_us
+    );
+    assert!(t
+        .kernels
+        .iter()
+        .any(|k| k.kernel == "score_f16" && k.site == "score"));
 }

@@ -264,6 +264,16 @@ fn i8_stores_are_refused_on_cuda_and_auto_falls_back_to_the_cpu() {
     }
 }
 
+/// Per-kernel timing is a device executor's: on the CPU the switch says so and there are no
+/// times (the emulated GPU plan's are tested in `src/bin/hcn/bench.rs` and `tests/cuda_faults.rs`).
+#[test]
+fn kernel_timing_is_refused_on_the_cpu() {
+    let (case, engine) = tiny();
+    assert!(!engine.set_kernel_timing(true));
+    engine.run(&case.requests[0], Some(3)).unwrap();
+    assert_eq!(engine.kernel_times(), None);
+}
+
 #[test]
 fn interests_of_the_wrong_shape_are_rejected() {
     let (case, engine) = tiny();

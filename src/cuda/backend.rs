@@ -18,6 +18,8 @@
 //! enqueue them all asynchronously and synchronise once: the staging memory has to stay untouched
 //! from the first upload until that synchronisation, so the backend, not the plan, owns it.
 
+use std::time::Instant;
+
 use super::launch::Geometry;
 use crate::abi::{In, KernelParams, Out, StoreRows, Variant};
 use crate::tensor::DType;
@@ -100,6 +102,56 @@ pub fn store_variant(dtype: DType) -> Result<Variant> {
     })
 }
 
+/// A point in a backend's stream of work, for per-kernel timing ([`Backend::mark`]): a CUDA
+/// event on the GPU, a host timestamp on a backend whose launches finish before they return.
+pub struct Mark(MarkKind);
+
+enum MarkKind {
+    Host(Instant),
+    Event(cudarc::driver::CudaEvent),
+}
+
+impl std::fmt::Debug for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            MarkKind::Host(t) => f.debug_tuple("Mark::Host").field(t).finish(),
+            MarkKind::Event(_) => f.write_str("Mark::Event"),
+        }
+    }
+}
+
+impl Mark {
+    /// The host clock now.
+    pub fn now() -> Mark {
+        Mark(MarkKind::Host(Instant::now()))
+    }
+
+    /// A CUDA event already recorded on the stream (created with timing enabled).
+    pub(crate) fn event(e: cudarc::driver::CudaEvent) -> Mark {
+        Mark(MarkKind::Event(e))
+    }
+
+    /// Microseconds from `self` to `end`. Two events must have been recorded on one stream and
+    /// have completed (read them after the stream was synchronised).
+    pub fn elapsed_us(&self, end: &Mark) -> Result<f64> {
+        match (&self.0, &end.0) {
+            (MarkKind::Host(a), MarkKind::Host(b)) => {
+                Ok(b.saturating_duration_since(*a).as_secs_f64() * 1e6)
+            }
+            (MarkKind::Event(a), MarkKind::Event(b)) => a
+                .elapsed_ms(b)
+                .map(|ms| f64::from(ms) * 1e3)
+                .map_err(|e| Error::Driver {
+                    what: "reading a kernel's timing events".into(),
+                    source: Box::new(e),
+                }),
+            _ => Err(Error::Device(
+                "a host timestamp and a device event cannot be compared".into(),
+            )),
+        }
+    }
+}
+
 /// Device operations: buffers, copies, and [`Backend::launch`] for every kernel.
 pub trait Backend {
     /// F32 device buffer.
@@ -162,6 +214,13 @@ pub trait Backend {
     /// arguments (rows, offsets) must be in range.
     unsafe fn launch<P: KernelParams>(&self, variant: Variant, geo: &Geometry, p: &P)
         -> Result<()>;
+
+    /// A mark of the work enqueued so far, for per-kernel timing (only called while timing is
+    /// on). The default, the host clock, is right for a backend whose launches have finished
+    /// when they return (the emulation); the GPU records an event on its stream.
+    fn mark(&self) -> Result<Mark> {
+        Ok(Mark::now())
+    }
 }
 
 /// The name of the entry point `<op>_<suffix>` of `P`'s kernel.

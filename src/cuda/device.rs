@@ -22,7 +22,9 @@ use cudarc::driver::{
     DeviceRepr, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 
-use super::backend::{entry_point, Backend, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc};
+use super::backend::{
+    entry_point, Backend, DeviceBuffer, DeviceInputs, HostInputs, Mark, StoreDesc,
+};
 use super::launch::Geometry;
 use crate::abi::{In, KernelParams, StoreRows, Variant, KERNELS};
 use crate::tensor::DType;
@@ -522,6 +524,15 @@ impl Backend for CudaBackend {
             source: Box::new(e),
         })?;
         Ok(())
+    }
+
+    /// A CUDA event recorded on the stream now, with timing enabled (cudarc's default disables
+    /// it). Created per mark: only the per-kernel timing switch calls this.
+    fn mark(&self) -> Result<Mark> {
+        self.stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map(Mark::event)
+            .map_err(dev("recording a timing event"))
     }
 }
 

@@ -17,6 +17,13 @@ impl Executor for CudaExecutor {
     fn run_batch(&self, ctx: &Ctx<'_>, calls: &[(&Request, &RunOptions)]) -> Vec<Result<Response>> {
         run_plan(&self.plan, ctx, calls)
     }
+    fn set_kernel_timing(&self, on: bool) -> bool {
+        self.plan.set_kernel_timing(on);
+        true
+    }
+    fn kernel_times(&self) -> Option<crate::KernelTimes> {
+        Some(self.plan.kernel_times())
+    }
 }
 
 /// One request of a batch, ready for the plan.
@@ -192,6 +199,13 @@ impl std::fmt::Debug for EmulatedExecutor {
 impl Executor for EmulatedExecutor {
     fn run_batch(&self, ctx: &Ctx<'_>, calls: &[(&Request, &RunOptions)]) -> Vec<Result<Response>> {
         run_plan(&self.plan, ctx, calls)
+    }
+    fn set_kernel_timing(&self, on: bool) -> bool {
+        self.plan.set_kernel_timing(on);
+        true
+    }
+    fn kernel_times(&self) -> Option<crate::KernelTimes> {
+        Some(self.plan.kernel_times())
     }
 }
 

@@ -8,7 +8,8 @@
 //!   ([`device::CudaBackend`], cudarc) or the CPU emulation of the same kernels ([`emu`], used by
 //!   the tests because CI has no GPU).
 //! * [`CudaExecutor`] is the entry point the engine uses: stores and weights are uploaded once,
-//!   then [`CudaExecutor::run_batch`] runs `2·(2 + 4r) + 5` launches per batch whatever its size.
+//!   then [`CudaExecutor::run_batch`] runs `2·(1 + 4r) + 5` launches per batch (39 for r = 4)
+//!   whatever its size.
 //!   A batch's inputs and results cross through page-locked host memory the executor keeps and
 //!   reuses (see [`device`]): asynchronous copies on the executor's stream, one synchronisation
 //!   per batch.
@@ -35,6 +36,7 @@ pub mod emu;
 mod executor;
 pub mod launch;
 pub mod plan;
+mod timing;
 
 #[cfg(feature = "cuda-emulation")]
 pub use executor::emulated_engine;
@@ -74,6 +76,9 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuEventCreate",
     "cuEventSynchronize",
     "cuEventDestroy_v2",
+    // The per-kernel timing switch (`Backend::mark`): events recorded on the stream.
+    "cuEventRecord",
+    "cuEventElapsedTime_v2",
 ];
 
 /// Says whether a CUDA GPU is usable, and if not, why (no driver library, a driver too old,
@@ -147,6 +152,16 @@ impl CudaExecutor {
     /// The GPU's name, e.g. for `hcn bench`'s `"device"` field.
     pub fn device_name(&self) -> &str {
         self.plan.backend().name()
+    }
+
+    /// Turns per-kernel timing on (clearing earlier times) or off; see [`Plan::set_kernel_timing`].
+    pub fn set_kernel_timing(&self, on: bool) {
+        self.plan.set_kernel_timing(on);
+    }
+
+    /// Per-kernel device times since timing was last turned on (CUDA events around each launch).
+    pub fn kernel_times(&self) -> crate::KernelTimes {
+        self.plan.kernel_times()
     }
 
     /// Runs a batch (see [`Plan::run_batch`]): per user, `X^U` (n × D), one score per candidate

@@ -7,10 +7,10 @@
 //! co_interest concat (1) · X̃ = concat Wcᵀ into the fusion input (1) · X^U = fusion (1)
 //! score (1) · top-k (1)
 //! ```
-//! i.e. `2·(2 + 4r) + 5` launches for the whole batch, independent of the number of users, with
-//! one [`Backend::upload_batch`] of every per-request input before the first launch and one
-//! [`Backend::read_back`] of the results after the last (on the GPU: asynchronous copies through
-//! reused pinned memory and a single synchronisation).
+//! i.e. `2·(1 + 4r) + 5` launches for the whole batch (39 for r = 4), independent of the number
+//! of users, with one [`Backend::upload_batch`] of every per-request input before the first
+//! launch and one [`Backend::read_back`] of the results after the last (on the GPU: asynchronous
+//! copies through reused pinned memory and a single synchronisation).
 //! Layer 0's `Q = seeds Wq_0ᵀ + bq_0` does not depend on the user and is computed once on the
 //! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
 //! with the stacked weight `[Wk; Wv]`. The user profile `X̂` (SPEC §1.4) is computed on the host
@@ -21,10 +21,11 @@
 //! against the buffer.
 
 use super::backend::{input, output, store_variant, Backend, HostInputs, StoreDesc};
-use super::launch::{self, extent, to_i32};
+use super::launch::{self, extent, to_i32, Geometry};
+use super::timing::{KernelTimer, Key};
 use crate::abi::{
-    AttentionParams, CoInterestParams, GatherParams, LinearParams, ScoreMode, ScoreParams,
-    TopkParams, Variant,
+    AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, ScoreMode,
+    ScoreParams, TopkParams, Variant,
 };
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
@@ -96,7 +97,36 @@ struct DeviceTower<B: Backend> {
     layers: Vec<DeviceLayer<B>>,
     merge_w: B::F,
     merge_b: B::F,
+    sites: &'static TowerSites,
 }
+
+/// The per-kernel timing labels of a tower's launches ([`crate::KernelTime::site`]).
+struct TowerSites {
+    gather: &'static str,
+    kv: &'static str,
+    q: &'static str,
+    attention: &'static str,
+    o: &'static str,
+    merge: &'static str,
+}
+
+const LONG_SITES: TowerSites = TowerSites {
+    gather: "long.gather",
+    kv: "long.kv",
+    q: "long.q",
+    attention: "long.attention",
+    o: "long.o",
+    merge: "long.merge",
+};
+
+const SHORT_SITES: TowerSites = TowerSites {
+    gather: "short.gather",
+    kv: "short.kv",
+    q: "short.q",
+    attention: "short.attention",
+    o: "short.o",
+    merge: "short.merge",
+};
 
 /// The plan with its weights and stores resident on the backend. Build once per model and
 /// device, then call [`Plan::run_batch`] per batch.
@@ -118,6 +148,8 @@ pub struct Plan<B: Backend> {
     /// The store kernels' variants for the two stores' dtypes.
     token_variant: Variant,
     candidate_variant: Variant,
+    /// The per-kernel timing switch ([`Plan::set_kernel_timing`]).
+    timer: KernelTimer,
 }
 
 impl<B: Backend> std::fmt::Debug for Plan<B> {
@@ -186,8 +218,8 @@ impl<B: Backend> Plan<B> {
         // `Block`'s discriminants are the kernel's codes (src/abi.rs).
         let block_codes: Vec<u8> = cfg.co_interest_concat.iter().map(|&b| b as u8).collect();
         let w = &model.weights;
-        let long = Self::upload_tower(&backend, &w.long, &cfg)?;
-        let short = Self::upload_tower(&backend, &w.short, &cfg)?;
+        let long = Self::upload_tower(&backend, &w.long, &cfg, &LONG_SITES)?;
+        let short = Self::upload_tower(&backend, &w.short, &cfg, &SHORT_SITES)?;
         let tokens = backend.upload_store(tokens.dtype, tokens.bytes, tokens.rows, d)?;
         let candidates =
             backend.upload_store(candidates.dtype, candidates.bytes, candidates.rows, d)?;
@@ -207,10 +239,16 @@ impl<B: Backend> Plan<B> {
             candidate_variant,
             backend,
             cfg,
+            timer: KernelTimer::default(),
         })
     }
 
-    fn upload_tower(backend: &B, t: &Tower, cfg: &HcnConfig) -> Result<DeviceTower<B>> {
+    fn upload_tower(
+        backend: &B,
+        t: &Tower,
+        cfg: &HcnConfig,
+        sites: &'static TowerSites,
+    ) -> Result<DeviceTower<B>> {
         let mut layers = Vec::with_capacity(t.layers.len());
         for (l, layer) in t.layers.iter().enumerate() {
             let q0 = if l == 0 {
@@ -236,6 +274,7 @@ impl<B: Backend> Plan<B> {
             layers,
             merge_w: backend.upload_f32(&t.merge.weight)?,
             merge_b: backend.upload_f32(&t.merge.bias)?,
+            sites,
         })
     }
 
@@ -281,9 +320,61 @@ impl<B: Backend> Plan<B> {
         Ok(())
     }
 
+    /// Turns per-kernel timing on or off (off when the plan is built). On: every launch of the
+    /// following batches is bracketed by two [`Backend::mark`]s, read after the batch's
+    /// read-back, and accumulated per (kernel, site) until [`Plan::kernel_times`] reads them;
+    /// turning it on clears what was accumulated. Off, a launch pays one relaxed atomic load.
+    /// Toggle it between batches (one in flight may be partly recorded).
+    pub fn set_kernel_timing(&self, on: bool) {
+        self.timer.set(on);
+    }
+
+    /// The per-kernel times accumulated since timing was last turned on (see
+    /// [`crate::kernel_times`]).
+    pub fn kernel_times(&self) -> crate::KernelTimes {
+        self.timer.times()
+    }
+
+    /// [`Backend::launch`], bracketed by two marks when kernel timing is on.
+    ///
+    /// # Safety
+    /// As [`Backend::launch`].
+    unsafe fn launch<P: KernelParams>(
+        &self,
+        site: &'static str,
+        variant: Variant,
+        geo: &Geometry,
+        p: &P,
+    ) -> Result<()> {
+        if !self.timer.enabled() || geo.is_empty() {
+            // SAFETY: the caller's guarantee (`Backend::launch`).
+            return unsafe { self.backend.launch(variant, geo, p) };
+        }
+        let start = self.backend.mark()?;
+        // SAFETY: the caller's guarantee (`Backend::launch`).
+        unsafe { self.backend.launch(variant, geo, p) }?;
+        let end = self.backend.mark()?;
+        let key = Key {
+            op: P::DESC.op,
+            suffix: variant.suffix,
+            site,
+        };
+        self.timer.push(key, start, end);
+        Ok(())
+    }
+
     /// Runs SPEC §1 for every user of the batch: interests, one score per candidate row, and the
     /// `top_k` best (fewer when a user has fewer candidates). All users share every launch.
     pub fn run_batch(&self, users: &[UserInput<'_>], top_k: usize) -> Result<Vec<UserOutput>> {
+        let out = self.run_batch_timed(users, top_k);
+        if self.timer.enabled() {
+            // After `read_back` (its synchronisation) every mark of a successful batch is done.
+            self.timer.settle(out.is_ok());
+        }
+        out
+    }
+
+    fn run_batch_timed(&self, users: &[UserInput<'_>], top_k: usize) -> Result<Vec<UserOutput>> {
         for (i, u) in users.iter().enumerate() {
             self.validate(i, u)?;
         }
@@ -353,8 +444,16 @@ impl<B: Backend> Plan<B> {
             block_codes: self.block_codes,
         };
         // SAFETY: the addresses cover the extents co_interest.cu touches for these shapes.
-        unsafe { be.launch(Variant::F32, &launch::co_interest(b, n, k)?, &p) }?;
+        unsafe {
+            self.launch(
+                "co_interest",
+                Variant::F32,
+                &launch::co_interest(b, n, k)?,
+                &p,
+            )
+        }?;
         self.linear(
+            "co_interest.linear",
             (&cat, 0),
             k * d,
             &self.co_w,
@@ -368,6 +467,7 @@ impl<B: Backend> Plan<B> {
         )?;
         let mut xu = be.zeros_f32(bn * d)?;
         self.linear(
+            "fusion",
             (&fuse_in, 0),
             2 * d,
             &self.fusion_w,
@@ -401,7 +501,7 @@ impl<B: Backend> Plan<B> {
         let geo = launch::score(max_m, b, n, d)?;
         // SAFETY: rows were checked against the candidate store (`validate`), the offsets
         // ascend to `total` (`stack`), and the addresses cover what score.cu touches.
-        unsafe { be.launch(self.candidate_variant, &geo, &p) }?;
+        unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
         let k_dev = top_k.min(max_m);
         let mut pos = be.zeros_i32(b * k_dev)?;
         let mut val = be.zeros_f32(b * k_dev)?;
@@ -413,7 +513,7 @@ impl<B: Backend> Plan<B> {
             k: to_i32(k_dev, "k")?,
         };
         // SAFETY: the offsets ascend to `total`; `users · k` output slots.
-        unsafe { be.launch(Variant::F32, &launch::topk(b, k_dev)?, &p) }?;
+        unsafe { self.launch("topk", Variant::F32, &launch::topk(b, k_dev)?, &p) }?;
 
         // One synchronisation for the whole batch; the outputs are built straight from the
         // read-back memory.
@@ -454,6 +554,7 @@ impl<B: Backend> Plan<B> {
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
+        site: &'static str,
         x: (&B::F, usize),
         ldx: usize,
         w: &B::F,
@@ -479,7 +580,7 @@ impl<B: Backend> Plan<B> {
         };
         let geo = launch::linear(rows, out_dim)?;
         // SAFETY: the addresses cover the extents linear.cu touches for these shapes.
-        unsafe { self.backend.launch(Variant::F32, &geo, &p) }
+        unsafe { self.launch(site, Variant::F32, &geo, &p) }
     }
 
     /// SPEC §1.2 for one tower over the batch: returns `F` for every user (`B·n × D`). `rows`
@@ -508,8 +609,16 @@ impl<B: Backend> Plan<B> {
             count: to_i32(count, "token rows")?,
             dim: to_i32(d, "D")?,
         };
+        let sites = t.sites;
         // SAFETY: the rows were checked against the token store (`validate`); `count × D` out.
-        unsafe { be.launch(self.token_variant, &launch::gather(count)?, &p) }?;
+        unsafe {
+            self.launch(
+                sites.gather,
+                self.token_variant,
+                &launch::gather(count)?,
+                &p,
+            )
+        }?;
 
         // At least one row: V is addressed at column offset D of this buffer even when the whole
         // batch has no token (every attention then reads nothing and writes zeros).
@@ -519,6 +628,7 @@ impl<B: Backend> Plan<B> {
         let mut hcat = be.zeros_f32(bn * r * d)?;
         for (l, layer) in t.layers.iter().enumerate() {
             self.linear(
+                sites.kv,
                 (&x, 0),
                 d,
                 &layer.wkv,
@@ -536,6 +646,7 @@ impl<B: Backend> Plan<B> {
                 Some(q0) => (q0, 0),
                 None => {
                     self.linear(
+                        sites.q,
                         (&hcat, (l - 1) * d),
                         r * d,
                         &layer.wq,
@@ -570,8 +681,9 @@ impl<B: Backend> Plan<B> {
             let geo = launch::attention(h, users, n, d / h)?;
             // SAFETY: the offsets ascend to `count` (`stack`); the addresses cover the rows
             // attention.cu reads and writes.
-            unsafe { be.launch(Variant::F32, &geo, &p) }?;
+            unsafe { self.launch(sites.attention, Variant::F32, &geo, &p) }?;
             self.linear(
+                sites.o,
                 (&a, 0),
                 d,
                 &layer.wo,
@@ -586,6 +698,7 @@ impl<B: Backend> Plan<B> {
         }
         let mut f = be.zeros_f32(bn * d)?;
         self.linear(
+            sites.merge,
             (&hcat, 0),
             r * d,
             &t.merge_w,

@@ -33,6 +33,17 @@ pub(crate) trait Executor: Send + Sync + std::fmt::Debug {
     /// One result per call, in order; one failure does not affect the others. Every executor
     /// validates through `ctx.fe` and finishes through [`crate::post::finish`].
     fn run_batch(&self, ctx: &Ctx<'_>, calls: &[(&Request, &RunOptions)]) -> Vec<Result<Response>>;
+
+    /// Turns per-kernel timing on or off; false when this executor has no kernels to time
+    /// (the CPU). See [`crate::kernel_times`].
+    fn set_kernel_timing(&self, _on: bool) -> bool {
+        false
+    }
+
+    /// Per-kernel times since timing was last turned on; `None` without kernels to time.
+    fn kernel_times(&self) -> Option<crate::KernelTimes> {
+        None
+    }
 }
 
 /// The executors an engine uses: `host` serves the split API (user side, scores of given

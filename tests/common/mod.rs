@@ -9,8 +9,13 @@ use serde_json::Value;
 
 pub const CPU_TOL: f64 = 1e-4;
 
+/// `tests/fixtures`, or `$HCN_FIXTURES` when set (a test binary run away from its source tree:
+/// `scripts/gpu-check.sh` runs prepared binaries on a machine without the repository's path).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("HCN_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 /// One fixture case: its files, requests and float64 expectations.

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// scoring stage against max(gather floor, FMA floor).
     #[arg(long)]
     pub floors: bool,
+    /// Per-kernel device times (needs an engine on a GPU: --device cuda): after the timed run,
+    /// the same batches once more with CUDA events around every kernel launch, and one more JSON
+    /// line with each kernel's times (the timed run's figures are measured without the events).
+    #[arg(long)]
+    pub kernel_times: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -58,6 +63,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
     let engine = load_engine(&args.files, args.device)?;
+    // Asked before any work: only a device executor has kernels to time.
+    if args.kernel_times && !engine.set_kernel_timing(false) {
+        return Err(format!(
+            "--kernel-times times the CUDA kernels, and this engine runs on {} (use --device cuda)",
+            engine.device_report()
+        ));
+    }
     let requests = generate(&engine, &args)?;
     let batch = usize::try_from(args.batch).map_err(|e| e.to_string())?;
     let batches: Vec<&[Request]> = requests.chunks(batch).collect();
@@ -106,7 +118,50 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         let line = floors_report(&engine, &args, &pool, &stages)?;
         println!("{line}");
     }
+    if args.kernel_times {
+        let line = kernel_times_line(&engine, &batches, args.top_k, &pool)?;
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// `--kernel-times`: every batch once more with the per-kernel timing switch on, then one JSON
+/// line `{"kernel_times": {...}, "batch", "device", "median_us"}` (`median_us`: the batches'
+/// latency during this pass, events included, to show what the events cost).
+fn kernel_times_line(
+    engine: &Engine,
+    batches: &[&[Request]],
+    top_k: usize,
+    pool: &rayon::ThreadPool,
+) -> Result<String, String> {
+    if !engine.set_kernel_timing(true) {
+        return Err(format!(
+            "--kernel-times: the engine on {} has no kernels to time",
+            engine.device_report()
+        ));
+    }
+    let latencies = pool.install(|| {
+        let mut latencies = Vec::with_capacity(batches.len());
+        for b in batches {
+            let start = Instant::now();
+            let out = engine.run_batch(b, Some(top_k));
+            latencies.push(start.elapsed().as_secs_f64() * 1e6);
+            check(out)?;
+        }
+        Ok::<_, String>(latencies)
+    });
+    let times = engine.kernel_times();
+    engine.set_kernel_timing(false);
+    let mut latencies = latencies?;
+    latencies.sort_by(f64::total_cmp);
+    let times = times.ok_or("--kernel-times: the engine returned no kernel times")?;
+    let out = serde_json::json!({
+        "kernel_times": times,
+        "batch": batches.first().map_or(0, |b| b.len()),
+        "device": engine.device_label(),
+        "median_us": percentile(&latencies, 0.5),
+    });
+    serde_json::to_string(&out).map_err(|e| e.to_string())
 }
 
 /// `--floors`: this machine's limits and the request's stages against them (one JSON line).
@@ -319,6 +374,78 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::percentile;
+
+    /// `--kernel-times` on the GPU plan run by the CPU emulation of the kernels: one entry per
+    /// (kernel, site), every launch of every batch counted.
+    #[cfg(feature = "cuda-emulation")]
+    #[test]
+    fn kernel_times_line_under_the_emulation() {
+        use std::sync::Arc;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_f32");
+        let model = Arc::new(hcn_prerank::Model::load(dir.join("model.safetensors")).unwrap());
+        let tokens =
+            Arc::new(hcn_prerank::ItemStore::load(dir.join("tokens.safetensors")).unwrap());
+        let cands =
+            Arc::new(hcn_prerank::ItemStore::load(dir.join("candidates.safetensors")).unwrap());
+        let engine = hcn_prerank::cuda::emulated_engine(
+            model,
+            tokens,
+            cands,
+            hcn_prerank::EngineOptions::default(),
+        )
+        .unwrap();
+        let args = super::BenchArgs {
+            files: crate::common::EngineFiles {
+                model: "unused".into(),
+                tokens: "unused".into(),
+                candidates: "unused".into(),
+                huge_pages: false,
+            },
+            candidates_per_request: 20,
+            requests: 6,
+            batch: 3,
+            threads: 1,
+            top_k: 5,
+            device: crate::common::DeviceArg::Cuda,
+            seed: 1,
+            floors: false,
+            kernel_times: true,
+        };
+        let requests = super::generate(&engine, &args).unwrap();
+        let batches: Vec<&[hcn_prerank::Request]> = requests.chunks(3).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let line = super::kernel_times_line(&engine, &batches, 5, &pool).unwrap();
+        eprintln!("{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let kt = &v["kernel_times"];
+        assert_eq!(kt["batches"], 2, "{line}");
+        assert_eq!(kt["span"]["count"], 2, "{line}");
+        assert_eq!(v["batch"], 3);
+        let kernels = kt["kernels"].as_array().unwrap();
+        let site = |s: &str| {
+            kernels
+                .iter()
+                .find(|k| k["site"] == s)
+                .unwrap_or_else(|| panic!("no site {s} in {line}"))
+        };
+        assert_eq!(site("score")["count"], 2);
+        assert_eq!(site("topk")["kernel"], "topk_f32");
+        assert_eq!(site("long.gather")["count"], 2);
+        let r = engine.model().config.layers as u64;
+        assert_eq!(site("long.kv")["count"], 2 * r);
+        let launches: u64 = kernels.iter().map(|k| k["count"].as_u64().unwrap()).sum();
+        assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 5), "{line}");
+        for k in kernels {
+            assert!(k["min_us"].as_f64().unwrap() >= 0.0, "{line}");
+        }
+        // The switch is off again: nothing more is recorded.
+        let before = engine.kernel_times().unwrap();
+        engine.run_batch(batches[0], Some(5));
+        assert_eq!(engine.kernel_times().unwrap(), before);
+    }
 
     #[test]
     fn percentiles_interpolate() {

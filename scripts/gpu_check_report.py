@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""The GPU check's report (scripts/gpu-check.sh) and the roofline estimate BENCHMARKS.md quotes.
+
+    python3 scripts/gpu_check_report.py roofline [--profile industrial|public] [--batch 1,64]
+        The estimate of every launch site of one batch (src/cuda/plan.rs) on an H200, from the
+        kernels as written (kernels/*.cu) and SPEC §6's shapes: compulsory DRAM bytes, FLOPs,
+        the time those take at the measured copy bandwidth, the FP32 peak and the tensor-core
+        peak, and an estimate of the kernel as written (see `estimate`). Markdown on stdout.
+
+    python3 scripts/gpu_check_report.py report --work W --dir D --out O --gpu 0|1 ...
+        Reads the run's steps.tsv and logs under W and writes O/gpu-report.json and
+        O/gpu-summary.txt (called by scripts/gpu-check.sh).
+
+Standard library only: it runs with whatever python3 the GPU machine has.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+import time
+
+# ------------------------------------------------------------------------------- the machine
+
+# NVIDIA H200 SXM (KINDS.md, H200.md): a device-to-device copy measured at ~4.3 TB/s (bytes read
+# + written); 132 SMs at 1.98 GHz (seen just after load); FP32 = 132 × 128 lanes × 2 × 1.98 GHz;
+# dense FP16/BF16 tensor cores measured at ~790 TFLOP/s (datasheet 989); TF32 half of that.
+H200 = {
+    "hbm_bps": 4.3e12,
+    "sms": 132,
+    "clock_hz": 1.98e9,
+    "fp32_flops": 132 * 128 * 2 * 1.98e9,
+    "tc16_flops": 790e12,
+    "l2_bytes": 60e6,
+}
+
+# SPEC §6, plus what the synthetic model (src/synth.rs) and the plan fix: three co-interest
+# concat blocks (the default [L̃; S̃; S̃]), softmax scoring, F16 stores (2 bytes), top-k 1000.
+PROFILES = {
+    "public": {"D": 48, "n": 8, "h": 4, "r": 4, "L": 120, "S": 30, "M": 10_000},
+    "industrial": {"D": 128, "n": 16, "h": 4, "r": 4, "L": 500, "S": 50, "M": 50_000},
+}
+CONCAT = 3
+STORE_BYTES = 2
+TOP_K = 1000
+
+# Cycle costs used by the as-written estimates (Hopper; rough, ±2×): a dependent load that hits
+# L2 (the kernels' inputs were written by the previous launch), a shuffle or shared load in a
+# dependent chain, one shared-memory (MIO) instruction per SM per cycle, four warp instructions
+# issued per SM per cycle.
+L2_LATENCY = 300
+CHAIN = 30
+MIN_KERNEL_US = 2.0  # a launch's device time is rarely under this, whatever its work
+
+
+def linear_site(rows, k_in, n_out):
+    """linear.cu: 32×32 output tiles of (32, 8) threads; per 32-wide k tile each thread issues
+    5 shared loads (1 for W, 4 broadcasts of x) per 4 FMAs, so the SM's shared-memory pipe (one
+    warp-wide load per cycle) bounds it at 4·32·2/5 FLOP per SM cycle (20% of FP32 peak); a lone
+    block also waits one L2 round trip per k tile."""
+    blocks = math.ceil(n_out / 32) * math.ceil(rows / 32)
+    tiles = math.ceil(k_in / 32)
+    flops = 2 * rows * k_in * n_out
+    bytes_ = 4 * (rows * k_in + n_out * k_in + n_out + rows * n_out)
+    per_tile = L2_LATENCY + 8 * 32 * 5 + 2 * 40  # 8 warps × 32 k × 5 LDS, two barriers
+    waves = math.ceil(blocks / (H200["sms"] * 8))
+    lds_bound = flops / (H200["sms"] * H200["clock_hz"] * (4 * 32 * 2 / 5))
+    latency = waves * tiles * per_tile / H200["clock_hz"]
+    return blocks, flops, bytes_, max(lds_bound, latency), "LDS-bound GEMM (no tensor cores)"
+
+
+def attention_site(users, keys, p):
+    """attention.cu: a block of 4 warps per (head, user); each warp walks its interest's keys
+    32 at a time: stage K/V tiles (one L2 round trip), d dependent FMAs for the scores, a
+    max and a sum over the warp (10 dependent shuffles), 32 shuffle-broadcast weights for V, two
+    barriers. Blocks run side by side, so the batch takes one block's chain."""
+    n, d, D = p["n"], p["D"] // p["h"], p["D"]
+    blocks = p["h"] * users
+    steps = math.ceil(n / 4) * math.ceil(keys / 32)
+    per_step = L2_LATENCY + 6 * d + 10 * CHAIN + 50 + 8 * 32 + 80
+    flops = users * 4 * n * keys * D
+    bytes_ = 4 * (users * keys * 2 * D + users * n * D * 2)
+    return blocks, flops, bytes_, steps * per_step / H200["clock_hz"], "latency chain per block"
+
+
+def score_site(users, p):
+    """score.cu: a warp per candidate; per interest CH = D/32 (rounded up to a power of two)
+    shared loads of X^U, FMAs, a 5-shuffle butterfly and the online softmax. The shared loads
+    and shuffles (64 + 80 per candidate at n = 16, D = 128) go through the SM's MIO pipe, one
+    per cycle: that bounds it, not DRAM."""
+    n, D, M = p["n"], p["D"], p["M"]
+    ch = 1 << max(0, math.ceil(math.log2(math.ceil(D / 32))))
+    mio = n * (ch + 5)
+    blocks = users * math.ceil(M / 256)
+    cands = users * M
+    flops = 2 * n * D * cands
+    bytes_ = cands * (D * STORE_BYTES + 4 + 4) + users * n * D * 4
+    per_sm = math.ceil(blocks / H200["sms"]) * 256 * mio
+    return blocks, flops, bytes_, per_sm / H200["clock_hz"], f"MIO-bound ({mio} LDS+SHFL/candidate)"
+
+
+def topk_site(users, p):
+    """topk.cu: one block of 256 per user; 8 radix passes over the user's scores, each a
+    histogram with shared atomics (contended: similar scores share their top bytes) and a
+    serial 256-bucket walk by thread 0; then an ordered compaction, one block-wide scan (three
+    barriers) per 256 scores. The users' blocks run side by side."""
+    m = p["M"]
+    per_pass = (m / 32 * 15) / 4 + m / 4 + 256 * 25 + 3 * 40
+    compaction = math.ceil(m / 256) * 500
+    flops = 0
+    bytes_ = users * m * 4 + users * TOP_K * 8
+    cycles = 8 * per_pass + compaction
+    return users, flops, bytes_, cycles / H200["clock_hz"], "one block per user, serial passes"
+
+
+def gather_site(rows, p):
+    """gather.cu: a warp per token row, F16 → F32."""
+    D = p["D"]
+    bytes_ = rows * (D * STORE_BYTES + 4 + D * 4)
+    return math.ceil(rows / 8), 0, bytes_, bytes_ / H200["hbm_bps"], "copy"
+
+
+def co_interest_site(users, p):
+    """co_interest.cu: a block of 256 per user: E (n² dots of D), row and column softmax, then
+    n·D outputs each summing 2n exp-weighted terms."""
+    n, D = p["n"], p["D"]
+    cycles = D * 8 + n * CHAIN + math.ceil(n * D / 256) * 2 * n * 15
+    flops = users * 6 * n * n * D
+    bytes_ = 4 * users * (2 * n * D + n * CONCAT * D)
+    return users, flops, bytes_, cycles / H200["clock_hz"], "one block per user"
+
+
+def plan_sites(p, B):
+    """The launch sites of one batch of B users, in plan order, with their launch counts."""
+    n, D, r = p["n"], p["D"], p["r"]
+    out = []
+    for tower, keys in (("long", p["L"]), ("short", p["S"])):
+        rows = B * keys
+        out.append((f"{tower}.gather", "gather_f16", 1, gather_site(rows, p)))
+        out.append((f"{tower}.kv", "linear_f32", r, linear_site(rows, D, 2 * D)))
+        out.append((f"{tower}.q", "linear_f32", r - 1, linear_site(B * n, D, D)))
+        out.append((f"{tower}.attention", "attention_f32", r, attention_site(B, keys, p)))
+        out.append((f"{tower}.o", "linear_f32", r, linear_site(B * n, D, D)))
+        out.append((f"{tower}.merge", "linear_f32", 1, linear_site(B * n, r * D, D)))
+    out.append(("co_interest", "co_interest_f32", 1, co_interest_site(B, p)))
+    out.append(("co_interest.linear", "linear_f32", 1, linear_site(B * n, CONCAT * D, D)))
+    out.append(("fusion", "linear_f32", 1, linear_site(B * n, 2 * D, D)))
+    out.append(("score", "score_f16", 1, score_site(B, p)))
+    out.append(("topk", "topk_f32", 1, topk_site(B, p)))
+    return out
+
+
+def roofline(profile, B):
+    """One row per site: per batch (all its launches) bytes, FLOPs, the three floors and the
+    as-written estimate, in µs."""
+    p = PROFILES[profile]
+    rows = []
+    for site, kernel, launches, (blocks, flops, bytes_, est_s, why) in plan_sites(p, B):
+        t_hbm = bytes_ / H200["hbm_bps"] * 1e6
+        t_fp32 = flops / H200["fp32_flops"] * 1e6
+        t_tc = flops / H200["tc16_flops"] * 1e6
+        est = max(est_s * 1e6, t_hbm, t_fp32, MIN_KERNEL_US)
+        rows.append({
+            "site": site,
+            "kernel": kernel,
+            "launches": launches,
+            "blocks": blocks,
+            "bytes": bytes_ * launches,
+            "flops": flops * launches,
+            "hbm_us": t_hbm * launches,
+            "fp32_us": t_fp32 * launches,
+            "tc_us": t_tc * launches,
+            "estimate_us": est * launches,
+            "bound": why,
+        })
+    return rows
+
+
+def fmt_bytes(b):
+    for unit, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if b >= s:
+            return f"{b / s:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def fmt_flops(f):
+    for unit, s in (("GFLOP", 1e9), ("MFLOP", 1e6), ("KFLOP", 1e3)):
+        if f >= s:
+            return f"{f / s:.3g} {unit}"
+    return f"{f:.0f}"
+
+
+def fmt_us(u):
+    return f"{u:.3g}" if u < 100 else f"{u:.0f}"
+
+
+def roofline_markdown(profile, B):
+    rows = roofline(profile, B)
+    lines = [
+        f"**{profile}, batch {B}** ({len(rows)} sites, "
+        f"{sum(r['launches'] for r in rows)} launches)",
+        "",
+        "| site | kernel × launches | blocks | DRAM bytes | FLOPs | HBM µs | FP32 µs | TC µs | as written µs | bound by |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['site']} | {r['kernel']} × {r['launches']} | {r['blocks']} | "
+            f"{fmt_bytes(r['bytes'])} | {fmt_flops(r['flops'])} | {fmt_us(r['hbm_us'])} | "
+            f"{fmt_us(r['fp32_us'])} | {fmt_us(r['tc_us'])} | {fmt_us(r['estimate_us'])} | "
+            f"{r['bound']} |"
+        )
+    tot = {k: sum(r[k] for r in rows) for k in ("bytes", "flops", "hbm_us", "fp32_us", "tc_us", "estimate_us")}
+    lines.append(
+        f"| **batch** | | | {fmt_bytes(tot['bytes'])} | {fmt_flops(tot['flops'])} | "
+        f"{fmt_us(tot['hbm_us'])} | {fmt_us(tot['fp32_us'])} | {fmt_us(tot['tc_us'])} | "
+        f"**{fmt_us(tot['estimate_us'])}** | |"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- the report
+
+def read_steps(work):
+    steps = []
+    path = os.path.join(work, "steps.tsv")
+    if not os.path.exists(path):
+        return steps
+    for line in open(path, encoding="utf-8", errors="replace"):
+        f = line.rstrip("\n").split("\t")
+        f += [""] * (6 - len(f))
+        steps.append({
+            "name": f[0],
+            "status": f[1],
+            "rc": f[2],
+            "seconds": float(f[3]) if re.match(r"^[0-9.]+$", f[3] or "") else None,
+            "limit_s": f[4],
+            "note": f[5],
+            "log": f"logs/{f[0]}.log",
+        })
+    return steps
+
+
+def log_text(work, name):
+    path = os.path.join(work, "logs", f"{name}.log")
+    try:
+        return open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        return ""
+
+
+def json_lines(text):
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def bench_results(text):
+    """hcn bench's lines: the SPEC §4 line and the --kernel-times line, per run in the log."""
+    runs, cur = [], None
+    for v in json_lines(text):
+        if "median_us" in v and "kernel_times" not in v:
+            cur = {"bench": v}
+            runs.append(cur)
+        elif "kernel_times" in v and cur is not None:
+            cur["kernel_times"] = v
+    return runs
+
+
+def test_results(text):
+    """libtest's lines: each test's result, the failures it lists, its summary, and the tests
+    that said they skipped for want of a GPU."""
+    res = {}
+    for m in re.finditer(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", text, re.M):
+        res[m.group(1)] = m.group(2)
+    for block in re.findall(r"^failures:\n((?:    \S+\n)+)", text, re.M):
+        for name in block.split():
+            res[name] = "FAILED"
+    summary = re.findall(r"^test result: .*$", text, re.M)
+    skipped = sorted(set(re.findall(r"(\w+): skipped, no usable GPU", text)))
+    return {"tests": res, "summary": summary[-1] if summary else None, "skipped_no_gpu": skipped}
+
+
+def sanitizer_results(text):
+    out = []
+    for m in re.finditer(r"=+ (ERROR|RACECHECK) SUMMARY: (.*)", text):
+        out.append(m.group(0).strip("= ").strip())
+    return out
+
+
+UNIT_SCALE = {
+    "nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6, "cycle": None,
+    "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9,
+}
+
+
+def ncu_results(path):
+    """ncu --csv --page details: one dict per profiled launch (in launch order), selected
+    metrics in base units (µs for times, bytes, %)."""
+    if not os.path.exists(path):
+        return []
+    launches = {}
+    order = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f if line.startswith('"')]
+    for row in csv.DictReader(lines):
+        lid = row.get("ID")
+        if lid is None:
+            continue
+        if lid not in launches:
+            launches[lid] = {
+                "kernel": (row.get("Kernel Name") or "").split("(")[0],
+                "grid": row.get("Grid Size"),
+                "block": row.get("Block Size"),
+            }
+            order.append(lid)
+        name = row.get("Metric Name") or ""
+        unit = row.get("Metric Unit") or ""
+        raw = (row.get("Metric Value") or "").replace(",", "")
+        try:
+            val = float(raw)
+        except ValueError:
+            continue
+        if unit in UNIT_SCALE and UNIT_SCALE[unit] is not None:
+            val *= UNIT_SCALE[unit]
+        key = {
+            "Duration": "duration_us",
+            "DRAM Throughput": "dram_pct",
+            "Memory Throughput": "memory_pct",
+            "Compute (SM) Throughput": "sm_pct",
+            "dram__bytes_read.sum": "dram_read_bytes",
+            "dram__bytes_write.sum": "dram_write_bytes",
+            "lts__t_bytes.sum": "l2_bytes",
+            "sm__warps_active.avg.pct_of_peak_sustained_active": "occupancy_pct",
+        }.get(name)
+        if key:
+            launches[lid][key] = val
+    return [launches[i] for i in order]
+
+
+def site_sequence(p):
+    """The plan's launch order (src/cuda/plan.rs) as site names, to label ncu's launches."""
+    seq = []
+    for tower in ("long", "short"):
+        seq.append(f"{tower}.gather")
+        for layer in range(p["r"]):
+            seq.append(f"{tower}.kv")
+            if layer > 0:
+                seq.append(f"{tower}.q")
+            seq += [f"{tower}.attention", f"{tower}.o"]
+        seq.append(f"{tower}.merge")
+    return seq + ["co_interest", "co_interest.linear", "fusion", "score", "topk"]
+
+
+def ncu_by_site(launches, profile):
+    seq = site_sequence(PROFILES[profile])
+    if len(launches) != len(seq):
+        return None
+    sites = {}
+    for site, l in zip(seq, launches):
+        s = sites.setdefault(site, {"launches": 0, "duration_us": 0.0, "dram_bytes": 0.0})
+        s["launches"] += 1
+        s["duration_us"] += l.get("duration_us", 0.0)
+        s["dram_bytes"] += l.get("dram_read_bytes", 0.0) + l.get("dram_write_bytes", 0.0)
+        for k in ("dram_pct", "sm_pct"):
+            if k in l:
+                s[k] = max(s.get(k, 0.0), l[k])
+    return sites
+
+
+def report(args):
+    work, out = args.work, args.out
+    os.makedirs(out, exist_ok=True)
+    steps = read_steps(work)
+    manifest = None
+    try:
+        manifest = json.load(open(os.path.join(args.dir, "MANIFEST.json")))
+    except (OSError, ValueError):
+        pass
+    info = log_text(work, "info")
+    gpu_line = re.search(r"^name, driver_version.*\n(.*)$", info, re.M)
+    rep = {
+        "schema": "hcn-gpu-check/1",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(args.started)),
+        "wall_s": round(time.time() - args.started, 1),
+        "budget_s": args.budget,
+        "gpu_present": bool(args.gpu),
+        "no_gpu_reason": args.why or None,
+        "gpu": gpu_line.group(1).strip() if gpu_line else None,
+        "manifest": manifest,
+        "steps": steps,
+        "tests": {},
+        "bench": {},
+        "ncu": {},
+        "sanitizers": {},
+        "roofline": {f"{pr}_b{b}": roofline(pr, b) for pr in ("industrial", "public") for b in (1, 64)},
+    }
+    errors = []
+
+    def guard(what, fn):
+        # One unreadable log must not cost the rest of the report.
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{what}: {type(e).__name__}: {e}")
+
+    for s in ("gpu_tests", "executors", "gpu_industrial_emulated"):
+        t = log_text(work, s)
+        if t:
+            guard(s, lambda s=s, t=t: rep["tests"].__setitem__(s, test_results(t)))
+    for s, names in (("bench_b1", ["industrial_b1"]), ("bench_b64", ["industrial_b64"]),
+                     ("bench_public", ["public_b1", "public_b64"])):
+        def bench(s=s, names=names):
+            for name, run in zip(names, bench_results(log_text(work, s))):
+                rep["bench"][name] = run
+        guard(s, bench)
+    for s in ("ncu_b1", "ncu_b64"):
+        def ncu(s=s):
+            launches = ncu_results(os.path.join(work, "ncu", f"{s}.csv"))
+            if launches:
+                rep["ncu"][s] = {"launches": launches, "by_site": ncu_by_site(launches, "industrial")}
+        guard(s, ncu)
+    for s in ("memcheck", "racecheck", "initcheck"):
+        t = log_text(work, s)
+        if t:
+            guard(s, lambda s=s, t=t: rep["sanitizers"].__setitem__(s, sanitizer_results(t)))
+    for st in steps:
+        if st["status"] in ("fail", "timeout") and not st["note"]:
+            lines = [x for x in log_text(work, st["name"]).splitlines() if x.strip()]
+            # The last line that is not a sanitizer's banner says what went wrong.
+            tail = [x for x in lines if not x.startswith("=====")] or lines
+            st["note"] = tail[-1][:160] if tail else ""
+    text = ""
+    try:
+        text = summary(rep)
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"summary: {type(e).__name__}: {e}")
+    rep["report_errors"] = errors
+    if errors:
+        text += "\nreport errors:\n" + "\n".join("  " + e for e in errors) + "\n"
+    json.dump(rep, open(os.path.join(out, "gpu-report.json"), "w"), indent=1)
+    open(os.path.join(out, "gpu-summary.txt"), "w").write(text)
+
+
+def summary(rep):
+    L = []
+    m = rep.get("manifest") or {}
+    L.append(f"hcn GPU check {rep['started']}  ({rep['wall_s']} s of a {rep['budget_s']} s budget)")
+    L.append(f"GPU: {rep['gpu'] or 'none'}" + (f"  ({rep['no_gpu_reason']})" if rep["no_gpu_reason"] else ""))
+    L.append(f"prepared: commit {str(m.get('commit', '?'))[:12]}{' (dirty)' if m.get('dirty') else ''}, {m.get('prepared', '?')}")
+    L.append("")
+    L.append("steps:")
+    for s in rep["steps"]:
+        secs = f"{s['seconds']:.0f}s" if s["seconds"] is not None else "-"
+        L.append(f"  {s['name']:<24} {s['status']:<8} {secs:>5}  {s['note']}")
+    for name, t in rep["tests"].items():
+        bad = [k for k, v in t["tests"].items() if v != "ok"]
+        L.append(f"{name}: {sum(v == 'ok' for v in t['tests'].values())} ok"
+                 + (f", not ok: {', '.join(bad)}" if bad else "")
+                 + (f", skipped without GPU: {len(t['skipped_no_gpu'])}" if t["skipped_no_gpu"] else ""))
+    for name, s in rep["sanitizers"].items():
+        L.append(f"{name}: {'; '.join(s) if s else 'no summary line (see its log)'}")
+    for name, run in rep["bench"].items():
+        b = run["bench"]
+        L.append("")
+        L.append(f"{name}: median {b['median_us']:.0f} µs, p99 {b['p99_us']:.0f} µs, "
+                 f"{b['candidates_per_s'] / 1e6:.1f} M candidates/s ({b['device']})")
+        kt = run.get("kernel_times", {}).get("kernel_times")
+        if kt:
+            profile, batch = name.rsplit("_b", 1)
+            est = {r["site"]: r for r in roofline(profile, int(batch))}
+            L.append(f"  device span per batch {kt['span']['median_us']:.0f} µs "
+                     f"(roofline estimate {sum(r['estimate_us'] for r in est.values()):.0f}, "
+                     f"HBM floor {sum(r['hbm_us'] for r in est.values()):.1f})")
+            L.append(f"  {'site':<20} {'kernel':<16} {'µs/batch':>9} {'estimate':>9} {'HBM floor':>9}")
+            for k in sorted(kt["kernels"], key=lambda k: -k["per_batch_us"]):
+                e = est.get(k["site"], {})
+                L.append(f"  {k['site']:<20} {k['kernel']:<16} {k['per_batch_us']:9.1f} "
+                         f"{e.get('estimate_us', float('nan')):9.1f} {e.get('hbm_us', float('nan')):9.2f}")
+    for name, n in rep["ncu"].items():
+        L.append("")
+        sites = n.get("by_site")
+        if not sites:
+            L.append(f"{name}: {len(n['launches'])} launches profiled (not the plan's 39: see the report)")
+            continue
+        tot = sum(s["duration_us"] for s in sites.values())
+        est = {r["site"]: r for r in roofline("industrial", int(name.rsplit("_b", 1)[1]))}
+        L.append(f"{name}: kernels {tot:.0f} µs per batch (ncu durations; roofline estimate "
+                 f"{sum(r['estimate_us'] for r in est.values()):.0f} µs)")
+        L.append(f"  {'site':<20} {'µs':>8} {'estimate':>8} {'DRAM MB':>8} {'model MB':>8} "
+                 f"{'GB/s':>7} {'DRAM %':>6} {'SM %':>6}")
+        nan = float("nan")
+        for site, s in sorted(sites.items(), key=lambda kv: -kv[1]["duration_us"]):
+            e = est.get(site, {})
+            gbs = s["dram_bytes"] / s["duration_us"] / 1e3 if s["duration_us"] > 0 else nan
+            L.append(f"  {site:<20} {s['duration_us']:8.1f} {e.get('estimate_us', nan):8.1f} "
+                     f"{s['dram_bytes'] / 1e6:8.2f} {e.get('bytes', nan) / 1e6:8.2f} {gbs:7.0f} "
+                     f"{s.get('dram_pct', nan):6.1f} {s.get('sm_pct', nan):6.1f}")
+    return "\n".join(L) + "\n"
+
+
+def selftest():
+    """The report on fabricated logs in the formats the run produces (hcn bench's lines, libtest,
+    ncu's CSV, the sanitizers' summaries): what --prepare checks, since the real ones only come
+    from a GPU."""
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    work, out = os.path.join(tmp, "work"), os.path.join(tmp, "out")
+    for d in ("logs", "ncu"):
+        os.makedirs(os.path.join(work, d))
+    def write(rel, text):
+        with open(os.path.join(work, rel), "w") as f:
+            f.write(text)
+    write("steps.tsv", "info\tpass\t0\t0.2\t30\t\ngpu_tests\tpass\t0\t41.0\t240\t\n"
+          "bench_b1\tfail\t1\t0.1\t120\t\nmemcheck\ttimeout\t124\t180.0\t180\tkilled after 180s\n"
+          "racecheck\tskipped\t-\t-\t-\tout of budget (3s left)\n")
+    write("logs/info.log", "## nvidia-smi --query-gpu\nname, driver_version, memory.total [MiB]\n"
+          "NVIDIA H200, 580.159.04, 143771 MiB\n")
+    write("logs/gpu_tests.log", "running 3 tests\ntest a ... ok\ntest b ... FAILED\ntest c ...\n"
+          "c said something\nok\n\nfailures:\n\nfailures:\n    b\n    c\n\n"
+          "test result: FAILED. 1 passed; 2 failed\n")
+    kernels = []
+    for site, kernel in zip(site_sequence(PROFILES["industrial"]), ["gather_f16"] * 39):
+        if not any(k["site"] == site for k in kernels):
+            kernels.append({"count": 1, "kernel": kernel, "max_us": 5.0, "mean_us": 5.0,
+                            "median_us": 5.0, "min_us": 5.0, "per_batch_us": 5.0, "site": site,
+                            "total_us": 5.0})
+    span = {"count": 1, "max_us": 300.0, "mean_us": 300.0, "median_us": 300.0, "min_us": 300.0,
+            "total_us": 300.0}
+    write("logs/bench_b1.log", "noise\n" + json.dumps({
+        "requests": 200, "batch": 1, "threads": 4, "device": "cuda:0", "median_us": 700.0,
+        "p90_us": 720.0, "p99_us": 800.0, "candidates_per_s": 7.1e7}) + "\n" + json.dumps({
+        "batch": 1, "device": "cuda:0", "median_us": 760.0, "kernel_times": {
+            "batches": 1, "dropped": 0, "kernels": kernels, "span": span}}) + "\n")
+    head = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream",'
+            '"Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit",'
+            '"Metric Value","Rule Name","Rule Type","Rule Description","Estimated Speedup Type",'
+            '"Estimated Speedup"')
+    rows = ["==PROF== Connected to process 1", head]
+    for i, _ in enumerate(site_sequence(PROFILES["industrial"])):
+        for name, unit, val in (("Duration", "nsecond", "2,500"), ("DRAM Throughput", "%", "12.5"),
+                                ("Compute (SM) Throughput", "%", "40"),
+                                ("dram__bytes_read.sum", "byte", "1,000,000"),
+                                ("Rule", "", "")):
+            rows.append(f'"{i}","1","hcn","h","linear_f32","1","7","(256, 1, 1)","(4, 1, 1)","0",'
+                        f'"9.0","GPU Speed Of Light Throughput","{name}","{unit}","{val}","","","","",""')
+    write("ncu/ncu_b1.csv", "\n".join(rows) + "\n")
+    write("logs/memcheck.log", "========= ERROR SUMMARY: 0 errors\n========= ERROR SUMMARY: 2 errors\n")
+    ns = argparse.Namespace(work=work, dir=tmp, out=out, gpu=1, why="", budget=420, started=time.time())
+    report(ns)
+    rep = json.load(open(os.path.join(out, "gpu-report.json")))
+    text = open(os.path.join(out, "gpu-summary.txt")).read()
+    assert rep["report_errors"] == [], rep["report_errors"]
+    assert rep["gpu"] == "NVIDIA H200, 580.159.04, 143771 MiB", rep["gpu"]
+    assert rep["tests"]["gpu_tests"]["tests"] == {"a": "ok", "b": "FAILED", "c": "FAILED"}
+    assert rep["bench"]["industrial_b1"]["bench"]["median_us"] == 700.0
+    assert len(rep["bench"]["industrial_b1"]["kernel_times"]["kernel_times"]["kernels"]) == 17
+    n = rep["ncu"]["ncu_b1"]
+    assert len(n["launches"]) == 39 and n["launches"][0]["duration_us"] == 2.5, n["launches"][0]
+    assert n["by_site"]["long.kv"]["launches"] == 4
+    assert n["by_site"]["score"]["dram_bytes"] == 1e6
+    assert rep["sanitizers"]["memcheck"] == ["ERROR SUMMARY: 0 errors", "ERROR SUMMARY: 2 errors"]
+    assert [s["status"] for s in rep["steps"]] == ["pass", "pass", "fail", "timeout", "skipped"]
+    for want in ("industrial_b1: median 700 µs", "ncu_b1: kernels 98 µs", "long.attention",
+                 "score                     2.5     37.2     1.00    13.21     400",
+                 "not ok: b, c", "memcheck: ERROR SUMMARY: 0 errors"):
+        assert want in text, (want, text)
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("gpu_check_report selftest: ok")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("roofline")
+    r.add_argument("--profile", choices=sorted(PROFILES), action="append")
+    r.add_argument("--batch", default="1,64")
+    g = sub.add_parser("report")
+    g.add_argument("--work", required=True)
+    g.add_argument("--dir", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--gpu", type=int, default=0)
+    g.add_argument("--why", default="")
+    g.add_argument("--budget", type=int, default=0)
+    g.add_argument("--started", type=float, default=time.time())
+    sub.add_parser("selftest")
+    a = ap.parse_args()
+    if a.cmd == "selftest":
+        selftest()
+    elif a.cmd == "roofline":
+        for pr in a.profile or ["industrial", "public"]:
+            for b in a.batch.split(","):
+                print(roofline_markdown(pr, int(b)))
+                print()
+    else:
+        report(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
