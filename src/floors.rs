@@ -8,7 +8,8 @@
 //!   figure is the core's arithmetic peak at that vector width, not a memory figure.
 //! - [`gather_rate`]: the same shape of access as scoring (random rows of the mapped store,
 //!   every byte of each row read, a software prefetch `distance` rows ahead), with no arithmetic:
-//!   a floor for the candidate side of a request.
+//!   a floor for the candidate side of a request; on `MappedMatrix::to_anonymous(true)`, the same
+//!   rows from huge pages.
 
 use std::time::Instant;
 
@@ -316,15 +317,8 @@ pub fn user_side_flops(cfg: &crate::HcnConfig) -> f64 {
     tower(cfg.long_len as f64) + tower(cfg.short_len as f64) + co_interest + fusion
 }
 
-/// `matrix`'s bytes copied into anonymous memory advised `MADV_HUGEPAGE` (2 MiB pages where
-/// the kernel grants them), to measure what page walks cost the random gather of the file
-/// mapping (`hcn bench --floors` reports both). `None` where the copy or the advice fails.
-pub fn huge_page_copy(matrix: &MappedMatrix) -> Option<MappedMatrix> {
-    matrix.to_anonymous(true).ok()
-}
-
 /// The kernel's count of anonymous memory in transparent huge pages (`AnonHugePages` of
-/// `/proc/meminfo`, KiB), to tell whether [`huge_page_copy`] got them.
+/// `/proc/meminfo`, KiB), to tell whether [`MappedMatrix::to_anonymous`] got them.
 pub fn anon_huge_pages_kib() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()?
@@ -397,7 +391,7 @@ mod tests {
         assert_eq!((g.threads, g.rows, g.row_bytes), (2, 1000, 32));
         assert!(g.ns_per_row > 0.0);
         // The huge-page copy holds the same rows.
-        let copy = huge_page_copy(&matrix).expect("anonymous copy");
+        let copy = matrix.to_anonymous(true).expect("anonymous copy");
         assert_eq!(copy.bytes(), matrix.bytes());
         assert_eq!(gather(&copy, &idx, 4), want);
     }

@@ -178,7 +178,7 @@ fn run(rx: mpsc::Receiver<Job>, state: &Arc<State>, limits: BatchLimits) {
             }
         }
         execute(batch, candidates, state);
-        awake_until = Instant::now() + state.keep_awake;
+        awake_until = Instant::now() + state.options.keep_awake;
     }
 }
 

@@ -71,27 +71,15 @@ pub struct State {
     pub files: Mutex<ModelFiles>,
     /// Reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
-    device: Device,
-    keep_awake: Duration,
-    huge_pages: bool,
-    /// The engine's pool, shared by every engine a reload builds (the queue's owner lives in it).
-    pool: Arc<rayon::ThreadPool>,
+    /// The options of every engine built here, the first and each reload's: the device, the
+    /// keep-awake window, huge pages, and the engine's pool (`Parallelism::Pool`, shared by all
+    /// of them; the queue's owner lives in it).
+    options: EngineOptions,
 }
 
 impl State {
     /// Loads, validates and warms an engine (one request through it) — nothing is swapped.
-    fn build_engine(
-        files: &ModelFiles,
-        (device, keep_awake, huge_pages): (Device, Duration, bool),
-        pool: Arc<rayon::ThreadPool>,
-    ) -> crate::Result<Engine> {
-        let options = EngineOptions {
-            device,
-            parallelism: Parallelism::Pool(pool),
-            keep_awake,
-            huge_pages,
-            ..EngineOptions::default()
-        };
+    fn build_engine(files: &ModelFiles, options: EngineOptions) -> crate::Result<Engine> {
         let engine = Engine::load(&files.model, &files.tokens, &files.candidates, options)?;
         warm(&engine)?;
         Ok(engine)
@@ -105,10 +93,8 @@ impl State {
             Some(f) => f,
             None => self.files.lock().map_err(|e| e.to_string())?.clone(),
         };
-        let how = (self.device, self.keep_awake, self.huge_pages);
-        let pool = Arc::clone(&self.pool);
-        let f = files.clone();
-        let built = tokio::task::spawn_blocking(move || State::build_engine(&f, how, pool))
+        let (f, options) = (files.clone(), self.options.clone());
+        let built = tokio::task::spawn_blocking(move || State::build_engine(&f, options))
             .await
             .map_err(|e| format!("reload task failed: {e}"));
         let result = match built {
@@ -202,9 +188,15 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
             .build()
             .map_err(|e| format!("cannot start {threads} engine threads: {e}"))?,
     );
-    let how = (cfg.device, cfg.keep_awake, cfg.huge_pages);
-    let (f, p) = (files.clone(), Arc::clone(&pool));
-    let engine = tokio::task::spawn_blocking(move || State::build_engine(&f, how, p))
+    let options = EngineOptions {
+        device: cfg.device,
+        parallelism: Parallelism::Pool(Arc::clone(&pool)),
+        keep_awake: cfg.keep_awake,
+        huge_pages: cfg.huge_pages,
+        ..EngineOptions::default()
+    };
+    let (f, o) = (files.clone(), options.clone());
+    let engine = tokio::task::spawn_blocking(move || State::build_engine(&f, o))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot load the engine: {e}"))?;
@@ -221,10 +213,7 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         ready: AtomicBool::new(false),
         files: Mutex::new(files),
         reloading: tokio::sync::Mutex::new(()),
-        device: cfg.device,
-        keep_awake: cfg.keep_awake,
-        huge_pages: cfg.huge_pages,
-        pool: Arc::clone(&pool),
+        options,
     });
     let (queue, queue_owner) = batcher::start(Arc::clone(&state), cfg.batch, pool);
 

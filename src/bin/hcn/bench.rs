@@ -10,8 +10,7 @@ use std::time::Instant;
 use clap::Args;
 use hcn_prerank::cpu::Level;
 use hcn_prerank::floors::{
-    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, huge_page_copy, user_side_flops,
-    FmaPeak,
+    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, user_side_flops, FmaPeak,
 };
 use hcn_prerank::{CpuKernels, Engine, ItemStore, Request, StageTimes, UserRequest};
 use serde::Serialize;
@@ -182,31 +181,28 @@ fn floors_report(
         .collect();
     let matrix = &engine.candidates().vectors;
     let rows = args.candidates_per_request;
+    let pools = counts
+        .iter()
+        .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let mut gather = Vec::new();
-    for &t in &counts {
-        let p = rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build()
-            .map_err(|e| e.to_string())?;
+    for p in &pools {
         for distance in [0, 4, 8, 16, 32] {
-            gather.push(gather_rate(matrix, rows, 15, distance, &p, args.seed));
+            gather.push(gather_rate(matrix, rows, 15, distance, p, args.seed));
         }
     }
     // The same gather on an anonymous copy advised MADV_HUGEPAGE: what page walks cost.
     let before = anon_huge_pages_kib();
     let mut huge_pages = serde_json::Value::Null;
-    if let Some(copy) = huge_page_copy(matrix) {
+    if let Ok(copy) = matrix.to_anonymous(true) {
         let granted = anon_huge_pages_kib()
             .zip(before)
             .map(|(a, b)| a.saturating_sub(b));
-        let mut rates = Vec::new();
-        for &t in &counts {
-            let p = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .map_err(|e| e.to_string())?;
-            rates.push(gather_rate(&copy, rows, 15, 16, &p, args.seed));
-        }
+        let rates: Vec<_> = pools
+            .iter()
+            .map(|p| gather_rate(&copy, rows, 15, 16, p, args.seed))
+            .collect();
         huge_pages = serde_json::json!({"granted_kib": granted, "gather": rates});
     }
     let median_us = |f: &dyn Fn(&StageTimes) -> std::time::Duration| {
