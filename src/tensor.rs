@@ -101,35 +101,39 @@ pub fn widen_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 /// intrinsic is not stable); nothing elsewhere.
 #[inline]
 pub fn prefetch(bytes: &[u8]) {
-    #[inline(always)]
-    fn line(p: *const u8) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: prefetch never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
-        }
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: `prfm` is a hint: it never faults and changes nothing observable.
-        unsafe {
-            std::arch::asm!(
-                "prfm pldl1keep, [{p}]",
-                p = in(reg) p,
-                options(readonly, nostack, preserves_flags)
-            );
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let _ = p;
-    }
     let mut off = 0;
     while off < bytes.len() {
-        line(bytes.as_ptr().wrapping_add(off));
+        prefetch_line(bytes.as_ptr().wrapping_add(off));
         off += 64;
     }
     if let Some(last) = bytes.last() {
         // An unaligned slice can straddle one more line than its length suggests.
-        line(std::ptr::from_ref(last));
+        prefetch_line(std::ptr::from_ref(last));
     }
+}
+
+/// Asks the CPU to load the cache line holding `p` ([`prefetch`]'s one line; the SIMD levels'
+/// `prefetch` too). Safe: a prefetch never faults, whatever the address.
+#[inline(always)]
+pub(crate) fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `prfm` is a hint: it never faults and changes nothing observable. (`readonly`, not
+    // `nomem`: rustc warns on a pointer passed to `nomem`.)
+    unsafe {
+        std::arch::asm!(
+            "prfm pldl1keep, [{p}]",
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
 }
 
 /// The stored little-endian bytes of `values` in `dtype` (round to nearest even for F16/BF16;

@@ -139,13 +139,7 @@ impl Simd for Neon {
     }
     #[inline(always)]
     unsafe fn prefetch(self, p: *const u8) {
-        // SAFETY: `prfm` is a hint: it never faults, whatever the address, and changes nothing
-        // observable. (`readonly`, not `nomem`: rustc warns on a pointer passed to `nomem`.)
-        asm!(
-            "prfm pldl1keep, [{p}]",
-            p = in(reg) p,
-            options(readonly, nostack, preserves_flags)
-        );
+        crate::tensor::prefetch_line(p);
     }
 
     // I8 store rows (SPEC §3). Not run on the x86-64 development machine.
