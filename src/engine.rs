@@ -127,6 +127,14 @@ impl Engine {
         &self.device_report
     }
 
+    /// The CPU fast path's candidate-scoring kernel and how it was chosen, e.g.
+    /// `avx512/lanes (by rule)` or `avx512/interleaved (tuned at load, …)`
+    /// ([`EngineOptions::score_kernel`]); `None` on the reference path. (A GPU serving requests
+    /// scores with its own kernels; this is the CPU's, used for fallbacks.)
+    pub fn score_kernel(&self) -> Option<&str> {
+        self.host.score_kernel()
+    }
+
     /// Whether a batch of requests costs much less than its requests one by one, so that a
     /// server should wait a little for one to fill: true on a GPU (one launch plan per batch);
     /// false on the CPU, where a batch runs request by request (a request that finds the engine

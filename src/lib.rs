@@ -51,7 +51,9 @@ pub use engine::Engine;
 pub use error::{Error, ErrorKind, Result};
 pub use kernel_times::{KernelTime, KernelTimes};
 pub use model::Model;
-pub use options::{CpuKernels, Device, EngineOptions, Limits, Parallelism, UnknownIds};
+pub use options::{
+    CpuKernels, Device, EngineOptions, Limits, Parallelism, ScoreKernelChoice, UnknownIds,
+};
 pub use request::{
     CancelToken, Request, Response, RunOptions, Scored, Scores, StageTimes, UserInterests,
     UserRequest,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cpu::Level;
+use crate::cpu::{Level, ScoreKernel};
 
 /// Where the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,6 +98,20 @@ pub enum CpuKernels {
     Reference,
 }
 
+/// How the CPU fast path picks its candidate-scoring kernel ([`ScoreKernel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoreKernelChoice {
+    /// By rule from the level and `n` ([`ScoreKernel::by_rule`]): the same on every load.
+    #[default]
+    Rule,
+    /// Timed at load on the model's shape and the candidate store
+    /// ([`crate::cpu::tune_score_kernel`], a few ms); the fastest is kept. Two loads may pick
+    /// different (near-equal) kernels, whose scores agree within SPEC §5, not bit for bit.
+    Tune,
+    /// This kernel (an error at load if this CPU or the model's `n` cannot use it).
+    Pinned(ScoreKernel),
+}
+
 /// Engine options; `Default` is SPEC's behavior on the CPU.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EngineOptions {
@@ -121,6 +135,9 @@ pub struct EngineOptions {
     /// BENCHMARKS.md), at the cost of the stores' size in private memory (not shared, not
     /// evictable page cache) and the copy's time at load. Off by default.
     pub huge_pages: bool,
+    /// How the fast path's scoring kernel is chosen (by rule unless asked otherwise); the
+    /// choice is in [`Engine::score_kernel`](crate::Engine::score_kernel).
+    pub score_kernel: ScoreKernelChoice,
     /// The model version echoed in every [`Response`](crate::Response); `None` = the first 16 hex
     /// digits of the model file's SHA-256 (SPEC §7), computed at load.
     pub model_version: Option<String>,

@@ -826,6 +826,52 @@ fn bench_prints_one_json_line() {
     .map(|k| text.find(&format!("\"{k}\"")).unwrap())
     .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert!(
+        stderr(&out).contains("CPU score kernel"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn score_kernel_flag_pins_tunes_or_names_the_error() {
+    let tiny = Tiny::new("score_kernel");
+    let bench = |kernel: &str, floors: bool| {
+        let mut args = vec!["bench".to_string()];
+        args.extend(tiny.engine_args());
+        for a in [
+            "--requests",
+            "3",
+            "--candidates-per-request",
+            "50",
+            "--threads",
+            "1",
+        ] {
+            args.push(a.into());
+        }
+        args.extend(["--score-kernel".to_string(), kernel.to_string()]);
+        if floors {
+            args.push("--floors".into());
+        }
+        run(&args, "")
+    };
+    let out = bench("tune", false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("tuned at load"), "{}", stderr(&out));
+    let out = bench("scalar/interleaved", true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(
+        lines[1]["score_kernel"].as_str(),
+        Some("scalar/interleaved (pinned)")
+    );
+    // Unusable and unknown kernels: clear errors, no panic.
+    let out = bench("scalar/lanes", false);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("scalar/lanes"), "{}", stderr(&out));
+    let out = bench("avx1024/interleaved", false);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("LEVEL/LAYOUT"), "{}", stderr(&out));
 }
 
 #[test]

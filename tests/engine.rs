@@ -541,3 +541,49 @@ fn huge_page_stores_answer_exactly_as_the_mapped_files() {
     }
     assert!(seen_i8, "no I8 fixture was checked");
 }
+
+/// A pinned scoring kernel this CPU or model cannot use is refused at load, by name; the
+/// default is the rule's choice, reported.
+#[test]
+fn score_kernel_choice_is_reported_and_unusable_pins_are_refused() {
+    use hcn_prerank::cpu::{Level, ScoreKernel};
+    use hcn_prerank::ScoreKernelChoice;
+    let case = &common::cases()[0];
+    let load = |choice| {
+        Engine::load(
+            &case.model,
+            &case.tokens,
+            &case.candidates,
+            EngineOptions {
+                score_kernel: choice,
+                ..Default::default()
+            },
+        )
+    };
+    let engine = load(ScoreKernelChoice::Rule).unwrap();
+    let n = engine.model().config.interests;
+    let rule = ScoreKernel::by_rule(Level::detect(), n);
+    assert_eq!(
+        engine.score_kernel(),
+        Some(format!("{} (by rule)", rule.name()).as_str())
+    );
+    let scalar_lanes = ScoreKernel {
+        level: Level::Scalar,
+        rows_in_lanes: true,
+    };
+    match load(ScoreKernelChoice::Pinned(scalar_lanes)) {
+        Err(hcn_prerank::Error::Device(m)) => assert!(m.contains("scalar/lanes"), "{m}"),
+        other => panic!("expected a device error, got {:?}", other.map(|_| ())),
+    }
+    let reference = Engine::load(
+        &case.model,
+        &case.tokens,
+        &case.candidates,
+        EngineOptions {
+            kernels: hcn_prerank::CpuKernels::Reference,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(reference.score_kernel(), None);
+}

@@ -9,11 +9,11 @@
 mod common;
 
 use common::{close, Case, CPU_TOL};
-use hcn_prerank::cpu::Level;
+use hcn_prerank::cpu::{Level, ScoreKernel};
 use hcn_prerank::rng::SplitMix64;
 use hcn_prerank::{
-    CancelToken, CpuKernels, Engine, EngineOptions, ErrorKind, Parallelism, Request, Response,
-    RunOptions,
+    CancelToken, CpuKernels, Engine, EngineOptions, ErrorKind, Model, Parallelism, Request,
+    Response, RunOptions, ScoreKernelChoice,
 };
 use std::time::Instant;
 
@@ -55,7 +55,41 @@ fn executors(case: &Case) -> Vec<Exec> {
                 tol: CPU_TOL,
             });
         }
+        // The level's other scoring layout, where the model's `n` allows it.
+        let n = Model::load(&case.model).unwrap().config.interests;
+        let rule = ScoreKernel::by_rule(level, n);
+        let other = ScoreKernel {
+            rows_in_lanes: !rule.rows_in_lanes,
+            ..rule
+        };
+        if other.unusable(n).is_none() {
+            let engine = load(EngineOptions {
+                kernels: CpuKernels::Level(level),
+                parallelism: Parallelism::Threads(2),
+                score_kernel: ScoreKernelChoice::Pinned(other),
+                ..Default::default()
+            });
+            assert_eq!(
+                engine.score_kernel(),
+                Some(format!("{} (pinned)", other.name()).as_str())
+            );
+            out.push(Exec {
+                name: format!("cpu {} pinned, 2 threads", other.name()),
+                engine,
+                tol: CPU_TOL,
+            });
+        }
     }
+    let tuned = load(EngineOptions {
+        score_kernel: ScoreKernelChoice::Tune,
+        ..Default::default()
+    });
+    assert!(tuned.score_kernel().unwrap().contains("tuned at load"));
+    out.push(Exec {
+        name: format!("cpu tuned: {}", tuned.score_kernel().unwrap()),
+        engine: tuned,
+        tol: CPU_TOL,
+    });
     #[cfg(feature = "cuda-emulation")]
     {
         use std::sync::Arc;

@@ -4,7 +4,9 @@
 //! Tolerance is SPEC §5's CPU bound: |got − ref| ≤ 1e-4 · (1 + |ref|).
 
 use half::{bf16, f16};
-use hcn_prerank::cpu::{top_k, transpose, Kernels, Level, RowSource, TopK};
+use hcn_prerank::cpu::{
+    top_k, transpose, tune_score_kernel, Kernels, Level, RowSource, ScoreKernel, TopK,
+};
 use hcn_prerank::tensor::DType;
 use hcn_prerank::ScoreMode;
 
@@ -25,6 +27,25 @@ fn kernels() -> Vec<Kernels> {
         .into_iter()
         .map(|l| Kernels::new(l).expect("available level constructs"))
         .collect()
+}
+
+/// Every scoring kernel (level × layout) this CPU can run for `n` interests: each level's
+/// rule choice and its other layout where usable.
+fn score_kernels(n: usize) -> Vec<ScoreKernel> {
+    let all: Vec<ScoreKernel> = kernels()
+        .into_iter()
+        .flat_map(|k| {
+            [false, true].map(|rows_in_lanes| ScoreKernel {
+                level: k.level(),
+                rows_in_lanes,
+            })
+        })
+        .filter(|k| k.unusable(n).is_none())
+        .collect();
+    for l in Level::available() {
+        assert!(all.contains(&ScoreKernel::by_rule(l, n)), "{l:?} n={n}");
+    }
+    all
 }
 
 const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::I8];
@@ -160,15 +181,17 @@ fn check_scores(rng: &mut Rng, d: usize, n: usize, m: usize, store_rows: usize, 
                 .iter()
                 .map(|&r| reference_score(&xu, n, store.row(r as usize), mode))
                 .collect();
-            for k in kernels() {
+            for k in score_kernels(n) {
                 let mut out = vec![f32::NAN; m];
-                k.score_rows(&xu, n, d, store.source(), &rows, mode, &mut out)
+                k.query(&xu, n, d, mode)
+                    .unwrap()
+                    .score_rows(store.source(), &rows, &mut out)
                     .unwrap();
                 for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         close(g as f64, w),
-                        "{:?} {dtype:?} {mode:?} D={d} n={n} M={m} row {i}: got {g}, want {w}",
-                        k.level()
+                        "{} {dtype:?} {mode:?} D={d} n={n} M={m} row {i}: got {g}, want {w}",
+                        k.name()
                     );
                 }
             }
@@ -667,4 +690,63 @@ fn top_k_matches_full_sort_with_ties() {
             .collect::<Vec<_>>(),
         vec![3, 0, 2, 1]
     );
+}
+
+#[test]
+fn score_kernels_are_named_listed_and_refused_where_unusable() {
+    for n in [1, 8, 12, 13, 16] {
+        let candidates = ScoreKernel::candidates(n);
+        assert!(!candidates.is_empty());
+        for k in &candidates {
+            assert_eq!(ScoreKernel::from_name(&k.name()), Some(*k));
+            assert!(k.unusable(n).is_none(), "{}", k.name());
+        }
+        // Rows in lanes only with 16 lanes and n ≤ 12.
+        let lanes = ScoreKernel {
+            level: Level::Scalar,
+            rows_in_lanes: true,
+        };
+        let err = lanes
+            .query(&vec![0.0; n * 4], n, 4, ScoreMode::Max)
+            .unwrap_err();
+        assert!(err.to_string().contains("scalar/lanes"), "{err}");
+        if Level::Avx512.is_supported() {
+            let k = ScoreKernel {
+                level: Level::Avx512,
+                rows_in_lanes: true,
+            };
+            assert_eq!(k.unusable(n).is_none(), n <= 12, "n={n}");
+            assert_eq!(candidates.contains(&k), n <= 12);
+        }
+    }
+    for bad in ["", "avx512", "avx512/", "avx9/lanes", "avx2/rows"] {
+        assert_eq!(ScoreKernel::from_name(bad), None, "{bad}");
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let neon = ScoreKernel::from_name("neon/interleaved").unwrap();
+        assert!(neon.unusable(8).unwrap().contains("lacks"));
+    }
+}
+
+#[test]
+fn tuning_times_every_candidate_and_keeps_the_fastest() {
+    let mut rng = Rng::new(9);
+    for (d, n) in [(48, 8), (128, 16), (5, 3)] {
+        let store = Store::new(&mut rng, 300, d, DType::F16, 1.0, 1, 0);
+        let t = tune_score_kernel(store.source(), n, ScoreMode::Softmax, 64, 2).unwrap();
+        let candidates = ScoreKernel::candidates(n);
+        assert_eq!(
+            t.times_us.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            candidates
+        );
+        let best = t
+            .times_us
+            .iter()
+            .map(|(_, us)| *us)
+            .fold(f64::INFINITY, f64::min);
+        assert!(best.is_finite() && best >= 0.0);
+        let (_, kept) = t.times_us.iter().find(|(k, _)| *k == t.kernel).unwrap();
+        assert_eq!(*kept, best);
+    }
 }

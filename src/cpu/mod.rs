@@ -134,6 +134,167 @@ impl Level {
     }
 }
 
+/// One candidate-scoring kernel: a SIMD level and its layout, interests in the lanes
+/// ("interleaved": `simd::score_rows`) or candidate rows in the lanes ("lanes":
+/// `simd::score_rows_by_lanes`, 16-lane levels with `n ≤ 12` only). Every kernel is within SPEC
+/// §5 of the reference and deterministic; different kernels may differ in the last bits.
+/// Named `level/layout` (`avx512/lanes`, `avx2/interleaved`) for options and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScoreKernel {
+    pub level: Level,
+    pub rows_in_lanes: bool,
+}
+
+impl ScoreKernel {
+    /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes where
+    /// that level has 16 lanes and `n ≤ 12`.
+    pub fn by_rule(level: Level, n: usize) -> ScoreKernel {
+        ScoreKernel {
+            level,
+            rows_in_lanes: level.score_rows_in_lanes(n),
+        }
+    }
+
+    pub fn name(self) -> String {
+        let layout = if self.rows_in_lanes {
+            "lanes"
+        } else {
+            "interleaved"
+        };
+        format!("{}/{layout}", self.level.name())
+    }
+
+    /// Parses [`ScoreKernel::name`].
+    pub fn from_name(s: &str) -> Option<ScoreKernel> {
+        let (level, layout) = s.split_once('/')?;
+        let rows_in_lanes = match layout {
+            "lanes" => true,
+            "interleaved" => false,
+            _ => return None,
+        };
+        Some(ScoreKernel {
+            level: Level::from_name(level)?,
+            rows_in_lanes,
+        })
+    }
+
+    /// Why this kernel cannot score `n` interests on this CPU, if it cannot.
+    pub fn unusable(self, n: usize) -> Option<String> {
+        if !self.level.is_supported() {
+            return Some(format!(
+                "this CPU lacks the {} instructions",
+                self.level.name()
+            ));
+        }
+        if self.rows_in_lanes && (self.level.score_width() != 16 || n > simd::LANES_MAX_N) {
+            return Some(format!(
+                "rows in lanes need a 16-lane level and at most {} interests (the model has {n})",
+                simd::LANES_MAX_N
+            ));
+        }
+        None
+    }
+
+    /// The kernels [`tune_score_kernel`] times for `n` interests here: both layouts of every
+    /// supported vector level (the scalar level only where there is no other).
+    pub fn candidates(n: usize) -> Vec<ScoreKernel> {
+        let levels: Vec<Level> = Level::available()
+            .into_iter()
+            .filter(|&l| l != Level::Scalar)
+            .collect();
+        let levels = if levels.is_empty() {
+            vec![Level::Scalar]
+        } else {
+            levels
+        };
+        levels
+            .into_iter()
+            .flat_map(|level| {
+                [false, true].map(|rows_in_lanes| ScoreKernel {
+                    level,
+                    rows_in_lanes,
+                })
+            })
+            .filter(|k| k.unusable(n).is_none())
+            .collect()
+    }
+
+    /// [`Kernels::score_query`] with this kernel.
+    pub fn query(self, xu: &[f32], n: usize, d: usize, mode: ScoreMode) -> Result<ScoreQuery> {
+        if let Some(why) = self.unusable(n) {
+            return Err(Error::Device(format!(
+                "score kernel {}: {why}",
+                self.name()
+            )));
+        }
+        Kernels { level: self.level }.query(xu, n, d, mode, self.rows_in_lanes)
+    }
+}
+
+/// The outcome of [`tune_score_kernel`]: the fastest kernel and each candidate's time.
+#[derive(Debug, Clone)]
+pub struct Tuned {
+    pub kernel: ScoreKernel,
+    /// Each candidate with its best time (µs) for the sample.
+    pub times_us: Vec<(ScoreKernel, f64)>,
+}
+
+/// Times every [`ScoreKernel::candidates`] on the actual shape and store: `sample` rows of
+/// `src` (spread over the store by a fixed stride, so they are the same on every call), scored
+/// for fixed random interests `rounds` times per kernel, kernels alternating within each round;
+/// keeps the kernel with the least best-of-rounds time. Bounded: `candidates × rounds` passes
+/// over `sample` rows (industrial, 2,048 rows, 5 rounds, 2 kernels: ≈ 2–4 ms). The choice
+/// depends on timing, so two calls may disagree between near-equal kernels; pin one
+/// (`EngineOptions::score_kernel`) for reproducible runs.
+pub fn tune_score_kernel(
+    src: RowSource<'_>,
+    n: usize,
+    mode: ScoreMode,
+    sample: usize,
+    rounds: usize,
+) -> Result<Tuned> {
+    let d = src.cols();
+    let candidates = ScoreKernel::candidates(n);
+    let total = src.rows();
+    let m = sample.max(1);
+    let stride = (total / m).max(1);
+    let rows: Vec<u32> = (0..m)
+        .map(|i| ((i * stride) % total.max(1)) as u32)
+        .collect();
+    let xu = crate::rng::SplitMix64::new(0x7e57_5c0e).vec(n * d, 0.1);
+    let queries = candidates
+        .iter()
+        .map(|k| k.query(&xu, n, d, mode))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = vec![0.0f32; m];
+    let mut best = vec![f64::INFINITY; candidates.len()];
+    if total > 0 {
+        // One untimed pass each: code and the sample's rows warm for all alike.
+        for q in &queries {
+            q.score_rows(src, &rows, &mut out)?;
+        }
+        for _ in 0..rounds.max(1) {
+            for (q, b) in queries.iter().zip(best.iter_mut()) {
+                let t = std::time::Instant::now();
+                q.score_rows(src, &rows, &mut out)?;
+                *b = b.min(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    // Ties (or an empty store) keep the earlier candidate: the interleaved layout of the
+    // lowest vector level.
+    let mut pick = 0;
+    for i in 1..candidates.len() {
+        if best[i] < best[pick] {
+            pick = i;
+        }
+    }
+    Ok(Tuned {
+        kernel: candidates[pick],
+        times_us: candidates.iter().copied().zip(best).collect(),
+    })
+}
+
 /// Where candidate rows are read from: `bytes` holds whole rows of `row_stride` bytes, each
 /// starting with `cols` little-endian elements of `dtype` (any alignment). I8 rows (SPEC §3)
 /// come with their `scales` (one little-endian F32 per row, any alignment): row `r` is
@@ -531,8 +692,23 @@ impl Kernels {
                 "score: need at least one interest and one dimension, got n = {n}, D = {d}"
             )));
         }
+        self.query(xu, n, d, mode, self.level.score_rows_in_lanes(n))
+    }
+
+    fn query(
+        &self,
+        xu: &[f32],
+        n: usize,
+        d: usize,
+        mode: ScoreMode,
+        by_lanes: bool,
+    ) -> Result<ScoreQuery> {
+        if n == 0 || d == 0 {
+            return Err(Error::Incompatible(format!(
+                "score: need at least one interest and one dimension, got n = {n}, D = {d}"
+            )));
+        }
         check_len("score: interests", xu.len(), n.checked_mul(d))?;
-        let by_lanes = self.level.score_rows_in_lanes(n);
         // Rows in lanes: the interests are laid out k-major (`u[k·n + j]`), which is the
         // interleaved layout with one group of `n` lanes.
         let width = if by_lanes {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use super::{Ctx, Executor};
-use crate::cpu::{Kernels, RowSource, TopK};
+use crate::cpu::{tune_score_kernel, Kernels, RowSource, ScoreKernel, TopK};
 use crate::error::{Error, Result};
 use crate::fast::{self, UserPlan};
 use crate::frontend::{Frontend, ResolvedCandidates, ResolvedUser};
-use crate::options::{CpuKernels, EngineOptions, Parallelism};
+use crate::options::{CpuKernels, EngineOptions, Parallelism, ScoreKernelChoice};
 use crate::post::{self, Computed};
 use crate::reference;
 use crate::request::{Request, Response, RunOptions, StageTimes};
@@ -38,6 +38,10 @@ pub(crate) trait CpuMath: Send + Sync + std::fmt::Debug {
     fn profile(&self, fe: &Frontend, field_ids: &[usize], dense: &[f32]) -> Vec<f32>;
     /// A scorer of candidate-store rows for these (finite, well-shaped) interests.
     fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>>;
+    /// The scoring kernel and how it was chosen (`None`: the reference path).
+    fn score_kernel(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// f32 on the SIMD kernels of [`crate::cpu`].
@@ -45,7 +49,54 @@ pub(crate) trait CpuMath: Send + Sync + std::fmt::Debug {
 pub(crate) struct FastCpu {
     kernels: Kernels,
     plan: UserPlan,
+    score: ScoreKernel,
+    /// `score`'s name and how it was chosen, for reports.
+    score_report: String,
 }
+
+impl FastCpu {
+    fn new(fe: &Frontend, kernels: Kernels, choice: ScoreKernelChoice) -> Result<Self> {
+        let n = fe.model.config.interests;
+        let (score, score_report) = match choice {
+            ScoreKernelChoice::Rule => {
+                let k = ScoreKernel::by_rule(kernels.level(), n);
+                (k, format!("{} (by rule)", k.name()))
+            }
+            ScoreKernelChoice::Pinned(k) => {
+                if let Some(why) = k.unusable(n) {
+                    return Err(Error::Device(format!("score kernel {}: {why}", k.name())));
+                }
+                (k, format!("{} (pinned)", k.name()))
+            }
+            ScoreKernelChoice::Tune => {
+                let src = RowSource::from_matrix(&fe.candidates.vectors)?;
+                let t = tune_score_kernel(src, n, fe.model.config.score, TUNE_ROWS, TUNE_ROUNDS)?;
+                let times: Vec<String> = t
+                    .times_us
+                    .iter()
+                    .map(|(k, us)| format!("{} {us:.0} µs", k.name()))
+                    .collect();
+                let report = format!(
+                    "{} (tuned at load, {TUNE_ROWS} rows: {})",
+                    t.kernel.name(),
+                    times.join(", ")
+                );
+                (t.kernel, report)
+            }
+        };
+        let plan = UserPlan::new(&fe.model, &kernels);
+        Ok(FastCpu {
+            kernels,
+            plan,
+            score,
+            score_report,
+        })
+    }
+}
+
+/// Rows and rounds of [`tune_score_kernel`] at load: a few ms for the SPEC §6 profiles.
+const TUNE_ROWS: usize = 2048;
+const TUNE_ROUNDS: usize = 5;
 
 impl CpuMath for FastCpu {
     fn interests(
@@ -80,12 +131,16 @@ impl CpuMath for FastCpu {
     fn scorer<'a>(&'a self, fe: &'a Frontend, interests: &'a [f32]) -> Result<RowScorer<'a>> {
         let cfg = &fe.model.config;
         let q = self
-            .kernels
-            .score_query(interests, cfg.interests, cfg.dim, cfg.score)?;
+            .score
+            .query(interests, cfg.interests, cfg.dim, cfg.score)?;
         let store = &fe.candidates.vectors;
         Ok(Box::new(move |rows, out| {
             q.score_rows(RowSource::from_matrix(store)?, rows, out)
         }))
+    }
+
+    fn score_kernel(&self) -> Option<&str> {
+        Some(&self.score_report)
     }
 }
 
@@ -198,16 +253,13 @@ impl CpuExecutor {
         let math: Box<dyn CpuMath> = match options.kernels {
             CpuKernels::Reference => Box::new(ReferenceCpu),
             CpuKernels::Auto => {
-                let kernels = Kernels::detect();
-                let plan = UserPlan::new(&fe.model, &kernels);
-                Box::new(FastCpu { kernels, plan })
+                Box::new(FastCpu::new(fe, Kernels::detect(), options.score_kernel)?)
             }
             CpuKernels::Level(level) => {
                 let kernels = Kernels::new(level).ok_or_else(|| {
                     Error::Device(format!("this CPU lacks the {} instructions", level.name()))
                 })?;
-                let plan = UserPlan::new(&fe.model, &kernels);
-                Box::new(FastCpu { kernels, plan })
+                Box::new(FastCpu::new(fe, kernels, options.score_kernel)?)
             }
         };
         let pool = match &options.parallelism {
@@ -232,6 +284,11 @@ impl CpuExecutor {
 
     fn parallel(&self) -> bool {
         self.parallelism != Parallelism::None
+    }
+
+    /// The fast path's scoring kernel and how it was chosen (`None`: the reference path).
+    pub fn score_kernel(&self) -> Option<&str> {
+        self.math.score_kernel()
     }
 
     /// Runs `f` on the engine's pool when it has one (so the global pool stays unbuilt).

@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub keep_awake: Duration,
     /// `EngineOptions::huge_pages`, for every engine a reload builds too.
     pub huge_pages: bool,
+    /// `EngineOptions::score_kernel`, for every engine a reload builds too (a reload with
+    /// `Tune` times the kernels again and may pick another, within SPEC §5).
+    pub score_kernel: crate::options::ScoreKernelChoice,
     pub batch: batcher::BatchLimits,
     /// Largest HTTP body / gRPC message accepted (bytes).
     pub max_body_bytes: usize,
@@ -193,6 +196,7 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
         parallelism: Parallelism::Pool(Arc::clone(&pool)),
         keep_awake: cfg.keep_awake,
         huge_pages: cfg.huge_pages,
+        score_kernel: cfg.score_kernel,
         ..EngineOptions::default()
     };
     let (f, o) = (files.clone(), options.clone());
@@ -205,6 +209,7 @@ async fn serve(cfg: ServeConfig) -> Result<(), String> {
     tracing::info!(
         version = engine.version(),
         device = engine.device_report(),
+        score_kernel = engine.score_kernel().unwrap_or("reference"),
         "model loaded"
     );
     let state = Arc::new(State {

@@ -69,6 +69,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             engine.device_report()
         ));
     }
+    if let Some(k) = engine.score_kernel() {
+        // Not in the JSON line, whose keys SPEC §4 fixes (`--floors` adds it to its own line).
+        eprintln!("hcn bench: CPU score kernel {k}");
+    }
     let requests = generate(&engine, &args)?;
     let batch = usize::try_from(args.batch).map_err(|e| e.to_string())?;
     let batches: Vec<&[Request]> = requests.chunks(batch).collect();
@@ -255,6 +259,7 @@ fn floors_report(
     let out = serde_json::json!({
         "cpu": cpu_identity(),
         "level": level.name(),
+        "score_kernel": engine.score_kernel(),
         "threads": threads,
         "fma": fma,
         "gather": gather,
@@ -396,6 +401,7 @@ mod tests {
                 tokens: "unused".into(),
                 candidates: "unused".into(),
                 huge_pages: false,
+                score_kernel: hcn_prerank::ScoreKernelChoice::Rule,
             },
             candidates_per_request: 20,
             requests: 6,

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use hcn_prerank::{Device, Engine, EngineOptions};
+use hcn_prerank::cpu::ScoreKernel;
+use hcn_prerank::{Device, Engine, EngineOptions, ScoreKernelChoice};
 
 /// `--device cpu|cuda|auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,6 +44,26 @@ pub struct EngineFiles {
     /// file mappings (fewer page walks for random rows; costs their size in private memory).
     #[arg(long)]
     pub huge_pages: bool,
+    /// The CPU's candidate-scoring kernel: `rule` (by the SIMD level and `n`), `tune` (time
+    /// each kernel at load on this model and store, keep the fastest), or a kernel name such
+    /// as `avx512/lanes`, `avx2/interleaved` (pinned, for reproducible runs).
+    #[arg(long, value_name = "K", default_value = "rule", value_parser = parse_score_kernel)]
+    pub score_kernel: ScoreKernelChoice,
+}
+
+fn parse_score_kernel(s: &str) -> Result<ScoreKernelChoice, String> {
+    match s {
+        "rule" => Ok(ScoreKernelChoice::Rule),
+        "tune" => Ok(ScoreKernelChoice::Tune),
+        name => ScoreKernel::from_name(name)
+            .map(ScoreKernelChoice::Pinned)
+            .ok_or_else(|| {
+                format!(
+                    "`{name}` is not `rule`, `tune` or a kernel LEVEL/LAYOUT \
+                     (LEVEL: scalar, avx2, avx512, neon; LAYOUT: interleaved, lanes)"
+                )
+            }),
+    }
 }
 
 /// The CLI's `EngineOptions::keep_awake`.
@@ -57,6 +78,7 @@ pub fn load_engine(files: &EngineFiles, device: DeviceArg) -> Result<Engine, Str
         // worker awake between them rather than paying its wake-up in each request.
         keep_awake: KEEP_AWAKE,
         huge_pages: files.huge_pages,
+        score_kernel: files.score_kernel,
         ..EngineOptions::default()
     };
     Engine::load(&files.model, &files.tokens, &files.candidates, options)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use hcn_prerank::config::CONFIG_KEY;
+use hcn_prerank::cpu::{Level, ScoreKernel};
 use hcn_prerank::{ItemStore, Model};
 use serde_json::Value;
 
@@ -89,6 +90,17 @@ fn describe_model(model: &Model) -> String {
     let _ = writeln!(s, "  format:             {}", hcn_prerank::config::FORMAT);
     let _ = writeln!(s, "  dim (D):            {}", c.dim);
     let _ = writeln!(s, "  interests (n):      {}", c.interests);
+    let rule = ScoreKernel::by_rule(Level::detect(), c.interests);
+    let candidates: Vec<String> = ScoreKernel::candidates(c.interests)
+        .into_iter()
+        .map(ScoreKernel::name)
+        .collect();
+    let _ = writeln!(
+        s,
+        "  score kernel here:  {} by rule; `--score-kernel tune` times {}",
+        rule.name(),
+        candidates.join(", ")
+    );
     let _ = writeln!(
         s,
         "  heads (h):          {} (head dim d = {})",

@@ -72,6 +72,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         threads: size(args.threads)?,
         keep_awake: Duration::from_micros(args.keep_awake_us),
         huge_pages: args.files.huge_pages,
+        score_kernel: args.files.score_kernel,
         batch: BatchLimits {
             max_requests: size(args.max_batch_requests)?,
             max_candidates: size(args.max_batch_candidates)?,
