@@ -694,14 +694,14 @@ fn top_k_matches_full_sort_with_ties() {
 
 #[test]
 fn score_kernels_are_named_listed_and_refused_where_unusable() {
-    for n in [1, 8, 12, 13, 16] {
+    for n in [1, 8, 12, 13, 16, 17] {
         let candidates = ScoreKernel::candidates(n);
         assert!(!candidates.is_empty());
         for k in &candidates {
             assert_eq!(ScoreKernel::from_name(&k.name()), Some(*k));
             assert!(k.unusable(n).is_none(), "{}", k.name());
         }
-        // Rows in lanes only with 16 lanes and n ≤ 12.
+        // Rows in lanes only with 16 lanes and n ≤ 16.
         let lanes = ScoreKernel {
             level: Level::Scalar,
             rows_in_lanes: true,
@@ -715,8 +715,8 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
                 level: Level::Avx512,
                 rows_in_lanes: true,
             };
-            assert_eq!(k.unusable(n).is_none(), n <= 12, "n={n}");
-            assert_eq!(candidates.contains(&k), n <= 12);
+            assert_eq!(k.unusable(n).is_none(), n <= 16, "n={n}");
+            assert_eq!(candidates.contains(&k), n <= 16);
         }
     }
     for bad in ["", "avx512", "avx512/", "avx9/lanes", "avx2/rows"] {

@@ -127,16 +127,16 @@ impl Level {
     }
 
     /// Whether the scoring kernel puts candidate rows (not interests) in the lanes: AVX-512
-    /// with `n ≤ simd::LANES_MAX_N`, where 16 interest lanes would be partly padding (see
+    /// with `n ≤ simd::LANES_RULE_MAX_N`, where 16 interest lanes would be partly padding (see
     /// `simd::score_rows_by_lanes`).
     fn score_rows_in_lanes(self, n: usize) -> bool {
-        self == Level::Avx512 && n <= simd::LANES_MAX_N
+        self == Level::Avx512 && n <= simd::LANES_RULE_MAX_N
     }
 }
 
 /// One candidate-scoring kernel: a SIMD level and its layout, interests in the lanes
 /// ("interleaved": `simd::score_rows`) or candidate rows in the lanes ("lanes":
-/// `simd::score_rows_by_lanes`, 16-lane levels with `n ≤ 12` only). Every kernel is within SPEC
+/// `simd::score_rows_by_lanes`, 16-lane levels with `n ≤ 16` only). Every kernel is within SPEC
 /// §5 of the reference and deterministic; different kernels may differ in the last bits.
 /// Named `level/layout` (`avx512/lanes`, `avx2/interleaved`) for options and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

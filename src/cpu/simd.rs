@@ -501,8 +501,14 @@ const LANE_VECS: usize = 2;
 /// vectors + a broadcast must fit AVX-512's 32 registers. Measured on Zen 5 (F16, 10,000 rows
 /// from a 2,048-row store): n = 8, D = 48: 128 → 80 µs; n = 12, D = 48: 120 → 100 µs;
 /// n = 10, D = 64: 146 → 115 µs. At n = 16 the interest lanes have no padding left to save,
-/// and transposing the rows costs more than transposing the scores.
-pub(crate) const LANES_MAX_N: usize = 12;
+/// and transposing the rows costs more than transposing the scores: the rule
+/// ([`Level::score_rows_in_lanes`](super::Level)) stops at `LANES_RULE_MAX_N`; up to
+/// `LANES_MAX_N` the kernel runs with one row vector per block (`16 + 2` registers) and is a
+/// candidate for tuning at load (`ScoreKernel`).
+pub(crate) const LANES_RULE_MAX_N: usize = 12;
+/// Most interests [`score_rows_by_lanes`] can take at all (blocks of one row vector past
+/// [`LANES_RULE_MAX_N`]).
+pub(crate) const LANES_MAX_N: usize = 16;
 
 /// Scores `rows` like [`score_rows`], transposed: for few interests (`n ≤ LANES_MAX_N`) on a
 /// 16-lane level, where interests-in-lanes vectors would be (partly) padding. A block of 16 rows is
@@ -535,7 +541,12 @@ pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
         9 => rows_by_lanes::<S, 9, LANE_VECS>(s, q, src, rows, out, scratch),
         10 => rows_by_lanes::<S, 10, LANE_VECS>(s, q, src, rows, out, scratch),
         11 => rows_by_lanes::<S, 11, LANE_VECS>(s, q, src, rows, out, scratch),
-        _ => rows_by_lanes::<S, 12, LANE_VECS>(s, q, src, rows, out, scratch),
+        12 => rows_by_lanes::<S, 12, LANE_VECS>(s, q, src, rows, out, scratch),
+        // `LANE_VECS · n` accumulators would not fit the 32 registers: one row vector.
+        13 => rows_by_lanes::<S, 13, 1>(s, q, src, rows, out, scratch),
+        14 => rows_by_lanes::<S, 14, 1>(s, q, src, rows, out, scratch),
+        15 => rows_by_lanes::<S, 15, 1>(s, q, src, rows, out, scratch),
+        _ => rows_by_lanes::<S, 16, 1>(s, q, src, rows, out, scratch),
     }
 }
 
