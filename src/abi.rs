@@ -438,7 +438,9 @@ kernel_params! {
         mode: ScoreMode,
     }
 
-    /// `topk.cu`: per user the `k` largest scores (ties: lower position), in position order.
+    /// `topk.cu`: per user the `k` largest scores (ties: lower position), in position order: the
+    /// exact one-block select. The plan runs the multi-block `topk_hist` → `topk_compact` →
+    /// `topk_select` below, whose select falls back to this kernel's body on overflow.
     TopkParams for "topk", F32 {
         /// Every user's scores, back to back.
         scores: In<f32>,
