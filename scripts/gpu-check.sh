@@ -34,7 +34,7 @@
 #                   (HCN_GPU_CHECK_ROWS) — a smaller store would sit in the 60 MB L2
 #   bench_b1        hcn bench --device cuda, industrial, batch 1, --kernel-times
 #   bench_b64       the same at batch 64
-#   ncu_b1, ncu_b64 Nsight Compute speed-of-light + DRAM bytes of one batch's 39 launches
+#   ncu_b1, ncu_b64 Nsight Compute speed-of-light + DRAM bytes of one batch's 41 launches
 #   memcheck        compute-sanitizer memcheck: the kernel tests and one industrial batch
 #   racecheck       compute-sanitizer racecheck: the kernel tests and a small industrial batch
 #   initcheck       compute-sanitizer initcheck and synccheck, small
@@ -215,8 +215,8 @@ PY
 BIN="$DIR/bin"
 WORK=${HCN_GPU_CHECK_WORK:-/tmp/hcn-gpu-check}
 ROWS=${HCN_GPU_CHECK_ROWS:-1000000}
-# One industrial batch is 2·(1 + 4r) + 5 = 39 launches (src/cuda/plan.rs, r = 4).
-LAUNCHES=39
+# One industrial batch is 2·(1 + 4r) + 7 = 41 launches (src/cuda/plan.rs, r = 4).
+LAUNCHES=41
 IND="$WORK/data/industrial"
 PUB="$WORK/data/public"
 

@@ -102,18 +102,55 @@ def score_site(users, p):
     return blocks, flops, bytes_, per_sm / H200["clock_hz"], f"MIO-bound ({mio} LDS+SHFL/candidate)"
 
 
-def topk_site(users, p):
-    """topk.cu: one block of 256 per user; 8 radix passes over the user's scores, each a
-    histogram with shared atomics (contended: similar scores share their top bytes) and a
-    serial 256-bucket walk by thread 0; then an ordered compaction, one block-wide scan (three
-    barriers) per 256 scores. The users' blocks run side by side."""
+TOPK_BUCKETS, TOPK_CHUNK, TOPK_CAPACITY = 4096, 1024, 4096  # kernels/topk.cu
+
+
+def topk_hist_site(users, p):
+    """topk_hist (topk.cu): a block of 256 per 1024 scores of a user: zero a 4096-bucket shared
+    histogram (128 warp stores), 4 loads and 4 shared atomics per thread (similar scores share
+    a bucket: assume 8-way conflicts), then the non-zero buckets added to the user's global
+    histogram (128 warp loads, L2 reductions). The SM's shared-memory pipe (one warp op per
+    cycle) bounds a large batch; a small one takes one block's latency (two L2 round trips).
+    Not a launch, but paid with it: the workspace's memset (histogram + counts + survivors,
+    32 KB per user)."""
     m = p["M"]
-    per_pass = (m / 32 * 15) / 4 + m / 4 + 256 * 25 + 3 * 40
-    compaction = math.ceil(m / 256) * 500
-    flops = 0
-    bytes_ = users * m * 4 + users * TOP_K * 8
-    cycles = 8 * per_pass + compaction
-    return users, flops, bytes_, cycles / H200["clock_hz"], "one block per user, serial passes"
+    blocks = users * math.ceil(m / TOPK_CHUNK)
+    mio = 128 + 32 * 8 + 128 + 64
+    latency = 2 * L2_LATENCY + 3 * 40 + mio
+    cycles = math.ceil(blocks / H200["sms"]) * mio + latency
+    bytes_ = users * (m * 4 + TOPK_BUCKETS * 4)
+    return blocks, 0, bytes_, cycles / H200["clock_hz"], "shared atomics, blocks side by side"
+
+
+def topk_compact_site(users, p):
+    """topk_compact (topk.cu): same grid; each block scans its user's 4096-bucket histogram
+    (16 loads per thread, a block scan: 5 shuffles, 2 barriers, one thread's 16-bucket walk)
+    for the threshold bucket, then 4 scores per thread tested, a shared counter, one global
+    atomic per block (a dependent L2 round trip) and the survivors' positions stored.
+    Survivors at top-k 1000: ≈ k plus the threshold bucket's share."""
+    m = p["M"]
+    blocks = users * math.ceil(m / TOPK_CHUNK)
+    latency = 4 * L2_LATENCY + 10 * CHAIN + 5 * 40
+    mio = 4 * 8 + 32
+    cycles = math.ceil(blocks / H200["sms"]) * mio + latency
+    bytes_ = users * (m * 4 + TOPK_BUCKETS * 4 + 2 * TOP_K * 4)
+    return blocks, 0, bytes_, cycles / H200["clock_hz"], "latency: 4 L2 round trips per block"
+
+
+def topk_select_site(users, p):
+    """topk_select (topk.cu): a block of 256 per user sorts its c survivors (≈ 1.4 k at k =
+    1000 on the synthetic scores: n2 = 2048 keys of 8 bytes in shared memory) with a bitonic
+    sort: log2(n2)·(log2(n2) + 1)/2 stages, each n2/2 compare-exchanges (2 LDS.64 + 2 STS.64,
+    counted as 8 shared ops per pair for the 64-bit width) and a barrier; then k positions and
+    scores written. One block per SM: the batch takes one block's time. (A user whose survivors
+    overflow TOPK_CAPACITY runs the exact one-block radix select instead, ~150 µs: not here.)"""
+    n2 = 1 << math.ceil(math.log2(min(TOPK_CAPACITY, int(1.4 * TOP_K))))
+    lg = int(math.log2(n2))
+    stages = lg * (lg + 1) // 2
+    per_stage = (n2 // 2) * 8 / 32 + 40
+    cycles = 2 * L2_LATENCY + stages * per_stage + L2_LATENCY
+    bytes_ = users * (n2 * 4 + TOP_K * 8)
+    return users, 0, bytes_, cycles / H200["clock_hz"], "bitonic sort of the survivors, one block"
 
 
 def gather_site(rows, p):
@@ -149,7 +186,9 @@ def plan_sites(p, B):
     out.append(("co_interest.linear", "linear_f32", 1, linear_site(B * n, CONCAT * D, D)))
     out.append(("fusion", "linear_f32", 1, linear_site(B * n, 2 * D, D)))
     out.append(("score", "score_f16", 1, score_site(B, p)))
-    out.append(("topk", "topk_f32", 1, topk_site(B, p)))
+    out.append(("topk.hist", "topk_hist_f32", 1, topk_hist_site(B, p)))
+    out.append(("topk.compact", "topk_compact_f32", 1, topk_compact_site(B, p)))
+    out.append(("topk.select", "topk_select_f32", 1, topk_select_site(B, p)))
     return out
 
 
@@ -358,7 +397,8 @@ def site_sequence(p):
                 seq.append(f"{tower}.q")
             seq += [f"{tower}.attention", f"{tower}.o"]
         seq.append(f"{tower}.merge")
-    return seq + ["co_interest", "co_interest.linear", "fusion", "score", "topk"]
+    return seq + ["co_interest", "co_interest.linear", "fusion", "score", "topk.hist",
+                  "topk.compact", "topk.select"]
 
 
 def ncu_by_site(launches, profile):
@@ -490,7 +530,7 @@ def summary(rep):
         L.append("")
         sites = n.get("by_site")
         if not sites:
-            L.append(f"{name}: {len(n['launches'])} launches profiled (not the plan's 39: see the report)")
+            L.append(f"{name}: {len(n['launches'])} launches profiled (not the plan's {len(site_sequence(PROFILES['industrial']))}: see the report)")
             continue
         tot = sum(s["duration_us"] for s in sites.values())
         est = {r["site"]: r for r in roofline("industrial", int(name.rsplit("_b", 1)[1]))}
@@ -529,7 +569,7 @@ def selftest():
           "c said something\nok\n\nfailures:\n\nfailures:\n    b\n    c\n\n"
           "test result: FAILED. 1 passed; 2 failed\n")
     kernels = []
-    for site, kernel in zip(site_sequence(PROFILES["industrial"]), ["gather_f16"] * 39):
+    for site, kernel in zip(site_sequence(PROFILES["industrial"]), ["gather_f16"] * 41):
         if not any(k["site"] == site for k in kernels):
             kernels.append({"count": 1, "kernel": kernel, "max_us": 5.0, "mean_us": 5.0,
                             "median_us": 5.0, "min_us": 5.0, "per_batch_us": 5.0, "site": site,
@@ -563,14 +603,14 @@ def selftest():
     assert rep["gpu"] == "NVIDIA H200, 580.159.04, 143771 MiB", rep["gpu"]
     assert rep["tests"]["gpu_tests"]["tests"] == {"a": "ok", "b": "FAILED", "c": "FAILED"}
     assert rep["bench"]["industrial_b1"]["bench"]["median_us"] == 700.0
-    assert len(rep["bench"]["industrial_b1"]["kernel_times"]["kernel_times"]["kernels"]) == 17
+    assert len(rep["bench"]["industrial_b1"]["kernel_times"]["kernel_times"]["kernels"]) == 19
     n = rep["ncu"]["ncu_b1"]
-    assert len(n["launches"]) == 39 and n["launches"][0]["duration_us"] == 2.5, n["launches"][0]
+    assert len(n["launches"]) == 41 and n["launches"][0]["duration_us"] == 2.5, n["launches"][0]
     assert n["by_site"]["long.kv"]["launches"] == 4
     assert n["by_site"]["score"]["dram_bytes"] == 1e6
     assert rep["sanitizers"]["memcheck"] == ["ERROR SUMMARY: 0 errors", "ERROR SUMMARY: 2 errors"]
     assert [s["status"] for s in rep["steps"]] == ["pass", "pass", "fail", "timeout", "skipped"]
-    for want in ("industrial_b1: median 700 µs", "ncu_b1: kernels 98 µs", "long.attention",
+    for want in ("industrial_b1: median 700 µs", "ncu_b1: kernels 102 µs", "long.attention",
                  "score                     2.5     37.2     1.00    13.21     400",
                  "not ok: b, c", "memcheck: ERROR SUMMARY: 0 errors"):
         assert want in text, (want, text)

@@ -438,7 +438,9 @@ kernel_params! {
         mode: ScoreMode,
     }
 
-    /// `topk.cu`: per user the `k` largest scores (ties: lower position), in position order.
+    /// `topk.cu`: per user the `k` largest scores (ties: lower position), in position order: the
+    /// exact one-block select. The plan runs the multi-block `topk_hist` → `topk_compact` →
+    /// `topk_select` below, whose select falls back to this kernel's body on overflow.
     TopkParams for "topk", F32 {
         /// Every user's scores, back to back.
         scores: In<f32>,
@@ -449,6 +451,49 @@ kernel_params! {
         /// `users · k` slots: the score.
         out_score: Out<f32>,
         k: i32,
+    }
+
+    /// `topk.cu`, multi-block top-k 1/3: per user a histogram of the scores' top 12 ordered bits.
+    TopkHistParams for "topk_hist", F32 {
+        /// Every user's scores, back to back.
+        scores: In<f32>,
+        /// `users + 1` ascending offsets into `scores`.
+        offsets: In<i32>,
+        /// `users · TOPK_BUCKETS` counts, zero before the launch; the kernel adds to them.
+        hist: Out<i32>,
+    }
+
+    /// `topk.cu`, multi-block top-k 2/3: the threshold bucket from the histogram, then the
+    /// positions at or above it appended to the user's survivor list (nothing on overflow).
+    TopkCompactParams for "topk_compact", F32 {
+        scores: In<f32>,
+        offsets: In<i32>,
+        /// `users · TOPK_BUCKETS` counts from `topk_hist`.
+        hist: In<i32>,
+        /// `users · capacity` slots: positions relative to the user's first score, unordered.
+        survivors: Out<i32>,
+        /// `users` survivor counts, zero before the launch.
+        counts: Out<i32>,
+        k: i32,
+        /// Survivor slots per user, `1 ..= TOPK_CAPACITY`.
+        capacity: i32,
+    }
+
+    /// `topk.cu`, multi-block top-k 3/3: the survivors sorted and the best `k` written best
+    /// first, or (overflow) the exact one-block select, which writes them in position order.
+    TopkSelectParams for "topk_select", F32 {
+        scores: In<f32>,
+        offsets: In<i32>,
+        /// From `topk_compact`.
+        survivors: In<i32>,
+        /// From `topk_compact`.
+        counts: In<i32>,
+        /// `users · k` slots: the position relative to the user's first score, −1 when unused.
+        out_pos: Out<i32>,
+        /// `users · k` slots: the score.
+        out_score: Out<f32>,
+        k: i32,
+        capacity: i32,
     }
 }
 
@@ -630,7 +675,7 @@ mod tests {
         assert!(h.contains("  int mode;\n"));
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 4 + 2 * STORE_DTYPES.len());
+        assert_eq!(names.len(), 7 + 2 * STORE_DTYPES.len());
     }
 
     #[test]

@@ -575,6 +575,71 @@ fn topk_selects_the_k_largest_with_ties_by_position() {
     }
 }
 
+/// The multi-block top-k the plan runs (`topk_hist`, `topk_compact`, `topk_select`), exact on
+/// 50,000 scores, both its sorted path and its exact fallback (tests/common/topk.rs).
+#[test]
+fn multi_block_topk_is_exact_on_both_paths() {
+    let capacity = launch::topk_capacity(common::topk::M);
+    assert_eq!(capacity, launch::TOPK_CAPACITY);
+    common::topk::check_all(capacity, |flat, offs, max_m, k| {
+        let (flat, offs) = (flat.to_vec(), offs.to_vec());
+        // SAFETY: the offsets ascend from 0 to `flat.len()`, no user is longer than `max_m`.
+        unsafe {
+            hcn_prerank::cuda::plan::top_k(
+                &EmuBackend,
+                &flat,
+                flat.len(),
+                &offs,
+                offs.len() - 1,
+                max_m,
+                k,
+            )
+        }
+        .unwrap()
+    });
+}
+
+/// Short users: the capacity shrinks to the longest user, k = 0 launches nothing, and a `k` over
+/// the longest user is refused rather than read past the scores.
+#[test]
+fn multi_block_topk_on_small_batches() {
+    let mut rng = Rng::new(9);
+    let users = [
+        rng.vec(37, 2.0),
+        vec![],
+        vec![-0.0, 0.0, -0.0],
+        rng.vec(300, 1.0),
+    ];
+    let lens: Vec<usize> = users.iter().map(Vec::len).collect();
+    let offs = offsets(&lens);
+    let flat = users.concat();
+    let max_m = 300;
+    let capacity = launch::topk_capacity(max_m);
+    assert_eq!(capacity, 300);
+    // SAFETY (every call): the offsets ascend from 0 to `flat.len()`, none over `max_m`.
+    let top = |k| unsafe {
+        hcn_prerank::cuda::plan::top_k(&EmuBackend, &flat, flat.len(), &offs, users.len(), max_m, k)
+    };
+    for k in [0usize, 1, 2, 3, 36, 37, 38, 299, 300] {
+        let (pos, val) = top(k).unwrap();
+        assert_eq!(pos.len(), users.len() * k);
+        for (u, s) in users.iter().enumerate() {
+            let what = format!("user {u}, k = {k}");
+            let r = u * k..(u + 1) * k;
+            // Every user fits the capacity here: all take the sorted path.
+            assert!(common::topk::check_user(
+                &what,
+                s,
+                k,
+                capacity,
+                &pos[r.clone()],
+                &val[r]
+            ));
+        }
+    }
+    assert!(matches!(top(301), Err(hcn_prerank::Error::Device(_))));
+}
+
 // ---------------------------------------------------------------- the whole plan
 
 mod model {

@@ -294,7 +294,9 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
         "attention",
         "co_interest",
         "score",
-        "topk",
+        "topk_hist",
+        "topk_compact",
+        "topk_select",
     ] {
         *b.fail_launch.lock().unwrap() = Some(kernel);
         match run(&p, &f) {
@@ -408,7 +410,8 @@ fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
     assert_eq!(t.span.count, 2);
     let r = f.model.config.layers as u64;
     let launches: u64 = t.kernels.iter().map(|k| k.stat.count).sum();
-    assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 5), "{t:?}");
+    // Per batch 2·(1 + 4r) + 7: the towers, co-interest, fusion, score and top-k's three.
+    assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 7), "{t:?}");
     let sites: Vec<&str> = t.kernels.iter().map(|k| k.site.as_str()).collect();
     let mut want = vec!["long.gather", "long.kv", "long.attention", "long.o"];
     if r > 1 {
@@ -420,7 +423,13 @@ fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
         "co_interest",
         "co_interest.linear",
     ]);
-    want.extend(["fusion", "score", "topk"]);
+    want.extend([
+        "fusion",
+        "score",
+        "topk.hist",
+        "topk.compact",
+        "topk.select",
+    ]);
     for s in want {
         assert!(sites.contains(&s), "no site {s} in {sites:?}");
     }
@@ -428,7 +437,12 @@ fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
     assert_eq!((kv.kernel.as_str(), kv.stat.count), ("linear_f32", 2 * r));
     // The plan's order: the long tower's gather is its first launch, top-k its last.
     assert_eq!(t.kernels.first().unwrap().site, "long.gather");
-    assert_eq!(t.kernels.last().unwrap().site, "topk");
+    assert_eq!(t.kernels.last().unwrap().site, "topk.select");
+    let select = t.kernels.last().unwrap();
+    assert_eq!(
+        (select.kernel.as_str(), select.stat.count),
+        ("topk_select_f32", 2)
+    );
     p.set_kernel_timing(false);
     run(&p, &f).unwrap();
     assert_eq!(p.kernel_times(), t);

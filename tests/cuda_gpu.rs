@@ -259,6 +259,39 @@ fn topk_on_the_gpu_is_exact() {
             assert_eq!(got, host_topk(s, k), "user {u} k={k}");
         }
     }
+    // The multi-block select the plan runs (the kernel above is its exact fallback).
+    multi_block_topk_on(&be);
+}
+
+/// The multi-block top-k the plan runs (`topk_hist`, `topk_compact`, `topk_select`) on the GPU:
+/// exact on 50,000 scores, both the sorted path and the exact fallback (tests/common/topk.rs) —
+/// real concurrency between blocks and real atomics, which the emulation does not have.
+/// Part of `topk_on_the_gpu_is_exact` (the test scripts/gpu-check.sh runs and sanitizes).
+fn multi_block_topk_on(be: &CudaBackend) {
+    common::topk::check_all(
+        launch::topk_capacity(common::topk::M),
+        |flat, offs, max_m, k| {
+            let scores = be.upload_f32(flat).unwrap();
+            let offs_d = be.upload_i32(offs).unwrap();
+            // SAFETY: the offsets ascend from 0 to `flat.len()`, no user is longer than `max_m`.
+            let (pos, val) = unsafe {
+                hcn_prerank::cuda::plan::top_k(
+                    be,
+                    &scores,
+                    flat.len(),
+                    &offs_d,
+                    offs.len() - 1,
+                    max_m,
+                    k,
+                )
+            }
+            .unwrap();
+            (
+                be.download_i32(&pos).unwrap(),
+                be.download_f32(&val).unwrap(),
+            )
+        },
+    );
 }
 
 fn linear(rng: &mut Rng, out_dim: usize, in_dim: usize) -> Linear {
@@ -651,7 +684,8 @@ fn kernel_timing_events_on_the_gpu() {
     assert_eq!(t.batches, timed);
     assert_eq!(t.dropped, 0);
     let launches: u64 = t.kernels.iter().map(|k| k.stat.count).sum();
-    assert_eq!(launches, timed * (2 * (1 + 4 * 3) + 5));
+    // 2·(1 + 4r) + 7 per batch (r = 3): top-k is three launches.
+    assert_eq!(launches, timed * (2 * (1 + 4 * 3) + 7));
     for kt in &t.kernels {
         assert!(
             kt.stat.min_us > 0.0,

@@ -138,13 +138,43 @@ pub fn score(max_candidates: usize, users: usize, n: usize, d: usize) -> Result<
     })
 }
 
-/// `topk.cu`: one block of `TOPK_THREADS` = 256 per user; nothing for `k = 0`.
+/// `topk.cu`'s `topk` and `topk_select`: one block of `TOPK_THREADS` = 256 per user; nothing
+/// for `k = 0`.
 pub fn topk(users: usize, k: usize) -> Result<Geometry> {
     if k == 0 {
         return Ok(Geometry::NONE);
     }
     Ok(Geometry {
         grid: (grid_y(users, "users per batch")?, 1, 1),
+        block: (256, 1, 1),
+    })
+}
+
+/// `TOPK_BUCKETS` (topk.cu): histogram buckets per user of `topk_hist` / `topk_compact`.
+pub const TOPK_BUCKETS: usize = 4096;
+/// `TOPK_CHUNK` (topk.cu): scores per block of `topk_hist` / `topk_compact`.
+pub const TOPK_CHUNK: usize = 1024;
+/// `TOPK_CAPACITY` (topk.cu): the most survivors per user `topk_select` sorts in shared memory.
+pub const TOPK_CAPACITY: usize = 4096;
+
+/// Survivor slots per user for a batch whose longest user has `max_m` scores: `TOPK_CAPACITY`,
+/// or fewer when no user could fill them (at least 1).
+pub fn topk_capacity(max_m: usize) -> usize {
+    max_m.clamp(1, TOPK_CAPACITY)
+}
+
+/// `topk_hist` and `topk_compact`: a block of 256 per `TOPK_CHUNK` scores of the longest user,
+/// users along y; nothing for `k = 0` or no score.
+pub fn topk_chunks(max_m: usize, users: usize, k: usize) -> Result<Geometry> {
+    if k == 0 || max_m == 0 {
+        return Ok(Geometry::NONE);
+    }
+    Ok(Geometry {
+        grid: (
+            dim(max_m.div_ceil(TOPK_CHUNK), "top-k chunks")?,
+            grid_y(users, "users per batch")?,
+            1,
+        ),
         block: (256, 1, 1),
     })
 }
@@ -204,4 +234,45 @@ pub fn pack_blocks(blocks: &[u8]) -> u32 {
         .iter()
         .enumerate()
         .fold(0u32, |acc, (t, &b)| acc | (u32::from(b & 3) << (2 * t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constants above are the kernels' `#define`s: a mismatch would size the top-k
+    /// workspace wrongly.
+    #[test]
+    fn topk_constants_match_the_kernel() {
+        let src = include_str!("../../kernels/topk.cu");
+        for (name, v) in [
+            ("TOPK_BUCKETS", TOPK_BUCKETS),
+            ("TOPK_CHUNK", TOPK_CHUNK),
+            ("TOPK_CAPACITY", TOPK_CAPACITY),
+            ("TOPK_THREADS", 256),
+        ] {
+            assert!(
+                src.contains(&format!("\n#define {name} {v}\n")),
+                "kernels/topk.cu: #define {name} {v}"
+            );
+        }
+        // 64 − log2(TOPK_BUCKETS): the histogram reads the key's top bits.
+        assert!(src.contains(&format!(
+            "\n#define TOPK_BUCKET_SHIFT {}\n",
+            64 - TOPK_BUCKETS.trailing_zeros()
+        )));
+    }
+
+    #[test]
+    fn topk_geometry() {
+        assert!(topk_chunks(0, 3, 5).unwrap().is_empty());
+        assert!(topk_chunks(10, 3, 0).unwrap().is_empty());
+        let g = topk_chunks(50_000, 3, 10).unwrap();
+        assert_eq!((g.grid, g.block), ((49, 3, 1), (256, 1, 1)));
+        assert!(topk_chunks(1, MAX_GRID_Y + 1, 1).is_err());
+        assert_eq!(
+            (topk_capacity(0), topk_capacity(7), topk_capacity(1 << 20)),
+            (1, 7, TOPK_CAPACITY)
+        );
+    }
 }

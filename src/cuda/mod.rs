@@ -8,15 +8,18 @@
 //!   ([`device::CudaBackend`], cudarc) or the CPU emulation of the same kernels ([`emu`], used by
 //!   the tests because CI has no GPU).
 //! * [`CudaExecutor`] is the entry point the engine uses: stores and weights are uploaded once,
-//!   then [`CudaExecutor::run_batch`] runs `2·(1 + 4r) + 5` launches per batch (39 for r = 4)
+//!   then [`CudaExecutor::run_batch`] runs `2·(1 + 4r) + 7` launches per batch (41 for r = 4)
 //!   whatever its size.
 //!   A batch's inputs and results cross through page-locked host memory the executor keeps and
 //!   reuses (see [`device`]): asynchronous copies on the executor's stream, one synchronisation
 //!   per batch.
 //!
-//! Top-k: the kernel selects the k winners per user exactly on the device (radix select over
-//! unique (score, position) keys, see `kernels/topk.cu`); only those k values come back, and the
-//! host orders them (k log k).
+//! Top-k: three launches select the k winners per user exactly on the device (`kernels/topk.cu`):
+//! a histogram of the scores' top bits over many blocks, the threshold bucket and the survivors
+//! compacted over many blocks, then one block per user sorts the survivors — or, when too many
+//! scores share the threshold bucket, runs the exact one-block radix select over unique
+//! (score, position) keys. Only those k values come back ([`plan::top_k`]); the host puts them
+//! in the one order (already in it on the sorted path: one linear pass).
 //!
 //! Nothing here touches the driver before [`probe`] said it is there: cudarc's dynamic loader
 //! panics when `libcuda.so` is absent, so probing first is what keeps `Device::Auto` safe on

@@ -5,9 +5,9 @@
 //! per tower (long, short):  gather X (1) · per layer l: [K|V] = X [Wk;Wv]ᵀ (1), Q (1, none at l = 0),
 //!                           attention (1), H_l = A Woᵀ into the r·D concat (1) · merge (1)
 //! co_interest concat (1) · X̃ = concat Wcᵀ into the fusion input (1) · X^U = fusion (1)
-//! score (1) · top-k (1)
+//! score (1) · top-k: histogram, compaction, select (3)
 //! ```
-//! i.e. `2·(1 + 4r) + 5` launches for the whole batch (39 for r = 4), independent of the number
+//! i.e. `2·(1 + 4r) + 7` launches for the whole batch (41 for r = 4), independent of the number
 //! of users, with one [`Backend::upload_batch`] of every per-request input before the first
 //! launch and one [`Backend::read_back`] of the results after the last (on the GPU: asynchronous
 //! copies through reused pinned memory and a single synchronisation).
@@ -25,7 +25,7 @@ use super::launch::{self, extent, to_i32, Geometry};
 use super::timing::{KernelTimer, Key};
 use crate::abi::{
     AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, ScoreMode,
-    ScoreParams, TopkParams, Variant,
+    ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant,
 };
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
@@ -346,21 +346,8 @@ impl<B: Backend> Plan<B> {
         geo: &Geometry,
         p: &P,
     ) -> Result<()> {
-        if !self.timer.enabled() || geo.is_empty() {
-            // SAFETY: the caller's guarantee (`Backend::launch`).
-            return unsafe { self.backend.launch(variant, geo, p) };
-        }
-        let start = self.backend.mark()?;
-        // SAFETY: the caller's guarantee (`Backend::launch`).
-        unsafe { self.backend.launch(variant, geo, p) }?;
-        let end = self.backend.mark()?;
-        let key = Key {
-            op: P::DESC.op,
-            suffix: variant.suffix,
-            site,
-        };
-        self.timer.push(key, start, end);
-        Ok(())
+        // SAFETY: the caller's guarantee.
+        unsafe { launch_on(&self.backend, Some(&self.timer), site, variant, geo, p) }
     }
 
     /// Runs SPEC §1 for every user of the batch: interests, one score per candidate row, and the
@@ -503,17 +490,18 @@ impl<B: Backend> Plan<B> {
         // ascend to `total` (`stack`), and the addresses cover what score.cu touches.
         unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
         let k_dev = top_k.min(max_m);
-        let mut pos = be.zeros_i32(b * k_dev)?;
-        let mut val = be.zeros_f32(b * k_dev)?;
-        let p = TopkParams {
-            scores: input(&scores, 0, total)?,
-            offsets: input(&cand_offs_dev, 0, b + 1)?,
-            out_pos: output(&mut pos, 0, b * k_dev)?,
-            out_score: output(&mut val, 0, b * k_dev)?,
-            k: to_i32(k_dev, "k")?,
-        };
-        // SAFETY: the offsets ascend to `total`; `users · k` output slots.
-        unsafe { self.launch("topk", Variant::F32, &launch::topk(b, k_dev)?, &p) }?;
+        // SAFETY: the offsets ascend from 0 to `total` (`stack`), `scores` holds `total`.
+        let (pos, val) = unsafe {
+            top_k_launches(
+                be,
+                Some(&self.timer),
+                (&scores, total),
+                &cand_offs_dev,
+                b,
+                max_m,
+                k_dev,
+            )
+        }?;
 
         // One synchronisation for the whole batch; the outputs are built straight from the
         // read-back memory.
@@ -533,8 +521,10 @@ impl<B: Backend> Plan<B> {
                     .filter(|(&p, _)| p >= 0)
                     .map(|(&p, &v)| (p as usize, v))
                     .collect();
-                // The kernel returns the winners in position order; put them in the one order
-                // every executor shares (SPEC §1.5, -0.0 = +0.0).
+                // The kernels return the winners best first, or in position order where a user
+                // took the exact fallback (kernels/topk.cu); put them in the one order every
+                // executor shares (SPEC §1.5, -0.0 = +0.0). Already ordered, the stable sort is
+                // one linear pass.
                 top.sort_by(|a, b| crate::post::better(a.1, b.1, a.0, b.0));
                 out.push(UserOutput {
                     interests: xu_h
@@ -712,6 +702,135 @@ impl<B: Backend> Plan<B> {
         )?;
         Ok(f)
     }
+}
+
+/// [`Backend::launch`] on `be`, bracketed by two marks when `timer` is on.
+///
+/// # Safety
+/// As [`Backend::launch`].
+unsafe fn launch_on<B: Backend, P: KernelParams>(
+    be: &B,
+    timer: Option<&KernelTimer>,
+    site: &'static str,
+    variant: Variant,
+    geo: &Geometry,
+    p: &P,
+) -> Result<()> {
+    let Some(timer) = timer.filter(|t| t.enabled() && !geo.is_empty()) else {
+        // SAFETY: the caller's guarantee (`Backend::launch`).
+        return unsafe { be.launch(variant, geo, p) };
+    };
+    let start = be.mark()?;
+    // SAFETY: the caller's guarantee (`Backend::launch`).
+    unsafe { be.launch(variant, geo, p) }?;
+    let end = be.mark()?;
+    let key = Key {
+        op: P::DESC.op,
+        suffix: variant.suffix,
+        site,
+    };
+    timer.push(key, start, end);
+    Ok(())
+}
+
+/// SPEC §1.5's top-k of every user's scores on the device, as the plan runs it (the multi-block
+/// select of `kernels/topk.cu`: `topk_hist`, `topk_compact`, `topk_select`). `scores` holds
+/// `total` scores, user `u`'s at `offsets[u] .. offsets[u + 1]`; `max_m` is the longest user's
+/// count, `k ≤ max_m`. Returns `users · k` (position, score) slots: per user its `min(k, m)`
+/// winners (best first, or in position order where the user took the exact fallback), then
+/// position −1.
+///
+/// # Safety
+/// `offsets` holds `users + 1` values ascending from 0 to `total`, no user has more than
+/// `max_m`, and `scores` holds at least `total` values.
+pub unsafe fn top_k<B: Backend>(
+    be: &B,
+    scores: &B::F,
+    total: usize,
+    offsets: &B::I,
+    users: usize,
+    max_m: usize,
+    k: usize,
+) -> Result<(B::I, B::F)> {
+    // SAFETY: the caller's guarantee.
+    unsafe { top_k_launches(be, None, (scores, total), offsets, users, max_m, k) }
+}
+
+/// [`top_k`], timed on the plan's timer.
+///
+/// # Safety
+/// As [`top_k`].
+unsafe fn top_k_launches<B: Backend>(
+    be: &B,
+    timer: Option<&KernelTimer>,
+    (scores, total): (&B::F, usize),
+    offsets: &B::I,
+    users: usize,
+    max_m: usize,
+    k: usize,
+) -> Result<(B::I, B::F)> {
+    if k > max_m {
+        return Err(Error::Device(format!(
+            "top-k: k = {k} is over the longest user's {max_m} scores"
+        )));
+    }
+    let mut pos = be.zeros_i32(users * k)?;
+    let mut val = be.zeros_f32(users * k)?;
+    if k == 0 || users == 0 {
+        return Ok((pos, val));
+    }
+    // One workspace, zeroed with its allocation (as every buffer of the plan): per user the
+    // histogram (must start at zero), the survivor count (must start at zero), the survivors.
+    let cap = launch::topk_capacity(max_m);
+    let (hist_len, counts_at) = (users * launch::TOPK_BUCKETS, users * launch::TOPK_BUCKETS);
+    let surv_at = counts_at + users;
+    let mut ws = be.zeros_i32(surv_at + users * cap)?;
+    let chunks = launch::topk_chunks(max_m, users, k)?;
+    let (k32, cap32) = (to_i32(k, "k")?, to_i32(cap, "top-k capacity")?);
+    let p = TopkHistParams {
+        scores: input(scores, 0, total)?,
+        offsets: input(offsets, 0, users + 1)?,
+        hist: output(&mut ws, 0, hist_len)?,
+    };
+    // SAFETY: the offsets ascend to `total` (the caller); `users · TOPK_BUCKETS` counts.
+    unsafe { launch_on(be, timer, "topk.hist", Variant::F32, &chunks, &p) }?;
+    let hist = input(&ws, 0, hist_len)?;
+    let counts = input(&ws, counts_at, users)?;
+    let survivors = input(&ws, surv_at, users * cap)?;
+    let p = TopkCompactParams {
+        scores: input(scores, 0, total)?,
+        offsets: input(offsets, 0, users + 1)?,
+        hist,
+        survivors: output(&mut ws, surv_at, users * cap)?,
+        counts: output(&mut ws, counts_at, users)?,
+        k: k32,
+        capacity: cap32,
+    };
+    // SAFETY: as above; `users · capacity` survivor slots and `users` counts, disjoint from the
+    // histogram.
+    unsafe { launch_on(be, timer, "topk.compact", Variant::F32, &chunks, &p) }?;
+    let p = TopkSelectParams {
+        scores: input(scores, 0, total)?,
+        offsets: input(offsets, 0, users + 1)?,
+        survivors,
+        counts,
+        out_pos: output(&mut pos, 0, users * k)?,
+        out_score: output(&mut val, 0, users * k)?,
+        k: k32,
+        capacity: cap32,
+    };
+    // SAFETY: as above; `users · k` output slots.
+    unsafe {
+        launch_on(
+            be,
+            timer,
+            "topk.select",
+            Variant::F32,
+            &launch::topk(users, k)?,
+            &p,
+        )
+    }?;
+    Ok((pos, val))
 }
 
 /// Concatenates per-user row lists and returns them with `users + 1` ascending offsets.

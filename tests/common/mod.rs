@@ -2,6 +2,8 @@
 //! `tests/fixtures/README.md`) and SPEC §5's comparison rules.
 #![allow(dead_code)]
 
+pub mod topk;
+
 use std::path::{Path, PathBuf};
 
 use hcn_prerank::{Request, UserRequest};

@@ -434,12 +434,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("no site {s} in {line}"))
         };
         assert_eq!(site("score")["count"], 2);
-        assert_eq!(site("topk")["kernel"], "topk_f32");
+        assert_eq!(site("topk.hist")["kernel"], "topk_hist_f32");
+        assert_eq!(site("topk.compact")["kernel"], "topk_compact_f32");
+        assert_eq!(site("topk.select")["kernel"], "topk_select_f32");
         assert_eq!(site("long.gather")["count"], 2);
         let r = engine.model().config.layers as u64;
         assert_eq!(site("long.kv")["count"], 2 * r);
         let launches: u64 = kernels.iter().map(|k| k["count"].as_u64().unwrap()).sum();
-        assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 5), "{line}");
+        assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 7), "{line}");
         for k in kernels {
             assert!(k["min_us"].as_f64().unwrap() >= 0.0, "{line}");
         }
