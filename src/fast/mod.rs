@@ -107,11 +107,11 @@ impl UserPlan {
 /// Reused buffers of one thread (grow-only).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub xt: Vec<f32>,
     pub qt: Vec<f32>,
     pub qk: Vec<f32>,
     pub logits: Vec<f32>,
     pub z: Vec<f32>,
+    pub sums: Vec<f32>,
     pub heads: Vec<f32>,
     pub hs: Vec<f32>,
     pub c: Vec<f32>,
