@@ -31,6 +31,9 @@ const fn registers(w: usize) -> usize {
     }
 }
 
+/// Bytes of a panel's `B` rows kept in L1 across the tiles of rows (see `Panel::k_blocks`).
+const B_BLOCK_BYTES: usize = 32 * 1024;
+
 /// A read-only strided view: element `(i, p)` at `ptr[i·rs + p·cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct RawA {
@@ -119,9 +122,34 @@ impl Panel {
     #[inline(always)]
     unsafe fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S, last: usize) {
         if last == S::W {
-            self.rows::<S, MR, NV, false>(s, last)
+            self.k_blocks::<S, MR, NV, false>(s, last)
         } else {
-            self.rows::<S, MR, NV, true>(s, last)
+            self.k_blocks::<S, MR, NV, true>(s, last)
+        }
+    }
+
+    /// `k` in blocks whose rows of the panel's `B` fill [`B_BLOCK_BYTES`], when more than one
+    /// tile of rows reuses them: that block stays in L1 while every tile of rows passes over it
+    /// (each tile stores its accumulators between blocks and reloads them: the same FMA chain).
+    #[inline(always)]
+    unsafe fn k_blocks<S: Simd, const MR: usize, const NV: usize, const P: bool>(
+        self,
+        s: S,
+        last: usize,
+    ) {
+        let kc = if self.m > MR {
+            (B_BLOCK_BYTES / (NV * S::W * 4)).max(16)
+        } else {
+            self.k.max(1)
+        };
+        let mut p0 = 0;
+        loop {
+            let p1 = (p0 + kc).min(self.k);
+            self.rows::<S, MR, NV, P>(s, last, p0, p1);
+            if p1 == self.k {
+                break;
+            }
+            p0 = p1;
         }
     }
 
@@ -130,39 +158,45 @@ impl Panel {
         self,
         s: S,
         last: usize,
+        p0: usize,
+        p1: usize,
     ) {
         let mut i = 0;
         while i + MR <= self.m {
-            self.tile::<S, MR, NV, P>(s, i, last);
+            self.tile::<S, MR, NV, P>(s, i, last, p0, p1);
             i += MR;
         }
         // Leftover rows: tiles of 8, 4, 2, 1 (only the sizes below MR).
         if MR > 8 && i + 8 <= self.m {
-            self.tile::<S, 8, NV, P>(s, i, last);
+            self.tile::<S, 8, NV, P>(s, i, last, p0, p1);
             i += 8;
         }
         if MR > 4 {
             while i + 4 <= self.m {
-                self.tile::<S, 4, NV, P>(s, i, last);
+                self.tile::<S, 4, NV, P>(s, i, last, p0, p1);
                 i += 4;
             }
         }
         if MR > 2 && i + 2 <= self.m {
-            self.tile::<S, 2, NV, P>(s, i, last);
+            self.tile::<S, 2, NV, P>(s, i, last, p0, p1);
             i += 2;
         }
         if MR > 1 && i < self.m {
-            self.tile::<S, 1, NV, P>(s, i, last);
+            self.tile::<S, 1, NV, P>(s, i, last, p0, p1);
         }
     }
 
-    /// Rows `[i, i + M)` of the panel.
+    /// Rows `[i, i + M)` of the panel, products `[p0, p1)` of `k`: the first block starts
+    /// from the bias (or zero), a later one from what the previous block stored; the last
+    /// applies the row scale.
     #[inline(always)]
     unsafe fn tile<S: Simd, const M: usize, const NV: usize, const P: bool>(
         self,
         s: S,
         i: usize,
         last: usize,
+        p0: usize,
+        p1: usize,
     ) {
         let w = S::W;
         let ld = |p: *const f32, v: usize| {
@@ -172,8 +206,15 @@ impl Panel {
                 s.load(p)
             }
         };
+        let out = self.c.add(i * self.ldc);
         let mut acc = [[s.zero(); NV]; M];
-        if let (Some(b), None) = (self.ep.bias, self.ep.row_scale) {
+        if p0 > 0 {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = ld(out.add(r * self.ldc + v * w), v);
+                }
+            }
+        } else if let (Some(b), None) = (self.ep.bias, self.ep.row_scale) {
             for v in 0..NV {
                 let bv = ld(b.add(v * w), v);
                 for row in acc.iter_mut() {
@@ -182,9 +223,9 @@ impl Panel {
             }
         }
         let RawA { ptr, rs, cs } = self.a;
-        let mut ap = ptr.add(i * rs);
-        let mut bp = self.b;
-        for _ in 0..self.k {
+        let mut ap = ptr.add(i * rs + p0 * cs);
+        let mut bp = self.b.add(p0 * self.ldb);
+        for _ in p0..p1 {
             let mut bv = [s.zero(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = ld(bp.add(v * w), v);
@@ -198,7 +239,7 @@ impl Panel {
             ap = ap.add(cs);
             bp = bp.add(self.ldb);
         }
-        if let Some(sc) = self.ep.row_scale {
+        if let (Some(sc), true) = (self.ep.row_scale, p1 == self.k) {
             let mut bias = [s.zero(); NV];
             if let Some(b) = self.ep.bias {
                 for (v, x) in bias.iter_mut().enumerate() {
@@ -212,7 +253,6 @@ impl Panel {
                 }
             }
         }
-        let out = self.c.add(i * self.ldc);
         for (r, row) in acc.iter().enumerate() {
             for (v, &x) in row.iter().enumerate() {
                 let p = out.add(r * self.ldc + v * w);
@@ -315,14 +355,14 @@ mod tests {
     }
 
     /// Every tile shape and remainder (m up to 53, n across 1–5 vectors of every level, partial
-    /// vectors), a transposed `A` view, padded `B`/`C` rows, bias and row scale: against f64,
+    /// vectors), k in one L1 block or several, a transposed `A` view, padded `B`/`C` rows, bias and row scale: against f64,
     /// and each element bit-identical to the same element computed in a 1 × 1 product (the
     /// promise that tiling never changes a result).
     #[test]
     fn gemm_matches_f64_and_every_element_is_tile_independent() {
         let mut rng = SplitMix64::new(12);
         for m in [1, 2, 5, 7, 13, 24, 25, 53] {
-            for kk in [1, 3, 32, 65] {
+            for kk in [1, 3, 32, 65, 300, 600] {
                 for n in [1, 5, 8, 12, 16, 17, 31, 48, 64, 65, 80, 130] {
                     // A stored transposed (k × m, row stride m + 1): a view with (rs, cs) = (1, m + 1).
                     let lda = m + 1;
@@ -358,11 +398,20 @@ mod tests {
                                     let dot: f64 = (0..kk)
                                         .map(|p| at[p * lda + i] as f64 * b[p * ldb + j] as f64)
                                         .sum();
-                                    let want = dot * if with_scale { scale[i] as f64 } else { 1.0 }
-                                        + if with_bias { bias[j] as f64 } else { 0.0 };
+                                    let mag: f64 = (0..kk)
+                                        .map(|p| {
+                                            (at[p * lda + i] as f64 * b[p * ldb + j] as f64).abs()
+                                        })
+                                        .sum();
+                                    let sc = if with_scale { scale[i] as f64 } else { 1.0 };
+                                    let bi = if with_bias { bias[j] as f64 } else { 0.0 };
+                                    let want = dot * sc + bi;
+                                    // f32 rounding of k + 2 operations (γ_k bound, u = 2^-24).
+                                    let tol =
+                                        (kk as f64 + 2.0) * 6e-8 * (mag * sc.abs() + bi.abs());
                                     let got = c[i * ldc + j];
                                     assert!(
-                                        (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                        (got as f64 - want).abs() <= tol + 1e-30,
                                         "{:?} m={m} k={kk} n={n} ({i},{j}): {got} vs {want}",
                                         k.level()
                                     );
