@@ -12,8 +12,10 @@
 //!   lacks the level (memchr style), so holding a `Kernels` proves the instructions exist — that
 //!   proof is what makes the `unsafe` calls into `#[target_feature]` code sound. Tests force each
 //!   level explicitly; the engine uses [`Kernels::detect`].
-//! - The kernels are written once in `simd.rs`, generic over a vector type (pulp style); each
-//!   level file implements that type; `topk.rs` is the O(M) selection of the best candidates.
+//! - The kernels are written once in `simd.rs` (scoring, gathers) and `gemm.rs` (the user side's
+//!   dense products: one strided GEMM micro-kernel, the attention's column softmax), generic over
+//!   a vector type (pulp style); each level file implements that type; `topk.rs` is the O(M)
+//!   selection of the best candidates.
 //!
 //! Every kernel checks its lengths and row indices and returns an error instead of panicking;
 //! beyond the checks, each inner loop runs on raw pointers.
@@ -21,7 +23,8 @@
 //! Engine use: `let k = Kernels::detect();` once; per request
 //! `let q = k.score_query(&interests.values, n, d, mode)?;` then, per chunk of candidates (any
 //! thread), `q.score_rows_opt(RowSource::from_matrix(&store.vectors)?, rows, out)?`; user-side
-//! linears through [`Kernels::matmul`] with weights transposed once at load ([`transpose`]);
+//! linears through [`Kernels::matmul`] with weights transposed once at load ([`transpose`]), the
+//! towers' attention through [`Kernels::gemm`] on strided views;
 //! top-k with a per-thread [`TopK`].
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
