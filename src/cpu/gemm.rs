@@ -10,8 +10,8 @@
 //! step is `NV` vector loads of `B`, `MR` broadcasts of `A` and `MR·NV` FMAs. The tile is chosen
 //! per panel of columns from the register file: with 32 vector registers (AVX-512, NEON)
 //! `6×4`, `8×3`, `12×2`, `24×1` (24 accumulators, room for the `B` vectors and a broadcast); with
-//! 16 (AVX2, scalar) `3×4`, `4×3`, `6×2`, `12×1`. A panel narrower than the widest tile takes the
-//! taller tile that fits it, so a narrow product (`n` = one or two vectors) still runs enough
+//! 16 (AVX2, scalar) `4×3`, `6×2`, `12×1` (at most 16 live vectors, so nothing spills). A panel
+//! narrower than the widest tile takes the taller tile that fits it, so a narrow product (`n` = one or two vectors) still runs enough
 //! independent accumulators to hide the FMA latency. Leftover rows go in tiles of 8, 4, 2, 1.
 //!
 //! Every element of `C` is one accumulator: `bias[j]` (or zero with a row scale), then one FMA
@@ -82,7 +82,8 @@ pub(crate) unsafe fn gemm<S: Simd>(
             ldc,
             ep,
         };
-        let nv = vectors.min(4);
+        // 16 registers: 4 × 3 accumulators + 3 `B` vectors + 1 broadcast is the widest tile.
+        let nv = vectors.min(if wide { 4 } else { 3 });
         // Lanes of the panel's last vector.
         let last = (n - j - (nv - 1) * w).min(w);
         match (wide, nv) {
@@ -90,8 +91,7 @@ pub(crate) unsafe fn gemm<S: Simd>(
             (true, 3) => p.run::<S, 8, 3>(s, last),
             (true, 2) => p.run::<S, 12, 2>(s, last),
             (true, _) => p.run::<S, 24, 1>(s, last),
-            (false, 4) => p.run::<S, 3, 4>(s, last),
-            (false, 3) => p.run::<S, 4, 3>(s, last),
+            (false, 3 | 4) => p.run::<S, 4, 3>(s, last),
             (false, 2) => p.run::<S, 6, 2>(s, last),
             (false, _) => p.run::<S, 12, 1>(s, last),
         }
