@@ -12,8 +12,10 @@
 //!   lacks the level (memchr style), so holding a `Kernels` proves the instructions exist — that
 //!   proof is what makes the `unsafe` calls into `#[target_feature]` code sound. Tests force each
 //!   level explicitly; the engine uses [`Kernels::detect`].
-//! - The kernels are written once in `simd.rs`, generic over a vector type (pulp style); each
-//!   level file implements that type; `topk.rs` is the O(M) selection of the best candidates.
+//! - The kernels are written once in `simd.rs` (scoring, gathers) and `gemm.rs` (the user side's
+//!   dense products: one strided GEMM micro-kernel, the attention's column softmax), generic over
+//!   a vector type (pulp style); each level file implements that type; `topk.rs` is the O(M)
+//!   selection of the best candidates.
 //!
 //! Every kernel checks its lengths and row indices and returns an error instead of panicking;
 //! beyond the checks, each inner loop runs on raw pointers.
@@ -21,13 +23,15 @@
 //! Engine use: `let k = Kernels::detect();` once; per request
 //! `let q = k.score_query(&interests.values, n, d, mode)?;` then, per chunk of candidates (any
 //! thread), `q.score_rows_opt(RowSource::from_matrix(&store.vectors)?, rows, out)?`; user-side
-//! linears through [`Kernels::matmul`] with weights transposed once at load ([`transpose`]);
+//! linears through [`Kernels::matmul`] with weights transposed once at load ([`transpose`]), the
+//! towers' attention through [`Kernels::gemm`] on strided views;
 //! top-k with a per-thread [`TopK`].
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx2;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx512;
+mod gemm;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;
@@ -41,6 +45,118 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, MappedMatrix};
 
 pub use topk::{top_k, TopK};
+
+/// A read-only strided matrix for [`Kernels::gemm`]: element `(i, j)` at
+/// `data[i·row_stride + j·col_stride]`, so a sub-block or the transpose of a row-major matrix is
+/// a view, not a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Row-major `rows × cols`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// Row-major `rows × cols` with rows `row_stride` apart (a block of columns of a wider
+    /// matrix: slice `data` from the block's first element).
+    pub fn with_stride(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transposed view.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Errors unless every element the view addresses is inside `data`.
+    fn check(&self, what: &str) -> Result<()> {
+        check_extent(
+            what,
+            self.data.len(),
+            self.rows,
+            self.cols,
+            self.row_stride,
+            self.col_stride,
+        )
+    }
+}
+
+/// A writable row-major matrix for [`Kernels::gemm`]: rows `row_stride` apart.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+        }
+    }
+
+    pub fn with_stride(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        MatMut {
+            data,
+            rows,
+            cols,
+            row_stride,
+        }
+    }
+}
+
+fn check_extent(
+    what: &str,
+    len: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .zip((cols - 1).checked_mul(cs))
+        .and_then(|(a, b)| a.checked_add(b));
+    match last {
+        Some(l) if l < len => Ok(()),
+        _ => Err(Error::Incompatible(format!(
+            "{what}: {rows} × {cols} at strides ({rs}, {cs}) does not fit in {len} elements"
+        ))),
+    }
+}
 
 /// An instruction-set level, best last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -455,32 +571,66 @@ impl SimdOp for DotOp<'_> {
     }
 }
 
-/// `out (m×n) = x (m×k) · wt (k×n) + bias` (lengths checked by [`Kernels::matmul`]).
-struct MatmulOp<'a> {
-    x: &'a [f32],
+/// `C = A·B ⊙ row_scale + bias` (extents checked by [`Kernels::gemm`] / [`Kernels::matmul`]).
+struct GemmOp {
     m: usize,
-    k: usize,
-    wt: &'a [f32],
     n: usize,
-    bias: Option<&'a [f32]>,
-    out: &'a mut [f32],
+    k: usize,
+    a: gemm::RawA,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    bias: Option<*const f32>,
+    row_scale: Option<*const f32>,
 }
 
-impl SimdOp for MatmulOp<'_> {
+impl SimdOp for GemmOp {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: simd::Simd>(self, s: S) {
-        // SAFETY: features present (caller); lengths m·k, k·n, n, m·n checked by the caller.
+        // SAFETY: features present (caller); every addressed element in bounds, `c` writable and
+        // apart from the inputs (checked by the callers, which hold `&mut` to it).
         unsafe {
-            simd::matmul(
+            gemm::gemm(
                 s,
-                self.x.as_ptr(),
                 self.m,
-                self.k,
-                self.wt.as_ptr(),
                 self.n,
-                self.bias.map(|b| b.as_ptr()),
-                self.out.as_mut_ptr(),
+                self.k,
+                self.a,
+                self.b,
+                self.ldb,
+                self.c,
+                self.ldc,
+                self.bias,
+                self.row_scale,
+            )
+        }
+    }
+}
+
+/// Unnormalised column softmax (see [`Kernels::softmax_cols`]).
+struct SoftmaxColsOp<'a> {
+    x: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    inv_sums: &'a mut [f32],
+}
+
+impl SimdOp for SoftmaxColsOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: simd::Simd>(self, s: S) {
+        // SAFETY: features present (caller); extents checked by `Kernels::softmax_cols`.
+        unsafe {
+            gemm::softmax_cols(
+                s,
+                self.x.as_mut_ptr(),
+                self.rows,
+                self.cols,
+                self.ld,
+                self.inv_sums.as_mut_ptr(),
             )
         }
     }
@@ -622,14 +772,104 @@ impl Kernels {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        self.run(MatmulOp {
-            x,
+        self.run(GemmOp {
             m,
-            k,
-            wt,
             n,
-            bias,
-            out,
+            k,
+            a: gemm::RawA {
+                ptr: x.as_ptr(),
+                rs: k,
+                cs: 1,
+            },
+            b: wt.as_ptr(),
+            ldb: n,
+            c: out.as_mut_ptr(),
+            ldc: n,
+            bias: bias.map(|b| b.as_ptr()),
+            row_scale: None,
+        });
+        Ok(())
+    }
+
+    /// `c = a · b ⊙ row_scale + bias` on strided views: `bias[j]` is added to column `j`,
+    /// `row_scale[i]` multiplies row `i` of the product (before the bias). `b` must have unit
+    /// column stride (it is read in vectors); `a` may have any strides (a transposed view costs
+    /// nothing). Every output element is one FMA chain over `k` in ascending order, so results
+    /// are bit-identical whatever the shapes around them. Errors on mismatched shapes, views
+    /// that do not fit their data, or `b` with a column stride other than 1.
+    pub fn gemm(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        c: MatMut<'_>,
+        bias: Option<&[f32]>,
+        row_scale: Option<&[f32]>,
+    ) -> Result<()> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        if b.rows != k || c.rows != m || c.cols != n {
+            return Err(Error::Incompatible(format!(
+                "gemm: shapes {m}×{k} · {}×{n} into {}×{}",
+                b.rows, c.rows, c.cols
+            )));
+        }
+        if b.col_stride != 1 && n > 1 {
+            return Err(Error::Incompatible(
+                "gemm: b must have unit column stride".into(),
+            ));
+        }
+        a.check("gemm: a")?;
+        b.check("gemm: b")?;
+        check_extent("gemm: c", c.data.len(), m, n, c.row_stride, 1)?;
+        if let Some(bias) = bias {
+            check_len("gemm: bias", bias.len(), Some(n))?;
+        }
+        if let Some(sc) = row_scale {
+            check_len("gemm: row scale", sc.len(), Some(m))?;
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        self.run(GemmOp {
+            m,
+            n,
+            k,
+            a: gemm::RawA {
+                ptr: a.data.as_ptr(),
+                rs: a.row_stride,
+                cs: a.col_stride,
+            },
+            b: b.data.as_ptr(),
+            ldb: b.row_stride,
+            c: c.data.as_mut_ptr(),
+            ldc: c.row_stride,
+            bias: bias.map(|b| b.as_ptr()),
+            row_scale: row_scale.map(|r| r.as_ptr()),
+        });
+        Ok(())
+    }
+
+    /// The softmax of every column of `x` (`rows × cols`, row stride `ld`), unnormalised:
+    /// `x[i][j] ← exp(x[i][j] − max_i x[i][j])` and `inv_sums[j] ← 1 / Σ_i x[i][j]` (the caller
+    /// applies the scale, e.g. as [`Kernels::gemm`]'s row scale). Nothing happens with no rows.
+    pub fn softmax_cols(
+        &self,
+        x: &mut [f32],
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        inv_sums: &mut [f32],
+    ) -> Result<()> {
+        check_extent("softmax_cols: x", x.len(), rows, cols, ld, 1)?;
+        check_len("softmax_cols: sums", inv_sums.len(), Some(cols))?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        self.run(SoftmaxColsOp {
+            x,
+            rows,
+            cols,
+            ld,
+            inv_sums,
         });
         Ok(())
     }
@@ -844,6 +1084,19 @@ impl ScoreQuery {
             ))
         })
     }
+}
+
+/// `dst (cols × rows, row stride ldd) ← srcᵀ` for `src` `rows × cols` at row stride `lds`.
+/// Panics if either does not fit (a caller's shape bug).
+pub fn transpose_into(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
+    gemm::transpose_into(src, rows, cols, lds, dst, ldd)
 }
 
 /// `w` (`rows × cols`, row-major) transposed to `cols × rows`.

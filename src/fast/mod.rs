@@ -8,11 +8,13 @@
 //!   `A_k V_k = (A_k X) Wv_kᵀ + bv_k` (rows of `A_k` sum to one; an empty sequence keeps the zero
 //!   head output instead).
 //!
-//! With all heads stacked, a layer is two products with the sequence (`(h·n) × D` by `Xᵀ`, then
-//! `(h·n) × L` by `X`) instead of projecting every token twice (`2·L·D²`). Layer 0's `Q̃` depends
-//! only on the seeds and is computed once when the engine is built; every weight is stored
-//! transposed (`[in, out]`) for the kernels, and `1/sqrt(d)` is folded into the query weights.
-//! Buffers live in a per-thread [`Scratch`] that only grows.
+//! With all heads stacked, a layer is two products with the sequence (`X Q̃ᵀ` for every head's
+//! logits, then `Pᵀ X`) instead of projecting every token twice (`2·L·D²`); [`tower`] lists the
+//! layer's products, all on [`Kernels::gemm`](crate::cpu::Kernels::gemm) (strided views, so `X`
+//! is never copied or transposed). Layer 0's `Q̃` depends only on the seeds and is computed once
+//! when the engine is built; weights are stored transposed (`[in, out]`) for the kernels where
+//! they are read in vectors, and `1/sqrt(d)` is folded into the query weights. Buffers live in a
+//! per-thread [`Scratch`] that only grows.
 //!
 //! One file per SPEC section, side by side with [`crate::reference`] (the f64 oracle) and
 //! `kernels/` (the GPU): [`tower`] (§1.2), [`co_interest`] (§1.3), [`profile`] and [`fusion`]
@@ -107,11 +109,11 @@ impl UserPlan {
 /// Reused buffers of one thread (grow-only).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub xt: Vec<f32>,
     pub qt: Vec<f32>,
     pub qk: Vec<f32>,
     pub logits: Vec<f32>,
     pub z: Vec<f32>,
+    pub sums: Vec<f32>,
     pub heads: Vec<f32>,
     pub hs: Vec<f32>,
     pub c: Vec<f32>,

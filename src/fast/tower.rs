@@ -1,26 +1,37 @@
 //! SPEC §1.2 (Algorithm 1, eq. 2–3) on the CPU fast path: one tower `F(X)`, all heads of a layer
 //! at once, in the cheaper order SPEC §1.2 allows (see [`super`]). The oracle is
 //! `src/reference/tower.rs`, the GPU's `kernels/attention.cu` (+ `linear.cu`).
+//!
+//! A layer is a handful of products on [`Kernels::gemm`], laid out so that none copies or
+//! transposes the sequence `X` (`L × D`, as gathered):
+//!
+//! 1. `Q = C Wqᵀ + bq` for all heads (`n × D`, `1/sqrt(d)` folded in), transposed (`D × n`), then
+//!    per head `Q̃_kᵀ = Wk_kᵀ Q_kᵀ` (`D × n`, `Wk` read transposed in place) into the columns
+//!    `[k·n, (k+1)·n)` of `Q̃ᵀ` (`D × h·n`); layer 0's is a constant of the model;
+//! 2. the logits of every head in one product, transposed: `Sᵀ = X Q̃ᵀ` (`L × h·n`);
+//! 3. the softmax down each column (vectors across the `h·n` rows of attention, no horizontal
+//!    sums), left unnormalised, with `1/Σ` per column;
+//! 4. `Z = Pᵀ X` (`h·n × D`, `P`'s transpose read as a view), each row scaled by its `1/Σ`: the
+//!    heads' `A_k X`, stacked;
+//! 5. per head `Z_k Wv_kᵀ + bv_k` into the head's `d` columns of the concat (`n × D`);
+//! 6. `H_l = concat · Woᵀ + bo`, written straight into its column block of
+//!    `concat(H_0 … H_{r-1})` (`n × r·D`), which is the next layer's `C` as a strided view and
+//!    the merge's input.
 
 use super::{sized, Lin, Scratch};
 use crate::config::HcnConfig;
-use crate::cpu::Kernels;
+use crate::cpu::{transpose_into, Kernels, MatMut, MatRef};
 use crate::model::Tower;
 
 #[derive(Debug, Clone)]
-struct HeadPlan {
-    /// Query rows of this head, scaled by `1/sqrt(d)`: `[D, d]` transposed.
-    q: Lin,
-    /// `Wk_k`: rows `[k·d, (k+1)·d)` of `Wk`, `d × D` (already the `[in, out]` layout for
-    /// `Q_k Wk_k`).
-    wk: Vec<f32>,
-    /// Value rows of this head: `[D, d]` transposed.
-    v: Lin,
-}
-
-#[derive(Debug, Clone)]
 struct LayerPlan {
-    heads: Vec<HeadPlan>,
+    /// The query projection of all heads, `[D, D]` transposed, weight and bias scaled by
+    /// `1/sqrt(d)`.
+    q: Lin,
+    /// `Wk` as stored (`[out, in]`): head `k`'s rows `[k·d, (k+1)·d)` read transposed are `Wk_kᵀ`.
+    wk: Vec<f32>,
+    /// The value projection of all heads, `[D, D]` transposed (head `k`: columns `[k·d, (k+1)·d)`).
+    v: Lin,
     o: Lin,
 }
 
@@ -28,7 +39,7 @@ struct LayerPlan {
 pub(crate) struct TowerPlan {
     layers: Vec<LayerPlan>,
     merge: Lin,
-    /// Layer 0's `Q̃` for all heads, `(h·n) × D`, head-major.
+    /// Layer 0's `Q̃ᵀ` for all heads, `D × (h·n)`, head-major columns.
     layer0_qt: Vec<f32>,
 }
 
@@ -40,19 +51,22 @@ pub(crate) fn tower_plan(t: &Tower, cfg: &HcnConfig, k: &Kernels) -> TowerPlan {
         .layers
         .iter()
         .map(|l| LayerPlan {
-            heads: (0..h)
-                .map(|hd| HeadPlan {
-                    q: Lin::rows(&l.q, hd * d..(hd + 1) * d, scale),
-                    wk: l.k.weight[hd * d * dim..(hd + 1) * d * dim].to_vec(),
-                    v: Lin::rows(&l.v, hd * d..(hd + 1) * d, 1.0),
-                })
-                .collect(),
+            q: Lin::rows(&l.q, 0..dim, scale),
+            wk: l.k.weight.clone(),
+            v: Lin::new(&l.v),
             o: Lin::new(&l.o),
         })
         .collect();
-    let mut layer0_qt = vec![0.0f32; h * n * dim];
-    let mut qk = vec![0.0f32; n * d];
-    fold_keys(k, &layers[0], &t.seeds, n, dim, d, &mut qk, &mut layer0_qt);
+    let mut layer0_qt = vec![0.0f32; dim * h * n];
+    let mut s = Scratch::default();
+    fold_keys(
+        k,
+        &layers[0],
+        MatRef::new(&t.seeds, n, dim),
+        h,
+        &mut s,
+        &mut layer0_qt,
+    );
     TowerPlan {
         layers,
         merge: Lin::new(&t.merge),
@@ -60,79 +74,37 @@ pub(crate) fn tower_plan(t: &Tower, cfg: &HcnConfig, k: &Kernels) -> TowerPlan {
     }
 }
 
-/// `Q̃_k = (C Wq_kᵀ + bq_k) Wk_k / sqrt(d)` for every head, into `out` (`(h·n) × D`).
-#[allow(clippy::too_many_arguments)]
+/// `Q̃ᵀ` (`D × h·n`): column block `k` is `(Wk_k (C Wq_kᵀ + bq_k) / sqrt(d))ᵀ` (step 1 above).
 fn fold_keys(
     k: &Kernels,
     layer: &LayerPlan,
-    c: &[f32],
-    n: usize,
-    dim: usize,
-    d: usize,
-    qk: &mut [f32],
-    out: &mut [f32],
+    c: MatRef<'_>,
+    h: usize,
+    s: &mut Scratch,
+    qt: &mut [f32],
 ) {
-    for (hd, head) in layer.heads.iter().enumerate() {
-        head.q.apply(k, c, n, qk);
-        k.matmul(
-            qk,
-            n,
-            d,
-            &head.wk,
-            dim,
+    let (n, dim) = (c.rows, c.cols);
+    let d = dim / h;
+    let q = sized(&mut s.qk, n * dim);
+    k.gemm(
+        c,
+        MatRef::new(&layer.q.wt, dim, dim),
+        MatMut::new(q, n, dim),
+        Some(&layer.q.bias),
+        None,
+    )
+    .expect("user tower: shapes fixed at load");
+    let q_t = sized(&mut s.c, dim * n);
+    transpose_into(q, n, dim, dim, q_t, n);
+    for hd in 0..h {
+        k.gemm(
+            MatRef::new(&layer.wk[hd * d * dim..(hd + 1) * d * dim], d, dim).t(),
+            MatRef::new(&q_t[hd * d * n..(hd + 1) * d * n], d, n),
+            MatMut::with_stride(&mut qt[hd * n..], dim, n, h * n),
             None,
-            &mut out[hd * n * dim..(hd + 1) * n * dim],
+            None,
         )
         .expect("user tower: shapes fixed at load");
-    }
-}
-
-/// One layer's attention over all heads at once: logits `Q̃_k Xᵀ`, softmax, `A_k X`, then each
-/// head's value projection, written to `out` as `n` rows of `h·d` (the heads' concat).
-struct Heads<'a> {
-    k: &'a Kernels,
-    layer: &'a LayerPlan,
-    qt: &'a [f32],
-    x: &'a [f32],
-    xt: &'a [f32],
-    n: usize,
-    dim: usize,
-    d: usize,
-    len: usize,
-}
-
-impl Heads<'_> {
-    fn run(&self, logits: &mut [f32], z: &mut [f32], out: &mut [f32]) {
-        let Heads {
-            k,
-            layer,
-            qt,
-            x,
-            xt,
-            n,
-            dim,
-            d,
-            len,
-        } = *self;
-        let h = layer.heads.len();
-        let rows = h * n;
-        k.matmul(qt, rows, dim, xt, len, None, logits)
-            .expect("shapes");
-        for row in logits.chunks_exact_mut(len) {
-            k.softmax_inplace(row);
-        }
-        k.matmul(logits, rows, len, x, dim, None, z)
-            .expect("shapes"); // A_k X
-        let width = h * d;
-        let mut head_out = vec![0.0f32; n * d];
-        for (j, head) in layer.heads.iter().enumerate() {
-            head.v
-                .apply(k, &z[j * n * dim..(j + 1) * n * dim], n, &mut head_out);
-            for i in 0..n {
-                out[i * width + j * d..i * width + (j + 1) * d]
-                    .copy_from_slice(&head_out[i * d..(i + 1) * d]);
-            }
-        }
     }
 }
 
@@ -149,53 +121,68 @@ pub(crate) fn tower(
     let d = dim / h;
     let len = x.len() / dim;
     let hn = h * n;
+    let shapes = "user tower: shapes fixed at load";
 
-    let xt = sized(&mut s.xt, dim * len);
-    for (j, row) in x.chunks_exact(dim).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            xt[c * len + j] = v;
-        }
-    }
-    let hs = sized(&mut s.hs, n * r * dim); // concat(H_0 … H_{r-1}), n × rD
+    let mut hs = std::mem::take(&mut s.hs);
+    let hs_l = sized(&mut hs, n * r * dim); // concat(H_0 … H_{r-1}), n × rD
+    let mut heads_buf = std::mem::take(&mut s.heads);
+    let heads = sized(&mut heads_buf, n * dim);
     for (l, layer) in plan.layers.iter().enumerate() {
-        let heads = sized(&mut s.heads, n * dim);
         if len == 0 {
             heads.fill(0.0); // SPEC's empty-sequence rule: every head output is zero.
         } else {
+            let mut qt_buf = std::mem::take(&mut s.qt);
             let qt: &[f32] = if l == 0 {
                 &plan.layer0_qt
             } else {
-                // C = H_{l-1}, held in hs at column block l-1.
-                let c = sized(&mut s.c, n * dim);
-                for i in 0..n {
-                    c[i * dim..(i + 1) * dim]
-                        .copy_from_slice(&hs[i * r * dim + (l - 1) * dim..i * r * dim + l * dim]);
-                }
-                let qt = sized(&mut s.qt, hn * dim);
-                fold_keys(k, layer, c, n, dim, d, sized(&mut s.qk, n * d), qt);
+                // C = H_{l-1}: column block l-1 of the concat.
+                let c = MatRef::with_stride(&hs_l[(l - 1) * dim..], n, dim, r * dim);
+                let qt = sized(&mut qt_buf, dim * hn);
+                fold_keys(k, layer, c, h, s, qt);
                 qt
             };
-            let logits = sized(&mut s.logits, hn * len);
+            let st = sized(&mut s.logits, len * hn);
+            k.gemm(
+                MatRef::new(x, len, dim),
+                MatRef::new(qt, dim, hn),
+                MatMut::new(st, len, hn),
+                None,
+                None,
+            )
+            .expect(shapes); // Sᵀ = X Q̃ᵀ
+            s.qt = qt_buf;
+            let inv = sized(&mut s.sums, hn);
+            k.softmax_cols(st, len, hn, hn, inv).expect(shapes);
             let z = sized(&mut s.z, hn * dim);
-            let block = Heads {
-                k,
-                layer,
-                qt,
-                x,
-                xt,
-                n,
-                dim,
-                d,
-                len,
-            };
-            block.run(logits, z, heads);
+            k.gemm(
+                MatRef::new(st, len, hn).t(),
+                MatRef::new(x, len, dim),
+                MatMut::new(z, hn, dim),
+                None,
+                Some(inv),
+            )
+            .expect(shapes); // Z = Pᵀ X: every head's A_k X
+            for hd in 0..h {
+                k.gemm(
+                    MatRef::new(&z[hd * n * dim..(hd + 1) * n * dim], n, dim),
+                    MatRef::with_stride(&layer.v.wt[hd * d..], dim, d, dim),
+                    MatMut::with_stride(&mut heads[hd * d..], n, d, dim),
+                    Some(&layer.v.bias[hd * d..(hd + 1) * d]),
+                    None,
+                )
+                .expect(shapes); // head_k = (A_k X) Wv_kᵀ + bv_k
+            }
         }
-        let h_l = sized(&mut s.c, n * dim);
-        layer.o.apply(k, heads, n, h_l);
-        for i in 0..n {
-            hs[i * r * dim + l * dim..i * r * dim + (l + 1) * dim]
-                .copy_from_slice(&h_l[i * dim..(i + 1) * dim]);
-        }
+        k.gemm(
+            MatRef::new(heads, n, dim),
+            MatRef::new(&layer.o.wt, dim, dim),
+            MatMut::with_stride(&mut hs_l[l * dim..], n, dim, r * dim),
+            Some(&layer.o.bias),
+            None,
+        )
+        .expect(shapes); // H_l
     }
-    plan.merge.apply(k, hs, n, out);
+    plan.merge.apply(k, hs_l, n, out);
+    s.hs = hs;
+    s.heads = heads_buf;
 }
