@@ -110,7 +110,9 @@ fn malformed_i8_stores_are_refused_with_a_typed_error() {
     let scales = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|s| s.to_le_bytes()).collect() };
     let q = [1u8, 2, 3, 4];
     let good = scales(&[0.5, 0.25]);
-    let cases: Vec<(&str, DType, Vec<u8>, Option<Vec<u8>>)> = vec![
+    /// (what is wrong, dtype, vectors, scales) of a 2 × 2 store.
+    type Bad = (&'static str, DType, Vec<u8>, Option<Vec<u8>>);
+    let cases: Vec<Bad> = vec![
         ("missing", DType::I8, q.to_vec(), None),
         ("short", DType::I8, q.to_vec(), Some(scales(&[0.5]))),
         (
