@@ -56,11 +56,51 @@ __device__ __forceinline__ float hcn_warp_max(float v) {
 
 // Stored item vectors (SPEC §3) come in the dtypes of src/abi.rs STORE_DTYPES; compute is always
 // F32.  One overload per store element type (the store kernels' bodies are templates over it).
-// The widening is exact for F16 and BF16.
+// The widening is exact for F16 and BF16; for I8 it gives the integer q itself, without the
+// row's scale (the caller applies `scales[row]` once per row: `HcnStore<T>::scaled`).
 __device__ __forceinline__ float hcn_load(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float hcn_load(const __half* p, long long i) { return __half2float(p[i]); }
 __device__ __forceinline__ float hcn_load(const __nv_bfloat16* p, long long i) {
   return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ float hcn_load(const int8_t* p, long long i) {
+  return static_cast<float>(p[i]);
+}
+
+// What a store kernel needs to know about its element type beyond `hcn_load`: whether a row is
+// `scales[row] · q` (SPEC §3's I8 stores; `GatherParams::scales` / `ScoreParams::scales`, null
+// and never read for the float dtypes).
+template <class T>
+struct HcnStore {
+  static constexpr bool scaled = false;
+};
+template <>
+struct HcnStore<int8_t> {
+  static constexpr bool scaled = true;
+};
+
+// I8 rows are read 16 values (one 128-bit load) at a time where every row starts on a 16-byte
+// boundary: D a multiple of 16 and the store's base address 16-byte aligned (device allocations
+// are 256-byte aligned; the emulation aligns its copy to 16).  Uniform over a launch.
+__device__ __forceinline__ bool hcn_i8_rows_aligned(const int8_t* store, int dim) {
+  return dim % 16 == 0 && (reinterpret_cast<unsigned long long>(store) & 15ull) == 0;
+}
+
+// x[0..16) = the 16 int8 values at p (16-byte aligned), with one 128-bit load, widened exactly
+// to F32 (little-endian: value 4k + b is byte b of word k).
+__device__ __forceinline__ void hcn_load_i8x16(const int8_t* p, float* x) {
+#ifdef __CUDACC__
+  const int4 v = *reinterpret_cast<const int4*>(p);
+  const int w[4] = {v.x, v.y, v.z, v.w};
+#else
+  int w[4];
+  memcpy(w, p, 16);  // the emulation: the same bytes without an aliasing cast
+#endif
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+#pragma unroll
+    for (int b = 0; b < 4; ++b) x[4 * k + b] = static_cast<float>(static_cast<int8_t>(w[k] >> (8 * b)));
+  }
 }
 
 __device__ __forceinline__ int hcn_min_i(int a, int b) { return a < b ? a : b; }

@@ -40,6 +40,8 @@
 #   initcheck       compute-sanitizer initcheck and synccheck, small
 #   executors       tests/executors.rs: the fixtures through every executor, cuda:0 included
 #   bench_public    the public profile at batch 1 and 64
+#   bench_i8        industrial at batch 1 and 64 with the candidate store quantized to I8
+#                   (`hcn quantize`, SPEC §3): gather_i8 is tested above, this times score_i8
 #   gpu_industrial_emulated  tests/cuda_gpu.rs's GPU-against-emulation industrial plan (the
 #                   emulation takes minutes: last)
 set -uo pipefail
@@ -48,7 +50,7 @@ ROOT=$(pwd)
 SELF="$ROOT/scripts/gpu-check.sh"
 
 ALL_STEPS=(info smoke gpu_tests stores bench_b1 bench_b64 ncu_b1 ncu_b64 memcheck racecheck
-    initcheck executors bench_public gpu_industrial_emulated)
+    initcheck executors bench_public bench_i8 gpu_industrial_emulated)
 # Host-side steps: the ones that still run without a GPU.
 HOST_STEPS=(info smoke)
 
@@ -360,6 +362,20 @@ run_step_impl() {
             # shellcheck disable=SC2046
             "$BIN/hcn" bench --device cuda $(engine_args "$PUB") --batch 64 --requests 640 \
                 --candidates-per-request 10000 --threads 4 --kernel-times || rc=$?
+            return $rc
+            ;;
+        bench_i8)
+            need_stores "$IND" industrial || return 1
+            local c8="$IND/candidates_i8.safetensors" rc=0
+            if [ ! -s "$c8" ]; then
+                "$BIN/hcn" quantize --in "$IND/candidates.safetensors" --out "$c8" || return 1
+            fi
+            local args=(--model "$IND/model.safetensors" --tokens "$IND/tokens.safetensors"
+                --candidates "$c8")
+            "$BIN/hcn" bench --device cuda "${args[@]}" --batch 1 --requests 200 \
+                --threads 4 --kernel-times || rc=$?
+            "$BIN/hcn" bench --device cuda "${args[@]}" --batch 64 --requests 640 \
+                --threads 4 --kernel-times || rc=$?
             return $rc
             ;;
         gpu_industrial_emulated)

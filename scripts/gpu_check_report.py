@@ -39,10 +39,14 @@ H200 = {
 
 # SPEC §6, plus what the synthetic model (src/synth.rs) and the plan fix: three co-interest
 # concat blocks (the default [L̃; S̃; S̃]), softmax scoring, F16 stores (2 bytes), top-k 1000.
+# `*_i8`: the same with the candidate store quantized to I8 (`hcn quantize`; SPEC §3: 1 byte a
+# value + a 4-byte scale per row), what gpu-check.sh's `bench_i8` step runs.
 PROFILES = {
     "public": {"D": 48, "n": 8, "h": 4, "r": 4, "L": 120, "S": 30, "M": 10_000},
     "industrial": {"D": 128, "n": 16, "h": 4, "r": 4, "L": 500, "S": 50, "M": 50_000},
 }
+for _name in list(PROFILES):
+    PROFILES[_name + "_i8"] = dict(PROFILES[_name], candidates="i8")
 CONCAT = 3
 STORE_BYTES = 2
 TOP_K = 1000
@@ -100,6 +104,25 @@ def score_site(users, p):
     bytes_ = cands * (D * STORE_BYTES + 4 + 4) + users * n * D * 4
     per_sm = math.ceil(blocks / H200["sms"]) * 256 * mio
     return blocks, flops, bytes_, per_sm / H200["clock_hz"], f"MIO-bound ({mio} LDS+SHFL/candidate)"
+
+
+def score_i8_site(users, p):
+    """score.cu's I8 path for D a multiple of 16 (score_rows_i8x16): a group of G lanes (D/16
+    rounded up to a power of two, at most 32) per candidate, 32/G candidates per warp, each lane
+    16·CK widened values from CK 128-bit loads. Per interest a warp issues 16·CK shared loads
+    (bank-conflict-free: X^U padded 17/16) and log2(G) shuffles for its 32/G candidates; bytes
+    per candidate: D + a 4-byte scale + row index + score."""
+    n, D, M = p["n"], p["D"], p["M"]
+    chunks = D // 16
+    group = min(32, 1 << max(0, math.ceil(math.log2(chunks))))
+    ck = math.ceil(chunks / 32)
+    mio = n * (16 * ck + int(math.log2(group))) / (32 // group)
+    blocks = users * math.ceil(M / 256)
+    cands = users * M
+    flops = 2 * n * D * cands
+    bytes_ = cands * (D + 4 + 4 + 4) + users * n * D * 4
+    per_sm = math.ceil(blocks / H200["sms"]) * 256 * mio
+    return blocks, flops, bytes_, per_sm / H200["clock_hz"], f"MIO-bound ({mio:.0f} LDS+SHFL/candidate)"
 
 
 TOPK_BUCKETS, TOPK_CHUNK, TOPK_CAPACITY = 4096, 1024, 4096  # kernels/topk.cu
@@ -185,7 +208,10 @@ def plan_sites(p, B):
     out.append(("co_interest", "co_interest_f32", 1, co_interest_site(B, p)))
     out.append(("co_interest.linear", "linear_f32", 1, linear_site(B * n, CONCAT * D, D)))
     out.append(("fusion", "linear_f32", 1, linear_site(B * n, 2 * D, D)))
-    out.append(("score", "score_f16", 1, score_site(B, p)))
+    if p.get("candidates") == "i8":
+        out.append(("score", "score_i8", 1, score_i8_site(B, p)))
+    else:
+        out.append(("score", "score_f16", 1, score_site(B, p)))
     out.append(("topk.hist", "topk_hist_f32", 1, topk_hist_site(B, p)))
     out.append(("topk.compact", "topk_compact_f32", 1, topk_compact_site(B, p)))
     out.append(("topk.select", "topk_select_f32", 1, topk_select_site(B, p)))
@@ -458,7 +484,8 @@ def report(args):
         if t:
             guard(s, lambda s=s, t=t: rep["tests"].__setitem__(s, test_results(t)))
     for s, names in (("bench_b1", ["industrial_b1"]), ("bench_b64", ["industrial_b64"]),
-                     ("bench_public", ["public_b1", "public_b64"])):
+                     ("bench_public", ["public_b1", "public_b64"]),
+                     ("bench_i8", ["industrial_i8_b1", "industrial_i8_b64"])):
         def bench(s=s, names=names):
             for name, run in zip(names, bench_results(log_text(work, s))):
                 rep["bench"][name] = run

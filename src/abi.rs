@@ -92,8 +92,10 @@ impl Variant {
 /// The dtypes of stored item rows (SPEC §3) the store kernels (`gather`, `score`) are
 /// instantiated for, by `tensor::DType::name()`. build.rs defines one entry point per row; the
 /// kernel bodies read a row element with `hcn_load` (`kernels/common.cuh`, one overload per
-/// C type). A new store dtype is one row here and one `hcn_load` overload.
-pub const STORE_DTYPES: [(&str, Variant); 3] = [
+/// C type). A new store dtype is one row here and one `hcn_load` overload. I8 (SPEC §3) also
+/// reads each row's scale (`GatherParams::scales`, `ScoreParams::scales`; `HcnStore<T>::scaled`
+/// in `kernels/common.cuh`) and has a 128-bit-load path of its own in the kernel bodies.
+pub const STORE_DTYPES: [(&str, Variant); 4] = [
     ("F32", Variant::F32),
     (
         "F16",
@@ -107,6 +109,13 @@ pub const STORE_DTYPES: [(&str, Variant); 3] = [
         Variant {
             suffix: "bf16",
             c_type: "__nv_bfloat16",
+        },
+    ),
+    (
+        "I8",
+        Variant {
+            suffix: "i8",
+            c_type: "int8_t",
         },
     ),
 ];
@@ -371,10 +380,13 @@ kernel_params! {
         relu: i32,
     }
 
-    /// `gather.cu`: `out[i, :] = widen(store[rows[i], :])` for `i < count`.
+    /// `gather.cu`: `out[i, :] = widen(store[rows[i], :])` for `i < count` (I8: `· scales[row]`).
     GatherParams for "gather", StoreDtypes {
         /// The store's `N × dim` rows, in the variant's dtype.
         store: In<StoreRows>,
+        /// I8 stores: the `N` per-row scales (row r is `scales[r] · q_r`, SPEC §3). Null for the
+        /// float dtypes, whose variants never read it.
+        scales: In<f32>,
         /// `count` store rows, each `< N`.
         rows: In<u32>,
         /// `count × dim`, contiguous.
@@ -425,6 +437,9 @@ kernel_params! {
     ScoreParams for "score", StoreDtypes {
         /// The candidate store's `N × dim` rows, in the variant's dtype.
         store: In<StoreRows>,
+        /// I8 stores: the `N` per-row scales (row r is `scales[r] · q_r`, SPEC §3). Null for the
+        /// float dtypes, whose variants never read it.
+        scales: In<f32>,
         /// Candidate rows of every user, each `< N`.
         rows: In<u32>,
         /// `users + 1` ascending offsets into `rows` and `out`.
@@ -671,6 +686,10 @@ mod tests {
         ));
         assert!(h.contains("  const float* x;\n"));
         assert!(h.contains("  const void* store;\n"));
+        assert!(h.contains("  const float* scales;\n"));
+        assert!(h.contains(
+            "extern \"C\" __global__ void score_i8(const ScoreParams p) { body<int8_t>(p); }"
+        ));
         assert!(h.contains("  float* y;\n"));
         assert!(h.contains("  int mode;\n"));
         names.sort();
@@ -682,6 +701,7 @@ mod tests {
     fn store_variants_are_found_by_dtype_name() {
         assert_eq!(Variant::for_store("F32"), Some(Variant::F32));
         assert_eq!(Variant::for_store("BF16").map(|v| v.suffix), Some("bf16"));
+        assert_eq!(Variant::for_store("I8").map(|v| v.c_type), Some("int8_t"));
         assert_eq!(Variant::for_store("I4"), None);
     }
 }

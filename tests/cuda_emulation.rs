@@ -2,8 +2,8 @@
 //! `kernels/emu/cuda_emu.h` (threads as OS threads, real barriers and warp shuffles) — and checks
 //! each against a plain f64 reference of SPEC §1 on awkward shapes: empty and length-1
 //! sequences, lengths and counts that are not multiples of the warp (32), the tile (32) or the
-//! score block (256), n = 1, D not a multiple of 32, F32/F16/BF16 stores, every score mode,
-//! top-k with ties. Tolerance: SPEC §5 GPU, `2e-3 · (1 + |ref|)`.
+//! score block (256), n = 1, D not a multiple of 32, F32/F16/BF16/I8 stores (I8 both with
+//! 16-byte aligned rows, the 128-bit-load path, and without), every score mode, top-k with ties. Tolerance: SPEC §5 GPU, `2e-3 · (1 + |ref|)`.
 //! Finally the whole GPU plan runs end to end on the emulation against a reference model.
 #![cfg(feature = "cuda-emulation")]
 
@@ -16,7 +16,7 @@ use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
 use hcn_prerank::cuda::launch::{self, extent, Geometry};
 use hcn_prerank::cuda::{Plan, StoreSource, UserInput};
-use hcn_prerank::tensor::{narrow, DType};
+use hcn_prerank::tensor::{narrow, quantize_row, DType};
 
 const TOL: f64 = 2e-3;
 
@@ -33,37 +33,153 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
     }
 }
 
-/// The values as the kernels see them after exact widening of the stored dtype.
-fn stored_values(dtype: DType, values: &[f32]) -> Vec<f64> {
-    values
-        .iter()
-        .map(|&v| match dtype {
-            DType::F32 => f64::from(v),
-            DType::F16 => f64::from(f16::from_f32(v).to_f32()),
-            DType::BF16 => f64::from(bf16::from_f32(v).to_f32()),
-            // `narrow`'s I8: the integers themselves (no kernels read I8 yet: issue 13).
-            DType::I8 => f64::from(v.round_ties_even().clamp(-127.0, 127.0)),
-        })
-        .collect()
+/// A store of `rows × dim` `values` in `dtype`: its `vectors` bytes, its `scales` bytes (I8:
+/// each row quantized by SPEC §3's rule, `tensor::quantize_row`), and the row values exactly as
+/// SPEC §3 defines them (float dtypes widened exactly; I8 `f64(scale) · q`, the reference's).
+struct TestStore {
+    bytes: Vec<u8>,
+    scales: Option<Vec<u8>>,
+    exact: Vec<f64>,
+    /// I8: the rows as the gather defines them, `scale · q` as the F32 product (the CPU's
+    /// `gather_rows`); the float dtypes: `exact`.
+    gathered: Vec<f64>,
 }
 
-/// No I8 kernels yet (issue 13): the emulated backend refuses an I8 store instead of misreading it.
+fn test_store(dtype: DType, values: &[f32], dim: usize) -> TestStore {
+    if dtype != DType::I8 {
+        let exact: Vec<f64> = values
+            .iter()
+            .map(|&v| match dtype {
+                DType::F16 => f64::from(f16::from_f32(v).to_f32()),
+                DType::BF16 => f64::from(bf16::from_f32(v).to_f32()),
+                _ => f64::from(v),
+            })
+            .collect();
+        return TestStore {
+            bytes: narrow(dtype, values),
+            scales: None,
+            gathered: exact.clone(),
+            exact,
+        };
+    }
+    let (mut bytes, mut scales, mut exact, mut gathered) = (vec![], vec![], vec![], vec![]);
+    let mut q = vec![0i8; dim];
+    for row in values.chunks_exact(dim) {
+        let sc = quantize_row(row, &mut q);
+        bytes.extend(q.iter().map(|&v| v as u8));
+        scales.extend(sc.to_le_bytes());
+        exact.extend(q.iter().map(|&v| f64::from(sc) * f64::from(v)));
+        gathered.extend(q.iter().map(|&v| f64::from(f32::from(v) * sc)));
+    }
+    TestStore {
+        bytes,
+        scales: Some(scales),
+        exact,
+        gathered,
+    }
+}
+
+impl TestStore {
+    fn source(&self, dtype: DType, rows: usize, dim: usize) -> StoreSource<'_> {
+        StoreSource {
+            dtype,
+            bytes: &self.bytes,
+            scales: self.scales.as_deref(),
+            rows,
+            dim,
+        }
+    }
+}
+
+/// The emulated store of `values`, and the test store it was made from.
+fn store(dtype: DType, values: &[f32], rows: usize, dim: usize) -> (EmuStore, TestStore) {
+    let t = test_store(dtype, values, dim);
+    let st = EmuStore::from_bytes(dtype, &t.bytes, t.scales.as_deref(), rows, dim).unwrap();
+    // 16-byte aligned rows: with D a multiple of 16, I8 takes the 128-bit-load path.
+    assert_eq!(EmuBackend.store_rows(&st).addr() % 16, 0);
+    (st, t)
+}
+
+const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::I8];
+
+/// A malformed I8 store (SPEC §3's rules, as the store loader applies them to files) is refused
+/// with a typed error before anything is uploaded, by the backend and by the plan, never
+/// misread; and a well-formed one is accepted by both.
 #[test]
-fn i8_stores_are_refused_not_misread() {
-    let r = EmuStore::from_bytes(DType::I8, &[1, 2, 3, 4], 2, 2);
-    assert!(
-        matches!(r, Err(hcn_prerank::Error::Device(ref m)) if m.contains("I8")),
-        "{:?}",
-        r.err()
+fn malformed_i8_stores_are_refused_with_a_typed_error() {
+    let scales = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|s| s.to_le_bytes()).collect() };
+    let q = [1u8, 2, 3, 4];
+    let good = scales(&[0.5, 0.25]);
+    /// (what is wrong, dtype, vectors, scales) of a 2 × 2 store.
+    type Bad = (&'static str, DType, Vec<u8>, Option<Vec<u8>>);
+    let cases: Vec<Bad> = vec![
+        ("missing", DType::I8, q.to_vec(), None),
+        ("short", DType::I8, q.to_vec(), Some(scales(&[0.5]))),
+        (
+            "long",
+            DType::I8,
+            q.to_vec(),
+            Some(scales(&[0.5, 0.5, 0.5])),
+        ),
+        (
+            "negative",
+            DType::I8,
+            q.to_vec(),
+            Some(scales(&[0.5, -0.25])),
+        ),
+        ("NaN", DType::I8, q.to_vec(), Some(scales(&[f32::NAN, 0.5]))),
+        (
+            "infinite",
+            DType::I8,
+            q.to_vec(),
+            Some(scales(&[0.5, f32::INFINITY])),
+        ),
+        ("-128", DType::I8, vec![1, 2, 0x80, 4], Some(good.clone())),
+        (
+            "overflow",
+            DType::I8,
+            vec![1, 127, 3, 4],
+            Some(scales(&[f32::MAX / 100.0, 1.0])),
+        ),
+        (
+            "F16 with scales",
+            DType::F16,
+            vec![0; 8],
+            Some(good.clone()),
+        ),
+    ];
+    for (what, dtype, bytes, sc) in &cases {
+        let r = EmuStore::from_bytes(*dtype, bytes, sc.as_deref(), 2, 2);
+        assert!(
+            matches!(r, Err(hcn_prerank::Error::Misuse { ref what, .. }) if what == "store scales"),
+            "{what}: {:?}",
+            r.err()
+        );
+    }
+    // The plan refuses it the same way (it uploads through the backend).
+    let m = model::build(
+        3,
+        r#"{"format": "hcn/1", "dim": 2, "interests": 1, "heads": 1, "layers": 1,
+            "long_len": 4, "short_len": 4}"#,
     );
+    let bad = StoreSource {
+        dtype: DType::I8,
+        bytes: &q,
+        scales: None,
+        rows: 2,
+        dim: 2,
+    };
+    let ok = StoreSource {
+        scales: Some(&good),
+        ..bad
+    };
+    for (t, c) in [(bad, ok), (ok, bad)] {
+        let err = Plan::new(EmuBackend, &m, t, c).unwrap_err();
+        assert!(matches!(err, hcn_prerank::Error::Misuse { .. }), "{err}");
+    }
+    let plan = Plan::new(EmuBackend, &m, ok, ok).unwrap();
+    assert_eq!(plan.candidate_store().dtype, DType::I8);
 }
-
-fn store(dtype: DType, values: &[f32], rows: usize, dim: usize) -> (EmuStore, Vec<f64>) {
-    let st = EmuStore::from_bytes(dtype, &narrow(dtype, values), rows, dim).unwrap();
-    (st, stored_values(dtype, values))
-}
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// Launches `p` on the emulation. Every address in these tests' parameter structs comes from
 /// `input` / `output` with the extent the kernel touches, and the buffers outlive the launch.
@@ -253,18 +369,23 @@ fn linear_matches_reference_on_awkward_shapes() {
 fn gather_widens_every_dtype() {
     let mut rng = Rng::new(2);
     for dtype in DTYPES {
+        // D = 16, 48 and 528 (33 chunks: a lane takes two): I8's 128-bit-load path.
         for &(n_rows, dim, count) in &[
             (5usize, 1usize, 0usize),
             (7, 33, 1),
             (40, 48, 9),
             (3, 37, 20),
+            (6, 16, 40),
+            (4, 528, 3),
         ] {
             let values = rng.vec(n_rows * dim, 3.0);
-            let (st, widened) = store(dtype, &values, n_rows, dim);
+            let (st, t) = store(dtype, &values, n_rows, dim);
+            let widened = &t.gathered;
             let rows: Vec<u32> = (0..count).map(|_| rng.below(n_rows) as u32).collect();
             let mut out = vec![f32::NAN; count * dim];
             let p = GatherParams {
                 store: EmuBackend.store_rows(&st),
+                scales: EmuBackend.store_scales(&st),
                 rows: input(&rows, 0, count).unwrap(),
                 out: output(&mut out, 0, count * dim).unwrap(),
                 count: int(count),
@@ -274,11 +395,11 @@ fn gather_widens_every_dtype() {
             run(variant, launch::gather(count).unwrap(), p).unwrap();
             for (i, &r) in rows.iter().enumerate() {
                 for c in 0..dim {
-                    // Widening is exact.
+                    // Widening is exact; I8 gives the F32 product `scale · q`, as on the CPU.
                     assert_eq!(
                         f64::from(out[i * dim + c]),
                         widened[r as usize * dim + c],
-                        "{dtype:?}"
+                        "{dtype:?} D={dim}"
                     );
                 }
             }
@@ -471,12 +592,18 @@ fn score_matches_reference_for_every_dtype_and_mode() {
         // Every register-width instance of score.cu: D/32 rounded up to 16 and to 32.
         (300, 3, &[5, 40]),
         (1000, 8, &[3, 9]),
+        // I8 rows of D = 16k (the 128-bit-load path): 32 candidates per warp (D = 16), 8
+        // (D = 48: 3 chunks on groups of 4 lanes, 96: 6 on 8), one with a lane holding two
+        // chunks (D = 640 > 512).
+        (16, 3, &[300, 5]),
+        (640, 4, &[70]),
     ];
     for dtype in DTYPES {
         for &(dim, n, lens) in cases {
             let n_rows = 50;
             let values = rng.vec(n_rows * dim, 1.0);
-            let (st, widened) = store(dtype, &values, n_rows, dim);
+            let (st, t) = store(dtype, &values, n_rows, dim);
+            let widened = &t.exact;
             let users = lens.len();
             let offs = offsets(lens);
             let total = *offs.last().unwrap() as usize;
@@ -487,6 +614,7 @@ fn score_matches_reference_for_every_dtype_and_mode() {
                 let mut out = vec![f32::NAN; total];
                 let p = ScoreParams {
                     store: EmuBackend.store_rows(&st),
+                    scales: EmuBackend.store_scales(&st),
                     rows: input(&rows, 0, total).unwrap(),
                     cand_offsets: input(&offs, 0, users + 1).unwrap(),
                     xu: input(&xu, 0, users * n * dim).unwrap(),
@@ -823,29 +951,16 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
     let (n_tok, n_cand) = (40usize, 300usize);
     let tok_vals = rng.vec(n_tok * d, 1.0);
     let cand_vals = rng.vec(n_cand * d, 1.0);
-    let (tb, tok_w) = (
-        narrow(tok_dtype, &tok_vals),
-        stored_values(tok_dtype, &tok_vals),
+    let (ts, cs) = (
+        test_store(tok_dtype, &tok_vals, d),
+        test_store(cand_dtype, &cand_vals, d),
     );
-    let (cb, cand_w) = (
-        narrow(cand_dtype, &cand_vals),
-        stored_values(cand_dtype, &cand_vals),
-    );
+    let (tok_w, cand_w) = (&ts.exact, &cs.exact);
     let plan = Plan::new(
         EmuBackend,
         &m,
-        StoreSource {
-            dtype: tok_dtype,
-            bytes: &tb,
-            rows: n_tok,
-            dim: d,
-        },
-        StoreSource {
-            dtype: cand_dtype,
-            bytes: &cb,
-            rows: n_cand,
-            dim: d,
-        },
+        ts.source(tok_dtype, n_tok, d),
+        cs.source(cand_dtype, n_cand, d),
     )
     .unwrap();
 
@@ -970,6 +1085,35 @@ fn plan_end_to_end_matches_reference_other_blocks_and_modes() {
     );
 }
 
+/// I8 stores (SPEC §3) through the whole plan: D = 32 (rows on 16-byte boundaries, the
+/// 128-bit-load gather and score), D = 34 (the element-wise path), token and candidate stores
+/// each I8 or not.
+#[test]
+fn plan_end_to_end_matches_reference_i8_stores() {
+    run_plan_case(
+        r#"{"format": "hcn/1", "dim": 32, "interests": 4, "heads": 2, "layers": 2,
+            "long_len": 20, "short_len": 5, "user_fields": [{"name": "age", "vocab": 5}],
+            "user_dense": 2, "user_mlp_hidden": [6]}"#,
+        14,
+        DType::I8,
+        DType::I8,
+    );
+    run_plan_case(
+        r#"{"format": "hcn/1", "dim": 34, "interests": 3, "heads": 2, "layers": 1,
+            "long_len": 12, "short_len": 3, "score": "max"}"#,
+        15,
+        DType::F16,
+        DType::I8,
+    );
+    run_plan_case(
+        r#"{"format": "hcn/1", "dim": 48, "interests": 2, "heads": 4, "layers": 1,
+            "long_len": 12, "short_len": 3, "score": "mean"}"#,
+        16,
+        DType::I8,
+        DType::BF16,
+    );
+}
+
 #[test]
 fn plan_rejects_rows_outside_the_stores() {
     let m = model::build(
@@ -981,6 +1125,7 @@ fn plan_rejects_rows_outside_the_stores() {
     let src = StoreSource {
         dtype: DType::F32,
         bytes: &b,
+        scales: None,
         rows: 4,
         dim: 4,
     };
@@ -1031,6 +1176,7 @@ fn plan_rejects_models_outside_the_kernel_limits() {
     let src = StoreSource {
         dtype: DType::F32,
         bytes: &b,
+        scales: None,
         rows: 1,
         dim: 130,
     };
@@ -1046,20 +1192,24 @@ mod common;
 fn parity_fixtures_pass_on_the_emulated_plan() {
     let cases = common::cases();
     assert!(!cases.is_empty(), "tests/fixtures has parity cases");
+    let mut i8_cases = 0;
     for case in &cases {
         let model = hcn_prerank::Model::load(&case.model).unwrap();
         let tokens = hcn_prerank::ItemStore::load(&case.tokens).unwrap();
         let cands = hcn_prerank::ItemStore::load(&case.candidates).unwrap();
-        let plan = match Plan::new(
+        if [&tokens, &cands]
+            .iter()
+            .any(|s| s.vectors.dtype() == DType::I8)
+        {
+            i8_cases += 1;
+        }
+        let plan = Plan::new(
             EmuBackend,
             &model,
             StoreSource::from_store(&tokens),
             StoreSource::from_store(&cands),
-        ) {
-            // I8 stores have no kernels yet (issue 13): refused at load, by design.
-            Err(hcn_prerank::Error::Device(m)) if m.contains("I8") => continue,
-            r => r.unwrap(),
-        };
+        )
+        .unwrap();
         let resps = common::run_fixture(
             |u, k| plan.run_batch(u, k),
             &model,
@@ -1070,4 +1220,6 @@ fn parity_fixtures_pass_on_the_emulated_plan() {
         );
         common::check_case("emulated GPU plan", case, &resps, TOL);
     }
+    // The `*_i8` cases (reference/make_i8_fixtures.py) ran through the I8 kernels.
+    assert!(i8_cases >= 1, "no parity case has an I8 store");
 }

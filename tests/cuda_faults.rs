@@ -112,16 +112,20 @@ impl Backend for Faulty {
         &self,
         dtype: DType,
         bytes: &[u8],
+        scales: Option<&[u8]>,
         rows: usize,
         dim: usize,
     ) -> Result<Self::Store> {
-        self.alloc(EmuBackend.upload_store(dtype, bytes, rows, dim))
+        self.alloc(EmuBackend.upload_store(dtype, bytes, scales, rows, dim))
     }
     fn store_desc(&self, s: &Self::Store) -> StoreDesc {
         EmuBackend.store_desc(&s.inner)
     }
     fn store_rows(&self, s: &Self::Store) -> In<StoreRows> {
         EmuBackend.store_rows(&s.inner)
+    }
+    fn store_scales(&self, s: &Self::Store) -> In<f32> {
+        EmuBackend.store_scales(&s.inner)
     }
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F> {
         self.alloc(EmuBackend.upload_f32(v))

@@ -18,7 +18,7 @@ use hcn_prerank::cuda::launch::{self, extent, Geometry};
 use hcn_prerank::cuda::{probe, CudaExecutor, Plan, StoreSource, UserInput, UserOutput};
 use hcn_prerank::model::{AttentionLayer, Linear, Tower, UserProfile, Weights};
 use hcn_prerank::store::IdIndex;
-use hcn_prerank::tensor::{narrow, DType, MappedMatrix};
+use hcn_prerank::tensor::{narrow, quantize_row, DType, MappedMatrix};
 use hcn_prerank::{HcnConfig, ItemStore, Model};
 use std::sync::Arc;
 
@@ -64,6 +64,82 @@ fn int(v: usize) -> i32 {
     i32::try_from(v).unwrap()
 }
 
+/// A store of `values` (`dim` per row) in `dtype`: its `vectors` bytes and, for I8, its
+/// `scales` bytes (each row quantized by SPEC §3's rule).
+fn store_bytes(dtype: DType, values: &[f32], dim: usize) -> (Vec<u8>, Option<Vec<u8>>) {
+    if dtype != DType::I8 {
+        return (narrow(dtype, values), None);
+    }
+    let (mut bytes, mut scales) = (Vec::new(), Vec::new());
+    let mut q = vec![0i8; dim];
+    for row in values.chunks_exact(dim) {
+        scales.extend(quantize_row(row, &mut q).to_le_bytes());
+        bytes.extend(q.iter().map(|&v| v as u8));
+    }
+    (bytes, Some(scales))
+}
+
+/// The store kernels (`gather`, then `score` in every mode) on a store of `dtype` with rows of
+/// `dim` values, appending each output to `out` under `tag`.
+fn store_kernel_outputs<B: Backend>(
+    be: &B,
+    rng: &mut Rng,
+    dtype: DType,
+    dim: usize,
+    tag: &str,
+    out: &mut Vec<(String, Vec<f32>)>,
+) {
+    let (n_rows, n, count) = (60usize, 5usize, 45usize);
+    let (bytes, scales) = store_bytes(dtype, &rng.vec(n_rows * dim, 1.0), dim);
+    let store = be
+        .upload_store(dtype, &bytes, scales.as_deref(), n_rows, dim)
+        .unwrap();
+    let variant = store_variant(dtype).unwrap();
+    let rows_h: Vec<u32> = (0..count).map(|_| rng.below(n_rows) as u32).collect();
+    let rows_d = be.upload_u32(&rows_h).unwrap();
+    let mut g = be.zeros_f32(count * dim).unwrap();
+    let p = GatherParams {
+        store: be.store_rows(&store),
+        scales: be.store_scales(&store),
+        rows: input(&rows_d, 0, count).unwrap(),
+        out: output(&mut g, 0, count * dim).unwrap(),
+        count: int(count),
+        dim: int(dim),
+    };
+    run(be, variant, launch::gather(count).unwrap(), p);
+    out.push((format!("gather {tag}"), be.download_f32(&g).unwrap()));
+    let cl = [300usize, 0, 7];
+    let mut coffs = vec![0i32];
+    for c in cl {
+        coffs.push(coffs.last().unwrap() + c as i32);
+    }
+    let ctotal = *coffs.last().unwrap() as usize;
+    let crow: Vec<u32> = (0..ctotal).map(|_| rng.below(n_rows) as u32).collect();
+    let crow_d = be.upload_u32(&crow).unwrap();
+    let coffs_d = be.upload_i32(&coffs).unwrap();
+    let xu = be.upload_f32(&rng.vec(cl.len() * n * dim, 1.0)).unwrap();
+    for (mode, _) in SCORE_MODES {
+        let mut sc = be.zeros_f32(ctotal).unwrap();
+        let p = ScoreParams {
+            store: be.store_rows(&store),
+            scales: be.store_scales(&store),
+            rows: input(&crow_d, 0, ctotal).unwrap(),
+            cand_offsets: input(&coffs_d, 0, cl.len() + 1).unwrap(),
+            xu: input(&xu, 0, cl.len() * n * dim).unwrap(),
+            out: output(&mut sc, 0, ctotal).unwrap(),
+            dim: int(dim),
+            n: int(n),
+            mode,
+        };
+        let geo = launch::score(300, cl.len(), n, dim).unwrap();
+        run(be, variant, geo, p);
+        out.push((
+            format!("score {tag} mode {}", mode as i32),
+            be.download_f32(&sc).unwrap(),
+        ));
+    }
+}
+
 /// Every kernel once through the [`Backend`] trait, on awkward shapes; returns each output.
 fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let mut rng = Rng::new(42);
@@ -99,9 +175,9 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     }
     let total = *offs.last().unwrap() as usize;
     let n_rows = 60;
-    let store_vals = rng.vec(n_rows * dim, 1.0);
+    let (bytes, scales) = store_bytes(dtype, &rng.vec(n_rows * dim, 1.0), dim);
     let store = be
-        .upload_store(dtype, &narrow(dtype, &store_vals), n_rows, dim)
+        .upload_store(dtype, &bytes, scales.as_deref(), n_rows, dim)
         .unwrap();
     let variant = store_variant(dtype).unwrap();
     let rows_h: Vec<u32> = (0..total).map(|_| rng.below(n_rows) as u32).collect();
@@ -109,6 +185,7 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let mut g = be.zeros_f32(total * dim).unwrap();
     let p = GatherParams {
         store: be.store_rows(&store),
+        scales: be.store_scales(&store),
         rows: input(&rows_d, 0, total).unwrap(),
         out: output(&mut g, 0, total * dim).unwrap(),
         count: int(total),
@@ -180,6 +257,7 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
         let mut sc = be.zeros_f32(ctotal).unwrap();
         let p = ScoreParams {
             store: be.store_rows(&store),
+            scales: be.store_scales(&store),
             rows: input(&crow_d, 0, ctotal).unwrap(),
             cand_offsets: input(&coffs_d, 0, cl.len() + 1).unwrap(),
             xu: input(&xu, 0, cl.len() * n * dim).unwrap(),
@@ -199,6 +277,10 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
             be.download_f32(&sc).unwrap(),
         ));
     }
+    // Rows of D = 16k values: I8's 128-bit loads (D = 64: 4 chunks, 8 candidates per warp;
+    // D = 640: a lane holds two chunks).
+    store_kernel_outputs(be, &mut rng, dtype, 64, "D=64", &mut out);
+    store_kernel_outputs(be, &mut rng, dtype, 640, "D=640", &mut out);
     out
 }
 
@@ -207,7 +289,7 @@ fn every_kernel_matches_the_emulation() {
     let Some(be) = gpu("every_kernel_matches_the_emulation") else {
         return;
     };
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::I8] {
         let got = kernel_outputs(&be, dtype);
         let want = kernel_outputs(&EmuBackend, dtype);
         for ((name, g), (_, w)) in got.iter().zip(&want) {
@@ -616,15 +698,18 @@ fn parity_fixtures_pass_on_the_gpu() {
     }
     let cases = common::cases();
     assert!(!cases.is_empty(), "tests/fixtures has parity cases");
+    let mut i8_cases = 0;
     for case in &cases {
         let model = hcn_prerank::Model::load(&case.model).unwrap();
         let tokens = ItemStore::load(&case.tokens).unwrap();
         let cands = ItemStore::load(&case.candidates).unwrap();
-        let exec = match CudaExecutor::new(&model, &tokens, &cands, 0) {
-            // I8 stores have no kernels yet (issue 13): refused at load, by design.
-            Err(hcn_prerank::Error::Device(m)) if m.contains("I8") => continue,
-            r => r.unwrap(),
-        };
+        if [&tokens, &cands]
+            .iter()
+            .any(|s| s.vectors.dtype() == DType::I8)
+        {
+            i8_cases += 1;
+        }
+        let exec = CudaExecutor::new(&model, &tokens, &cands, 0).unwrap();
         let resps = common::run_fixture(
             |u, k| exec.run_batch(u, k),
             &model,
@@ -635,6 +720,8 @@ fn parity_fixtures_pass_on_the_gpu() {
         );
         common::check_case("GPU", case, &resps, TOL);
     }
+    // The `*_i8` cases ran through the I8 kernels (gather_i8, score_i8).
+    assert!(i8_cases >= 1, "no parity case has an I8 store");
 }
 
 /// The per-kernel timing switch on the GPU: CUDA events around every launch, read after the

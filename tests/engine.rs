@@ -220,19 +220,15 @@ fn auto_device_reports_why_it_runs_on_the_cpu() {
     );
 }
 
-/// The GPU executor has no I8 kernels yet: an I8 store on `Device::Cuda` is a typed load error
-/// naming the store (never a wrong score), and `Auto` runs on the CPU with that reason — with or
-/// without a GPU or the `cuda` feature (the stores are checked before any device is touched).
+/// I8 stores load for every device choice (the GPU has I8 kernels, issue 13): `Device::Cuda`
+/// gives a GPU engine where there is one and otherwise the plain "no GPU" error, never one
+/// about the stores; `Auto` answers within SPEC §5 on whichever executor it picked. (The CUDA
+/// plan itself on these fixtures: `tests/cuda_emulation.rs`, `tests/executors.rs`.)
 #[test]
-fn i8_stores_are_refused_on_cuda_and_auto_falls_back_to_the_cpu() {
+fn i8_stores_load_on_every_device_choice() {
     let cases = common::cases();
     for name in ["tiny_f16_max_i8", "tiny_bf16_mean_i8"] {
         let case = cases.iter().find(|c| c.name == name).unwrap();
-        let which = if name.contains("max") {
-            "candidate"
-        } else {
-            "token"
-        };
         let load = |device| {
             let opts = EngineOptions {
                 device,
@@ -240,18 +236,24 @@ fn i8_stores_are_refused_on_cuda_and_auto_falls_back_to_the_cpu() {
             };
             Engine::load(&case.model, &case.tokens, &case.candidates, opts)
         };
-        let err = load(Device::Cuda(0)).unwrap_err();
-        assert!(
-            matches!(err, Error::Device(ref m) if m.contains("I8") && m.contains(&format!("{which} store"))),
-            "{name}: {err}"
-        );
-        assert_eq!(err.kind(), hcn_prerank::ErrorKind::Unavailable);
+        match load(Device::Cuda(0)) {
+            Ok(engine) => assert!(engine.device_report().starts_with("cuda:0")),
+            Err(err) => {
+                assert!(
+                    matches!(err, Error::Device(ref m) if !m.contains("I8")),
+                    "{name}: {err}"
+                );
+                assert_eq!(err.kind(), hcn_prerank::ErrorKind::Unavailable);
+            }
+        }
         let engine = load(Device::Auto).unwrap();
         let report = engine.device_report();
-        assert!(
-            report.starts_with("cpu: CUDA not usable") && report.contains("I8"),
-            "{name}: {report}"
-        );
+        assert!(!report.contains("I8"), "{name}: {report}");
+        let tol = if report.starts_with("cuda") {
+            2e-3 // SPEC §5 on a GPU
+        } else {
+            common::CPU_TOL
+        };
         let resp = engine.run(&case.requests[0], Some(case.top_k)).unwrap();
         common::check_response(
             name,
@@ -259,7 +261,7 @@ fn i8_stores_are_refused_on_cuda_and_auto_falls_back_to_the_cpu() {
             &case.expected[0],
             &case.requests[0].candidates,
             case.top_k,
-            common::CPU_TOL,
+            tol,
         );
     }
 }

@@ -102,6 +102,102 @@ pub fn store_variant(dtype: DType) -> Result<Variant> {
     })
 }
 
+/// An item store as a backend uploads it, checked ([`check_store`]).
+#[derive(Debug)]
+pub struct CheckedStore<'a> {
+    /// Exactly `rows × dim` elements of the store's dtype.
+    pub bytes: &'a [u8],
+    /// I8: one scale per row; `None` for the float dtypes.
+    pub scales: Option<Vec<f32>>,
+}
+
+/// What every backend checks before uploading a store (the kernels trust it): a variant for
+/// `dtype` ([`store_variant`]), `rows × dim` elements in `bytes`, and SPEC §3's rules for the
+/// scales, as the store loader applies them to a file (`src/store/load.rs`): `scales`
+/// (little-endian F32, any alignment) present exactly for I8, one per row, each finite and
+/// ≥ 0, `scale · max|q|` finite in F32, and no value −128. A store that breaks them is an
+/// [`Error::Misuse`] naming the rule (a loaded [`crate::ItemStore`] never does), never misread.
+pub fn check_store<'a>(
+    dtype: DType,
+    bytes: &'a [u8],
+    scales: Option<&[u8]>,
+    rows: usize,
+    dim: usize,
+) -> Result<CheckedStore<'a>> {
+    store_variant(dtype)?;
+    let len = rows
+        .checked_mul(dim)
+        .and_then(|e| e.checked_mul(dtype.size()))
+        .ok_or_else(|| Error::Device(format!("a store of {rows} × {dim} is too large")))?;
+    let bytes = bytes.get(..len).ok_or_else(|| {
+        Error::Device(format!(
+            "a store of {rows} × {dim} {} needs {len} bytes, got {}",
+            dtype.name(),
+            bytes.len()
+        ))
+    })?;
+    let bad = |reason: String| Error::misuse("store scales", reason);
+    let scales = match (dtype, scales) {
+        (DType::I8, None) => {
+            return Err(bad(
+                "missing: an I8 store needs one F32 scale per row (SPEC §3)".into(),
+            ))
+        }
+        (DType::I8, Some(b)) => b,
+        (_, None) => {
+            return Ok(CheckedStore {
+                bytes,
+                scales: None,
+            })
+        }
+        (_, Some(_)) => {
+            return Err(bad(format!(
+                "given with {} vectors; only I8 stores have scales",
+                dtype.name()
+            )))
+        }
+    };
+    if scales.len() != rows * 4 {
+        return Err(bad(format!(
+            "{} bytes, expected {} (one F32 per row of {rows})",
+            scales.len(),
+            rows * 4
+        )));
+    }
+    let mut out = Vec::with_capacity(rows);
+    for (r, c) in scales.chunks_exact(4).enumerate() {
+        let s = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let q = &bytes[r * dim..(r + 1) * dim];
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(bad(format!(
+                "row {r} is {s}; every scale must be finite and >= 0"
+            )));
+        }
+        if q.contains(&0x80) {
+            return Err(bad(format!(
+                "row {r} holds the value -128 (I8 values are in [-127, 127])"
+            )));
+        }
+        if s > f32::MAX / 127.0 {
+            let max = q
+                .iter()
+                .map(|&b| (b as i8).unsigned_abs())
+                .max()
+                .unwrap_or(0);
+            if !(s * f32::from(max)).is_finite() {
+                return Err(bad(format!(
+                    "row {r} is {s}; times the row's largest |q| ({max}) it overflows F32"
+                )));
+            }
+        }
+        out.push(s);
+    }
+    Ok(CheckedStore {
+        bytes,
+        scales: Some(out),
+    })
+}
+
 /// A point in a backend's stream of work, for per-kernel timing ([`Backend::mark`]): a CUDA
 /// event on the GPU, a host timestamp on a backend whose launches finish before they return.
 pub struct Mark(MarkKind);
@@ -167,10 +263,13 @@ pub trait Backend {
     /// must leave it safe to reuse: the GPU waits for the batch's copies before recycling it.
     type Staging;
 
+    /// Uploads `rows × dim` elements of `dtype` and, for I8, the rows' scales (`scales`:
+    /// little-endian F32 bytes), after [`check_store`].
     fn upload_store(
         &self,
         dtype: DType,
         bytes: &[u8],
+        scales: Option<&[u8]>,
         rows: usize,
         dim: usize,
     ) -> Result<Self::Store>;
@@ -178,6 +277,9 @@ pub trait Backend {
     /// The address of a store's rows, for the store kernels (`gather`, `score`), whose variant
     /// ([`store_variant`]) reads them as the store's dtype.
     fn store_rows(&self, s: &Self::Store) -> In<StoreRows>;
+    /// The address of an I8 store's `rows` scales (`GatherParams::scales`,
+    /// `ScoreParams::scales`); null for a float store.
+    fn store_scales(&self, s: &Self::Store) -> In<f32>;
     // One buffer per call, synchronous downloads: for the weights at load time and for tests.
     // A batch's per-request data goes through `upload_batch` / `read_back` below.
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F>;
@@ -207,8 +309,8 @@ pub trait Backend {
     /// checks the limits.
     ///
     /// # Safety
-    /// Every address in `p` must be one of this backend's (from [`input`], [`output`] or
-    /// [`Backend::store_rows`]) and cover what the kernel reads or writes through it for the
+    /// Every address in `p` must be one of this backend's (from [`input`], [`output`],
+    /// [`Backend::store_rows`] or [`Backend::store_scales`]) and cover what the kernel reads or writes through it for the
     /// shapes in `p` and `geo`, and the buffers must live until the kernel has run (on the GPU:
     /// until they are dropped, which is ordered after the launch on the same stream). Index
     /// arguments (rows, offsets) must be in range.

@@ -50,6 +50,8 @@ fn cfg(g: &Geometry) -> LaunchConfig {
 #[derive(Debug)]
 pub struct DeviceStore {
     bytes: CudaSlice<u8>,
+    /// I8: the rows' scales; `None` for the float dtypes.
+    scales: Option<CudaSlice<f32>>,
     desc: StoreDesc,
 }
 
@@ -401,17 +403,16 @@ impl Backend for CudaBackend {
         &self,
         dtype: DType,
         bytes: &[u8],
+        scales: Option<&[u8]>,
         rows: usize,
         dim: usize,
     ) -> Result<DeviceStore> {
-        // A dtype without kernels (no `STORE_DTYPES` row: I8 today) is refused, never misread.
-        super::backend::store_variant(dtype)?;
-        let len = rows * dim * dtype.size();
-        let bytes = bytes.get(..len).ok_or_else(|| {
-            Error::Device(format!("store has {} bytes, expected {len}", bytes.len()))
-        })?;
+        // A dtype without kernels, a short store or bad I8 scales is refused, never misread.
+        let st = super::backend::check_store(dtype, bytes, scales, rows, dim)?;
+        // cudarc's allocations are 256-byte aligned: I8 rows of D = 16k take the 128-bit loads.
         Ok(DeviceStore {
-            bytes: self.upload(bytes)?,
+            bytes: self.upload(st.bytes)?,
+            scales: st.scales.map(|s| self.upload(&s)).transpose()?,
             desc: StoreDesc { dtype, rows, dim },
         })
     }
@@ -420,6 +421,9 @@ impl Backend for CudaBackend {
     }
     fn store_rows(&self, s: &DeviceStore) -> In<StoreRows> {
         In::from_addr(s.bytes.base_addr())
+    }
+    fn store_scales(&self, s: &DeviceStore) -> In<f32> {
+        In::from_addr(s.scales.as_ref().map_or(0, |b| b.base_addr()))
     }
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F> {
         self.upload(v)

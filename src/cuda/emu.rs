@@ -14,7 +14,9 @@
 
 use std::ffi::{c_char, c_void, CString};
 
-use super::backend::{entry_point, Backend, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc};
+use super::backend::{
+    check_store, entry_point, Backend, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc,
+};
 use super::launch::Geometry;
 use crate::abi::{In, KernelParams, StoreRows, Variant};
 use crate::tensor::DType;
@@ -35,37 +37,43 @@ mod ffi {
     }
 }
 
-/// An item store copied into host memory aligned for any element type (as the GPU executor
-/// uploads it), so the kernels' typed loads are valid whatever the file's alignment.
+/// 16 bytes on a 16-byte boundary: the unit an [`EmuStore`] is held in.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct Line([u8; 16]);
+
+/// An item store copied into host memory aligned to 16 bytes (as the GPU executor uploads it
+/// into 256-byte-aligned memory), so the kernels' typed loads, and I8's 128-bit loads, are
+/// valid whatever the file's alignment.
 #[derive(Debug, Clone)]
 pub struct EmuStore {
-    /// The store's bytes, in 8-byte words (the tail of the last word is zero).
-    words: Vec<u64>,
+    /// The store's bytes (the tail of the last line is zero).
+    lines: Vec<Line>,
+    /// I8: one scale per row; empty for the float dtypes (whose kernels get a null pointer).
+    scales: Vec<f32>,
     desc: StoreDesc,
 }
 
 impl EmuStore {
-    /// `bytes`: `rows × dim` little-endian elements of `dtype` (a store's `vectors` tensor).
-    pub fn from_bytes(dtype: DType, bytes: &[u8], rows: usize, dim: usize) -> Result<Self> {
-        // A dtype without kernels (no `STORE_DTYPES` row: I8 today) is refused, never misread.
-        super::backend::store_variant(dtype)?;
-        let len = rows * dim * dtype.size();
-        let bytes = bytes.get(..len).ok_or_else(|| {
-            Error::Device(format!(
-                "emulation: a store of {rows} × {dim} {} needs {len} bytes, got {}",
-                dtype.name(),
-                bytes.len()
-            ))
-        })?;
-        let mut words = vec![0u64; len.div_ceil(8)];
+    /// `bytes`: `rows × dim` little-endian elements of `dtype` (a store's `vectors` tensor);
+    /// `scales`: for I8, the `scales` tensor's bytes (`rows` little-endian F32). Checked by
+    /// [`check_store`].
+    pub fn from_bytes(
+        dtype: DType,
+        bytes: &[u8],
+        scales: Option<&[u8]>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<Self> {
+        let st = check_store(dtype, bytes, scales, rows, dim)?;
+        let mut lines = vec![Line::default(); st.bytes.len().div_ceil(16)];
         // Byte for byte: the kernels read the elements as the host's (little-endian) values.
-        for (w, c) in words.iter_mut().zip(bytes.chunks(8)) {
-            let mut b = [0u8; 8];
-            b[..c.len()].copy_from_slice(c);
-            *w = u64::from_ne_bytes(b);
+        for (l, c) in lines.iter_mut().zip(st.bytes.chunks(16)) {
+            l.0[..c.len()].copy_from_slice(c);
         }
         Ok(EmuStore {
-            words,
+            lines,
+            scales: st.scales.unwrap_or_default(),
             desc: StoreDesc { dtype, rows, dim },
         })
     }
@@ -105,16 +113,24 @@ impl Backend for EmuBackend {
         &self,
         dtype: DType,
         bytes: &[u8],
+        scales: Option<&[u8]>,
         rows: usize,
         dim: usize,
     ) -> Result<EmuStore> {
-        EmuStore::from_bytes(dtype, bytes, rows, dim)
+        EmuStore::from_bytes(dtype, bytes, scales, rows, dim)
     }
     fn store_desc(&self, s: &EmuStore) -> StoreDesc {
         s.desc
     }
     fn store_rows(&self, s: &EmuStore) -> In<StoreRows> {
-        In::from_addr(s.words.as_ptr() as u64)
+        In::from_addr(s.lines.as_ptr() as u64)
+    }
+    fn store_scales(&self, s: &EmuStore) -> In<f32> {
+        if s.scales.is_empty() {
+            In::from_addr(0)
+        } else {
+            In::from_addr(s.scales.as_ptr() as u64)
+        }
     }
     fn upload_f32(&self, v: &[f32]) -> Result<Vec<f32>> {
         Ok(v.to_vec())

@@ -38,6 +38,9 @@ pub struct StoreSource<'a> {
     pub dtype: DType,
     /// `rows × dim` little-endian elements of `dtype`.
     pub bytes: &'a [u8],
+    /// I8 (SPEC §3): the `scales` tensor, `rows` little-endian F32 (any alignment); `None` for
+    /// the float dtypes.
+    pub scales: Option<&'a [u8]>,
     pub rows: usize,
     pub dim: usize,
 }
@@ -47,6 +50,7 @@ impl<'a> StoreSource<'a> {
         StoreSource {
             dtype: s.vectors.dtype(),
             bytes: s.vectors.bytes(),
+            scales: s.vectors.scales_bytes(),
             rows: s.len(),
             dim: s.dim(),
         }
@@ -199,11 +203,6 @@ impl<B: Backend> Plan<B> {
         let d = cfg.dim;
         launch::check_model_shape(d, cfg.heads, cfg.interests, cfg.co_interest_concat.len())?;
         for (what, s) in [("token store", &tokens), ("candidate store", &candidates)] {
-            if s.dtype == DType::I8 {
-                return Err(Error::Device(format!(
-                    "{what}: no I8 kernels yet (issue 13)"
-                )));
-            }
             if s.dim != d {
                 return Err(Error::Incompatible(format!(
                     "{what} has D = {}, the model has D = {d}",
@@ -220,9 +219,15 @@ impl<B: Backend> Plan<B> {
         let w = &model.weights;
         let long = Self::upload_tower(&backend, &w.long, &cfg, &LONG_SITES)?;
         let short = Self::upload_tower(&backend, &w.short, &cfg, &SHORT_SITES)?;
-        let tokens = backend.upload_store(tokens.dtype, tokens.bytes, tokens.rows, d)?;
-        let candidates =
-            backend.upload_store(candidates.dtype, candidates.bytes, candidates.rows, d)?;
+        let tokens =
+            backend.upload_store(tokens.dtype, tokens.bytes, tokens.scales, tokens.rows, d)?;
+        let candidates = backend.upload_store(
+            candidates.dtype,
+            candidates.bytes,
+            candidates.scales,
+            candidates.rows,
+            d,
+        )?;
         Ok(Plan {
             co_w: backend.upload_f32(&w.co_interest.weight)?,
             co_b: backend.upload_f32(&w.co_interest.bias)?,
@@ -477,6 +482,7 @@ impl<B: Backend> Plan<B> {
         let mut scores = be.zeros_f32(total)?;
         let p = ScoreParams {
             store: be.store_rows(&self.candidates),
+            scales: be.store_scales(&self.candidates),
             rows: input(&cand_rows_dev, 0, total)?,
             cand_offsets: input(&cand_offs_dev, 0, b + 1)?,
             xu: input(&xu, 0, bn * d)?,
@@ -486,8 +492,9 @@ impl<B: Backend> Plan<B> {
             mode: self.mode,
         };
         let geo = launch::score(max_m, b, n, d)?;
-        // SAFETY: rows were checked against the candidate store (`validate`), the offsets
-        // ascend to `total` (`stack`), and the addresses cover what score.cu touches.
+        // SAFETY: rows were checked against the candidate store (`validate`), whose scales (I8)
+        // cover every row (`check_store`), the offsets ascend to `total` (`stack`), and the
+        // addresses cover what score.cu touches.
         unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
         let k_dev = top_k.min(max_m);
         // SAFETY: the offsets ascend from 0 to `total` (`stack`), `scores` holds `total`.
@@ -594,13 +601,15 @@ impl<B: Backend> Plan<B> {
         let mut x = be.zeros_f32(count * d)?;
         let p = GatherParams {
             store: be.store_rows(&self.tokens),
+            scales: be.store_scales(&self.tokens),
             rows: input(rows_dev, 0, count)?,
             out: output(&mut x, 0, count * d)?,
             count: to_i32(count, "token rows")?,
             dim: to_i32(d, "D")?,
         };
         let sites = t.sites;
-        // SAFETY: the rows were checked against the token store (`validate`); `count × D` out.
+        // SAFETY: the rows were checked against the token store (`validate`), whose scales (I8)
+        // cover every row (`check_store`); `count × D` out.
         unsafe {
             self.launch(
                 sites.gather,

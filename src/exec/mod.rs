@@ -61,13 +61,12 @@ pub(crate) fn choose(fe: &Frontend, options: &EngineOptions) -> Result<Chosen> {
     let (device, report): (Option<Box<dyn Executor>>, String) = match options.device {
         Device::Cpu => (None, "cpu: requested".to_string()),
         Device::Cuda(i) => {
-            gpu_reads_stores(fe)?;
             let exec = crate::cuda::CudaExecutor::new(&fe.model, &fe.tokens, &fe.candidates, i)?;
             let report = format!("cuda:{i} ({})", exec.device_name());
             (Some(Box::new(exec)), report)
         }
-        Device::Auto => match gpu_reads_stores(fe)
-            .and_then(|_| crate::cuda::probe().map_err(Error::Device))
+        Device::Auto => match crate::cuda::probe()
+            .map_err(Error::Device)
             .and_then(|_| crate::cuda::CudaExecutor::new(&fe.model, &fe.tokens, &fe.candidates, 0))
         {
             Ok(exec) => {
@@ -83,20 +82,4 @@ pub(crate) fn choose(fe: &Frontend, options: &EngineOptions) -> Result<Chosen> {
         device,
         report,
     })
-}
-
-/// The GPU executor has no I8 kernels yet (issue 13): an I8 store is refused at load, by name,
-/// before any device is touched, so the answer is the same with or without a GPU (and `Auto`
-/// falls back to the CPU with this reason).
-fn gpu_reads_stores(fe: &Frontend) -> Result<()> {
-    for (what, store) in [("token", &fe.tokens), ("candidate", &fe.candidates)] {
-        if store.vectors.dtype() == crate::tensor::DType::I8 {
-            return Err(Error::Device(format!(
-                "the CUDA executor cannot read I8 stores yet, and the {what} store {} is I8 \
-                 (SPEC §3); run it on the CPU (--device cpu), or use an F16/BF16/F32 store",
-                store.path.display()
-            )));
-        }
-    }
-    Ok(())
 }
