@@ -355,11 +355,11 @@ pub struct Tuned {
     pub times_us: Vec<(ScoreKernel, f64)>,
 }
 
-/// Times every [`ScoreKernel::candidates`] on the actual shape and store: `sample` rows of
-/// `src` (spread over the store by a fixed stride, so they are the same on every call), scored
-/// for fixed random interests `rounds` times per kernel, kernels alternating within each round;
-/// keeps the kernel with the least best-of-rounds time. Bounded: `candidates × rounds` passes
-/// over `sample` rows (industrial, 2,048 rows, 5 rounds, 2 kernels: ≈ 2–4 ms). The choice
+/// Times every [`ScoreKernel::candidates`] on the actual shape and store: `rounds` passes per
+/// kernel, each over `sample` fresh random rows of `src` (the same draws on every call, seeded),
+/// fixed random interests, kernels alternating within each round; keeps the kernel with the
+/// least best-of-rounds time. Bounded: `candidates × (rounds + 1)` passes over `sample` rows
+/// (industrial, 2,048 rows, 5 rounds, 3 kernels: ≈ 4–6 ms). The choice
 /// depends on timing, so two calls may disagree between near-equal kernels; pin one
 /// (`EngineOptions::score_kernel`) for reproducible runs.
 pub fn tune_score_kernel(
@@ -373,11 +373,8 @@ pub fn tune_score_kernel(
     let candidates = ScoreKernel::candidates(n);
     let total = src.rows();
     let m = sample.max(1);
-    let stride = (total / m).max(1);
-    let rows: Vec<u32> = (0..m)
-        .map(|i| ((i * stride) % total.max(1)) as u32)
-        .collect();
-    let xu = crate::rng::SplitMix64::new(0x7e57_5c0e).vec(n * d, 0.1);
+    let mut rng = crate::rng::SplitMix64::new(0x7e57_5c0e);
+    let xu = rng.vec(n * d, 0.1);
     let queries = candidates
         .iter()
         .map(|k| k.query(&xu, n, d, mode))
@@ -385,15 +382,21 @@ pub fn tune_score_kernel(
     let mut out = vec![0.0f32; m];
     let mut best = vec![f64::INFINITY; candidates.len()];
     if total > 0 {
-        // One untimed pass each: code and the sample's rows warm for all alike.
+        // Every pass scores a fresh random sample, as serving reads the store (rows mostly not
+        // in cache): a kernel that overlaps the gather better wins even when it does less well
+        // on cached rows. One untimed pass each first (code, page tables).
+        let mut draw = || -> Vec<u32> { (0..m).map(|_| rng.below(total) as u32).collect() };
         for q in &queries {
-            q.score_rows(src, &rows, &mut out)?;
+            q.score_rows(src, &draw(), &mut out)?;
         }
-        for _ in 0..rounds.max(1) {
-            for (q, b) in queries.iter().zip(best.iter_mut()) {
+        for round in 0..rounds.max(1) {
+            // The kernels in a rotating order, so none is always the first after a pause.
+            for i in 0..queries.len() {
+                let c = (i + round) % queries.len();
+                let rows = draw();
                 let t = std::time::Instant::now();
-                q.score_rows(src, &rows, &mut out)?;
-                *b = b.min(t.elapsed().as_secs_f64() * 1e6);
+                queries[c].score_rows(src, &rows, &mut out)?;
+                best[c] = best[c].min(t.elapsed().as_secs_f64() * 1e6);
             }
         }
     }
