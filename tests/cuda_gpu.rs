@@ -108,6 +108,21 @@ fn store_kernel_outputs<B: Backend>(
     };
     run(be, variant, launch::gather(count).unwrap(), p);
     out.push((format!("gather {tag}"), be.download_f32(&g).unwrap()));
+    score_outputs(be, rng, &store, variant, (n_rows, n, dim), tag, out);
+}
+
+/// `score` in every mode over `store` (`n_rows` rows of `dim`, `n` interests): 300 candidates
+/// for user 0 (more than one 256-block), none for user 1, 7 for user 2; each output appended
+/// to `out` under `tag`.
+fn score_outputs<B: Backend>(
+    be: &B,
+    rng: &mut Rng,
+    store: &B::Store,
+    variant: Variant,
+    (n_rows, n, dim): (usize, usize, usize),
+    tag: &str,
+    out: &mut Vec<(String, Vec<f32>)>,
+) {
     let cl = [300usize, 0, 7];
     let mut coffs = vec![0i32];
     for c in cl {
@@ -121,8 +136,8 @@ fn store_kernel_outputs<B: Backend>(
     for (mode, _) in SCORE_MODES {
         let mut sc = be.zeros_f32(ctotal).unwrap();
         let p = ScoreParams {
-            store: be.store_rows(&store),
-            scales: be.store_scales(&store),
+            store: be.store_rows(store),
+            scales: be.store_scales(store),
             rows: input(&crow_d, 0, ctotal).unwrap(),
             cand_offsets: input(&coffs_d, 0, cl.len() + 1).unwrap(),
             xu: input(&xu, 0, cl.len() * n * dim).unwrap(),
@@ -243,40 +258,15 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     out.push(("co_interest".into(), be.download_f32(&cat).unwrap()));
 
     // score: each mode, 300 candidates for user 0 (more than one 256-block), none for user 1.
-    let cl = [300usize, 0, 7];
-    let mut coffs = vec![0i32];
-    for c in cl {
-        coffs.push(coffs.last().unwrap() + c as i32);
-    }
-    let ctotal = *coffs.last().unwrap() as usize;
-    let crow: Vec<u32> = (0..ctotal).map(|_| rng.below(n_rows) as u32).collect();
-    let crow_d = be.upload_u32(&crow).unwrap();
-    let coffs_d = be.upload_i32(&coffs).unwrap();
-    let xu = be.upload_f32(&rng.vec(cl.len() * n * dim, 1.0)).unwrap();
-    for (mode, _) in SCORE_MODES {
-        let mut sc = be.zeros_f32(ctotal).unwrap();
-        let p = ScoreParams {
-            store: be.store_rows(&store),
-            scales: be.store_scales(&store),
-            rows: input(&crow_d, 0, ctotal).unwrap(),
-            cand_offsets: input(&coffs_d, 0, cl.len() + 1).unwrap(),
-            xu: input(&xu, 0, cl.len() * n * dim).unwrap(),
-            out: output(&mut sc, 0, ctotal).unwrap(),
-            dim: int(dim),
-            n: int(n),
-            mode,
-        };
-        run(
-            be,
-            variant,
-            launch::score(300, cl.len(), n, dim).unwrap(),
-            p,
-        );
-        out.push((
-            format!("score mode {}", mode as i32),
-            be.download_f32(&sc).unwrap(),
-        ));
-    }
+    score_outputs(
+        be,
+        &mut rng,
+        &store,
+        variant,
+        (n_rows, n, dim),
+        "base",
+        &mut out,
+    );
     // Rows of D = 16k values: I8's 128-bit loads (D = 64: 4 chunks, 8 candidates per warp;
     // D = 640: a lane holds two chunks).
     store_kernel_outputs(be, &mut rng, dtype, 64, "D=64", &mut out);
