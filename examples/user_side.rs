@@ -28,10 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let iterations: usize = args.next().map_or(Ok(200), |v| v.parse())?;
     let level = match args.next() {
-        Some(name) => Level::ALL
-            .into_iter()
-            .find(|l| l.name() == name)
-            .ok_or(format!("unknown level {name}"))?,
+        Some(name) => Level::from_name(&name).ok_or(format!("unknown level {name}"))?,
         None => Level::detect(),
     };
     let engine = Engine::load(

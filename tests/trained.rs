@@ -10,23 +10,10 @@ use serde_json::Value;
 #[test]
 fn engine_auc_equals_pytorch_auc_on_the_held_out_set() {
     let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
-    let out = Command::new(env!("CARGO_BIN_EXE_hcn"))
-        .args(["eval", "--model"])
-        .arg(w.join("hcn-public.safetensors"))
-        .arg("--tokens")
-        .arg(w.join("tokens.safetensors"))
-        .arg("--candidates")
-        .arg(w.join("candidates.safetensors"))
-        .arg("--data")
-        .arg(w.join("heldout.jsonl"))
-        .output()
-        .expect("run hcn eval");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let engine = eval(
+        &w.join("tokens.safetensors"),
+        &w.join("candidates.safetensors"),
     );
-    let engine: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     let torch: Value =
         serde_json::from_str(&std::fs::read_to_string(w.join("heldout_pytorch.json")).unwrap())
             .unwrap();
