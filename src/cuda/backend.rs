@@ -168,28 +168,13 @@ pub fn check_store<'a>(
     for (r, c) in scales.chunks_exact(4).enumerate() {
         let s = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         let q = &bytes[r * dim..(r + 1) * dim];
-        if !(s.is_finite() && s >= 0.0) {
-            return Err(bad(format!(
-                "row {r} is {s}; every scale must be finite and >= 0"
-            )));
-        }
+        // The loader's order: the values, then the scale.
         if q.contains(&0x80) {
             return Err(bad(format!(
                 "row {r} holds the value -128 (I8 values are in [-127, 127])"
             )));
         }
-        if s > f32::MAX / 127.0 {
-            let max = q
-                .iter()
-                .map(|&b| (b as i8).unsigned_abs())
-                .max()
-                .unwrap_or(0);
-            if !(s * f32::from(max)).is_finite() {
-                return Err(bad(format!(
-                    "row {r} is {s}; times the row's largest |q| ({max}) it overflows F32"
-                )));
-            }
-        }
+        crate::store::check_row_scale(r, s, q).map_err(bad)?;
         out.push(s);
     }
     Ok(CheckedStore {

@@ -180,26 +180,33 @@ fn check_scales(
     }
     for (row, c) in file.bytes(t).chunks_exact(4).enumerate() {
         let s = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        // `-0.0 >= 0.0`: a negative zero is a zero scale, not a negative one.
-        if !(s.is_finite() && s >= 0.0) {
-            return Err(format!(
-                "row {row} is {s}; every scale must be finite and >= 0"
-            ));
-        }
-        if s > f32::MAX / 127.0 {
-            let q = &vectors[row * cols..(row + 1) * cols];
-            let max = q
-                .iter()
-                .map(|&b| (b as i8).unsigned_abs())
-                .max()
-                .unwrap_or(0);
-            if !(s * f32::from(max)).is_finite() {
-                return Err(format!(
-                    "row {row} is {s}; times the row's largest |q| ({max}) it overflows F32 \
-                     (every row value scale · q must be a finite F32)"
-                ));
-            }
-        }
+        check_row_scale(row, s, &vectors[row * cols..(row + 1) * cols])?;
     }
     Ok(Some(t.start))
+}
+
+/// SPEC §3's rule for one I8 row's scale `s` (row `row`, values `q`): finite and ≥ 0, and
+/// `s · q` a finite F32 for the row's largest `|q|`. The reason when not. Shared by the loader
+/// and the CUDA backends' upload check.
+pub(crate) fn check_row_scale(row: usize, s: f32, q: &[u8]) -> std::result::Result<(), String> {
+    // `-0.0 >= 0.0`: a negative zero is a zero scale, not a negative one.
+    if !(s.is_finite() && s >= 0.0) {
+        return Err(format!(
+            "row {row} is {s}; every scale must be finite and >= 0"
+        ));
+    }
+    if s > f32::MAX / 127.0 {
+        let max = q
+            .iter()
+            .map(|&b| (b as i8).unsigned_abs())
+            .max()
+            .unwrap_or(0);
+        if !(s * f32::from(max)).is_finite() {
+            return Err(format!(
+                "row {row} is {s}; times the row's largest |q| ({max}) it overflows F32 \
+                 (every row value scale · q must be a finite F32)"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //! (`hcn quantize`).
 
 mod load;
+#[cfg_attr(not(feature = "cuda"), allow(unused_imports))]
+pub(crate) use load::check_row_scale;
 pub mod quantize;
 
 use std::path::{Path, PathBuf};
