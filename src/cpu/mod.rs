@@ -335,14 +335,20 @@ impl ScoreKernel {
             .collect()
     }
 
-    /// [`Kernels::score_query`] with this kernel.
-    pub fn query(self, xu: &[f32], n: usize, d: usize, mode: ScoreMode) -> Result<ScoreQuery> {
-        if let Some(why) = self.unusable(n) {
-            return Err(Error::Device(format!(
+    /// [`ScoreKernel::unusable`] as an error naming the kernel.
+    pub fn check(self, n: usize) -> Result<()> {
+        match self.unusable(n) {
+            Some(why) => Err(Error::Device(format!(
                 "score kernel {}: {why}",
                 self.name()
-            )));
+            ))),
+            None => Ok(()),
         }
+    }
+
+    /// [`Kernels::score_query`] with this kernel.
+    pub fn query(self, xu: &[f32], n: usize, d: usize, mode: ScoreMode) -> Result<ScoreQuery> {
+        self.check(n)?;
         Kernels { level: self.level }.query(xu, n, d, mode, self.rows_in_lanes)
     }
 }
@@ -930,11 +936,6 @@ impl Kernels {
         d: usize,
         mode: ScoreMode,
     ) -> Result<ScoreQuery> {
-        if n == 0 || d == 0 {
-            return Err(Error::Incompatible(format!(
-                "score: need at least one interest and one dimension, got n = {n}, D = {d}"
-            )));
-        }
         self.query(xu, n, d, mode, self.level.score_rows_in_lanes(n))
     }
 

@@ -63,9 +63,7 @@ impl FastCpu {
                 (k, format!("{} (by rule)", k.name()))
             }
             ScoreKernelChoice::Pinned(k) => {
-                if let Some(why) = k.unusable(n) {
-                    return Err(Error::Device(format!("score kernel {}: {why}", k.name())));
-                }
+                k.check(n)?;
                 (k, format!("{} (pinned)", k.name()))
             }
             ScoreKernelChoice::Tune => {
