@@ -12,8 +12,8 @@ use common::{close, Case, CPU_TOL};
 use hcn_prerank::cpu::{Level, ScoreKernel};
 use hcn_prerank::rng::SplitMix64;
 use hcn_prerank::{
-    CancelToken, CpuKernels, Engine, EngineOptions, ErrorKind, Model, Parallelism, Request,
-    Response, RunOptions, ScoreKernelChoice,
+    CancelToken, CpuKernels, Engine, EngineOptions, ErrorKind, Parallelism, Request, Response,
+    RunOptions, ScoreKernelChoice,
 };
 use std::time::Instant;
 
@@ -40,6 +40,7 @@ fn executors(case: &Case) -> Vec<Exec> {
         }),
         tol: CPU_TOL,
     }];
+    let n = out[0].engine.model().config.interests;
     for level in Level::available() {
         for (label, parallelism) in [
             ("1 thread", Parallelism::None),
@@ -56,7 +57,6 @@ fn executors(case: &Case) -> Vec<Exec> {
             });
         }
         // The level's other scoring layout, where the model's `n` allows it.
-        let n = Model::load(&case.model).unwrap().config.interests;
         let rule = ScoreKernel::by_rule(level, n);
         let other = ScoreKernel {
             rows_in_lanes: !rule.rows_in_lanes,
