@@ -863,7 +863,13 @@ fn score_kernel_flag_pins_tunes_or_names_the_error() {
     let lines = stdout_lines(&out);
     assert_eq!(
         lines[1]["score_kernel"].as_str(),
-        Some("scalar/interleaved (pinned)")
+        Some("scalar/interleaved/l2 (pinned)")
+    );
+    let out = bench("scalar/interleaved/l1", true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout_lines(&out)[1]["score_kernel"].as_str(),
+        Some("scalar/interleaved/l1 (pinned)")
     );
     // Unusable and unknown kernels: clear errors, no panic.
     let out = bench("scalar/lanes", false);

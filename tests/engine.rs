@@ -570,8 +570,8 @@ fn score_kernel_choice_is_reported_and_unusable_pins_are_refused() {
         Some(format!("{} (by rule)", rule.name()).as_str())
     );
     let scalar_lanes = ScoreKernel {
-        level: Level::Scalar,
         rows_in_lanes: true,
+        ..ScoreKernel::by_rule(Level::Scalar, 1)
     };
     match load(ScoreKernelChoice::Pinned(scalar_lanes)) {
         Err(hcn_prerank::Error::Device(m)) => assert!(m.contains("scalar/lanes"), "{m}"),

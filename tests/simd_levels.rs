@@ -5,7 +5,7 @@
 
 use half::{bf16, f16};
 use hcn_prerank::cpu::{
-    top_k, transpose, tune_score_kernel, Kernels, Level, RowSource, ScoreKernel, TopK,
+    top_k, transpose, tune_score_kernel, Kernels, Level, Prefetch, RowSource, ScoreKernel, TopK,
 };
 use hcn_prerank::tensor::DType;
 use hcn_prerank::ScoreMode;
@@ -30,14 +30,15 @@ fn kernels() -> Vec<Kernels> {
 }
 
 /// Every scoring kernel (level × layout) this CPU can run for `n` interests: each level's
-/// rule choice and its other layout where usable.
+/// rule choice and its other layout where usable (the rule's prefetch: the other one gives the
+/// same bits, `prefetch_hint_never_changes_a_score`).
 fn score_kernels(n: usize) -> Vec<ScoreKernel> {
     let all: Vec<ScoreKernel> = kernels()
         .into_iter()
         .flat_map(|k| {
             [false, true].map(|rows_in_lanes| ScoreKernel {
-                level: k.level(),
                 rows_in_lanes,
+                ..ScoreKernel::by_rule(k.level(), n)
             })
         })
         .filter(|k| k.unusable(n).is_none())
@@ -703,8 +704,8 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
         }
         // Rows in lanes only with 16 lanes and n ≤ 16.
         let lanes = ScoreKernel {
-            level: Level::Scalar,
             rows_in_lanes: true,
+            ..ScoreKernel::by_rule(Level::Scalar, n)
         };
         let err = lanes
             .query(&vec![0.0; n * 4], n, 4, ScoreMode::Max)
@@ -712,16 +713,35 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
         assert!(err.to_string().contains("scalar/lanes"), "{err}");
         if Level::Avx512.is_supported() {
             let k = ScoreKernel {
-                level: Level::Avx512,
                 rows_in_lanes: true,
+                ..ScoreKernel::by_rule(Level::Avx512, n)
             };
             assert_eq!(k.unusable(n).is_none(), n <= 16, "n={n}");
             assert_eq!(candidates.contains(&k), n <= 16);
         }
     }
-    for bad in ["", "avx512", "avx512/", "avx9/lanes", "avx2/rows"] {
+    for bad in [
+        "",
+        "avx512",
+        "avx512/",
+        "avx9/lanes",
+        "avx2/rows",
+        "avx2/lanes/l3",
+        "avx2/lanes/l2/",
+        "avx2/lanes/l2/l1",
+    ] {
         assert_eq!(ScoreKernel::from_name(bad), None, "{bad}");
     }
+    // The prefetch part is optional (the rule's, L2) and round-trips.
+    let k = ScoreKernel::from_name("avx2/interleaved").unwrap();
+    assert_eq!(
+        (k.level, k.rows_in_lanes, k.prefetch),
+        (Level::Avx2, false, Prefetch::L2)
+    );
+    assert_eq!(k.name(), "avx2/interleaved/l2");
+    let k = ScoreKernel::from_name("avx2/lanes/l1").unwrap();
+    assert_eq!((k.rows_in_lanes, k.prefetch), (true, Prefetch::L1));
+    assert_eq!(ScoreKernel::by_rule(Level::Avx2, 8).prefetch, Prefetch::L2);
     #[cfg(not(target_arch = "aarch64"))]
     {
         let neon = ScoreKernel::from_name("neon/interleaved").unwrap();
@@ -748,5 +768,38 @@ fn tuning_times_every_candidate_and_keeps_the_fastest() {
         assert!(best.is_finite() && best >= 0.0);
         let (_, kept) = t.times_us.iter().find(|(k, _)| *k == t.kernel).unwrap();
         assert_eq!(*kept, best);
+    }
+}
+
+/// The prefetch hint is a scheduling choice only: both give the same bits for every level,
+/// layout, dtype and mode, over enough rows to cross many blocks (and a ragged tail).
+#[test]
+fn prefetch_hint_never_changes_a_score() {
+    let mut rng = Rng::new(21);
+    for (d, n) in [(128, 16), (48, 8), (20, 3)] {
+        let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
+        for dtype in DTYPES {
+            let store = Store::new(&mut rng, 300, d, dtype, 1.0, 1, 0);
+            let rows: Vec<u32> = (0..517).map(|i| (i * 7919 % 300) as u32).collect();
+            for k in score_kernels(n) {
+                for mode in MODES {
+                    let score = |prefetch| {
+                        let mut out = vec![0.0f32; rows.len()];
+                        ScoreKernel { prefetch, ..k }
+                            .query(&xu, n, d, mode)
+                            .unwrap()
+                            .score_rows(store.source(), &rows, &mut out)
+                            .unwrap();
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        score(Prefetch::L1),
+                        score(Prefetch::L2),
+                        "{} {dtype:?} {mode:?}",
+                        k.name()
+                    );
+                }
+            }
+        }
     }
 }

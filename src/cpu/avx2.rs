@@ -162,4 +162,8 @@ impl Simd for Avx2 {
     unsafe fn prefetch(self, p: *const u8) {
         _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
+    #[inline(always)]
+    unsafe fn prefetch_l2(self, p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T1>(p.cast());
+    }
 }

@@ -250,24 +250,57 @@ impl Level {
     }
 }
 
-/// One candidate-scoring kernel: a SIMD level and its layout, interests in the lanes
+/// Where a scoring kernel prefetches the rows of its next block (random rows of a store far
+/// larger than the caches): into every level down to L1 (`l1`, x86 `T0`) or into L2 only
+/// (`l2`, x86 `T1`, aarch64 `pldl2keep`). L2 is the rule: on the Intel host of BENCHMARKS.md's
+/// session 6 it scored a cold industrial request 8–10% faster (a burst of 64 L1 prefetches per
+/// block held the fill buffers the block's own loads need). The bits do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Prefetch {
+    L1,
+    #[default]
+    L2,
+}
+
+impl Prefetch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prefetch::L1 => "l1",
+            Prefetch::L2 => "l2",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Prefetch> {
+        match s {
+            "l1" => Some(Prefetch::L1),
+            "l2" => Some(Prefetch::L2),
+            _ => None,
+        }
+    }
+}
+
+/// One candidate-scoring kernel: a SIMD level, its layout — interests in the lanes
 /// ("interleaved": `simd::score_rows`) or candidate rows in the lanes ("lanes":
-/// `simd::score_rows_by_lanes`, 16-lane levels with `n ≤ 16` only). Every kernel is within SPEC
-/// §5 of the reference and deterministic; different kernels may differ in the last bits.
-/// Named `level/layout` (`avx512/lanes`, `avx2/interleaved`) for options and reports.
+/// `simd::score_rows_by_lanes`, 16-lane levels with `n ≤ 16` only) — and its row [`Prefetch`].
+/// Every kernel is within SPEC §5 of the reference and deterministic; different layouts may
+/// differ in the last bits (the prefetch never changes them). Named `level/layout/prefetch`
+/// (`avx512/lanes/l2`, `avx2/interleaved/l1`) for options and reports; a name without the
+/// prefetch part means the rule's (`l2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScoreKernel {
     pub level: Level,
     pub rows_in_lanes: bool,
+    pub prefetch: Prefetch,
 }
 
 impl ScoreKernel {
     /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes where
-    /// that level has 16 lanes and `n ≤ 12`.
+    /// that level has 16 lanes and `n ≤ 12`; rows prefetched into L2.
     pub fn by_rule(level: Level, n: usize) -> ScoreKernel {
         ScoreKernel {
             level,
             rows_in_lanes: level.score_rows_in_lanes(n),
+            prefetch: Prefetch::default(),
         }
     }
 
@@ -277,12 +310,20 @@ impl ScoreKernel {
         } else {
             "interleaved"
         };
-        format!("{}/{layout}", self.level.name())
+        format!("{}/{layout}/{}", self.level.name(), self.prefetch.name())
     }
 
-    /// Parses [`ScoreKernel::name`].
+    /// Parses [`ScoreKernel::name`]; `level/layout` alone takes the default prefetch.
     pub fn from_name(s: &str) -> Option<ScoreKernel> {
-        let (level, layout) = s.split_once('/')?;
+        let mut parts = s.split('/');
+        let (level, layout) = (parts.next()?, parts.next()?);
+        let prefetch = match parts.next() {
+            Some(p) => Prefetch::from_name(p)?,
+            None => Prefetch::default(),
+        };
+        if parts.next().is_some() {
+            return None;
+        }
         let rows_in_lanes = match layout {
             "lanes" => true,
             "interleaved" => false,
@@ -291,6 +332,7 @@ impl ScoreKernel {
         Some(ScoreKernel {
             level: Level::from_name(level)?,
             rows_in_lanes,
+            prefetch,
         })
     }
 
@@ -311,8 +353,9 @@ impl ScoreKernel {
         None
     }
 
-    /// The kernels [`tune_score_kernel`] times for `n` interests here: both layouts of every
-    /// supported vector level (the scalar level only where there is no other).
+    /// The kernels [`tune_score_kernel`] times for `n` interests here: both layouts and both
+    /// prefetches of every supported vector level (the scalar level, which has no prefetch,
+    /// only where there is no other).
     pub fn candidates(n: usize) -> Vec<ScoreKernel> {
         let levels: Vec<Level> = Level::available()
             .into_iter()
@@ -326,9 +369,17 @@ impl ScoreKernel {
         levels
             .into_iter()
             .flat_map(|level| {
-                [false, true].map(|rows_in_lanes| ScoreKernel {
-                    level,
-                    rows_in_lanes,
+                let prefetches: &[Prefetch] = if level == Level::Scalar {
+                    &[Prefetch::L2]
+                } else {
+                    &[Prefetch::L2, Prefetch::L1]
+                };
+                [false, true].into_iter().flat_map(move |rows_in_lanes| {
+                    prefetches.iter().map(move |&prefetch| ScoreKernel {
+                        level,
+                        rows_in_lanes,
+                        prefetch,
+                    })
                 })
             })
             .filter(|k| k.unusable(n).is_none())
@@ -349,7 +400,7 @@ impl ScoreKernel {
     /// [`Kernels::score_query`] with this kernel.
     pub fn query(self, xu: &[f32], n: usize, d: usize, mode: ScoreMode) -> Result<ScoreQuery> {
         self.check(n)?;
-        Kernels { level: self.level }.query(xu, n, d, mode, self.rows_in_lanes)
+        Kernels { level: self.level }.query(xu, n, d, mode, self.rows_in_lanes, self.prefetch)
     }
 }
 
@@ -365,7 +416,7 @@ pub struct Tuned {
 /// kernel, each over `sample` fresh random rows of `src` (the same draws on every call, seeded),
 /// fixed random interests, kernels alternating within each round; keeps the kernel with the
 /// least best-of-rounds time. Bounded: `candidates × (rounds + 1)` passes over `sample` rows
-/// (industrial, 2,048 rows, 5 rounds, 3 kernels: ≈ 4–6 ms). The choice
+/// (industrial, 2,048 rows, 5 rounds, 6 kernels: ≈ 10 ms). The choice
 /// depends on timing, so two calls may disagree between near-equal kernels; pin one
 /// (`EngineOptions::score_kernel`) for reproducible runs.
 pub fn tune_score_kernel(
@@ -936,7 +987,8 @@ impl Kernels {
         d: usize,
         mode: ScoreMode,
     ) -> Result<ScoreQuery> {
-        self.query(xu, n, d, mode, self.level.score_rows_in_lanes(n))
+        let k = ScoreKernel::by_rule(self.level, n);
+        self.query(xu, n, d, mode, k.rows_in_lanes, k.prefetch)
     }
 
     fn query(
@@ -946,6 +998,7 @@ impl Kernels {
         d: usize,
         mode: ScoreMode,
         by_lanes: bool,
+        prefetch: Prefetch,
     ) -> Result<ScoreQuery> {
         if n == 0 || d == 0 {
             return Err(Error::Incompatible(format!(
@@ -965,6 +1018,7 @@ impl Kernels {
             kernels: *self,
             width,
             by_lanes,
+            prefetch,
             ut,
             pad,
             n,
@@ -998,6 +1052,7 @@ pub struct ScoreQuery {
     width: usize,
     /// Rows in lanes ([`Level::score_rows_in_lanes`]); `width` is then `n`.
     by_lanes: bool,
+    prefetch: Prefetch,
     ut: Vec<f32>,
     pad: Vec<f32>,
     n: usize,
@@ -1069,6 +1124,7 @@ impl ScoreQuery {
             d: self.d,
             nv,
             mode: self.mode,
+            prefetch_l2: self.prefetch == Prefetch::L2,
         };
         let raw = src.raw();
         let res = self.kernels.run(ScoreOp {

@@ -141,6 +141,17 @@ impl Simd for Neon {
     unsafe fn prefetch(self, p: *const u8) {
         crate::tensor::prefetch_line(p);
     }
+    #[inline(always)]
+    unsafe fn prefetch_l2(self, p: *const u8) {
+        // SAFETY: `prfm` is a hint, as in `tensor::prefetch_line`.
+        unsafe {
+            std::arch::asm!(
+                "prfm pldl2keep, [{p}]",
+                p = in(reg) p,
+                options(readonly, nostack, preserves_flags)
+            )
+        };
+    }
 
     // I8 store rows (SPEC §3). Not run on the x86-64 development machine.
 

@@ -65,6 +65,9 @@ pub(crate) trait Simd: Copy {
     /// dereferenced), so callers compute it with wrapping arithmetic.
     #[inline(always)]
     unsafe fn prefetch(self, _p: *const u8) {}
+    /// [`Simd::prefetch`] into the second-level cache only (`cpu::Prefetch::L2`).
+    #[inline(always)]
+    unsafe fn prefetch_l2(self, _p: *const u8) {}
 
     /// Transposes each `W × W` matrix formed by `W` consecutive vectors of `v` (`N` a multiple
     /// of `W`). By value, not through `&mut`: an accumulator array whose address is taken stops
@@ -189,6 +192,8 @@ pub(crate) struct ScoreLayout<'a> {
     pub d: usize,
     pub nv: usize,
     pub mode: ScoreMode,
+    /// Prefetch the next block's rows into L2 only (`cpu::Prefetch::L2`), not into L1.
+    pub prefetch_l2: bool,
 }
 
 /// Builds the interleaved layout of [`ScoreLayout`] for width `w`.
@@ -293,7 +298,7 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
     let m = rows.len();
     let mut i = 0;
     while i + B <= m {
-        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, B);
+        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, B, q.prefetch_l2);
         block::<S, B>(
             s,
             q,
@@ -315,7 +320,21 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
 }
 
 #[inline(always)]
-unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, count: usize) {
+unsafe fn prefetch_rows<S: Simd>(
+    s: S,
+    src: RawRows,
+    rows: &[u32],
+    from: usize,
+    count: usize,
+    l2: bool,
+) {
+    let line = |p: *const u8| {
+        if l2 {
+            s.prefetch_l2(p)
+        } else {
+            s.prefetch(p)
+        }
+    };
     let row_bytes = src.row_stride;
     let end = rows.len().min(from.saturating_add(count));
     for &r in &rows[from.min(end)..end] {
@@ -327,16 +346,16 @@ unsafe fn prefetch_rows<S: Simd>(s: S, src: RawRows, rows: &[u32], from: usize, 
         // the first again; an unaligned row can straddle one more line than its length says).
         let start = src.base.wrapping_add(r * row_bytes);
         let last = start.wrapping_add(row_bytes - 1);
-        s.prefetch(start);
+        line(start);
         let mut off = 64;
         while off < row_bytes {
-            s.prefetch(start.wrapping_add(off));
+            line(start.wrapping_add(off));
             off += 64;
         }
-        s.prefetch(last);
+        line(last);
         if !src.scales.is_null() {
             // An I8 row's scale lives in another tensor: one more random line.
-            s.prefetch(src.scales.wrapping_add(4 * r));
+            line(src.scales.wrapping_add(4 * r));
         }
     }
 }
@@ -465,7 +484,7 @@ pub(crate) unsafe fn gather_rows<S: Simd>(
     if let Some(p) = rows.iter().position(|&r| r as usize >= src.rows) {
         return Err(p);
     }
-    prefetch_rows(s, src, rows, 0, rows.len());
+    prefetch_rows(s, src, rows, 0, rows.len(), false);
     for (i, &r) in rows.iter().enumerate() {
         let r = r as usize;
         let p = src.base.add(r * src.row_stride);
@@ -570,12 +589,13 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize, const V: usize>(
         d: q.d,
         nv: 1,
         mode: q.mode,
+        prefetch_l2: q.prefetch_l2,
     };
     let m = rows.len();
     let mut i = 0;
     while i < m {
         // The next block's rows.
-        prefetch_rows(s, src, rows, i + b, b);
+        prefetch_rows(s, src, rows, i + b, b, q.prefetch_l2);
         // The tail runs as a padded block too: same operations for every row.
         let end = (i + b).min(m);
         block_by_lanes::<S, N, V>(s, &q, src, &rows[i..end], &mut out[i..end], scratch)

@@ -59,8 +59,9 @@ fn parse_score_kernel(s: &str) -> Result<ScoreKernelChoice, String> {
             .map(ScoreKernelChoice::Pinned)
             .ok_or_else(|| {
                 format!(
-                    "`{name}` is not `rule`, `tune` or a kernel LEVEL/LAYOUT \
-                     (LEVEL: scalar, avx2, avx512, neon; LAYOUT: interleaved, lanes)"
+                    "`{name}` is not `rule`, `tune` or a kernel LEVEL/LAYOUT[/PREFETCH] \
+                     (LEVEL: scalar, avx2, avx512, neon; LAYOUT: interleaved, lanes; \
+                     PREFETCH: l2 (default), l1)"
                 )
             }),
     }
