@@ -39,6 +39,7 @@ pub mod emu;
 mod executor;
 pub mod launch;
 pub mod plan;
+pub mod pool;
 mod timing;
 
 #[cfg(feature = "cuda-emulation")]
