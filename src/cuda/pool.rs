@@ -222,6 +222,11 @@ impl<L: Lane> Lanes<L> {
         self.lanes.get(i)
     }
 
+    /// Lanes no batch holds (a lane abandoned after a fault never comes back).
+    pub fn idle(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
     /// Why the backend failed, if it did.
     pub fn failed(&self) -> Option<String> {
         lock(&self.failed).clone()
