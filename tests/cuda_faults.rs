@@ -281,6 +281,9 @@ impl Backend for Faulty {
     fn begin_batch(&self) -> Result<BatchScope> {
         Ok(BatchScope::new(BatchGuard::begin(&self.lanes)?))
     }
+    fn failed(&self) -> Option<String> {
+        self.lanes.failed()
+    }
     fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<(Staging, DeviceInputs<Self>)> {
         if self.fail_staging.load(Ordering::SeqCst) {
             return Err(Error::Device(
@@ -752,4 +755,60 @@ fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
     // On again: a fresh start.
     p.set_kernel_timing(true);
     assert_eq!(p.kernel_times().batches, 0);
+}
+
+/// An engine on the plan (the faulty backend standing for the GPU): after a sticky device
+/// fault, with the CPU fallback that `Device::Auto` sets, the batch that hit the fault and
+/// every later one are answered by the CPU executor (right answers, the fault reported by
+/// `Engine::device_fault`); without it (an explicit `Device::Cuda`) they are device errors.
+#[test]
+fn auto_serves_on_the_cpu_after_a_device_fault() {
+    let f = files();
+    let (reqs, k) = (&f.case.requests, f.case.top_k);
+    for fallback in [true, false] {
+        let b = Faulty::new();
+        let e = hcn_prerank::cuda::engine_on_backend(
+            b.clone(),
+            fallback,
+            Arc::new(Model::load(&f.case.model).unwrap()),
+            Arc::new(ItemStore::load(&f.case.tokens).unwrap()),
+            Arc::new(ItemStore::load(&f.case.candidates).unwrap()),
+            EngineOptions::default(),
+        )
+        .unwrap();
+        let check = |what: &str, out: Vec<Result<hcn_prerank::Response>>, tol: f64| {
+            for (i, r) in out.into_iter().enumerate() {
+                let r = r.unwrap_or_else(|e| panic!("{what}, request {i}: {e}"));
+                common::check_response(what, &r, &f.case.expected[i], &reqs[i].candidates, k, tol);
+            }
+        };
+        check(
+            "the plan before the fault",
+            e.run_batch(reqs, Some(k)),
+            2e-3,
+        );
+        assert_eq!(e.device_fault(), None);
+        *b.sticky_launch.lock().unwrap() = Some("score");
+        let hit = e.run_batch(reqs, Some(k));
+        *b.sticky_launch.lock().unwrap() = None;
+        let after = e.run_batch(reqs, Some(k));
+        let fault = e.device_fault().expect("the fault is reported");
+        assert!(fault.contains("illegal address in score"), "{fault}");
+        if fallback {
+            check("the faulted batch, on the CPU", hit, common::CPU_TOL);
+            check("a later batch, on the CPU", after, common::CPU_TOL);
+        } else {
+            for (what, out) in [("the faulted batch", hit), ("a later batch", after)] {
+                assert_eq!(out.len(), reqs.len());
+                for r in out {
+                    match r {
+                        Err(Error::Device(msg)) => {
+                            assert!(msg.contains("illegal address in score"), "{what}: {msg}")
+                        }
+                        other => panic!("{what}: expected the device fault, got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

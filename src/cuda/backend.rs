@@ -315,6 +315,12 @@ pub trait Backend {
         Ok(BatchScope::default())
     }
 
+    /// Why the backend has failed (a device fault that poisoned it), if it has: every batch is
+    /// then refused at [`Backend::begin_batch`]. The default: never.
+    fn failed(&self) -> Option<String> {
+        None
+    }
+
     /// Copies every input of a batch to a new device buffer (see [`DeviceInputs`]). The copies may
     /// still be in flight when this returns; the returned staging keeps their host side alive.
     fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<(Self::Staging, DeviceInputs<Self>)>;

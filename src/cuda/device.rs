@@ -367,11 +367,6 @@ impl CudaBackend {
         self.ctx.ordinal()
     }
 
-    /// Why the backend failed (a device fault), if it did: every batch is then refused.
-    pub fn failed(&self) -> Option<String> {
-        self.lanes.failed()
-    }
-
     /// A driver error of `what` as the batch's error; a sticky one (or any failed
     /// synchronisation: `sync`) marks the backend failed first. The batch whose call saw the
     /// fault first is told it hit it; one that sees it after is told the device failed while it
@@ -606,6 +601,10 @@ impl Backend for CudaBackend {
     }
     fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>> {
         self.download(b)
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.lanes.failed()
     }
 
     fn begin_batch(&self) -> Result<BatchScope> {

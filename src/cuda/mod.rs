@@ -43,7 +43,7 @@ pub mod pool;
 mod timing;
 
 #[cfg(feature = "cuda-emulation")]
-pub use executor::emulated_engine;
+pub use executor::{emulated_engine, engine_on_backend};
 pub use plan::{Plan, StoreSource, UserInput, UserOutput};
 
 use crate::{Error, ItemStore, Model, Result};
@@ -125,11 +125,13 @@ pub fn probe_device(ordinal: usize) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// SPEC §1 on one GPU. `Send + Sync`; concurrent `run_batch` calls share the device stream, each
-/// with its own pinned staging area from the executor's pool.
+/// SPEC §1 on one GPU. `Send + Sync`; concurrent `run_batch` calls run on different streams
+/// (lanes), each with its own pinned staging and device workspace ([`device`], [`pool`]).
 #[derive(Debug)]
 pub struct CudaExecutor {
     plan: Plan<device::CudaBackend>,
+    /// Chosen by `Device::Auto`: after a device fault, batches go to the host executor.
+    cpu_fallback: bool,
 }
 
 impl CudaExecutor {
@@ -150,7 +152,25 @@ impl CudaExecutor {
             StoreSource::from_store(tokens),
             StoreSource::from_store(candidates),
         )?;
-        Ok(CudaExecutor { plan })
+        Ok(CudaExecutor {
+            plan,
+            cpu_fallback: false,
+        })
+    }
+
+    /// After a device fault ([`CudaExecutor::device_fault`]) the engine's batches run on the
+    /// CPU executor instead of failing (what `Device::Auto` asks for; an explicit
+    /// `Device::Cuda` keeps reporting the fault).
+    pub(crate) fn with_cpu_fallback(mut self) -> Self {
+        self.cpu_fallback = true;
+        self
+    }
+
+    /// Why the GPU failed (a sticky device fault), if it did: every later batch is then refused
+    /// (or, chosen by `Device::Auto`, served by the CPU).
+    pub fn device_fault(&self) -> Option<String> {
+        use backend::Backend;
+        self.plan.backend().failed()
     }
 
     /// The GPU's name, e.g. for `hcn bench`'s `"device"` field.

@@ -243,6 +243,9 @@ impl<L: Lane> Lanes<L> {
     /// waiting for a lane, which then get the error.
     pub fn fail(&self, reason: &str) {
         lock(&self.failed).get_or_insert_with(|| reason.to_string());
+        // Under the idle lock: a batch that found no idle lane checks `failed` and starts
+        // waiting without releasing it, so it cannot miss this wake-up.
+        let _idle = lock(&self.idle);
         self.freed.notify_all();
     }
 
