@@ -10,9 +10,9 @@
 //! * [`CudaExecutor`] is the entry point the engine uses: stores and weights are uploaded once,
 //!   then [`CudaExecutor::run_batch`] runs `2·(1 + 4r) + 7` launches per batch (41 for r = 4)
 //!   whatever its size.
-//!   A batch's inputs and results cross through page-locked host memory the executor keeps and
-//!   reuses (see [`device`]): asynchronous copies on the executor's stream, one synchronisation
-//!   per batch.
+//!   A batch runs on one of the executor's streams (lanes) with that lane's persistent device
+//!   workspace and page-locked staging (see [`device`], [`pool`]): no device allocation once
+//!   warm, asynchronous copies, one synchronisation per batch.
 //!
 //! Top-k: three launches select the k winners per user exactly on the device (`kernels/topk.cu`):
 //! a histogram of the scores' top bits over many blocks, the threshold bucket and the survivors
@@ -74,6 +74,12 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuMemcpyHtoDAsync_v2",
     "cuMemcpyDtoHAsync_v2",
     "cuStreamSynchronize",
+    // The lanes' own non-blocking streams (device.rs), and the context-wide synchronisation
+    // before the backend frees what the lanes read.
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuCtxSynchronize",
+    "cuCtxGetCurrent",
     // Pinned staging (device.rs): cudarc gives every pinned buffer an event.
     "cuMemHostAlloc",
     "cuMemFreeHost",
