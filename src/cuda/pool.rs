@@ -9,8 +9,9 @@
 //! batch are all distinct. That is what makes the pool's promise hold: after a batch of some
 //! shape, a batch of the same shape or a smaller one (every buffer the same length or shorter,
 //! in the same order) finds an idle buffer for each request and allocates nothing (best fit in
-//! any order succeeds whenever some assignment does). Buffers never shrink and are freed only
-//! with the lane.
+//! any order succeeds whenever some assignment does). When no idle buffer is large enough the
+//! largest idle one is freed before the new one is allocated, so a lane holds at most as many
+//! buffers as one batch has used at once; buffers never shrink.
 //!
 //! Why hold leases until the end of the batch instead of reusing them at once: on the GPU the
 //! kernels that read a buffer may still be queued when the plan drops it; reusing it on the
@@ -132,7 +133,7 @@ impl<R: DeviceBuffer> LanePool<R> {
     /// Only the batch that holds the lane calls this.
     pub fn take(&self, len: usize, alloc: impl FnOnce(usize) -> Result<R>) -> Result<Lease<R>> {
         let want = len.max(1);
-        let found = {
+        let (found, evicted) = {
             let mut idle = lock(&self.idle);
             let best = idle
                 .iter()
@@ -140,8 +141,18 @@ impl<R: DeviceBuffer> LanePool<R> {
                 .filter(|(_, b)| b.len() >= want)
                 .min_by_key(|(_, b)| b.len())
                 .map(|(i, _)| i);
-            best.map(|i| idle.swap_remove(i))
+            match best {
+                Some(i) => (Some(idle.swap_remove(i)), None),
+                // Nothing idle is large enough: the largest idle buffer gives way to the new
+                // one, so a lane never holds more buffers than one batch has used at once.
+                None => {
+                    let largest = (0..idle.len()).max_by_key(|&i| idle[i].len());
+                    (None, largest.map(|i| idle.swap_remove(i)))
+                }
+            }
         };
+        // Freed before the allocation (on the GPU, in order on the lane's idle stream).
+        drop(evicted);
         let raw = match found {
             Some(r) => r,
             None => alloc(capacity(want))?,
@@ -376,5 +387,14 @@ mod tests {
         pool.end_batch();
         assert_eq!(allocs.get(), 3, "no allocation after the first batch");
         assert_eq!(pool.buffers(), 3);
+        // A larger batch: each buffer too small for its request gives way to a larger one.
+        run([64 * 256, 32 * 256, 16 * 256]);
+        pool.end_batch();
+        assert_eq!(
+            pool.buffers(),
+            3,
+            "the lane keeps one batch's worth of buffers"
+        );
+        assert!(allocs.get() > 3);
     }
 }
