@@ -1,7 +1,7 @@
 //! The real GPU: [`Backend`] over cudarc's driver API. Loads the fatbin that build.rs embedded
 //! (SASS for sm_80/86/89/90, PTX for newer GPUs) and launches a kernel with its parameter struct
 //! (`src/abi.rs`) as the one by-value argument ([`Backend::launch`]), with the geometry from
-//! [`launch`]. Every driver error becomes [`Error::Driver`] naming the operation.
+//! [`super::launch`]. Every driver error becomes [`Error::Driver`] naming the operation.
 //!
 //! **Lanes** ([`super::pool`]): the backend owns [`LANES`] non-blocking streams, each with its
 //! own page-locked staging and its own device workspace, and a batch holds one of them from
