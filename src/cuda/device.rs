@@ -375,20 +375,20 @@ impl CudaBackend {
         if !(sync || is_sticky(&e)) {
             return driver(what, e);
         }
-        match self.lanes.failed() {
-            Some(first) => Error::Device(format!(
-                "{what}: {e}; the GPU had already failed ({first}), so this batch's results are \
-                 discarded"
-            )),
-            None => {
-                self.lanes
-                    .fail(&format!("a device fault while {what}: {e}"));
-                Error::Driver {
-                    what: format!("{what} (a device fault: the GPU executor is now failed)"),
-                    source: Box::new(e),
-                }
-            }
+        if self
+            .lanes
+            .fail(&format!("a device fault while {what}: {e}"))
+        {
+            return Error::Driver {
+                what: format!("{what} (a device fault: the GPU executor is now failed)"),
+                source: Box::new(e),
+            };
         }
+        let first = self.lanes.failed().unwrap_or_default();
+        Error::Device(format!(
+            "{what}: {e}; the GPU had already failed ({first}), so this batch's results are \
+             discarded"
+        ))
     }
 
     /// The stream of the calling thread's batch, or the load stream outside a batch.

@@ -251,13 +251,20 @@ impl<L: Lane> Lanes<L> {
     }
 
     /// Marks the backend failed with `reason` (the first reason is kept) and wakes batches
-    /// waiting for a lane, which then get the error.
-    pub fn fail(&self, reason: &str) {
-        lock(&self.failed).get_or_insert_with(|| reason.to_string());
+    /// waiting for a lane, which then get the error. True when this call failed it (false when
+    /// it had already failed).
+    pub fn fail(&self, reason: &str) -> bool {
+        let first = {
+            let mut failed = lock(&self.failed);
+            let first = failed.is_none();
+            failed.get_or_insert_with(|| reason.to_string());
+            first
+        };
         // Under the idle lock: a batch that found no idle lane checks `failed` and starts
         // waiting without releasing it, so it cannot miss this wake-up.
         let _idle = lock(&self.idle);
         self.freed.notify_all();
+        first
     }
 
     /// Binds an idle lane to the calling thread for one batch, waiting while all are busy; an
@@ -319,7 +326,9 @@ impl<L: Lane> Lanes<L> {
                 lock(&self.idle).push(b.lane);
                 self.freed.notify_one();
             }
-            Err(reason) => self.fail(&reason),
+            Err(reason) => {
+                self.fail(&reason);
+            }
         }
     }
 }
