@@ -10,8 +10,8 @@
 //    * `topk_hist`    grid (⌈max m / TOPK_CHUNK⌉, B), block 256: each block histograms the top
 //      12 bits of ordered_bits (sign, exponent, 3 mantissa bits: TOPK_BUCKETS = 4096 buckets)
 //      of its TOPK_CHUNK scores in shared memory and adds the non-zero buckets to the user's
-//      global histogram (atomics). The histogram must be zero before (the plan allocates it
-//      zeroed, with the rest of the batch's buffers).
+//      global histogram (atomics). The histogram and the survivor counts must be zero before
+//      (the plan takes them with `zeros_i32`; every other buffer of a batch is scratch).
 //    * `topk_compact` same grid: each block finds, from its user's histogram, the bucket t that
 //      holds the k-th largest key (a block-wide scan of 16-bucket partial sums, then one thread
 //      walks its 16 buckets: no serial 4096-step walk) and the survivor count S = keys in

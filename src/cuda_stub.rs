@@ -29,6 +29,14 @@ impl CudaExecutor {
     pub fn device_name(&self) -> &str {
         match self.0 {}
     }
+
+    pub(crate) fn with_cpu_fallback(self) -> Self {
+        self
+    }
+
+    pub fn device_fault(&self) -> Option<String> {
+        match self.0 {}
+    }
 }
 
 impl Executor for CudaExecutor {

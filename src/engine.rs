@@ -127,6 +127,13 @@ impl Engine {
         &self.device_report
     }
 
+    /// Why the device executor failed (a fault that poisoned the GPU), if it did: it then serves
+    /// no more batches — they fail with that reason, or, when `Device::Auto` chose the GPU, run
+    /// on the CPU. `None` on the CPU and on a healthy GPU.
+    pub fn device_fault(&self) -> Option<String> {
+        self.device.as_ref().and_then(|d| d.device_fault())
+    }
+
     /// The CPU fast path's candidate-scoring kernel and how it was chosen, e.g.
     /// `avx512/lanes (by rule)` or `avx512/interleaved (tuned at load, …)`
     /// ([`EngineOptions::score_kernel`]); `None` on the reference path. (A GPU serving requests

@@ -1,21 +1,27 @@
-//! GPU faults without a GPU (issue 5): the launch plan of `src/cuda/plan.rs` runs on a backend
-//! that wraps the CPU emulation of the kernels and injects the faults a device gives —
-//! an allocation that fails (out of memory while uploading the stores or a request's buffers),
-//! a page-locked staging allocation that fails, and a kernel launch that fails — while counting
-//! live device buffers and staging areas. Each fault must come back as
-//! an error (never a panic or a partial result), leave no device buffer behind, and leave the
-//! plan and the CPU engine usable.
+//! GPU faults without a GPU (issues 5, 14): the launch plan of `src/cuda/plan.rs` runs on a
+//! backend that wraps the CPU emulation of the kernels with the GPU backend's workspace pools
+//! and lanes (`hcn_prerank::cuda::pool`) and injects the faults a device gives — an allocation
+//! that fails (out of memory while uploading the stores or in a batch's workspace), a
+//! page-locked staging allocation that fails, a kernel launch that fails, and a sticky device
+//! fault — while counting live device buffers, allocations, memsets, launches and staging
+//! areas. Each fault must come back as an error to the batch that hit it (never a panic or a
+//! partial result), leave no device buffer behind (every one is resident, pooled or freed) and
+//! no lane taken, and leave the plan and the CPU engine usable — except the sticky fault, after
+//! which the backend refuses every batch. A warm workspace allocates nothing.
 #![cfg(feature = "cuda-emulation")]
 
 mod common;
 
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hcn_prerank::cuda::abi::{In, KernelParams, StoreRows, Variant};
-use hcn_prerank::cuda::backend::{Backend, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc};
-use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
+use hcn_prerank::cuda::backend::{
+    Backend, BatchScope, DeviceBuffer, DeviceInputs, HostInputs, StoreDesc,
+};
+use hcn_prerank::cuda::emu::{EmuBackend, EmuStore, SCRATCH_I32};
 use hcn_prerank::cuda::launch::Geometry;
+use hcn_prerank::cuda::pool::{BatchGuard, Lane, LanePool, Lanes, Lease};
 use hcn_prerank::cuda::{Plan, StoreSource};
 use hcn_prerank::tensor::DType;
 use hcn_prerank::{Engine, EngineOptions, Error, ItemStore, Model, Result};
@@ -56,26 +62,81 @@ impl Drop for Staging {
     }
 }
 
-/// Fails the allocation numbered `fail_alloc` (0-based, counted across the backend's life),
-/// every staging allocation while `fail_staging` is set, and every launch of the kernel named
-/// `fail_launch`.
-#[derive(Clone, Default)]
+/// A lane of the faulty backend: the library's workspace pools (`hcn_prerank::cuda::pool`, as
+/// the GPU's lanes use them) over counted emulation buffers, and no stream.
+#[derive(Default)]
+struct FaultyLane {
+    f: LanePool<Buf<Vec<f32>>>,
+    i: LanePool<Buf<Vec<i32>>>,
+    u: LanePool<Buf<Vec<u32>>>,
+    /// The stream "cannot be synchronised" (a device fault): the batch's buffers are abandoned.
+    dead: Arc<AtomicBool>,
+}
+
+impl Lane for FaultyLane {
+    fn end_batch(&self, _clean: bool) -> std::result::Result<(), String> {
+        if self.dead.load(Ordering::SeqCst) {
+            self.f.abandon_batch();
+            self.i.abandon_batch();
+            self.u.abandon_batch();
+            return Err("the stream could not be synchronised (injected)".into());
+        }
+        self.f.end_batch();
+        self.i.end_batch();
+        self.u.end_batch();
+        Ok(())
+    }
+}
+
+/// The emulated backend with the GPU's workspace pools and lanes, counting device allocations,
+/// memsets and launches, and failing on demand: the allocation numbered `fail_alloc` (0-based,
+/// counted across the backend's life), every staging allocation while `fail_staging` is set,
+/// every launch of the kernel named `fail_launch`, and, as a device fault that poisons the
+/// context, the launches of `sticky_launch`.
+#[derive(Clone)]
 struct Faulty {
     live: Arc<AtomicIsize>,
     allocs: Arc<AtomicUsize>,
+    memsets: Arc<AtomicUsize>,
+    launches: Arc<AtomicUsize>,
     fail_alloc: Arc<AtomicUsize>,
-    fail_launch: Arc<std::sync::Mutex<Option<&'static str>>>,
-    fail_staging: Arc<std::sync::atomic::AtomicBool>,
+    fail_launch: Arc<Mutex<Option<&'static str>>>,
+    sticky_launch: Arc<Mutex<Option<&'static str>>>,
+    fail_staging: Arc<AtomicBool>,
     stagings: Arc<AtomicIsize>,
+    dead: Arc<AtomicBool>,
+    lanes: Arc<Lanes<FaultyLane>>,
 }
 
 impl Faulty {
     fn new() -> Self {
-        let f = Faulty::default();
-        f.fail_alloc.store(usize::MAX, Ordering::SeqCst);
-        f
+        Self::with_lanes(1)
     }
 
+    fn with_lanes(n: usize) -> Self {
+        let dead = Arc::new(AtomicBool::new(false));
+        let lanes = (0..n)
+            .map(|_| FaultyLane {
+                dead: dead.clone(),
+                ..FaultyLane::default()
+            })
+            .collect();
+        Faulty {
+            live: Arc::default(),
+            allocs: Arc::default(),
+            memsets: Arc::default(),
+            launches: Arc::default(),
+            fail_alloc: Arc::new(AtomicUsize::new(usize::MAX)),
+            fail_launch: Arc::default(),
+            sticky_launch: Arc::default(),
+            fail_staging: Arc::default(),
+            stagings: Arc::default(),
+            dead,
+            lanes: Arc::new(Lanes::new(lanes)),
+        }
+    }
+
+    /// A counted device allocation (`r` made it), or the injected out-of-memory.
     fn alloc<T>(&self, r: Result<T>) -> Result<Buf<T>> {
         let n = self.allocs.fetch_add(1, Ordering::SeqCst);
         if n == self.fail_alloc.load(Ordering::SeqCst) {
@@ -91,20 +152,83 @@ impl Faulty {
         })
     }
 
+    /// Buffers the lanes' pools hold (alive, reachable, reused by later batches).
+    fn pooled(&self) -> isize {
+        (0..self.lanes.len())
+            .map(|i| {
+                let l = self.lanes.lane(i).unwrap();
+                l.f.buffers() + l.i.buffers() + l.u.buffers()
+            })
+            .sum::<usize>() as isize
+    }
+
+    /// `len` elements from the batch's lane (poisoned when new: stale or poison, never a
+    /// promised zero), or a plain allocation outside a batch; `zero` adds a counted memset.
+    fn buffer<T: Clone + Default>(
+        &self,
+        len: usize,
+        zero: bool,
+        poison: T,
+        pool: impl Fn(&FaultyLane) -> &LanePool<Buf<Vec<T>>>,
+    ) -> Result<Lease<Buf<Vec<T>>>>
+    where
+        Vec<T>: DeviceBuffer,
+    {
+        let mut b = match self.lanes.current() {
+            Some(lane) => pool(lane).take(len, |cap| self.alloc(Ok(vec![poison.clone(); cap])))?,
+            None => Lease::owned(self.alloc(Ok(vec![poison.clone(); len]))?, len),
+        };
+        if zero {
+            self.memsets.fetch_add(1, Ordering::SeqCst);
+            b.raw_mut().inner[..len].fill(T::default());
+        }
+        Ok(b)
+    }
+
+    fn stage_up<T: Copy + Default>(
+        &self,
+        pool: impl Fn(&FaultyLane) -> &LanePool<Buf<Vec<T>>>,
+        parts: &[&[T]],
+    ) -> Result<Vec<Lease<Buf<Vec<T>>>>>
+    where
+        Vec<T>: DeviceBuffer,
+    {
+        parts
+            .iter()
+            .map(|p| {
+                let mut b = self.buffer(p.len(), false, T::default(), &pool)?;
+                b.raw_mut().inner[..p.len()].copy_from_slice(p);
+                Ok(b)
+            })
+            .collect()
+    }
+
     fn injected_launch_fault(&self, kernel: &str) -> Result<()> {
         if *self.fail_launch.lock().unwrap() == Some(kernel) {
             return Err(Error::Device(format!(
                 "launch of {kernel} failed (injected)"
             )));
         }
+        if *self.sticky_launch.lock().unwrap() == Some(kernel) {
+            // What the GPU backend does with a sticky error: the stream is dead, the backend
+            // failed, the batch that saw it gets it.
+            self.dead.store(true, Ordering::SeqCst);
+            let reason = format!("illegal address in {kernel} (injected device fault)");
+            self.lanes.fail(&reason);
+            return Err(Error::Device(reason));
+        }
         Ok(())
     }
 }
 
+fn plain<T: Clone>(b: &Lease<Buf<Vec<T>>>) -> Vec<T> {
+    b.raw().inner[..b.len()].to_vec()
+}
+
 impl Backend for Faulty {
-    type F = Buf<Vec<f32>>;
-    type I = Buf<Vec<i32>>;
-    type U = Buf<Vec<u32>>;
+    type F = Lease<Buf<Vec<f32>>>;
+    type I = Lease<Buf<Vec<i32>>>;
+    type U = Lease<Buf<Vec<u32>>>;
     type Store = Buf<EmuStore>;
     type Staging = Staging;
 
@@ -128,25 +252,37 @@ impl Backend for Faulty {
         EmuBackend.store_scales(&s.inner)
     }
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F> {
-        self.alloc(EmuBackend.upload_f32(v))
+        Ok(Lease::owned(self.alloc(EmuBackend.upload_f32(v))?, v.len()))
     }
     fn upload_i32(&self, v: &[i32]) -> Result<Self::I> {
-        self.alloc(EmuBackend.upload_i32(v))
+        Ok(Lease::owned(self.alloc(EmuBackend.upload_i32(v))?, v.len()))
     }
     fn upload_u32(&self, v: &[u32]) -> Result<Self::U> {
-        self.alloc(EmuBackend.upload_u32(v))
+        Ok(Lease::owned(self.alloc(EmuBackend.upload_u32(v))?, v.len()))
     }
     fn zeros_f32(&self, len: usize) -> Result<Self::F> {
-        self.alloc(EmuBackend.zeros_f32(len))
+        self.buffer(len, true, f32::NAN, |l| &l.f)
     }
     fn zeros_i32(&self, len: usize) -> Result<Self::I> {
-        self.alloc(EmuBackend.zeros_i32(len))
+        self.buffer(len, true, SCRATCH_I32, |l| &l.i)
+    }
+    fn scratch_f32(&self, len: usize) -> Result<Self::F> {
+        self.buffer(len, false, f32::NAN, |l| &l.f)
+    }
+    fn scratch_i32(&self, len: usize) -> Result<Self::I> {
+        self.buffer(len, false, SCRATCH_I32, |l| &l.i)
     }
     fn download_f32(&self, b: &Self::F) -> Result<Vec<f32>> {
-        EmuBackend.download_f32(&b.inner)
+        Ok(plain(b))
     }
     fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>> {
-        EmuBackend.download_i32(&b.inner)
+        Ok(plain(b))
+    }
+    fn begin_batch(&self) -> Result<BatchScope> {
+        Ok(BatchScope::new(BatchGuard::begin(&self.lanes)?))
+    }
+    fn failed(&self) -> Option<String> {
+        self.lanes.failed()
     }
     fn upload_batch(&self, inputs: HostInputs<'_>) -> Result<(Staging, DeviceInputs<Self>)> {
         if self.fail_staging.load(Ordering::SeqCst) {
@@ -158,22 +294,10 @@ impl Backend for Faulty {
         let staging = Staging {
             live: self.stagings.clone(),
         };
-        // One device allocation per input, as the GPU does; a failure drops what was made.
-        let u32s = inputs
-            .u32s
-            .iter()
-            .map(|v| self.alloc(EmuBackend.upload_u32(v)))
-            .collect::<Result<_>>()?;
-        let i32s = inputs
-            .i32s
-            .iter()
-            .map(|v| self.alloc(EmuBackend.upload_i32(v)))
-            .collect::<Result<_>>()?;
-        let f32s = inputs
-            .f32s
-            .iter()
-            .map(|v| self.alloc(EmuBackend.upload_f32(v)))
-            .collect::<Result<_>>()?;
+        // One workspace buffer per input, as the GPU does; a failure drops what was taken.
+        let u32s = self.stage_up(|l| &l.u, inputs.u32s)?;
+        let i32s = self.stage_up(|l| &l.i, inputs.i32s)?;
+        let f32s = self.stage_up(|l| &l.f, inputs.f32s)?;
         Ok((staging, DeviceInputs { u32s, i32s, f32s }))
     }
     fn read_back<R>(
@@ -183,11 +307,12 @@ impl Backend for Faulty {
         i32s: &[&Self::I],
         read: impl FnOnce(&[&[f32]], &[&[i32]]) -> R,
     ) -> Result<R> {
-        let f: Vec<&Vec<f32>> = f32s.iter().map(|b| &b.inner).collect();
-        let i: Vec<&Vec<i32>> = i32s.iter().map(|b| &b.inner).collect();
-        let r = EmuBackend.read_back((), &f, &i, read);
+        let f: Vec<&[f32]> = f32s.iter().map(|b| &b.raw().inner[..b.len()]).collect();
+        let i: Vec<&[i32]> = i32s.iter().map(|b| &b.raw().inner[..b.len()]).collect();
+        self.lanes.mark_clean(true);
+        let r = read(&f, &i);
         drop(staging);
-        r
+        Ok(r)
     }
     unsafe fn launch<P: KernelParams>(
         &self,
@@ -195,6 +320,9 @@ impl Backend for Faulty {
         geo: &Geometry,
         p: &P,
     ) -> Result<()> {
+        if !geo.is_empty() {
+            self.launches.fetch_add(1, Ordering::SeqCst);
+        }
         self.injected_launch_fault(P::DESC.op)?;
         // SAFETY: the addresses in `p` are the emulation's (the buffers wrap its vectors); the
         // caller's guarantee carries over.
@@ -232,14 +360,37 @@ fn plan(b: &Faulty, f: &Files) -> Result<Plan<Faulty>> {
 }
 
 fn run(plan: &Plan<Faulty>, f: &Files) -> Result<Vec<hcn_prerank::Response>> {
+    run_some(plan, f, &f.case.requests)
+}
+
+fn run_some(
+    plan: &Plan<Faulty>,
+    f: &Files,
+    requests: &[hcn_prerank::Request],
+) -> Result<Vec<hcn_prerank::Response>> {
     common::run_fixture_result(
         |u, k| plan.run_batch(u, k),
         &f.model,
         &f.tokens,
         &f.cands,
-        &f.case.requests,
+        requests,
         f.case.top_k,
     )
+}
+
+/// The memsets a batch still asks for: top-k's histogram and survivor counts, which
+/// `topk_hist` / `topk_compact` add to with atomics (one zeroed buffer), and the six buffers
+/// of each tower that `Plan::tower` still takes with `zeros_f32` (issue 14: its rewrite takes
+/// scratch buffers — every one of them is fully written by its kernel — and this becomes 1).
+const ZEROINGS_PER_BATCH: usize = 1 + 2 * 6;
+
+/// Device allocations, memsets and launches `go` made.
+fn counted<R>(b: &Faulty, go: impl FnOnce() -> R) -> (R, [usize; 3]) {
+    let read = || [&b.allocs, &b.memsets, &b.launches].map(|c| c.load(Ordering::SeqCst));
+    let before = read();
+    let r = go();
+    let after = read();
+    (r, [0, 1, 2].map(|i| after[i] - before[i]))
 }
 
 /// Out of memory at every allocation of the upload, one at a time: an error naming the fault,
@@ -275,22 +426,29 @@ fn out_of_memory_while_uploading_is_an_error_and_frees_everything() {
     }
 }
 
-/// A failed launch of each kernel, out of memory for a request's buffers, and a failed staging
-/// (pinned host memory) allocation: the batch is an error, the request's buffers and staging are
-/// freed, and the same plan serves the next batch correctly.
+/// A failed launch of each kernel and a failed staging (pinned host memory) allocation: the
+/// batch is an error, its workspace buffers go back to the pool (nothing leaked, nothing
+/// allocated by the next batch), its lane is idle again, and the same plan serves the next
+/// batch correctly.
 #[test]
-fn failed_launches_and_request_oom_leave_the_plan_usable() {
+fn failed_launches_and_staging_leave_the_plan_usable() {
     let f = files();
     let b = Faulty::new();
     let p = plan(&b, &f).unwrap();
     let resident = b.live.load(Ordering::SeqCst);
     let good = run(&p, &f).unwrap();
     common::check_case("emulated plan, no fault", &f.case, &good, 2e-3);
-    assert_eq!(
-        b.live.load(Ordering::SeqCst),
-        resident,
-        "a batch leaves no buffer behind"
-    );
+    let settled = |what: &str| {
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            resident + b.pooled(),
+            "{what}: every buffer is resident or in the pool"
+        );
+        assert_eq!(b.stagings.load(Ordering::SeqCst), 0, "{what}: staging kept");
+        assert_eq!(b.lanes.idle(), 1, "{what}: the lane was not returned");
+    };
+    settled("no fault");
+    let pooled = b.pooled();
 
     for kernel in [
         "gather",
@@ -310,48 +468,19 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
                 other.map(|r| r.len())
             ),
         }
-        assert_eq!(
-            b.live.load(Ordering::SeqCst),
-            resident,
-            "{kernel}: buffers leaked"
-        );
-        assert_eq!(
-            b.stagings.load(Ordering::SeqCst),
-            0,
-            "{kernel}: staging kept"
-        );
+        settled(kernel);
         *b.fail_launch.lock().unwrap() = None;
+        let (again, [allocs, ..]) = counted(&b, || run(&p, &f).unwrap());
         assert_eq!(
-            run(&p, &f).unwrap(),
-            good,
+            again, good,
             "after a failed {kernel} the plan serves correctly"
         );
-    }
-
-    let before = b.allocs.load(Ordering::SeqCst);
-    run(&p, &f).unwrap();
-    let per_batch = b.allocs.load(Ordering::SeqCst) - before;
-    assert!(per_batch > 0);
-    for n in 0..per_batch {
-        b.fail_alloc
-            .store(b.allocs.load(Ordering::SeqCst) + n, Ordering::SeqCst);
-        assert!(
-            matches!(run(&p, &f), Err(Error::Device(_))),
-            "request allocation {n}"
-        );
         assert_eq!(
-            b.live.load(Ordering::SeqCst),
-            resident,
-            "request allocation {n}: buffers leaked"
+            allocs, 0,
+            "after a failed {kernel}: the workspace was reused"
         );
-        assert_eq!(
-            b.stagings.load(Ordering::SeqCst),
-            0,
-            "request allocation {n}: staging kept"
-        );
+        assert_eq!(b.pooled(), pooled, "{kernel}: the pool did not grow");
     }
-    b.fail_alloc.store(usize::MAX, Ordering::SeqCst);
-    assert_eq!(run(&p, &f).unwrap(), good);
 
     // The staging (on the GPU: page-locked host memory) cannot be allocated: a device error
     // before anything is enqueued, nothing left behind, and the plan recovers.
@@ -363,14 +492,10 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
             other.map(|r| r.len())
         ),
     }
-    assert_eq!(b.live.load(Ordering::SeqCst), resident, "staging: leaked");
+    settled("staging");
     b.fail_staging.store(false, Ordering::SeqCst);
     assert_eq!(run(&p, &f).unwrap(), good, "after a failed staging");
-    assert_eq!(
-        b.stagings.load(Ordering::SeqCst),
-        0,
-        "a batch returns its staging"
-    );
+    settled("after a failed staging");
 
     // The CPU engine on the same files is unaffected by any of this.
     let cpu = Engine::load(
@@ -388,6 +513,178 @@ fn failed_launches_and_request_oom_leave_the_plan_usable() {
         &f.case.requests[0].candidates,
         f.case.top_k,
         common::CPU_TOL,
+    );
+}
+
+/// Out of memory at each device allocation a cold batch makes (its workspace): the batch is a
+/// device error naming it, every buffer is freed or back in the pool, the lane is idle, and the
+/// plan then serves correctly and, warm, allocates nothing.
+#[test]
+fn out_of_memory_in_the_workspace_is_an_error_and_leaks_nothing() {
+    let f = files();
+    let (cold, good) = {
+        let b = Faulty::new();
+        let p = plan(&b, &f).unwrap();
+        let (good, [allocs, ..]) = counted(&b, || run(&p, &f).unwrap());
+        common::check_case("cold batch", &f.case, &good, 2e-3);
+        (allocs, good)
+    };
+    assert!(cold > 10, "a cold batch makes {cold} allocations");
+    for n in 0..cold {
+        let b = Faulty::new();
+        let p = plan(&b, &f).unwrap();
+        let resident = b.live.load(Ordering::SeqCst);
+        b.fail_alloc
+            .store(b.allocs.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+        match run(&p, &f) {
+            Err(Error::Device(msg)) => assert!(msg.contains("out of memory"), "{msg}"),
+            other => panic!(
+                "workspace allocation {n}: expected a device error, got {:?}",
+                other.map(|r| r.len())
+            ),
+        }
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            resident + b.pooled(),
+            "workspace allocation {n}: buffers leaked"
+        );
+        assert_eq!(
+            b.stagings.load(Ordering::SeqCst),
+            0,
+            "allocation {n}: staging kept"
+        );
+        assert_eq!(
+            b.lanes.idle(),
+            1,
+            "allocation {n}: the lane was not returned"
+        );
+        b.fail_alloc.store(usize::MAX, Ordering::SeqCst);
+        assert_eq!(run(&p, &f).unwrap(), good, "allocation {n}: the next batch");
+        if n + 1 == cold {
+            let (_, [allocs, ..]) = counted(&b, || run(&p, &f).unwrap());
+            assert_eq!(allocs, 0, "allocation {n}: a warm batch allocates");
+        }
+        drop(p);
+        assert_eq!(
+            b.live.load(Ordering::SeqCst),
+            b.pooled(),
+            "allocation {n}: the dropped plan leaves only the pool"
+        );
+    }
+}
+
+/// After one warm-up batch, batches of the same shape and of smaller ones (fewer users, fewer
+/// candidates) make no device allocation and only the memsets the kernels need; the plan's
+/// launch counter agrees with the backend's.
+#[test]
+fn warm_batches_allocate_nothing() {
+    let f = files();
+    let b = Faulty::new();
+    let p = plan(&b, &f).unwrap();
+    let reqs = &f.case.requests;
+    assert!(reqs.len() >= 2, "the fixture has {} requests", reqs.len());
+    let (warm, [allocs, _, launches]) = counted(&b, || run(&p, &f).unwrap());
+    common::check_case("warm-up", &f.case, &warm, 2e-3);
+    assert!(allocs > 0 && launches > 0);
+    let pooled = b.pooled();
+    let mut halved = reqs.clone();
+    for r in &mut halved {
+        let keep = r.candidates.len().div_ceil(2);
+        r.candidates.truncate(keep);
+    }
+    let shapes: [(&str, &[hcn_prerank::Request]); 5] = [
+        ("the same", reqs),
+        ("the first user", &reqs[..1]),
+        ("the last user", &reqs[reqs.len() - 1..]),
+        ("all but the first", &reqs[1..]),
+        ("half the candidates", &halved),
+    ];
+    for round in 0..2 {
+        for (what, rs) in shapes {
+            let before = p.launches();
+            let (out, [allocs, memsets, launches]) = counted(&b, || run_some(&p, &f, rs).unwrap());
+            assert_eq!(allocs, 0, "{what} (round {round}): device allocations");
+            assert_eq!(
+                memsets, ZEROINGS_PER_BATCH,
+                "{what} (round {round}): memsets"
+            );
+            assert_eq!(
+                (p.launches() - before) as usize,
+                launches,
+                "{what}: the plan's launch count"
+            );
+            assert_eq!(out.len(), rs.len());
+            if std::ptr::eq(rs, reqs.as_slice()) {
+                assert_eq!(out, warm, "{what}: stale workspace contents change nothing");
+            }
+        }
+    }
+    // Each smaller user's answer is its answer in the full batch (stale buffers included).
+    let first = run_some(&p, &f, &reqs[..1]).unwrap();
+    common::check_response(
+        "the first user alone",
+        &first[0],
+        &f.case.expected[0],
+        &reqs[0].candidates,
+        f.case.top_k,
+        2e-3,
+    );
+    assert_eq!(b.pooled(), pooled, "the pool did not grow");
+}
+
+/// A device fault that poisons the context (a sticky error): the batch that hit it gets it,
+/// never a result; the lane it ran on is abandoned, and every later batch is refused with the
+/// first reason instead of running on the broken device.
+#[test]
+fn a_sticky_fault_fails_its_batch_and_then_the_backend() {
+    let f = files();
+    let b = Faulty::with_lanes(2);
+    let p = plan(&b, &f).unwrap();
+    let good = run(&p, &f).unwrap();
+    *b.sticky_launch.lock().unwrap() = Some("attention");
+    match run(&p, &f) {
+        Err(Error::Device(msg)) => assert!(msg.contains("illegal address in attention"), "{msg}"),
+        other => panic!("expected the fault, got {:?}", other.map(|r| r.len())),
+    }
+    *b.sticky_launch.lock().unwrap() = None;
+    assert_eq!(b.lanes.idle(), 1, "the faulted lane is abandoned");
+    for _ in 0..2 {
+        match run(&p, &f) {
+            Err(Error::Device(msg)) => {
+                assert!(msg.contains("failed earlier"), "{msg}");
+                assert!(msg.contains("illegal address in attention"), "{msg}");
+            }
+            Ok(r) => panic!("a failed backend answered ({} responses)", r.len()),
+            Err(other) => panic!("expected a device error, got {other}"),
+        }
+    }
+    assert_eq!(b.lanes.idle(), 1, "a refused batch takes no lane");
+    assert!(!good.is_empty());
+}
+
+/// Concurrent batches on a backend with two lanes: each runs on its own lane (own buffers),
+/// every answer is right, and every lane is idle afterwards.
+#[test]
+fn concurrent_batches_take_separate_lanes() {
+    let f = files();
+    let b = Faulty::with_lanes(2);
+    let p = plan(&b, &f).unwrap();
+    let resident = b.live.load(Ordering::SeqCst);
+    let good = run(&p, &f).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                for _ in 0..2 {
+                    assert_eq!(run(&p, &f).unwrap(), good);
+                }
+            });
+        }
+    });
+    assert_eq!(b.lanes.idle(), 2);
+    assert_eq!(
+        b.live.load(Ordering::SeqCst),
+        resident + b.pooled(),
+        "nothing outside the pool but the plan's own buffers"
     );
 }
 
@@ -414,6 +711,11 @@ fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
     assert_eq!(t.span.count, 2);
     let r = f.model.config.layers as u64;
     let launches: u64 = t.kernels.iter().map(|k| k.stat.count).sum();
+    assert_eq!(
+        b.launches.load(Ordering::SeqCst) as u64,
+        p.launches(),
+        "the plan counts every launch, timed or not"
+    );
     // Per batch 2·(1 + 4r) + 7: the towers, co-interest, fusion, score and top-k's three.
     assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 7), "{t:?}");
     let sites: Vec<&str> = t.kernels.iter().map(|k| k.site.as_str()).collect();
@@ -453,4 +755,60 @@ fn kernel_timing_counts_every_launch_of_batches_that_succeed() {
     // On again: a fresh start.
     p.set_kernel_timing(true);
     assert_eq!(p.kernel_times().batches, 0);
+}
+
+/// An engine on the plan (the faulty backend standing for the GPU): after a sticky device
+/// fault, with the CPU fallback that `Device::Auto` sets, the batch that hit the fault and
+/// every later one are answered by the CPU executor (right answers, the fault reported by
+/// `Engine::device_fault`); without it (an explicit `Device::Cuda`) they are device errors.
+#[test]
+fn auto_serves_on_the_cpu_after_a_device_fault() {
+    let f = files();
+    let (reqs, k) = (&f.case.requests, f.case.top_k);
+    for fallback in [true, false] {
+        let b = Faulty::new();
+        let e = hcn_prerank::cuda::engine_on_backend(
+            b.clone(),
+            fallback,
+            Arc::new(Model::load(&f.case.model).unwrap()),
+            Arc::new(ItemStore::load(&f.case.tokens).unwrap()),
+            Arc::new(ItemStore::load(&f.case.candidates).unwrap()),
+            EngineOptions::default(),
+        )
+        .unwrap();
+        let check = |what: &str, out: Vec<Result<hcn_prerank::Response>>, tol: f64| {
+            for (i, r) in out.into_iter().enumerate() {
+                let r = r.unwrap_or_else(|e| panic!("{what}, request {i}: {e}"));
+                common::check_response(what, &r, &f.case.expected[i], &reqs[i].candidates, k, tol);
+            }
+        };
+        check(
+            "the plan before the fault",
+            e.run_batch(reqs, Some(k)),
+            2e-3,
+        );
+        assert_eq!(e.device_fault(), None);
+        *b.sticky_launch.lock().unwrap() = Some("score");
+        let hit = e.run_batch(reqs, Some(k));
+        *b.sticky_launch.lock().unwrap() = None;
+        let after = e.run_batch(reqs, Some(k));
+        let fault = e.device_fault().expect("the fault is reported");
+        assert!(fault.contains("illegal address in score"), "{fault}");
+        if fallback {
+            check("the faulted batch, on the CPU", hit, common::CPU_TOL);
+            check("a later batch, on the CPU", after, common::CPU_TOL);
+        } else {
+            for (what, out) in [("the faulted batch", hit), ("a later batch", after)] {
+                assert_eq!(out.len(), reqs.len());
+                for r in out {
+                    match r {
+                        Err(Error::Device(msg)) => {
+                            assert!(msg.contains("illegal address in score"), "{what}: {msg}")
+                        }
+                        other => panic!("{what}: expected the device fault, got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

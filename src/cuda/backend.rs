@@ -233,6 +233,25 @@ impl Mark {
     }
 }
 
+/// A batch's hold on its backend ([`Backend::begin_batch`]): dropping it ends the batch.
+#[derive(Default)]
+pub struct BatchScope(Option<Box<dyn std::any::Any>>);
+
+impl BatchScope {
+    /// A scope whose end is `guard`'s drop.
+    pub fn new<G: 'static>(guard: G) -> Self {
+        BatchScope(Some(Box::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for BatchScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BatchScope")
+            .field(&self.0.is_some())
+            .finish()
+    }
+}
+
 /// Device operations: buffers, copies, and [`Backend::launch`] for every kernel.
 pub trait Backend {
     /// F32 device buffer.
@@ -270,10 +289,37 @@ pub trait Backend {
     fn upload_f32(&self, v: &[f32]) -> Result<Self::F>;
     fn upload_i32(&self, v: &[i32]) -> Result<Self::I>;
     fn upload_u32(&self, v: &[u32]) -> Result<Self::U>;
+    /// A buffer of `len` zeros. Only for a kernel that relies on zero contents (accumulates into
+    /// it, or reads slots it may not write); every other buffer is [`Backend::scratch_f32`].
     fn zeros_f32(&self, len: usize) -> Result<Self::F>;
     fn zeros_i32(&self, len: usize) -> Result<Self::I>;
+    /// A buffer of `len` elements whose contents are unspecified (stale data of an earlier batch,
+    /// or poison under the emulation): for a kernel that writes every element before anything
+    /// reads it. Inside a batch ([`Backend::begin_batch`]) it comes from the backend's
+    /// persistent workspace and costs neither an allocation nor a memset once warm.
+    fn scratch_f32(&self, len: usize) -> Result<Self::F> {
+        self.zeros_f32(len)
+    }
+    fn scratch_i32(&self, len: usize) -> Result<Self::I> {
+        self.zeros_i32(len)
+    }
     fn download_f32(&self, b: &Self::F) -> Result<Vec<f32>>;
     fn download_i32(&self, b: &Self::I) -> Result<Vec<i32>>;
+
+    /// Starts a batch on the calling thread: the backend binds it to a lane (on the GPU a stream
+    /// with its own staging and workspace, [`super::pool`]) until the returned scope is dropped.
+    /// Every buffer, copy and launch of the batch between the two goes to that lane; buffers
+    /// taken in the batch must be dropped before the scope. An error when the backend has failed
+    /// (a device fault earlier). The default: nothing to bind.
+    fn begin_batch(&self) -> Result<BatchScope> {
+        Ok(BatchScope::default())
+    }
+
+    /// Why the backend has failed (a device fault that poisoned it), if it has: every batch is
+    /// then refused at [`Backend::begin_batch`]. The default: never.
+    fn failed(&self) -> Option<String> {
+        None
+    }
 
     /// Copies every input of a batch to a new device buffer (see [`DeviceInputs`]). The copies may
     /// still be in flight when this returns; the returned staging keeps their host side alive.

@@ -97,6 +97,9 @@ impl<T> DeviceBuffer for Vec<T> {
     }
 }
 
+/// What an emulated scratch I32 buffer holds before a kernel writes it (0xDEADBEEF).
+pub const SCRATCH_I32: i32 = 0xDEAD_BEEFu32 as i32;
+
 /// Runs the GPU plan on the CPU emulation: host `Vec`s stand in for device buffers.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EmuBackend;
@@ -146,6 +149,15 @@ impl Backend for EmuBackend {
     }
     fn zeros_i32(&self, len: usize) -> Result<Vec<i32>> {
         Ok(vec![0; len])
+    }
+    /// Poisoned (NaN), so that a kernel reading an element it did not write shows in the
+    /// results instead of passing on a zero the GPU would not give.
+    fn scratch_f32(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![f32::NAN; len])
+    }
+    /// Poisoned, as [`EmuBackend::scratch_f32`].
+    fn scratch_i32(&self, len: usize) -> Result<Vec<i32>> {
+        Ok(vec![SCRATCH_I32; len])
     }
     fn download_f32(&self, b: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(b.clone())

@@ -15,7 +15,10 @@ use crate::{Error, Result};
 
 impl Executor for CudaExecutor {
     fn run_batch(&self, ctx: &Ctx<'_>, calls: &[(&Request, &RunOptions)]) -> Vec<Result<Response>> {
-        run_plan(&self.plan, ctx, calls)
+        run_or_fall_back(&self.plan, self.cpu_fallback, ctx, calls)
+    }
+    fn device_fault(&self) -> Option<String> {
+        self.plan.backend().failed()
     }
     fn set_kernel_timing(&self, on: bool) -> bool {
         self.plan.set_kernel_timing(on);
@@ -112,6 +115,27 @@ fn finish(
     )
 }
 
+/// [`run_plan`], and with `cpu_fallback` (`Device::Auto`) a batch the device cannot serve
+/// because it has failed — earlier, or while this batch was in flight (its results were then
+/// discarded) — runs on the host executor instead: never a wrong answer, and no error for a
+/// fault the engine can route around.
+fn run_or_fall_back<B: Backend>(
+    plan: &Plan<B>,
+    cpu_fallback: bool,
+    ctx: &Ctx<'_>,
+    calls: &[(&Request, &RunOptions)],
+) -> Vec<Result<Response>> {
+    let failed = || cpu_fallback && plan.backend().failed().is_some();
+    if failed() {
+        return ctx.host.run_batch(ctx, calls);
+    }
+    let out = run_plan(plan, ctx, calls);
+    if failed() && out.iter().any(|r| r.is_err()) {
+        return ctx.host.run_batch(ctx, calls);
+    }
+    out
+}
+
 /// [`Plan::run_batch`] for the engine's requests, whatever the backend (the GPU, or the CPU
 /// emulation of [`emulated_engine`]).
 fn run_plan<B: Backend>(
@@ -181,24 +205,29 @@ fn run_plan<B: Backend>(
         .collect()
 }
 
-/// The plan on the CPU emulation of the kernels ([`emu`], feature `cuda-emulation`), as an engine executor: what the
-/// tests use to run whole requests through the GPU's plan without a GPU.
+/// The plan on any backend as an engine executor: the CPU emulation of the kernels ([`emu`],
+/// feature `cuda-emulation`), or a test's fault-injecting backend — what the tests use to run
+/// whole requests through the GPU's plan without a GPU.
 #[cfg(feature = "cuda-emulation")]
-struct EmulatedExecutor {
-    plan: Plan<super::emu::EmuBackend>,
+struct EmulatedExecutor<B: Backend> {
+    plan: Plan<B>,
+    cpu_fallback: bool,
 }
 
 #[cfg(feature = "cuda-emulation")]
-impl std::fmt::Debug for EmulatedExecutor {
+impl<B: Backend> std::fmt::Debug for EmulatedExecutor<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmulatedExecutor").finish_non_exhaustive()
     }
 }
 
 #[cfg(feature = "cuda-emulation")]
-impl Executor for EmulatedExecutor {
+impl<B: Backend + Send + Sync> Executor for EmulatedExecutor<B>
+where
+    Plan<B>: Send + Sync,
+{
     fn run_batch(&self, ctx: &Ctx<'_>, calls: &[(&Request, &RunOptions)]) -> Vec<Result<Response>> {
-        run_plan(&self.plan, ctx, calls)
+        run_or_fall_back(&self.plan, self.cpu_fallback, ctx, calls)
     }
     fn set_kernel_timing(&self, on: bool) -> bool {
         self.plan.set_kernel_timing(on);
@@ -206,6 +235,9 @@ impl Executor for EmulatedExecutor {
     }
     fn kernel_times(&self) -> Option<crate::KernelTimes> {
         Some(self.plan.kernel_times())
+    }
+    fn device_fault(&self) -> Option<String> {
+        self.plan.backend().failed()
     }
 }
 
@@ -220,8 +252,33 @@ pub fn emulated_engine(
     candidates: std::sync::Arc<crate::ItemStore>,
     options: crate::EngineOptions,
 ) -> Result<crate::Engine> {
-    let plan = Plan::new(
+    engine_on_backend(
         super::emu::EmuBackend,
+        false,
+        model,
+        tokens,
+        candidates,
+        options,
+    )
+}
+
+/// [`emulated_engine`] on any backend (tests: a fault-injecting one); `cpu_fallback` as
+/// `Device::Auto` sets it for the GPU (after a device fault, batches run on the CPU).
+#[cfg(feature = "cuda-emulation")]
+#[doc(hidden)]
+pub fn engine_on_backend<B: Backend + Send + Sync + 'static>(
+    backend: B,
+    cpu_fallback: bool,
+    model: std::sync::Arc<crate::Model>,
+    tokens: std::sync::Arc<crate::ItemStore>,
+    candidates: std::sync::Arc<crate::ItemStore>,
+    options: crate::EngineOptions,
+) -> Result<crate::Engine>
+where
+    Plan<B>: Send + Sync,
+{
+    let plan = Plan::new(
+        backend,
         &model,
         super::StoreSource::from_store(&tokens),
         super::StoreSource::from_store(&candidates),
@@ -231,7 +288,7 @@ pub fn emulated_engine(
         tokens,
         candidates,
         options,
-        Box::new(EmulatedExecutor { plan }),
+        Box::new(EmulatedExecutor { plan, cpu_fallback }),
         "cuda-emulation (CPU)".into(),
     )
 }

@@ -10,9 +10,9 @@
 //! * [`CudaExecutor`] is the entry point the engine uses: stores and weights are uploaded once,
 //!   then [`CudaExecutor::run_batch`] runs `2·(1 + 4r) + 7` launches per batch (41 for r = 4)
 //!   whatever its size.
-//!   A batch's inputs and results cross through page-locked host memory the executor keeps and
-//!   reuses (see [`device`]): asynchronous copies on the executor's stream, one synchronisation
-//!   per batch.
+//!   A batch runs on one of the executor's streams (lanes) with that lane's persistent device
+//!   workspace and page-locked staging (see [`device`], [`pool`]): no device allocation once
+//!   warm, asynchronous copies, one synchronisation per batch.
 //!
 //! Top-k: three launches select the k winners per user exactly on the device (`kernels/topk.cu`):
 //! a histogram of the scores' top bits over many blocks, the threshold bucket and the survivors
@@ -39,10 +39,11 @@ pub mod emu;
 mod executor;
 pub mod launch;
 pub mod plan;
+pub mod pool;
 mod timing;
 
 #[cfg(feature = "cuda-emulation")]
-pub use executor::emulated_engine;
+pub use executor::{emulated_engine, engine_on_backend};
 pub use plan::{Plan, StoreSource, UserInput, UserOutput};
 
 use crate::{Error, ItemStore, Model, Result};
@@ -73,6 +74,12 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuMemcpyHtoDAsync_v2",
     "cuMemcpyDtoHAsync_v2",
     "cuStreamSynchronize",
+    // The lanes' own non-blocking streams (device.rs), and the context-wide synchronisation
+    // before the backend frees what the lanes read.
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuCtxSynchronize",
+    "cuCtxGetCurrent",
     // Pinned staging (device.rs): cudarc gives every pinned buffer an event.
     "cuMemHostAlloc",
     "cuMemFreeHost",
@@ -124,11 +131,13 @@ pub fn probe_device(ordinal: usize) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// SPEC §1 on one GPU. `Send + Sync`; concurrent `run_batch` calls share the device stream, each
-/// with its own pinned staging area from the executor's pool.
+/// SPEC §1 on one GPU. `Send + Sync`; concurrent `run_batch` calls run on different streams
+/// (lanes), each with its own pinned staging and device workspace ([`device`], [`pool`]).
 #[derive(Debug)]
 pub struct CudaExecutor {
     plan: Plan<device::CudaBackend>,
+    /// Chosen by `Device::Auto`: after a device fault, batches go to the host executor.
+    cpu_fallback: bool,
 }
 
 impl CudaExecutor {
@@ -149,7 +158,25 @@ impl CudaExecutor {
             StoreSource::from_store(tokens),
             StoreSource::from_store(candidates),
         )?;
-        Ok(CudaExecutor { plan })
+        Ok(CudaExecutor {
+            plan,
+            cpu_fallback: false,
+        })
+    }
+
+    /// After a device fault ([`CudaExecutor::device_fault`]) the engine's batches run on the
+    /// CPU executor instead of failing (what `Device::Auto` asks for; an explicit
+    /// `Device::Cuda` keeps reporting the fault).
+    pub(crate) fn with_cpu_fallback(mut self) -> Self {
+        self.cpu_fallback = true;
+        self
+    }
+
+    /// Why the GPU failed (a sticky device fault), if it did: every later batch is then refused
+    /// (or, chosen by `Device::Auto`, served by the CPU).
+    pub fn device_fault(&self) -> Option<String> {
+        use backend::Backend;
+        self.plan.backend().failed()
     }
 
     /// The GPU's name, e.g. for `hcn bench`'s `"device"` field.

@@ -340,6 +340,12 @@ impl<B: Backend> Plan<B> {
         self.timer.times()
     }
 
+    /// Kernel launches (non-empty grids) since the plan was built, timing on or off: the
+    /// difference across a batch is its launch count.
+    pub fn launches(&self) -> u64 {
+        self.timer.launches()
+    }
+
     /// [`Backend::launch`], bracketed by two marks when kernel timing is on.
     ///
     /// # Safety
@@ -358,6 +364,9 @@ impl<B: Backend> Plan<B> {
     /// Runs SPEC §1 for every user of the batch: interests, one score per candidate row, and the
     /// `top_k` best (fewer when a user has fewer candidates). All users share every launch.
     pub fn run_batch(&self, users: &[UserInput<'_>], top_k: usize) -> Result<Vec<UserOutput>> {
+        // The batch's lane (on the GPU: stream, staging, workspace) until the end of this call;
+        // every buffer of `run_batch_timed` is dropped before it.
+        let _batch = self.backend.begin_batch()?;
         let out = self.run_batch_timed(users, top_k);
         if self.timer.enabled() {
             // After `read_back` (its synchronisation) every mark of a successful batch is done.
@@ -423,7 +432,7 @@ impl<B: Backend> Plan<B> {
         )?;
 
         // Co-interest concat, then X̃ into the left half of the fusion input.
-        let mut cat = be.zeros_f32(bn * k * d)?;
+        let mut cat = be.scratch_f32(bn * k * d)?;
         let p = CoInterestParams {
             lhat: input(&long_hat, 0, extent(bn, d, d))?,
             shat: input(&short_hat, 0, extent(bn, d, d))?,
@@ -457,7 +466,7 @@ impl<B: Backend> Plan<B> {
             d,
             false,
         )?;
-        let mut xu = be.zeros_f32(bn * d)?;
+        let mut xu = be.scratch_f32(bn * d)?;
         self.linear(
             "fusion",
             (&fuse_in, 0),
@@ -479,7 +488,7 @@ impl<B: Backend> Plan<B> {
             .map(|u| u.candidate_rows.len())
             .max()
             .unwrap_or(0);
-        let mut scores = be.zeros_f32(total)?;
+        let mut scores = be.scratch_f32(total)?;
         let p = ScoreParams {
             store: be.store_rows(&self.candidates),
             scales: be.store_scales(&self.candidates),
@@ -725,6 +734,9 @@ unsafe fn launch_on<B: Backend, P: KernelParams>(
     geo: &Geometry,
     p: &P,
 ) -> Result<()> {
+    if let Some(t) = timer.filter(|_| !geo.is_empty()) {
+        t.count_launch();
+    }
     let Some(timer) = timer.filter(|t| t.enabled() && !geo.is_empty()) else {
         // SAFETY: the caller's guarantee (`Backend::launch`).
         return unsafe { be.launch(variant, geo, p) };
@@ -783,17 +795,18 @@ unsafe fn top_k_launches<B: Backend>(
             "top-k: k = {k} is over the longest user's {max_m} scores"
         )));
     }
-    let mut pos = be.zeros_i32(users * k)?;
-    let mut val = be.zeros_f32(users * k)?;
+    // topk_select writes all `users · k` slots (−1 past a user's m).
+    let mut pos = be.scratch_i32(users * k)?;
+    let mut val = be.scratch_f32(users * k)?;
     if k == 0 || users == 0 {
         return Ok((pos, val));
     }
-    // One workspace, zeroed with its allocation (as every buffer of the plan): per user the
-    // histogram (must start at zero), the survivor count (must start at zero), the survivors.
+    // Per user the histogram and the survivor count, zeroed: topk_hist and topk_compact add to
+    // them with atomics. The survivors are scratch: topk_select reads only the `count` written.
     let cap = launch::topk_capacity(max_m);
     let (hist_len, counts_at) = (users * launch::TOPK_BUCKETS, users * launch::TOPK_BUCKETS);
-    let surv_at = counts_at + users;
-    let mut ws = be.zeros_i32(surv_at + users * cap)?;
+    let mut ws = be.zeros_i32(counts_at + users)?;
+    let mut surv = be.scratch_i32(users * cap)?;
     let chunks = launch::topk_chunks(max_m, users, k)?;
     let (k32, cap32) = (to_i32(k, "k")?, to_i32(cap, "top-k capacity")?);
     let p = TopkHistParams {
@@ -805,12 +818,12 @@ unsafe fn top_k_launches<B: Backend>(
     unsafe { launch_on(be, timer, "topk.hist", Variant::F32, &chunks, &p) }?;
     let hist = input(&ws, 0, hist_len)?;
     let counts = input(&ws, counts_at, users)?;
-    let survivors = input(&ws, surv_at, users * cap)?;
+    let survivors = input(&surv, 0, users * cap)?;
     let p = TopkCompactParams {
         scores: input(scores, 0, total)?,
         offsets: input(offsets, 0, users + 1)?,
         hist,
-        survivors: output(&mut ws, surv_at, users * cap)?,
+        survivors: output(&mut surv, 0, users * cap)?,
         counts: output(&mut ws, counts_at, users)?,
         k: k32,
         capacity: cap32,

@@ -8,7 +8,7 @@
 //! batch's events may not have completed yet). Toggle the switch between batches: a batch that
 //! is in flight while timing is turned on or off may be partly recorded.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
@@ -43,6 +43,8 @@ struct Stats {
 #[derive(Default)]
 pub(crate) struct KernelTimer {
     on: AtomicBool,
+    /// Every non-empty launch of the plan since it was built, timing on or off.
+    launches: AtomicU64,
     pending: Mutex<Vec<Pending>>,
     stats: Mutex<Stats>,
 }
@@ -65,6 +67,17 @@ impl KernelTimer {
     #[inline]
     pub fn enabled(&self) -> bool {
         self.on.load(Ordering::Relaxed)
+    }
+
+    /// Counts one launch (timing on or off).
+    #[inline]
+    pub fn count_launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Launches counted since the plan was built.
+    pub fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
     }
 
     /// Turns timing on (clearing what was accumulated and any stale marks) or off (what was

@@ -8,7 +8,8 @@
 //!   says why there is none).
 //!
 //! [`choose`] picks one at load from [`Device`] and [`CpuKernels`] (`Auto` falls back to the
-//! CPU with its reason).
+//! CPU with its reason; a GPU chosen by `Auto` that later fails also hands its batches to the
+//! CPU, see [`Executor::device_fault`]).
 
 pub(crate) mod cpu;
 
@@ -44,6 +45,12 @@ pub(crate) trait Executor: Send + Sync + std::fmt::Debug {
     fn kernel_times(&self) -> Option<crate::KernelTimes> {
         None
     }
+
+    /// Why the device failed (a fault that poisoned it), if it did: it then serves no batch
+    /// (under `Device::Auto` the engine's batches go to the CPU instead).
+    fn device_fault(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The executors an engine uses: `host` serves the split API (user side, scores of given
@@ -71,7 +78,7 @@ pub(crate) fn choose(fe: &Frontend, options: &EngineOptions) -> Result<Chosen> {
         {
             Ok(exec) => {
                 let report = format!("cuda:0 ({})", exec.device_name());
-                (Some(Box::new(exec)), report)
+                (Some(Box::new(exec.with_cpu_fallback())), report)
             }
             Err(Error::Device(reason)) => (None, format!("cpu: CUDA not usable: {reason}")),
             Err(e) => (None, format!("cpu: CUDA not usable: {e}")),
