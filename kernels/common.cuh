@@ -19,10 +19,12 @@
 // Largest model dimension D any kernel accepts; the Rust launch helpers check it before launching.
 // Bounds per-lane register arrays (D / 32 values per lane) in `score.cu`.
 #define HCN_MAX_DIM 1024
-// Largest head dimension d = D / h (`attention.cu` keeps key/value tiles of d floats per key in
-// shared memory: 2 * 32 * (128 + 1) * 4 B = 33 KB, under the 48 KB static limit).
+// Largest head dimension d = D / h the engine accepts (src/cuda/launch.rs checks it; the fused
+// attention no longer stages per-head tiles, the limit is kept so the accepted models are
+// unchanged).
 #define HCN_MAX_HEAD_DIM 128
-// Largest number of interests n (`co_interest.cu` keeps the n × n matrix E in shared memory).
+// Largest number of interests n (`co_fusion.cu` keeps the n × n matrix E in shared memory,
+// `attend.cu` the n query rows of a slab and their weights).
 #define HCN_MAX_INTERESTS 64
 #define HCN_WARP 32
 #define HCN_FULL_MASK 0xffffffffu
@@ -104,3 +106,24 @@ __device__ __forceinline__ void hcn_load_i8x16(const int8_t* p, float* x) {
 }
 
 __device__ __forceinline__ int hcn_min_i(int a, int b) { return a < b ? a : b; }
+
+// A small dense product by one whole block, for the per-user epilogues (`attend_combine.cu`,
+// `co_fusion.cu`):  y[i·ldy + o] = scale · Σ_c x[i·ldx + c] · wt[c·ldw + o] + bias[o]
+// for i < rows, o < out_dim (`bias` may be null: zero).  `wt` is the weight transposed (in ×
+// out, as the plan uploads it), so the threads, which stride over the (i, o) elements with o
+// fastest, read consecutive weights (coalesced) and broadcast x.  No barrier inside: the
+// caller separates a product from the one that reads its output with `__syncthreads()` (which
+// also makes the block's global writes visible to the whole block).  x and y may lie in the
+// same buffer, but must not overlap.
+__device__ __forceinline__ void hcn_block_linear(const float* x, long long ldx, int rows,
+                                                 int in_dim, const float* wt, long long ldw,
+                                                 const float* bias, float* y, long long ldy,
+                                                 int out_dim, float scale) {
+  for (int e = threadIdx.x; e < rows * out_dim; e += blockDim.x) {
+    const int i = e / out_dim, o = e % out_dim;
+    const float* xr = x + i * ldx;
+    float a = 0.0f;
+    for (int c = 0; c < in_dim; ++c) a += xr[c] * wt[c * ldw + o];
+    y[i * ldy + o] = a * scale + (bias ? bias[o] : 0.0f);
+  }
+}

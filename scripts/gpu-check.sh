@@ -34,14 +34,14 @@
 #                   (HCN_GPU_CHECK_ROWS) — a smaller store would sit in the 60 MB L2
 #   bench_b1        hcn bench --device cuda, industrial, batch 1, --kernel-times
 #   bench_b64       the same at batch 64
-#   ncu_b1, ncu_b64 Nsight Compute speed-of-light + DRAM bytes of one batch's 41 launches
+#   ncu_b1, ncu_b64 Nsight Compute speed-of-light + DRAM bytes of one batch's 13 launches
 #   memcheck        compute-sanitizer memcheck: the kernel tests and one industrial batch
 #   racecheck       compute-sanitizer racecheck: the kernel tests and a small industrial batch
 #   initcheck       compute-sanitizer initcheck and synccheck, small
 #   executors       tests/executors.rs: the fixtures through every executor, cuda:0 included
 #   bench_public    the public profile at batch 1 and 64
 #   bench_i8        industrial at batch 1 and 64 with the candidate store quantized to I8
-#                   (`hcn quantize`, SPEC §3): gather_i8 is tested above, this times score_i8
+#                   (`hcn quantize`, SPEC §3): attend_i8 is tested above, this times score_i8
 #   gpu_industrial_emulated  tests/cuda_gpu.rs's GPU-against-emulation industrial plan (the
 #                   emulation takes minutes: last)
 set -uo pipefail
@@ -217,8 +217,8 @@ PY
 BIN="$DIR/bin"
 WORK=${HCN_GPU_CHECK_WORK:-/tmp/hcn-gpu-check}
 ROWS=${HCN_GPU_CHECK_ROWS:-1000000}
-# One industrial batch is 2·(1 + 4r) + 7 = 41 launches (src/cuda/plan.rs, r = 4).
-LAUNCHES=41
+# One industrial batch is 2r + 5 = 13 launches (src/cuda/plan.rs, r = 4).
+LAUNCHES=13
 IND="$WORK/data/industrial"
 PUB="$WORK/data/public"
 

@@ -76,18 +76,60 @@ def linear_site(rows, k_in, n_out):
     return blocks, flops, bytes_, max(lds_bound, latency), "LDS-bound GEMM (no tensor cores)"
 
 
-def attention_site(users, keys, p):
-    """attention.cu: a block of 4 warps per (head, user); each warp walks its interest's keys
-    32 at a time: stage K/V tiles (one L2 round trip), d dependent FMAs for the scores, a
-    max and a sum over the warp (10 dependent shuffles), 32 shuffle-broadcast weights for V, two
-    barriers. Blocks run side by side, so the batch takes one block's chain."""
-    n, d, D = p["n"], p["D"] // p["h"], p["D"]
-    blocks = p["h"] * users
-    steps = math.ceil(n / 4) * math.ceil(keys / 32)
-    per_step = L2_LATENCY + 6 * d + 10 * CHAIN + 50 + 8 * 32 + 80
-    flops = users * 4 * n * keys * D
-    bytes_ = 4 * (users * keys * 2 * D + users * n * D * 2)
-    return blocks, flops, bytes_, steps * per_step / H200["clock_hz"], "latency chain per block"
+ATTEND_KEYS, ATTEND_SLAB, ATTEND_TARGET_BLOCKS = 32, 64, 1024  # kernels/attend.cu, launch.rs
+
+
+def attend_chunks(max_len, seqs, heads):
+    """src/cuda/launch.rs attend_chunks: (chunks, keys per chunk) of one attend launch."""
+    tiles = math.ceil(max_len / ATTEND_KEYS)
+    if tiles == 0:
+        return 0, ATTEND_KEYS
+    per = min(tiles, max(1, math.ceil(tiles * seqs * heads / ATTEND_TARGET_BLOCKS)))
+    return math.ceil(tiles / per), per * ATTEND_KEYS
+
+
+def attend_site(users, p):
+    """attend.cu (one launch, both towers): a block of 256 per (key chunk, head, sequence); per
+    32-key tile and 64-column slab it stages the tokens (F16 → F32) and Q̃'s columns (one L2
+    round trip each phase), then ≈ 2nD warp-wide shared loads for the scores and 2nD for Σ p x
+    (the SM's shared-memory pipe, one per cycle, bounds it: plain FP32, no tensor cores).
+    Blocks of the same SM share that pipe."""
+    n, D, h, L, S = p["n"], p["D"], p["h"], p["L"], p["S"]
+    chunks, keys = attend_chunks(L, 2 * users, h)
+    blocks = chunks * h * 2 * users
+    tiles = users * h * (math.ceil(L / ATTEND_KEYS) + math.ceil(S / ATTEND_KEYS))
+    slabs = math.ceil(D / ATTEND_SLAB)
+    per_tile = 4 * n * D + 2 * slabs * (L2_LATENCY + 2 * 40) + n / 8 * 10 * CHAIN
+    # The longest chunk's chain, or the busiest SM's share of the tiles.
+    chain = (keys // ATTEND_KEYS) * per_tile
+    spread = math.ceil(tiles / H200["sms"]) * 4 * n * D
+    flops = users * h * (L + S) * n * D * 4
+    bytes_ = users * (L + S) * (D * STORE_BYTES + 4) * h + 4 * blocks * n * (D + 2)
+    return blocks, flops, bytes_, max(chain, spread) / H200["clock_hz"], "LDS-bound, FP32 cores"
+
+
+def combine_layer(users, p, last):
+    """attend_combine.cu (one launch, both towers): a block of 256 per sequence; the combine
+    over the chunks, then Wv, Wo and the next layer's Wq and Wk fold (or the merge), each a
+    block-wide product with a thread per output (an in_dim-long FMA chain, L1-resident
+    operands: ≈ 4 cycles per FMA per warp, 8 warps per block) and a barrier between them. One
+    block per sequence: at batch 1 two SMs do all of it."""
+    n, D, h, r, L = p["n"], p["D"], p["h"], p["r"], p["L"]
+    chunks, _ = attend_chunks(L, 2 * users, h)
+    fmas = h * n * D * chunks * 2 + 2 * n * D * D + (n * r * D * D if last else 2 * n * D * D)
+    per_block = fmas / (8 * 32) * 4 + 5 * (L2_LATENCY + 40)
+    waves = math.ceil(2 * users / H200["sms"])
+    bytes_ = 4 * 2 * (4 * D * D + (r * D * D if last else 0)) + 4 * 2 * users * (h * chunks * n * (D + 2))
+    return 2 * users, 2 * users * fmas * 2, bytes_, waves * per_block / H200["clock_hz"], "one block per sequence"
+
+
+def combine_site(users, p):
+    """attend_combine per launch, averaged over the r layers (the last merges instead of forming
+    the next layer's Q̃)."""
+    r = p["r"]
+    rows = [combine_layer(users, p, l + 1 == r) for l in range(r)]
+    blocks, why = rows[0][0], rows[0][4]
+    return (blocks,) + tuple(sum(x[i] for x in rows) / r for i in (1, 2, 3)) + (why,)
 
 
 def score_site(users, p):
@@ -176,38 +218,24 @@ def topk_select_site(users, p):
     return users, 0, bytes_, cycles / H200["clock_hz"], "bitonic sort of the survivors, one block"
 
 
-def gather_site(rows, p):
-    """gather.cu: a warp per token row, F16 → F32."""
-    D = p["D"]
-    bytes_ = rows * (D * STORE_BYTES + 4 + D * 4)
-    return math.ceil(rows / 8), 0, bytes_, bytes_ / H200["hbm_bps"], "copy"
-
-
-def co_interest_site(users, p):
-    """co_interest.cu: a block of 256 per user: E (n² dots of D), row and column softmax, then
-    n·D outputs each summing 2n exp-weighted terms."""
+def co_fusion_site(users, p):
+    """co_fusion.cu: a block of 256 per user: E (n² dots of D), row and column softmax, the
+    n·D concat outputs each summing 2n exp-weighted terms, then X̃ = cat Wcᵀ and X^U = [X̃, X̂]
+    Wuᵀ as block-wide products (thread per output, FMA chain)."""
     n, D = p["n"], p["D"]
-    cycles = D * 8 + n * CHAIN + math.ceil(n * D / 256) * 2 * n * 15
-    flops = users * 6 * n * n * D
-    bytes_ = 4 * users * (2 * n * D + n * CONCAT * D)
-    return users, flops, bytes_, cycles / H200["clock_hz"], "one block per user"
+    fmas = n * CONCAT * D * D + 2 * n * D * D
+    cycles = D * 8 + n * CHAIN + math.ceil(n * D / 256) * 2 * n * 15 + fmas / (8 * 32) * 4
+    flops = users * (6 * n * n * D + 2 * fmas)
+    bytes_ = 4 * users * (2 * n * D + n * CONCAT * D + 3 * n * D) + 4 * (CONCAT + 2) * D * D
+    return users, flops, bytes_, math.ceil(users / H200["sms"]) * cycles / H200["clock_hz"], "one block per user"
 
 
 def plan_sites(p, B):
     """The launch sites of one batch of B users, in plan order, with their launch counts."""
-    n, D, r = p["n"], p["D"], p["r"]
-    out = []
-    for tower, keys in (("long", p["L"]), ("short", p["S"])):
-        rows = B * keys
-        out.append((f"{tower}.gather", "gather_f16", 1, gather_site(rows, p)))
-        out.append((f"{tower}.kv", "linear_f32", r, linear_site(rows, D, 2 * D)))
-        out.append((f"{tower}.q", "linear_f32", r - 1, linear_site(B * n, D, D)))
-        out.append((f"{tower}.attention", "attention_f32", r, attention_site(B, keys, p)))
-        out.append((f"{tower}.o", "linear_f32", r, linear_site(B * n, D, D)))
-        out.append((f"{tower}.merge", "linear_f32", 1, linear_site(B * n, r * D, D)))
-    out.append(("co_interest", "co_interest_f32", 1, co_interest_site(B, p)))
-    out.append(("co_interest.linear", "linear_f32", 1, linear_site(B * n, CONCAT * D, D)))
-    out.append(("fusion", "linear_f32", 1, linear_site(B * n, 2 * D, D)))
+    r = p["r"]
+    out = [("tower.attend", "attend_f16", r, attend_site(B, p))]
+    out.append(("tower.combine", "attend_combine_f32", r, combine_site(B, p)))
+    out.append(("co_fusion", "co_fusion_f32", 1, co_fusion_site(B, p)))
     if p.get("candidates") == "i8":
         out.append(("score", "score_i8", 1, score_i8_site(B, p)))
     else:
@@ -415,16 +443,9 @@ def ncu_results(path):
 def site_sequence(p):
     """The plan's launch order (src/cuda/plan.rs) as site names, to label ncu's launches."""
     seq = []
-    for tower in ("long", "short"):
-        seq.append(f"{tower}.gather")
-        for layer in range(p["r"]):
-            seq.append(f"{tower}.kv")
-            if layer > 0:
-                seq.append(f"{tower}.q")
-            seq += [f"{tower}.attention", f"{tower}.o"]
-        seq.append(f"{tower}.merge")
-    return seq + ["co_interest", "co_interest.linear", "fusion", "score", "topk.hist",
-                  "topk.compact", "topk.select"]
+    for _ in range(p["r"]):
+        seq += ["tower.attend", "tower.combine"]
+    return seq + ["co_fusion", "score", "topk.hist", "topk.compact", "topk.select"]
 
 
 def ncu_by_site(launches, profile):
@@ -596,7 +617,7 @@ def selftest():
           "c said something\nok\n\nfailures:\n\nfailures:\n    b\n    c\n\n"
           "test result: FAILED. 1 passed; 2 failed\n")
     kernels = []
-    for site, kernel in zip(site_sequence(PROFILES["industrial"]), ["gather_f16"] * 41):
+    for site, kernel in zip(site_sequence(PROFILES["industrial"]), ["attend_f16"] * 13):
         if not any(k["site"] == site for k in kernels):
             kernels.append({"count": 1, "kernel": kernel, "max_us": 5.0, "mean_us": 5.0,
                             "median_us": 5.0, "min_us": 5.0, "per_batch_us": 5.0, "site": site,
@@ -630,14 +651,14 @@ def selftest():
     assert rep["gpu"] == "NVIDIA H200, 580.159.04, 143771 MiB", rep["gpu"]
     assert rep["tests"]["gpu_tests"]["tests"] == {"a": "ok", "b": "FAILED", "c": "FAILED"}
     assert rep["bench"]["industrial_b1"]["bench"]["median_us"] == 700.0
-    assert len(rep["bench"]["industrial_b1"]["kernel_times"]["kernel_times"]["kernels"]) == 19
+    assert len(rep["bench"]["industrial_b1"]["kernel_times"]["kernel_times"]["kernels"]) == 7
     n = rep["ncu"]["ncu_b1"]
-    assert len(n["launches"]) == 41 and n["launches"][0]["duration_us"] == 2.5, n["launches"][0]
-    assert n["by_site"]["long.kv"]["launches"] == 4
+    assert len(n["launches"]) == 13 and n["launches"][0]["duration_us"] == 2.5, n["launches"][0]
+    assert n["by_site"]["tower.attend"]["launches"] == 4
     assert n["by_site"]["score"]["dram_bytes"] == 1e6
     assert rep["sanitizers"]["memcheck"] == ["ERROR SUMMARY: 0 errors", "ERROR SUMMARY: 2 errors"]
     assert [s["status"] for s in rep["steps"]] == ["pass", "pass", "fail", "timeout", "skipped"]
-    for want in ("industrial_b1: median 700 µs", "ncu_b1: kernels 102 µs", "long.attention",
+    for want in ("industrial_b1: median 700 µs", "ncu_b1: kernels 32 µs", "tower.attend",
                  "score                     2.5     37.2     1.00    13.21     400",
                  "not ok: b, c", "memcheck: ERROR SUMMARY: 0 errors"):
         assert want in text, (want, text)

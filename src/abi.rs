@@ -31,7 +31,7 @@ pub enum ScoreMode {
 }
 
 /// A concat block of the co-interest network (SPEC §1.3). The discriminant is the block's
-/// 2-bit code in [`CoInterestParams::block_codes`].
+/// 2-bit code in [`CoFusionParams::block_codes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(i32)]
 pub enum Block {
@@ -89,12 +89,12 @@ impl Variant {
     }
 }
 
-/// The dtypes of stored item rows (SPEC §3) the store kernels (`gather`, `score`) are
+/// The dtypes of stored item rows (SPEC §3) the store kernels (`attend`, `score`) are
 /// instantiated for, by `tensor::DType::name()`. build.rs defines one entry point per row; the
 /// kernel bodies read a row element with `hcn_load` (`kernels/common.cuh`, one overload per
 /// C type). A new store dtype is one row here and one `hcn_load` overload. I8 (SPEC §3) also
-/// reads each row's scale (`GatherParams::scales`, `ScoreParams::scales`; `HcnStore<T>::scaled`
-/// in `kernels/common.cuh`) and has a 128-bit-load path of its own in the kernel bodies.
+/// reads each row's scale (`AttendParams::scales`, `ScoreParams::scales`; `HcnStore<T>::scaled`
+/// in `kernels/common.cuh`) and `score.cu` has a 128-bit-load path of its own for it.
 pub const STORE_DTYPES: [(&str, Variant); 4] = [
     ("F32", Variant::F32),
     (
@@ -361,71 +361,108 @@ macro_rules! kernel_params {
 }
 
 kernel_params! {
-    /// `linear.cu`: `y[r, o] = relu?(Σ_i x[r, i] w[o, i] + bias[o])` for `rows` stacked rows.
-    LinearParams for "linear", F32 {
-        /// `rows × in_dim`, leading dimension `ldx`.
-        x: In<f32>,
-        /// `out_dim × in_dim`, contiguous.
-        w: In<f32>,
-        /// `out_dim` values; may be null (zero bias).
-        bias: In<f32>,
-        /// `rows × out_dim`, leading dimension `ldy` (a column block of a wider buffer).
-        y: Out<f32>,
-        ldx: i32,
-        ldy: i32,
-        rows: i32,
-        in_dim: i32,
-        out_dim: i32,
-        /// Nonzero: ReLU after the bias.
-        relu: i32,
-    }
-
-    /// `gather.cu`: `out[i, :] = widen(store[rows[i], :])` for `i < count` (I8: `· scales[row]`).
-    GatherParams for "gather", StoreDtypes {
-        /// The store's `N × dim` rows, in the variant's dtype.
+    /// `attend.cu`: fused attention 1/2 of a layer (SPEC §1.2 by its rewrite): per (key chunk,
+    /// head, sequence of either tower) the flash-decoding partials of `A_k X` straight over the
+    /// token store: per query row the chunk's max score, Σ exp and Σ exp · x_t.
+    AttendParams for "attend", StoreDtypes {
+        /// The token store's `N × dim` rows, in the variant's dtype.
         store: In<StoreRows>,
         /// I8 stores: the `N` per-row scales (row r is `scales[r] · q_r`, SPEC §3). Null for the
         /// float dtypes, whose variants never read it.
         scales: In<f32>,
-        /// `count` store rows, each `< N`.
-        rows: In<u32>,
-        /// `count × dim`, contiguous.
-        out: Out<f32>,
-        count: i32,
-        dim: i32,
-    }
-
-    /// `attention.cu`: per (head, user) `softmax(Q Kᵀ / sqrt(d)) V` into `out` (n × D per user).
-    AttentionParams for "attention", F32 {
-        /// Queries, leading dimension `ldq`; user `b`'s start at row offset `b · q_user_stride`.
-        q: In<f32>,
-        /// Keys (column 0 of the K/V rows), leading dimension `ldkv`.
-        k: In<f32>,
-        /// Values, leading dimension `ldkv`.
-        v: In<f32>,
-        /// `users + 1` ascending offsets into the K/V rows.
-        kv_offsets: In<i32>,
-        /// `users · n` rows, leading dimension `ldo`.
-        out: Out<f32>,
-        /// Elements between two users' queries; 0: one Q shared by every user (layer 0).
-        q_user_stride: i64,
-        ldq: i32,
-        ldkv: i32,
-        ldo: i32,
+        /// The long sequences' token rows of every user, each `< N`.
+        long_rows: In<u32>,
+        /// `users + 1` ascending offsets into `long_rows`.
+        long_offsets: In<i32>,
+        /// The short sequences' token rows.
+        short_rows: In<u32>,
+        /// `users + 1` ascending offsets into `short_rows`.
+        short_offsets: In<i32>,
+        /// `Q̃ = Q_k Wk_k / sqrt(d)` per (tower, user, head), `n × dim` each; (tower, user,
+        /// head)'s at `tower · qt_tower_stride + user · qt_user_stride + head · n · dim`.
+        qt: In<f32>,
+        /// `2·users · heads · chunks` blocks of `n` rows of `dim + 2`: `Σ p x` (dim), max, Σ p.
+        part: Out<f32>,
+        /// Elements between the two towers' Q̃ (0: shared).
+        qt_tower_stride: i64,
+        /// Elements between two users' Q̃ (0: shared, layer 0's).
+        qt_user_stride: i64,
+        users: i32,
         n: i32,
-        head_dim: i32,
+        dim: i32,
+        heads: i32,
+        /// Key chunks per sequence in the grid (and in `part`).
+        chunks: i32,
+        /// Keys per chunk, a multiple of 32.
+        chunk_keys: i32,
     }
 
-    /// `co_interest.cu`: E, the two softmax alignments and the concat of the blocks (SPEC §1.3).
-    CoInterestParams for "co_interest", F32 {
-        /// `L̂`, `users · n` rows, leading dimension `ld_in`.
-        lhat: In<f32>,
-        /// `Ŝ`, same shape.
-        shat: In<f32>,
-        /// `users · n` rows of `num_blocks · dim`, leading dimension `ldo`.
+    /// `attend_combine.cu`: fused attention 2/2 of layer `layer`: per sequence the combine of
+    /// `attend`'s partials into `A_k X`, `Wv`, `Wo` into the concat, then the next layer's `Q̃`
+    /// or (last layer) the merge. Weights of both towers stacked, long first.
+    AttendCombineParams for "attend_combine", F32 {
+        /// `users + 1` ascending offsets of the long sequences.
+        long_offsets: In<i32>,
+        /// `users + 1` ascending offsets of the short sequences.
+        short_offsets: In<i32>,
+        /// `attend`'s output for this layer.
+        part: In<f32>,
+        /// `Wvᵀ` (`dim × dim`, in × out) per tower.
+        wvt: In<f32>,
+        /// `bv` per tower.
+        bv: In<f32>,
+        /// `Woᵀ` per tower.
+        wot: In<f32>,
+        /// `bo` per tower.
+        bo: In<f32>,
+        /// The next layer's `Wqᵀ` per tower; null at the last layer.
+        wqt: In<f32>,
+        /// The next layer's `bq` per tower; null at the last layer.
+        bq: In<f32>,
+        /// The next layer's `Wk` as stored (`[out, in]`) per tower; null at the last layer.
+        wk: In<f32>,
+        /// `Wmᵀ` (`layers·dim × dim`) per tower; null before the last layer.
+        wmt: In<f32>,
+        /// `bm` per tower; null before the last layer.
+        bm: In<f32>,
+        /// Per sequence `heads·n·dim + 2·n·dim` floats of workspace.
+        scratch: Out<f32>,
+        /// Per sequence `concat(H_0 … H_{r-1})`, `n × layers·dim`.
+        hcat: Out<f32>,
+        /// Per sequence the next layer's `Q̃` (`heads` blocks of `n × dim`); null at the last layer.
+        qt_next: Out<f32>,
+        /// Per sequence `F` (`n × dim`), long sequences first; null before the last layer.
         out: Out<f32>,
-        ld_in: i32,
-        ldo: i32,
+        users: i32,
+        n: i32,
+        dim: i32,
+        heads: i32,
+        /// As given to `attend`.
+        chunks: i32,
+        /// As given to `attend`.
+        chunk_keys: i32,
+        layer: i32,
+        layers: i32,
+    }
+
+    /// `co_fusion.cu`: E, the two softmax alignments, the concat of the blocks (SPEC §1.3), its
+    /// projection `X̃` and the fusion into `X^U` (§1.4), per user.
+    CoFusionParams for "co_fusion", F32 {
+        /// `F` of both towers: `users · n` rows of `L̂`, then `users · n` rows of `Ŝ`, `dim` each.
+        towers: In<f32>,
+        /// Workspace, `users · n` rows of `num_blocks · dim`.
+        cat: Out<f32>,
+        /// `Wcᵀ`, `num_blocks·dim × dim`.
+        co_wt: In<f32>,
+        co_b: In<f32>,
+        /// `users · n` rows of `2·dim`: the right half holds `X̂` (input), the left half gets `X̃`.
+        fuse: Out<f32>,
+        /// `Wuᵀ`, `2·dim × dim`.
+        fusion_wt: In<f32>,
+        fusion_b: In<f32>,
+        /// `X^U`, `users · n × dim`.
+        xu: Out<f32>,
+        users: i32,
         n: i32,
         dim: i32,
         num_blocks: i32,
@@ -675,26 +712,26 @@ mod tests {
         let h = header();
         let mut names: Vec<String> = KERNELS.iter().flat_map(|k| k.names()).collect();
         assert!(names.contains(&"score_bf16".to_string()));
-        assert!(names.contains(&"linear_f32".to_string()));
-        assert!(!names.contains(&"linear_f16".to_string()));
+        assert!(names.contains(&"attend_combine_f32".to_string()));
+        assert!(!names.contains(&"attend_combine_f16".to_string()));
         for n in &names {
             assert!(h.contains(&format!(" X({n})")), "{n}");
             assert_eq!(h.matches(&format!("void {n}(")).count(), 1, "{n}");
         }
         assert!(h.contains(
-            "extern \"C\" __global__ void gather_f16(const GatherParams p) { body<__half>(p); }"
+            "extern \"C\" __global__ void attend_f16(const AttendParams p) { body<__half>(p); }"
         ));
-        assert!(h.contains("  const float* x;\n"));
+        assert!(h.contains("  const float* qt;\n"));
         assert!(h.contains("  const void* store;\n"));
         assert!(h.contains("  const float* scales;\n"));
         assert!(h.contains(
             "extern \"C\" __global__ void score_i8(const ScoreParams p) { body<int8_t>(p); }"
         ));
-        assert!(h.contains("  float* y;\n"));
+        assert!(h.contains("  float* part;\n"));
         assert!(h.contains("  int mode;\n"));
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 7 + 2 * STORE_DTYPES.len());
+        assert_eq!(names.len(), 6 + 2 * STORE_DTYPES.len());
     }
 
     #[test]

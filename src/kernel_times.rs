@@ -34,10 +34,10 @@ pub const MAX_SAMPLES: usize = 1 << 16;
 /// The launches of one kernel at one place of the batch plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KernelTime {
-    /// The entry point, e.g. `score_f16`, `linear_f32`.
+    /// The entry point, e.g. `score_f16`, `attend_combine_f32`.
     pub kernel: String,
-    /// Where the plan launches it (`src/cuda/plan.rs`), e.g. `score`, `long.kv` (the long
-    /// tower's K|V projection, every layer), `fusion`.
+    /// Where the plan launches it (`src/cuda/plan.rs`), e.g. `score`, `tower.attend` (both
+    /// towers' attention partials, every layer), `co_fusion`.
     pub site: String,
     #[serde(flatten)]
     pub stat: Stat,

@@ -9,12 +9,12 @@
 
 use half::{bf16, f16};
 use hcn_prerank::cuda::abi::{
-    AttentionParams, CoInterestParams, GatherParams, KernelDesc, KernelParams, LinearParams,
-    ScoreMode, ScoreParams, TopkParams, Variant, SCORE_MODES,
+    AttendCombineParams, AttendParams, CoFusionParams, KernelDesc, KernelParams, ScoreMode,
+    ScoreParams, TopkParams, Variant, SCORE_MODES,
 };
 use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
-use hcn_prerank::cuda::launch::{self, extent, Geometry};
+use hcn_prerank::cuda::launch::{self, Geometry};
 use hcn_prerank::cuda::{Plan, StoreSource, UserInput};
 use hcn_prerank::tensor::{narrow, quantize_row, DType};
 
@@ -318,95 +318,6 @@ fn widen(v: &[f32]) -> Vec<f64> {
 
 // ---------------------------------------------------------------- kernels one by one
 
-#[test]
-fn linear_matches_reference_on_awkward_shapes() {
-    let mut rng = Rng::new(1);
-    for &(rows, in_dim, out_dim, pad_x, pad_y, relu) in &[
-        (0usize, 5usize, 3usize, 0usize, 0usize, false),
-        (1, 1, 1, 0, 0, false),
-        (33, 37, 65, 3, 2, false),
-        (70, 48, 17, 0, 5, true),
-        (5, 96, 40, 1, 0, true),
-    ] {
-        let (ldx, ldy) = (in_dim + pad_x, out_dim + pad_y);
-        let x = rng.vec(rows * ldx, 1.0);
-        let w = rng.vec(out_dim * in_dim, 0.5);
-        let b = rng.vec(out_dim, 0.5);
-        let sentinel = 7.25f32;
-        let mut y = vec![sentinel; rows * ldy];
-        let p = LinearParams {
-            x: input(&x, 0, extent(rows, ldx, in_dim)).unwrap(),
-            w: input(&w, 0, out_dim * in_dim).unwrap(),
-            bias: input(&b, 0, out_dim).unwrap(),
-            y: output(&mut y, 0, extent(rows, ldy, out_dim)).unwrap(),
-            ldx: int(ldx),
-            ldy: int(ldy),
-            rows: int(rows),
-            in_dim: int(in_dim),
-            out_dim: int(out_dim),
-            relu: i32::from(relu),
-        };
-        run(Variant::F32, launch::linear(rows, out_dim).unwrap(), p).unwrap();
-        let xd: Vec<f64> = (0..rows)
-            .flat_map(|r| widen(&x[r * ldx..r * ldx + in_dim]))
-            .collect();
-        let want = ref_linear(&xd, rows, in_dim, &w, &b, out_dim, relu);
-        for r in 0..rows {
-            assert_close(
-                &y[r * ldy..r * ldy + out_dim],
-                &want[r * out_dim..(r + 1) * out_dim],
-                &format!("linear {rows}x{in_dim}->{out_dim} row {r}"),
-            );
-            // Columns past out_dim belong to someone else (a concat buffer): untouched.
-            assert!(y[r * ldy + out_dim..(r + 1) * ldy]
-                .iter()
-                .all(|&v| v == sentinel));
-        }
-    }
-}
-
-#[test]
-fn gather_widens_every_dtype() {
-    let mut rng = Rng::new(2);
-    for dtype in DTYPES {
-        // D = 16, 48 and 528 (33 chunks: a lane takes two): I8's 128-bit-load path.
-        for &(n_rows, dim, count) in &[
-            (5usize, 1usize, 0usize),
-            (7, 33, 1),
-            (40, 48, 9),
-            (3, 37, 20),
-            (6, 16, 40),
-            (4, 528, 3),
-        ] {
-            let values = rng.vec(n_rows * dim, 3.0);
-            let (st, t) = store(dtype, &values, n_rows, dim);
-            let widened = &t.gathered;
-            let rows: Vec<u32> = (0..count).map(|_| rng.below(n_rows) as u32).collect();
-            let mut out = vec![f32::NAN; count * dim];
-            let p = GatherParams {
-                store: EmuBackend.store_rows(&st),
-                scales: EmuBackend.store_scales(&st),
-                rows: input(&rows, 0, count).unwrap(),
-                out: output(&mut out, 0, count * dim).unwrap(),
-                count: int(count),
-                dim: int(dim),
-            };
-            let variant = store_variant(dtype).unwrap();
-            run(variant, launch::gather(count).unwrap(), p).unwrap();
-            for (i, &r) in rows.iter().enumerate() {
-                for c in 0..dim {
-                    // Widening is exact; I8 gives the F32 product `scale · q`, as on the CPU.
-                    assert_eq!(
-                        f64::from(out[i * dim + c]),
-                        widened[r as usize * dim + c],
-                        "{dtype:?} D={dim}"
-                    );
-                }
-            }
-        }
-    }
-}
-
 /// What guards a launch without a GPU: an extent outside its buffer (`input`, `output`), an
 /// entry point the kernels do not have, a parameter struct of another size than the kernel's.
 /// (Rows outside a store are the plan's to refuse: `plan_rejects_rows_outside_the_stores`.)
@@ -418,23 +329,20 @@ fn launches_reject_bad_extents_unknown_entry_points_and_foreign_structs() {
     assert!(input(&x, 2, 3).is_err() && input(&x, 5, 0).is_err());
     assert!(output(&mut y, usize::MAX, 2).is_err());
 
-    let p = LinearParams {
-        x: input(&x, 0, 4).unwrap(),
-        w: input(&x, 0, 4).unwrap(),
-        bias: input(&x, 0, 2).unwrap(),
-        y: output(&mut y, 0, 4).unwrap(),
-        ldx: 2,
-        ldy: 2,
-        rows: 2,
-        in_dim: 2,
-        out_dim: 2,
-        relu: 0,
+    let offs = vec![0i32, 2, 4];
+    let mut pos = vec![0i32; 2];
+    let p = TopkParams {
+        scores: input(&x, 0, 4).unwrap(),
+        offsets: input(&offs, 0, 3).unwrap(),
+        out_pos: output(&mut pos, 0, 2).unwrap(),
+        out_score: output(&mut y, 0, 2).unwrap(),
+        k: 1,
     };
     let f16 = Variant::for_store("F16").unwrap();
-    let err = run(f16, launch::linear(2, 2).unwrap(), p).unwrap_err();
-    assert!(err.to_string().contains("no kernel `linear_f16`"), "{err}");
+    let err = run(f16, launch::topk(2, 1).unwrap(), p).unwrap_err();
+    assert!(err.to_string().contains("no kernel `topk_f16`"), "{err}");
 
-    /// Claims to be `linear`'s parameters but is smaller.
+    /// Claims to be `topk`'s parameters but is smaller.
     #[derive(Clone, Copy)]
     #[repr(C)]
     struct Foreign {
@@ -442,96 +350,385 @@ fn launches_reject_bad_extents_unknown_entry_points_and_foreign_structs() {
     }
     // SAFETY: repr(C) plain data; the test checks that the emulation refuses it.
     unsafe impl KernelParams for Foreign {
-        const DESC: &'static KernelDesc = LinearParams::DESC;
+        const DESC: &'static KernelDesc = TopkParams::DESC;
         fn rust_layout() -> (usize, Vec<usize>) {
             (8, vec![0])
         }
     }
-    let err = run(
-        Variant::F32,
-        launch::linear(2, 2).unwrap(),
-        Foreign { x: 0 },
-    )
-    .unwrap_err();
+    let err = run(Variant::F32, launch::topk(2, 1).unwrap(), Foreign { x: 0 }).unwrap_err();
     assert!(
         err.to_string().contains("different parameter struct"),
         "{err}"
     );
-    run(Variant::F32, launch::linear(2, 2).unwrap(), p).unwrap();
+    run(Variant::F32, launch::topk(2, 1).unwrap(), p).unwrap();
 }
 
+/// `Wᵀ` (`in × out`) of a row-major `[out, in]` weight, as the plan uploads it.
+fn transpose(w: &[f32], out_dim: usize, in_dim: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; w.len()];
+    for o in 0..out_dim {
+        for i in 0..in_dim {
+            t[i * out_dim + o] = w[o * in_dim + i];
+        }
+    }
+    t
+}
+
+/// `attend`: the flash-decoding partials of every (sequence of both towers, head, key chunk)
+/// straight over the token store, every dtype (I8: `scale · q`), against f64: empty and
+/// length-1 sequences, lengths around the tile (32) and the chunk, chunks of 1 to 3 tiles,
+/// n = 1 and n = 64, D under one slab (64), between and over two; Q̃ per user or shared by all
+/// (layer 0). Slots of chunks past a sequence's end are never written.
 #[test]
-fn attention_matches_reference_including_empty_sequences() {
+fn attend_partials_match_reference() {
     let mut rng = Rng::new(3);
-    // (heads, d, n, per-user lengths, shared Q)
-    let cases: &[(usize, usize, usize, &[usize], bool)] = &[
-        (2, 17, 5, &[0, 1, 31, 33, 70], false),
-        (3, 32, 1, &[2, 0, 64], true),
-        (1, 5, 4, &[1], false),
-        (4, 12, 6, &[45, 0, 0, 7], true),
-        (1, 128, 2, &[40], false),
+    // (heads, D, n, chunk_keys, long lengths, short lengths, shared Q̃)
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        &'static [usize],
+        &'static [usize],
+        bool,
+    );
+    let cases: &[Case] = &[
+        (2, 34, 5, 32, &[0, 1, 31, 33, 70], &[3, 0, 32, 1, 64], false),
+        (3, 96, 1, 64, &[2, 0, 129], &[65, 64, 0], true),
+        (1, 5, 4, 32, &[1], &[0], false),
+        (4, 48, 9, 96, &[200, 0, 7], &[95, 97, 1], true),
+        (1, 130, 64, 32, &[40], &[33], false),
     ];
-    for &(heads, d, n, lens, shared_q) in cases {
-        let dim = heads * d;
-        let users = lens.len();
-        let offs = offsets(lens);
-        let total = *offs.last().unwrap() as usize;
-        // K and V side by side in one [total × 2D] buffer, as the plan stores them.
-        let kv = rng.vec(total * 2 * dim, 1.5);
-        let q_rows = if shared_q { n } else { users * n };
-        let q = rng.vec(q_rows * dim, 1.5);
-        let stride = if shared_q { 0 } else { n * dim };
-        let ldo = dim + 3;
-        let mut out = vec![f32::NAN; users * n * ldo];
-        let q_len = (users - 1) * stride + extent(n, dim, dim);
-        // K and V: the two column halves of the K/V rows (an empty buffer when no user has a
-        // key: nothing is read).
-        let v_at = if kv.is_empty() { 0 } else { dim };
-        let p = AttentionParams {
-            q: input(&q, 0, q_len).unwrap(),
-            k: input(&kv, 0, extent(total, 2 * dim, dim)).unwrap(),
-            v: input(&kv, v_at, extent(total, 2 * dim, dim)).unwrap(),
-            kv_offsets: input(&offs, 0, users + 1).unwrap(),
-            out: output(&mut out, 0, extent(users * n, ldo, dim)).unwrap(),
-            q_user_stride: stride as i64,
-            ldq: int(dim),
-            ldkv: int(2 * dim),
-            ldo: int(ldo),
-            n: int(n),
-            head_dim: int(d),
-        };
-        let geo = launch::attention(heads, users, n, d).unwrap();
-        run(Variant::F32, geo, p).unwrap();
-        for u in 0..users {
-            let (a, b) = (offs[u] as usize, offs[u + 1] as usize);
-            let k: Vec<f64> = (a..b)
-                .flat_map(|j| widen(&kv[j * 2 * dim..j * 2 * dim + dim]))
-                .collect();
-            let v: Vec<f64> = (a..b)
-                .flat_map(|j| widen(&kv[j * 2 * dim + dim..(j + 1) * 2 * dim]))
-                .collect();
-            let qu = widen(&q[u * stride..u * stride + n * dim]);
-            let want = ref_attention(&qu, &k, &v, n, b - a, heads, d);
-            for i in 0..n {
-                let row = (u * n + i) * ldo;
-                assert_close(
-                    &out[row..row + dim],
-                    &want[i * dim..(i + 1) * dim],
-                    &format!("attention h={heads} d={d} user {u} (L={}) row {i}", b - a),
-                );
-                if b == a {
-                    assert!(
-                        out[row..row + dim].iter().all(|&x| x == 0.0),
-                        "an empty sequence gives exact zeros"
-                    );
+    for dtype in DTYPES {
+        for &(heads, dim, n, chunk_keys, long, short, shared) in cases {
+            let users = long.len();
+            let seqs = 2 * users;
+            let n_rows = 50;
+            let (st, ts) = store(dtype, &rng.vec(n_rows * dim, 1.0), n_rows, dim);
+            let (lo, so) = (offsets(long), offsets(short));
+            let rows = |o: &[i32], rng: &mut Rng| -> Vec<u32> {
+                (0..*o.last().unwrap())
+                    .map(|_| rng.below(n_rows) as u32)
+                    .collect()
+            };
+            let (lr, sr) = (rows(&lo, &mut rng), rows(&so, &mut rng));
+            let hnd = heads * n * dim;
+            let qt = rng.vec(if shared { 2 * hnd } else { seqs * hnd }, 0.3);
+            let (tower_stride, user_stride) = if shared { (hnd, 0) } else { (users * hnd, hnd) };
+            let max_len = long.iter().chain(short).copied().max().unwrap();
+            let chunks = max_len.div_ceil(chunk_keys);
+            let ldp = dim + 2;
+            let part_len = seqs * heads * chunks * n * ldp;
+            let mut part = vec![f32::NAN; part_len];
+            let p = AttendParams {
+                store: EmuBackend.store_rows(&st),
+                scales: EmuBackend.store_scales(&st),
+                long_rows: input(&lr, 0, lr.len()).unwrap(),
+                long_offsets: input(&lo, 0, users + 1).unwrap(),
+                short_rows: input(&sr, 0, sr.len()).unwrap(),
+                short_offsets: input(&so, 0, users + 1).unwrap(),
+                qt: input(&qt, 0, qt.len()).unwrap(),
+                part: output(&mut part, 0, part_len).unwrap(),
+                qt_tower_stride: tower_stride as i64,
+                qt_user_stride: user_stride as i64,
+                users: int(users),
+                n: int(n),
+                dim: int(dim),
+                heads: int(heads),
+                chunks: int(chunks),
+                chunk_keys: int(chunk_keys),
+            };
+            let geo = launch::attend(chunks, heads, seqs, n).unwrap();
+            run(store_variant(dtype).unwrap(), geo, p).unwrap();
+            for s in 0..seqs {
+                let (tower, u) = (s / users, s % users);
+                let (o, r) = if tower == 0 { (&lo, &lr) } else { (&so, &sr) };
+                let seq = &r[o[u] as usize..o[u + 1] as usize];
+                for k in 0..heads {
+                    let q = &qt[tower * tower_stride + u * user_stride + k * n * dim..];
+                    for c in 0..chunks {
+                        let keys = &seq[(c * chunk_keys).min(seq.len())
+                            ..((c + 1) * chunk_keys).min(seq.len())];
+                        let at = ((s * heads + k) * chunks + c) * n * ldp;
+                        let got = &part[at..at + n * ldp];
+                        let what = format!(
+                            "attend {dtype:?} h={heads} D={dim} n={n} keys/chunk={chunk_keys} \
+                             seq {s} (L={}) head {k} chunk {c}",
+                            seq.len()
+                        );
+                        if keys.is_empty() {
+                            assert!(got.iter().all(|v| v.is_nan()), "{what}: written");
+                            continue;
+                        }
+                        let x = |t: usize, col: usize| ts.gathered[keys[t] as usize * dim + col];
+                        for i in 0..n {
+                            let sc: Vec<f64> = (0..keys.len())
+                                .map(|t| {
+                                    (0..dim)
+                                        .map(|col| f64::from(q[i * dim + col]) * x(t, col))
+                                        .sum()
+                                })
+                                .collect();
+                            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
+                            let mut want: Vec<f64> = (0..dim)
+                                .map(|col| (0..keys.len()).map(|t| e[t] * x(t, col)).sum())
+                                .collect();
+                            want.push(m);
+                            want.push(e.iter().sum());
+                            assert_close(
+                                &got[i * ldp..(i + 1) * ldp],
+                                &want,
+                                &format!("{what} row {i}"),
+                            );
+                        }
+                    }
                 }
             }
         }
     }
 }
 
+/// `attend_combine`: the combine of chunk partials into `A_k X`, `Wv`, `Wo` into the concat,
+/// and the next layer's `Q̃` or (last layer) the merge, per sequence of both towers, against
+/// f64; partials of chunks past a sequence's end are NaN (never read), an empty sequence's
+/// head outputs are zero (`H_l = bo_l`), the concat's other column blocks are kept.
 #[test]
-fn co_interest_matches_reference_for_every_block_kind() {
+fn attend_combine_matches_reference() {
+    let mut rng = Rng::new(8);
+    // (heads, D, n, layers, layer, chunk_keys, long lengths, short lengths)
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        &'static [usize],
+        &'static [usize],
+    );
+    let cases: &[Case] = &[
+        (2, 34, 5, 3, 0, 32, &[0, 1, 70], &[40, 0, 33]),
+        (2, 34, 5, 3, 2, 32, &[0, 1, 70], &[40, 0, 33]),
+        (4, 48, 3, 2, 1, 64, &[100, 5], &[0, 64]),
+        (4, 48, 3, 2, 0, 96, &[100, 5], &[0, 200]),
+        (1, 8, 1, 1, 0, 32, &[1], &[0]),
+        (3, 12, 7, 4, 1, 32, &[9, 0, 33, 64], &[1, 2, 3, 4]),
+    ];
+    for &(heads, dim, n, layers, layer, chunk_keys, long, short) in cases {
+        let (d, users) = (dim / heads, long.len());
+        let seqs = 2 * users;
+        let last = layer + 1 == layers;
+        let (lo, so) = (offsets(long), offsets(short));
+        let max_len = long.iter().chain(short).copied().max().unwrap();
+        let chunks = max_len.div_ceil(chunk_keys);
+        let (nd, hnd, ldp) = (n * dim, heads * n * dim, dim + 2);
+        let len = |s: usize| if s < users { long[s] } else { short[s - users] };
+        // Partials: m in [−4, 4], l in [1, 33), Σ p x of either sign; NaN past the end.
+        let mut part = vec![f32::NAN; seqs * heads * chunks * n * ldp];
+        for s in 0..seqs {
+            for k in 0..heads {
+                for c in 0..len(s).div_ceil(chunk_keys) {
+                    for i in 0..n {
+                        let at = (((s * heads + k) * chunks + c) * n + i) * ldp;
+                        let row = &mut part[at..at + ldp];
+                        row[..dim].copy_from_slice(&rng.vec(dim, 5.0));
+                        row[dim] = rng.symmetric(4.0);
+                        row[dim + 1] = 17.0 + rng.symmetric(16.0);
+                    }
+                }
+            }
+        }
+        // Both towers' weights, [out, in] as stored.
+        let w = |rng: &mut Rng, o: usize, i: usize| -> [Vec<f32>; 2] {
+            let a = 1.0 / (i as f32).sqrt();
+            [rng.vec(o * i, a), rng.vec(o * i, a)]
+        };
+        let (wv, bv, wo, bo) = (
+            w(&mut rng, dim, dim),
+            w(&mut rng, dim, 1),
+            w(&mut rng, dim, dim),
+            w(&mut rng, dim, 1),
+        );
+        let (wq, bq, wk) = (
+            w(&mut rng, dim, dim),
+            w(&mut rng, dim, 1),
+            w(&mut rng, dim, dim),
+        );
+        let (wm, bm) = (w(&mut rng, dim, layers * dim), w(&mut rng, dim, 1));
+        let stack_t = |v: &[Vec<f32>; 2], o: usize, i: usize| -> Vec<f32> {
+            [transpose(&v[0], o, i), transpose(&v[1], o, i)].concat()
+        };
+        let (wvt, wot, wqt, wmt) = (
+            stack_t(&wv, dim, dim),
+            stack_t(&wo, dim, dim),
+            stack_t(&wq, dim, dim),
+            stack_t(&wm, dim, layers * dim),
+        );
+        let (bv2, bo2, bq2, wk2, bm2) = (
+            bv.concat(),
+            bo.concat(),
+            bq.concat(),
+            wk.concat(),
+            bm.concat(),
+        );
+        let hcat0 = rng.vec(seqs * n * layers * dim, 1.0);
+        let mut hcat = hcat0.clone();
+        let mut scratch = vec![f32::NAN; seqs * (hnd + 2 * nd)];
+        let mut qt = vec![f32::NAN; seqs * hnd];
+        let mut out = vec![f32::NAN; seqs * nd];
+        let null = || hcn_prerank::cuda::abi::In::from_addr(0);
+        let p = AttendCombineParams {
+            long_offsets: input(&lo, 0, users + 1).unwrap(),
+            short_offsets: input(&so, 0, users + 1).unwrap(),
+            part: input(&part, 0, part.len()).unwrap(),
+            wvt: input(&wvt, 0, wvt.len()).unwrap(),
+            bv: input(&bv2, 0, 2 * dim).unwrap(),
+            wot: input(&wot, 0, wot.len()).unwrap(),
+            bo: input(&bo2, 0, 2 * dim).unwrap(),
+            wqt: if last {
+                null()
+            } else {
+                input(&wqt, 0, wqt.len()).unwrap()
+            },
+            bq: if last {
+                null()
+            } else {
+                input(&bq2, 0, 2 * dim).unwrap()
+            },
+            wk: if last {
+                null()
+            } else {
+                input(&wk2, 0, wk2.len()).unwrap()
+            },
+            wmt: if last {
+                input(&wmt, 0, wmt.len()).unwrap()
+            } else {
+                null()
+            },
+            bm: if last {
+                input(&bm2, 0, 2 * dim).unwrap()
+            } else {
+                null()
+            },
+            scratch: output(&mut scratch, 0, seqs * (hnd + 2 * nd)).unwrap(),
+            hcat: output(&mut hcat, 0, seqs * n * layers * dim).unwrap(),
+            qt_next: output(&mut qt, 0, seqs * hnd).unwrap(),
+            out: output(&mut out, 0, seqs * nd).unwrap(),
+            users: int(users),
+            n: int(n),
+            dim: int(dim),
+            heads: int(heads),
+            chunks: int(chunks),
+            chunk_keys: int(chunk_keys),
+            layer: int(layer),
+            layers: int(layers),
+        };
+        run(Variant::F32, launch::attend_combine(seqs, n).unwrap(), p).unwrap();
+        for s in 0..seqs {
+            let tower = s / users;
+            let what = format!(
+                "attend_combine h={heads} D={dim} n={n} layer {layer}/{layers} seq {s} (L={})",
+                len(s)
+            );
+            // Z_k = A_k X, then the heads, then H_l.
+            let mut cat = vec![0.0f64; nd];
+            if len(s) > 0 {
+                for k in 0..heads {
+                    for i in 0..n {
+                        let rows: Vec<&[f32]> = (0..len(s).div_ceil(chunk_keys))
+                            .map(|c| {
+                                let at = (((s * heads + k) * chunks + c) * n + i) * ldp;
+                                &part[at..at + ldp]
+                            })
+                            .collect();
+                        let mx = rows
+                            .iter()
+                            .map(|r| f64::from(r[dim]))
+                            .fold(f64::NEG_INFINITY, f64::max);
+                        let ws: Vec<f64> = rows
+                            .iter()
+                            .map(|r| (f64::from(r[dim]) - mx).exp())
+                            .collect();
+                        let sum: f64 = rows
+                            .iter()
+                            .zip(&ws)
+                            .map(|(r, w)| w * f64::from(r[dim + 1]))
+                            .sum();
+                        let z: Vec<f64> = (0..dim)
+                            .map(|c| {
+                                rows.iter()
+                                    .zip(&ws)
+                                    .map(|(r, w)| w * f64::from(r[c]))
+                                    .sum::<f64>()
+                                    / sum
+                            })
+                            .collect();
+                        for j in 0..d {
+                            let o = k * d + j;
+                            cat[i * dim + o] = f64::from(bv[tower][o])
+                                + (0..dim)
+                                    .map(|c| z[c] * f64::from(wv[tower][o * dim + c]))
+                                    .sum::<f64>();
+                        }
+                    }
+                }
+            }
+            let h = ref_linear(&cat, n, dim, &wo[tower], &bo[tower], dim, false);
+            let hc = &hcat[s * n * layers * dim..(s + 1) * n * layers * dim];
+            let mut hc_want = widen(&hcat0[s * n * layers * dim..(s + 1) * n * layers * dim]);
+            for i in 0..n {
+                hc_want[i * layers * dim + layer * dim..i * layers * dim + (layer + 1) * dim]
+                    .copy_from_slice(&h[i * dim..(i + 1) * dim]);
+            }
+            assert_close(hc, &hc_want, &format!("{what}: concat"));
+            if last {
+                let f = ref_linear(
+                    &hc_want,
+                    n,
+                    layers * dim,
+                    &wm[tower],
+                    &bm[tower],
+                    dim,
+                    false,
+                );
+                assert_close(&out[s * nd..(s + 1) * nd], &f, &format!("{what}: merge"));
+            } else {
+                let q = ref_linear(&h, n, dim, &wq[tower], &bq[tower], dim, false);
+                let scale = 1.0 / (d as f64).sqrt();
+                let mut want = vec![0.0f64; hnd];
+                for k in 0..heads {
+                    for i in 0..n {
+                        for c in 0..dim {
+                            want[(k * n + i) * dim + c] = scale
+                                * (0..d)
+                                    .map(|j| {
+                                        q[i * dim + k * d + j]
+                                            * f64::from(wk[tower][(k * d + j) * dim + c])
+                                    })
+                                    .sum::<f64>();
+                        }
+                    }
+                }
+                assert_close(
+                    &qt[s * hnd..(s + 1) * hnd],
+                    &want,
+                    &format!("{what}: next Q̃"),
+                );
+            }
+        }
+        if last {
+            assert!(qt.iter().all(|v| v.is_nan()), "the last layer writes no Q̃");
+        } else {
+            assert!(out.iter().all(|v| v.is_nan()), "only the last layer merges");
+        }
+    }
+}
+
+/// `co_fusion`: E, both alignments, every block kind in the concat, `X̃ = cat Wcᵀ + bc` into the
+/// fusion input's left half (its right half, X̂, kept) and `X^U`, against f64.
+#[test]
+fn co_fusion_matches_reference_for_every_block_kind() {
     let mut rng = Rng::new(4);
     let cases: &[(usize, usize, usize, &[u8])] = &[
         (3, 1, 20, &[2, 3, 3]),
@@ -540,44 +737,74 @@ fn co_interest_matches_reference_for_every_block_kind() {
         (2, 64, 5, &[2, 3, 0]),
     ];
     for &(users, n, dim, blocks) in cases {
-        let l = rng.vec(users * n * dim, 1.0);
-        let s = rng.vec(users * n * dim, 1.0);
+        let bn = users * n;
+        let towers = rng.vec(2 * bn * dim, 1.0);
         let nb = blocks.len();
-        let mut out = vec![f32::NAN; users * n * nb * dim];
-        let p = CoInterestParams {
-            lhat: input(&l, 0, users * n * dim).unwrap(),
-            shat: input(&s, 0, users * n * dim).unwrap(),
-            out: output(&mut out, 0, users * n * nb * dim).unwrap(),
-            ld_in: int(dim),
-            ldo: int(nb * dim),
+        let (co_w, co_b) = (rng.vec(dim * nb * dim, 0.3), rng.vec(dim, 0.3));
+        let (fu_w, fu_b) = (rng.vec(dim * 2 * dim, 0.3), rng.vec(dim, 0.3));
+        let (co_wt, fu_wt) = (
+            transpose(&co_w, dim, nb * dim),
+            transpose(&fu_w, dim, 2 * dim),
+        );
+        let fuse0 = rng.vec(bn * 2 * dim, 1.0);
+        let mut fuse = fuse0.clone();
+        let mut cat = vec![f32::NAN; bn * nb * dim];
+        let mut xu = vec![f32::NAN; bn * dim];
+        let p = CoFusionParams {
+            towers: input(&towers, 0, towers.len()).unwrap(),
+            cat: output(&mut cat, 0, bn * nb * dim).unwrap(),
+            co_wt: input(&co_wt, 0, co_wt.len()).unwrap(),
+            co_b: input(&co_b, 0, dim).unwrap(),
+            fuse: output(&mut fuse, 0, bn * 2 * dim).unwrap(),
+            fusion_wt: input(&fu_wt, 0, fu_wt.len()).unwrap(),
+            fusion_b: input(&fu_b, 0, dim).unwrap(),
+            xu: output(&mut xu, 0, bn * dim).unwrap(),
+            users: int(users),
             n: int(n),
             dim: int(dim),
             num_blocks: int(nb),
             block_codes: launch::pack_blocks(blocks),
         };
-        run(Variant::F32, launch::co_interest(users, n, nb).unwrap(), p).unwrap();
+        run(Variant::F32, launch::co_fusion(users, n, nb).unwrap(), p).unwrap();
         for u in 0..users {
-            let lu = widen(&l[u * n * dim..(u + 1) * n * dim]);
-            let su = widen(&s[u * n * dim..(u + 1) * n * dim]);
+            let what = format!("co_fusion n={n} D={dim} user {u}");
+            let lu = widen(&towers[u * n * dim..(u + 1) * n * dim]);
+            let su = widen(&towers[(bn + u * n) * dim..(bn + (u + 1) * n) * dim]);
             let (lt, st) = ref_co_interest(&lu, &su, n, dim);
+            let mut cat_want = vec![0.0f64; n * nb * dim];
             for i in 0..n {
                 for (t, &code) in blocks.iter().enumerate() {
-                    let want = match code {
+                    let src = match code {
                         0 => &lu,
                         1 => &su,
                         2 => &lt,
                         _ => &st,
                     };
-                    let row = (u * n + i) * nb * dim + t * dim;
-                    assert_close(
-                        &out[row..row + dim],
-                        &want[i * dim..(i + 1) * dim],
-                        &format!(
-                            "co_interest n={n} D={dim} user {u} row {i} block {t} (code {code})"
-                        ),
-                    );
+                    cat_want[i * nb * dim + t * dim..i * nb * dim + (t + 1) * dim]
+                        .copy_from_slice(&src[i * dim..(i + 1) * dim]);
                 }
             }
+            assert_close(
+                &cat[u * n * nb * dim..(u + 1) * n * nb * dim],
+                &cat_want,
+                &format!("{what}: concat"),
+            );
+            let xt = ref_linear(&cat_want, n, nb * dim, &co_w, &co_b, dim, false);
+            let mut fin = widen(&fuse0[u * n * 2 * dim..(u + 1) * n * 2 * dim]);
+            for i in 0..n {
+                fin[i * 2 * dim..i * 2 * dim + dim].copy_from_slice(&xt[i * dim..(i + 1) * dim]);
+            }
+            assert_close(
+                &fuse[u * n * 2 * dim..(u + 1) * n * 2 * dim],
+                &fin,
+                &format!("{what}: fusion input"),
+            );
+            let want = ref_linear(&fin, n, 2 * dim, &fu_w, &fu_b, dim, false);
+            assert_close(
+                &xu[u * n * dim..(u + 1) * n * dim],
+                &want,
+                &format!("{what}: X^U"),
+            );
         }
     }
 }
@@ -1111,6 +1338,117 @@ fn plan_end_to_end_matches_reference_i8_stores() {
         16,
         DType::I8,
         DType::BF16,
+    );
+}
+
+/// Issue 14's launch budget: a batch of the industrial shape (SPEC §6: D = 128, n = 16, h = 4,
+/// r = 4) is at most 15 launches — `2r + 5` = 13: per layer `attend` and `attend_combine`, then
+/// `co_fusion`, `score` and top-k's three — whatever the batch size, counted by the plan's
+/// kernel timer; the interests still match the f64 reference (sequences longer than a chunk,
+/// an empty one, users of different lengths).
+#[test]
+fn an_industrial_batch_is_at_most_15_launches_at_any_batch_size() {
+    let json = r#"{"format": "hcn/1", "dim": 128, "interests": 16, "heads": 4, "layers": 4,
+        "long_len": 500, "short_len": 50, "user_fields": [{"name": "age", "vocab": 5}],
+        "user_dense": 2, "user_mlp_hidden": [8]}"#;
+    let m = model::build(21, json);
+    let cfg = m.config.clone();
+    let d = cfg.dim;
+    let mut rng = Rng::new(22);
+    let (n_tok, n_cand) = (60usize, 400usize);
+    let (ts, cs) = (
+        test_store(DType::F16, &rng.vec(n_tok * d, 1.0), d),
+        test_store(DType::F16, &rng.vec(n_cand * d, 1.0), d),
+    );
+    let plan = Plan::new(
+        EmuBackend,
+        &m,
+        ts.source(DType::F16, n_tok, d),
+        cs.source(DType::F16, n_cand, d),
+    )
+    .unwrap();
+    plan.set_kernel_timing(true);
+    let mut batches = 0u64;
+    for lens in [
+        &[(70usize, 9usize)][..],
+        &[(33, 50), (0, 3), (5, 0), (100, 1), (1, 40)],
+    ] {
+        type User = (Vec<u32>, Vec<u32>, Vec<f32>, Vec<f32>, Vec<u32>);
+        let users: Vec<User> = lens
+            .iter()
+            .map(|&(l, s)| {
+                let dense = rng.vec(2, 1.0);
+                (
+                    (0..l).map(|_| rng.below(n_tok) as u32).collect(),
+                    (0..s).map(|_| rng.below(n_tok) as u32).collect(),
+                    hcn_prerank::reference::profile(&m, &[1], &dense),
+                    dense,
+                    (0..300).map(|_| rng.below(n_cand) as u32).collect(),
+                )
+            })
+            .collect();
+        let inputs: Vec<UserInput<'_>> = users
+            .iter()
+            .map(|(l, s, p, _, c)| UserInput {
+                long_rows: l,
+                short_rows: s,
+                profile: p,
+                candidate_rows: c,
+            })
+            .collect();
+        let before = plan.kernel_times();
+        let out = plan.run_batch(&inputs, 10).unwrap();
+        batches += 1;
+        let t = plan.kernel_times();
+        assert_eq!(t.batches, batches);
+        let count =
+            |t: &hcn_prerank::KernelTimes| -> u64 { t.kernels.iter().map(|k| k.stat.count).sum() };
+        let launches = count(&t) - count(&before);
+        let r = cfg.layers as u64;
+        assert_eq!(
+            launches,
+            2 * r + 5,
+            "batch of {} users: {t:?}",
+            inputs.len()
+        );
+        assert!(launches <= 15);
+        for (u, (inp, o)) in inputs.iter().zip(&out).enumerate() {
+            let rows = |rows: &[u32]| -> Vec<f64> {
+                rows.iter()
+                    .flat_map(|&r| ts.exact[r as usize * d..(r as usize + 1) * d].to_vec())
+                    .collect()
+            };
+            let xu = ref_user(
+                &m,
+                &rows(inp.long_rows),
+                &rows(inp.short_rows),
+                &[1],
+                &users[u].3,
+            );
+            assert_close(
+                &o.interests,
+                &xu,
+                &format!("industrial X^U, batch {}, user {u}", inputs.len()),
+            );
+        }
+    }
+    let t = plan.kernel_times();
+    let sites: Vec<(&str, &str, u64)> = t
+        .kernels
+        .iter()
+        .map(|k| (k.kernel.as_str(), k.site.as_str(), k.stat.count))
+        .collect();
+    assert!(
+        sites.contains(&("attend_f16", "tower.attend", 8)),
+        "{sites:?}"
+    );
+    assert!(
+        sites.contains(&("attend_combine_f32", "tower.combine", 8)),
+        "{sites:?}"
+    );
+    assert!(
+        sites.contains(&("co_fusion_f32", "co_fusion", 2)),
+        "{sites:?}"
     );
 }
 

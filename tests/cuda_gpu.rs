@@ -8,13 +8,13 @@
 #![cfg(feature = "cuda-emulation")]
 
 use hcn_prerank::cuda::abi::{
-    AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, ScoreParams,
+    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, Out, ScoreParams,
     TopkParams, Variant, SCORE_MODES,
 };
 use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::device::CudaBackend;
 use hcn_prerank::cuda::emu::EmuBackend;
-use hcn_prerank::cuda::launch::{self, extent, Geometry};
+use hcn_prerank::cuda::launch::{self, Geometry};
 use hcn_prerank::cuda::{probe, CudaExecutor, Plan, StoreSource, UserInput, UserOutput};
 use hcn_prerank::model::{AttentionLayer, Linear, Tower, UserProfile, Weights};
 use hcn_prerank::store::IdIndex;
@@ -79,7 +79,7 @@ fn store_bytes(dtype: DType, values: &[f32], dim: usize) -> (Vec<u8>, Option<Vec
     (bytes, Some(scales))
 }
 
-/// The store kernels (`gather`, then `score` in every mode) on a store of `dtype` with rows of
+/// The store kernels (`attend`, then `score` in every mode) on a store of `dtype` with rows of
 /// `dim` values, appending each output to `out` under `tag`.
 fn store_kernel_outputs<B: Backend>(
     be: &B,
@@ -89,26 +89,76 @@ fn store_kernel_outputs<B: Backend>(
     tag: &str,
     out: &mut Vec<(String, Vec<f32>)>,
 ) {
-    let (n_rows, n, count) = (60usize, 5usize, 45usize);
+    let (n_rows, n) = (60usize, 5usize);
     let (bytes, scales) = store_bytes(dtype, &rng.vec(n_rows * dim, 1.0), dim);
     let store = be
         .upload_store(dtype, &bytes, scales.as_deref(), n_rows, dim)
         .unwrap();
     let variant = store_variant(dtype).unwrap();
-    let rows_h: Vec<u32> = (0..count).map(|_| rng.below(n_rows) as u32).collect();
-    let rows_d = be.upload_u32(&rows_h).unwrap();
-    let mut g = be.zeros_f32(count * dim).unwrap();
-    let p = GatherParams {
-        store: be.store_rows(&store),
-        scales: be.store_scales(&store),
-        rows: input(&rows_d, 0, count).unwrap(),
-        out: output(&mut g, 0, count * dim).unwrap(),
-        count: int(count),
-        dim: int(dim),
-    };
-    run(be, variant, launch::gather(count).unwrap(), p);
-    out.push((format!("gather {tag}"), be.download_f32(&g).unwrap()));
+    attend_outputs(be, rng, &store, variant, (n_rows, n, dim), tag, out);
     score_outputs(be, rng, &store, variant, (n_rows, n, dim), tag, out);
+}
+
+/// `attend` over `store` (`n_rows` rows of `dim`, `n` interests, 2 heads) for both towers of 4
+/// users (long lengths 0, 1, 33, 70; short 3, 0, 32, 1), chunks of one tile and of two, Q̃ per
+/// user; each output appended to `out` under `tag`.
+fn attend_outputs<B: Backend>(
+    be: &B,
+    rng: &mut Rng,
+    store: &B::Store,
+    variant: Variant,
+    (n_rows, n, dim): (usize, usize, usize),
+    tag: &str,
+    out: &mut Vec<(String, Vec<f32>)>,
+) {
+    let (heads, users) = (2usize, 4usize);
+    let offsets = |lens: [usize; 4]| -> Vec<i32> {
+        let mut o = vec![0i32];
+        for l in lens {
+            o.push(o.last().unwrap() + l as i32);
+        }
+        o
+    };
+    let (lo, so) = (offsets([0, 1, 33, 70]), offsets([3, 0, 32, 1]));
+    let rows = |o: &[i32], rng: &mut Rng| -> Vec<u32> {
+        (0..*o.last().unwrap())
+            .map(|_| rng.below(n_rows) as u32)
+            .collect()
+    };
+    let (lr, sr) = (rows(&lo, rng), rows(&so, rng));
+    let (lr_d, sr_d) = (be.upload_u32(&lr).unwrap(), be.upload_u32(&sr).unwrap());
+    let (lo_d, so_d) = (be.upload_i32(&lo).unwrap(), be.upload_i32(&so).unwrap());
+    let hnd = heads * n * dim;
+    let qt = be.upload_f32(&rng.vec(2 * users * hnd, 0.3)).unwrap();
+    for chunk_keys in [32usize, 64] {
+        let chunks = 70usize.div_ceil(chunk_keys);
+        let len = 2 * users * heads * chunks * n * (dim + 2);
+        let mut part = be.zeros_f32(len).unwrap();
+        let p = AttendParams {
+            store: be.store_rows(store),
+            scales: be.store_scales(store),
+            long_rows: input(&lr_d, 0, lr.len()).unwrap(),
+            long_offsets: input(&lo_d, 0, users + 1).unwrap(),
+            short_rows: input(&sr_d, 0, sr.len()).unwrap(),
+            short_offsets: input(&so_d, 0, users + 1).unwrap(),
+            qt: input(&qt, 0, 2 * users * hnd).unwrap(),
+            part: output(&mut part, 0, len).unwrap(),
+            qt_tower_stride: (users * hnd) as i64,
+            qt_user_stride: hnd as i64,
+            users: int(users),
+            n: int(n),
+            dim: int(dim),
+            heads: int(heads),
+            chunks: int(chunks),
+            chunk_keys: int(chunk_keys),
+        };
+        let geo = launch::attend(chunks, heads, 2 * users, n).unwrap();
+        run(be, variant, geo, p);
+        out.push((
+            format!("attend {tag} chunk_keys {chunk_keys}"),
+            be.download_f32(&part).unwrap(),
+        ));
+    }
 }
 
 /// `score` in every mode over `store` (`n_rows` rows of `dim`, `n` interests): 300 candidates
@@ -159,103 +209,28 @@ fn score_outputs<B: Backend>(
 fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let mut rng = Rng::new(42);
     let mut out = Vec::new();
-    // linear: rows and widths not multiples of 32, output into a wider buffer.
-    let (rows, in_dim, out_dim, ldy) = (45usize, 37usize, 70usize, 75usize);
-    let x = be.upload_f32(&rng.vec(rows * in_dim, 1.0)).unwrap();
-    let w = be.upload_f32(&rng.vec(out_dim * in_dim, 0.3)).unwrap();
-    let b = be.upload_f32(&rng.vec(out_dim, 0.3)).unwrap();
-    let mut y = be.zeros_f32(rows * ldy).unwrap();
-    let p = LinearParams {
-        x: input(&x, 0, rows * in_dim).unwrap(),
-        w: input(&w, 0, out_dim * in_dim).unwrap(),
-        bias: input(&b, 0, out_dim).unwrap(),
-        y: output(&mut y, 0, extent(rows, ldy, out_dim)).unwrap(),
-        ldx: int(in_dim),
-        ldy: int(ldy),
-        rows: int(rows),
-        in_dim: int(in_dim),
-        out_dim: int(out_dim),
-        relu: 1,
-    };
-    run(be, Variant::F32, launch::linear(rows, out_dim).unwrap(), p);
-    out.push(("linear".into(), be.download_f32(&y).unwrap()));
-
-    // gather + attention: lengths 0, 1, 33, 70; d = 17.
-    let (heads, d, n) = (2usize, 17usize, 5usize);
-    let dim = heads * d;
-    let lens = [0usize, 1, 33, 70];
-    let mut offs = vec![0i32];
-    for l in lens {
-        offs.push(offs.last().unwrap() + l as i32);
-    }
-    let total = *offs.last().unwrap() as usize;
+    // attend: lengths 0, 1, 33, 70 (and 3, 0, 32, 1), D = 34 (d = 17), over the store.
+    let (n, dim) = (5usize, 34usize);
     let n_rows = 60;
     let (bytes, scales) = store_bytes(dtype, &rng.vec(n_rows * dim, 1.0), dim);
     let store = be
         .upload_store(dtype, &bytes, scales.as_deref(), n_rows, dim)
         .unwrap();
     let variant = store_variant(dtype).unwrap();
-    let rows_h: Vec<u32> = (0..total).map(|_| rng.below(n_rows) as u32).collect();
-    let rows_d = be.upload_u32(&rows_h).unwrap();
-    let mut g = be.zeros_f32(total * dim).unwrap();
-    let p = GatherParams {
-        store: be.store_rows(&store),
-        scales: be.store_scales(&store),
-        rows: input(&rows_d, 0, total).unwrap(),
-        out: output(&mut g, 0, total * dim).unwrap(),
-        count: int(total),
-        dim: int(dim),
-    };
-    run(be, variant, launch::gather(total).unwrap(), p);
-    out.push(("gather".into(), be.download_f32(&g).unwrap()));
-
-    let kv = be.upload_f32(&rng.vec(total * 2 * dim, 1.5)).unwrap();
-    let users = lens.len();
-    let q = be.upload_f32(&rng.vec(users * n * dim, 1.5)).unwrap();
-    let offs_d = be.upload_i32(&offs).unwrap();
-    let mut a = be.zeros_f32(users * n * dim).unwrap();
-    let p = AttentionParams {
-        q: input(&q, 0, users * n * dim).unwrap(),
-        k: input(&kv, 0, extent(total, 2 * dim, dim)).unwrap(),
-        v: input(&kv, dim, extent(total, 2 * dim, dim)).unwrap(),
-        kv_offsets: input(&offs_d, 0, users + 1).unwrap(),
-        out: output(&mut a, 0, users * n * dim).unwrap(),
-        q_user_stride: (n * dim) as i64,
-        ldq: int(dim),
-        ldkv: int(2 * dim),
-        ldo: int(dim),
-        n: int(n),
-        head_dim: int(d),
-    };
-    run(
+    attend_outputs(
         be,
-        Variant::F32,
-        launch::attention(heads, users, n, d).unwrap(),
-        p,
+        &mut rng,
+        &store,
+        variant,
+        (n_rows, n, dim),
+        "base",
+        &mut out,
     );
-    out.push(("attention".into(), be.download_f32(&a).unwrap()));
-
-    // co_interest: every block kind.
-    let users = 3;
-    let l = be.upload_f32(&rng.vec(users * n * dim, 1.0)).unwrap();
-    let s = be.upload_f32(&rng.vec(users * n * dim, 1.0)).unwrap();
-    let blocks = [0u8, 1, 2, 3, 3];
-    let width = blocks.len() * dim;
-    let mut cat = be.zeros_f32(users * n * width).unwrap();
-    let p = CoInterestParams {
-        lhat: input(&l, 0, users * n * dim).unwrap(),
-        shat: input(&s, 0, users * n * dim).unwrap(),
-        out: output(&mut cat, 0, users * n * width).unwrap(),
-        ld_in: int(dim),
-        ldo: int(width),
-        n: int(n),
-        dim: int(dim),
-        num_blocks: int(blocks.len()),
-        block_codes: launch::pack_blocks(&blocks),
-    };
-    let geo = launch::co_interest(users, n, blocks.len()).unwrap();
-    run(be, Variant::F32, geo, p);
-    out.push(("co_interest".into(), be.download_f32(&cat).unwrap()));
+    if dtype == DType::F32 {
+        // The F32-only kernels once (they do not read the store).
+        combine_outputs(be, &mut rng, &mut out);
+        co_fusion_outputs(be, &mut rng, &mut out);
+    }
 
     // score: each mode, 300 candidates for user 0 (more than one 256-block), none for user 1.
     score_outputs(
@@ -272,6 +247,143 @@ fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     store_kernel_outputs(be, &mut rng, dtype, 64, "D=64", &mut out);
     store_kernel_outputs(be, &mut rng, dtype, 640, "D=640", &mut out);
     out
+}
+
+/// `attend_combine` at a middle layer and at the last, h = 2, d = 17, n = 5, 3 users per tower
+/// (one empty sequence, one of two chunks), on random partials; each output appended to `out`.
+fn combine_outputs<B: Backend>(be: &B, rng: &mut Rng, out: &mut Vec<(String, Vec<f32>)>) {
+    let (heads, n, dim, layers, users, chunk_keys) = (2usize, 5usize, 34usize, 3usize, 3usize, 32);
+    let (lo, so) = (vec![0i32, 0, 1, 71], vec![0i32, 40, 40, 73]);
+    let (lo_d, so_d) = (be.upload_i32(&lo).unwrap(), be.upload_i32(&so).unwrap());
+    let seqs = 2 * users;
+    let chunks = 3usize;
+    let (nd, hnd) = (n * dim, heads * n * dim);
+    // Partials: Σ p x of either sign, m in [−4, 4], l in [1, 33).
+    let mut part_h = rng.vec(seqs * heads * chunks * n * (dim + 2), 5.0);
+    for row in part_h.chunks_exact_mut(dim + 2) {
+        row[dim] = rng.symmetric(4.0);
+        row[dim + 1] = 17.0 + rng.symmetric(16.0);
+    }
+    let part = be.upload_f32(&part_h).unwrap();
+    let dd = 2 * dim * dim;
+    let w = |rng: &mut Rng, len: usize| be.upload_f32(&rng.vec(len, 0.2)).unwrap();
+    let (wvt, bv, wot, bo) = (w(rng, dd), w(rng, 2 * dim), w(rng, dd), w(rng, 2 * dim));
+    let (wqt, bq, wk) = (w(rng, dd), w(rng, 2 * dim), w(rng, dd));
+    let (wmt, bm) = (w(rng, layers * dd), w(rng, 2 * dim));
+    for layer in [1usize, 2] {
+        let last = layer + 1 == layers;
+        let mut scratch = be.zeros_f32(seqs * (hnd + 2 * nd)).unwrap();
+        let mut hcat = be
+            .upload_f32(&rng.vec(seqs * n * layers * dim, 1.0))
+            .unwrap();
+        let mut qt = be.zeros_f32(seqs * hnd).unwrap();
+        let mut f = be.zeros_f32(seqs * nd).unwrap();
+        let some = |b: &B::F, len: usize, on: bool| {
+            if on {
+                input(b, 0, len).unwrap()
+            } else {
+                In::from_addr(0)
+            }
+        };
+        let p = AttendCombineParams {
+            long_offsets: input(&lo_d, 0, users + 1).unwrap(),
+            short_offsets: input(&so_d, 0, users + 1).unwrap(),
+            part: input(&part, 0, part_h.len()).unwrap(),
+            wvt: input(&wvt, 0, dd).unwrap(),
+            bv: input(&bv, 0, 2 * dim).unwrap(),
+            wot: input(&wot, 0, dd).unwrap(),
+            bo: input(&bo, 0, 2 * dim).unwrap(),
+            wqt: some(&wqt, dd, !last),
+            bq: some(&bq, 2 * dim, !last),
+            wk: some(&wk, dd, !last),
+            wmt: some(&wmt, layers * dd, last),
+            bm: some(&bm, 2 * dim, last),
+            scratch: output(&mut scratch, 0, seqs * (hnd + 2 * nd)).unwrap(),
+            hcat: output(&mut hcat, 0, seqs * n * layers * dim).unwrap(),
+            qt_next: if last {
+                Out::from_addr(0)
+            } else {
+                output(&mut qt, 0, seqs * hnd).unwrap()
+            },
+            out: if last {
+                output(&mut f, 0, seqs * nd).unwrap()
+            } else {
+                Out::from_addr(0)
+            },
+            users: int(users),
+            n: int(n),
+            dim: int(dim),
+            heads: int(heads),
+            chunks: int(chunks),
+            chunk_keys: int(chunk_keys),
+            layer: int(layer),
+            layers: int(layers),
+        };
+        run(
+            be,
+            Variant::F32,
+            launch::attend_combine(seqs, n).unwrap(),
+            p,
+        );
+        let tag = format!("attend_combine layer {layer}");
+        out.push((format!("{tag} concat"), be.download_f32(&hcat).unwrap()));
+        let result = if last { &f } else { &qt };
+        out.push((format!("{tag} output"), be.download_f32(result).unwrap()));
+    }
+}
+
+/// `co_fusion` with every block kind, 3 users, n = 5, D = 34; its outputs appended to `out`.
+fn co_fusion_outputs<B: Backend>(be: &B, rng: &mut Rng, out: &mut Vec<(String, Vec<f32>)>) {
+    let (users, n, dim) = (3usize, 5usize, 34usize);
+    let bn = users * n;
+    let blocks = [0u8, 1, 2, 3, 3];
+    let nb = blocks.len();
+    let towers = be.upload_f32(&rng.vec(2 * bn * dim, 1.0)).unwrap();
+    let co_wt = be.upload_f32(&rng.vec(nb * dim * dim, 0.2)).unwrap();
+    let co_b = be.upload_f32(&rng.vec(dim, 0.2)).unwrap();
+    let fu_wt = be.upload_f32(&rng.vec(2 * dim * dim, 0.2)).unwrap();
+    let fu_b = be.upload_f32(&rng.vec(dim, 0.2)).unwrap();
+    let mut fuse = be.upload_f32(&rng.vec(bn * 2 * dim, 1.0)).unwrap();
+    let mut cat = be.zeros_f32(bn * nb * dim).unwrap();
+    let mut xu = be.zeros_f32(bn * dim).unwrap();
+    let p = CoFusionParams {
+        towers: input(&towers, 0, 2 * bn * dim).unwrap(),
+        cat: output(&mut cat, 0, bn * nb * dim).unwrap(),
+        co_wt: input(&co_wt, 0, nb * dim * dim).unwrap(),
+        co_b: input(&co_b, 0, dim).unwrap(),
+        fuse: output(&mut fuse, 0, bn * 2 * dim).unwrap(),
+        fusion_wt: input(&fu_wt, 0, 2 * dim * dim).unwrap(),
+        fusion_b: input(&fu_b, 0, dim).unwrap(),
+        xu: output(&mut xu, 0, bn * dim).unwrap(),
+        users: int(users),
+        n: int(n),
+        dim: int(dim),
+        num_blocks: int(nb),
+        block_codes: launch::pack_blocks(&blocks),
+    };
+    run(
+        be,
+        Variant::F32,
+        launch::co_fusion(users, n, nb).unwrap(),
+        p,
+    );
+    out.push(("co_fusion concat".into(), be.download_f32(&cat).unwrap()));
+    out.push((
+        "co_fusion fusion input".into(),
+        be.download_f32(&fuse).unwrap(),
+    ));
+    out.push(("co_fusion X^U".into(), be.download_f32(&xu).unwrap()));
+}
+
+/// The launches `every_kernel_matches_the_emulation` compares, on the emulation alone: their
+/// extents and geometries hold without a GPU (F32, which also runs the F32-only kernels).
+#[test]
+fn the_compared_launches_run_on_the_emulation() {
+    let out = kernel_outputs(&EmuBackend, DType::F32);
+    assert!(out
+        .iter()
+        .any(|(name, _)| name.starts_with("attend_combine")));
+    assert!(out.iter().all(|(_, v)| v.iter().all(|x| x.is_finite())));
 }
 
 #[test]
@@ -761,8 +873,9 @@ fn kernel_timing_events_on_the_gpu() {
     assert_eq!(t.batches, timed);
     assert_eq!(t.dropped, 0);
     let launches: u64 = t.kernels.iter().map(|k| k.stat.count).sum();
-    // 2·(1 + 4r) + 7 per batch (r = 3): top-k is three launches.
-    assert_eq!(launches, timed * (2 * (1 + 4 * 3) + 7));
+    // 2r + 5 per batch (r = 3): attend and attend_combine per layer, co_fusion, score, top-k's
+    // three.
+    assert_eq!(launches, timed * (2 * 3 + 5));
     for kt in &t.kernels {
         assert!(
             kt.stat.min_us > 0.0,

@@ -6,10 +6,9 @@
 // HCN_EMU_UNKNOWN_KERNEL / HCN_EMU_PARAMS_SIZE (nothing ran).
 #include "cuda_emu.h"
 
-#include "../attention.cu"
-#include "../co_interest.cu"
-#include "../gather.cu"
-#include "../linear.cu"
+#include "../attend.cu"
+#include "../attend_combine.cu"
+#include "../co_fusion.cu"
 #include "../score.cu"
 #include "../topk.cu"
 

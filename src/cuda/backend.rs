@@ -4,7 +4,7 @@
 //! Keeping the plan generic means the orchestration — buffer sizes, strides, offsets, the order of
 //! launches — is exercised end to end in CI even though CI has no GPU.
 //!
-//! A kernel is launched with its parameter struct (`src/abi.rs`, e.g. [`crate::cuda::abi::LinearParams`]),
+//! A kernel is launched with its parameter struct (`src/abi.rs`, e.g. [`crate::cuda::abi::ScoreParams`]),
 //! which the caller fills: shapes, modes, and the device addresses of the buffers, taken with
 //! [`input`] / [`output`] (which check that the extent the kernel touches lies inside the buffer;
 //! an element offset addresses a column block of a wider row-major matrix, e.g. layer `l`'s
@@ -281,7 +281,7 @@ pub trait Backend {
     /// The address of a store's rows, for the store kernels (`gather`, `score`), whose variant
     /// ([`store_variant`]) reads them as the store's dtype.
     fn store_rows(&self, s: &Self::Store) -> In<StoreRows>;
-    /// The address of an I8 store's `rows` scales (`GatherParams::scales`,
+    /// The address of an I8 store's `rows` scales (`AttendParams::scales`,
     /// `ScoreParams::scales`); null for a float store.
     fn store_scales(&self, s: &Self::Store) -> In<f32>;
     // One buffer per call, synchronous downloads: for the weights at load time and for tests.

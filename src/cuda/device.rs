@@ -14,7 +14,7 @@
 //! **Workspaces**: every buffer of a batch — its uploaded inputs and every scratch or zeroed
 //! buffer of the plan — is a [`Lease`] from its lane's pools, so a warm lane allocates no device
 //! memory for a batch of a shape it has seen or a smaller one; only [`Backend::zeros_f32`] /
-//! `zeros_i32` pay a memset (the top-k histogram and counts, and what the tower still asks for).
+//! `zeros_i32` pay a memset (the top-k histogram and counts: one per batch).
 //!
 //! **Event tracking is disabled** (`CudaContext::disable_event_tracking`, before any buffer is
 //! allocated), so no buffer carries cudarc's read/write events and no launch or copy records

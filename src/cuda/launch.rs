@@ -9,16 +9,17 @@ use crate::{Error, Result};
 
 /// `HCN_MAX_DIM` (common.cuh): `score.cu` holds D / 32 values per lane in registers.
 pub const MAX_DIM: usize = 1024;
-/// `HCN_MAX_HEAD_DIM` (common.cuh): `attention.cu` stages 32 keys × d in shared memory.
+/// `HCN_MAX_HEAD_DIM` (common.cuh): the largest head dimension d = D / h a model may have.
 pub const MAX_HEAD_DIM: usize = 128;
-/// `HCN_MAX_INTERESTS` (common.cuh): `co_interest.cu` keeps E (n × n) in shared memory.
+/// `HCN_MAX_INTERESTS` (common.cuh): `co_fusion.cu` keeps E (n × n) in shared memory,
+/// `attend.cu` the n query rows of a slab.
 pub const MAX_INTERESTS: usize = 64;
 /// `SCORE_MAX_XU` (score.cu): X^U of one user (n × D floats) in shared memory.
 pub const MAX_SCORE_XU: usize = 8192;
-/// 2 bits per block in `co_interest.cu`'s `block_codes`.
+/// 2 bits per block in `co_fusion.cu`'s `block_codes`.
 pub const MAX_CONCAT_BLOCKS: usize = 16;
-/// CUDA's limit on `gridDim.y` (and our use of `gridDim.x` for users in 1-D launches is far
-/// below `2^31 − 1`); users per launch and linear row tiles are bounded by it.
+/// CUDA's limit on `gridDim.y` and `gridDim.z` (and our use of `gridDim.x` for users in 1-D
+/// launches is far below `2^31 − 1`); users (and sequences) per launch are bounded by it.
 pub const MAX_GRID_Y: usize = 65_535;
 
 /// `(grid, block)` as `(x, y, z)` triples.
@@ -62,48 +63,65 @@ fn grid_y(v: usize, what: &str) -> Result<u32> {
     dim(v, what)
 }
 
-/// `linear.cu`: 32 × 32 output tiles, block (32, 8).
-pub fn linear(rows: usize, out_dim: usize) -> Result<Geometry> {
-    Ok(Geometry {
-        grid: (
-            dim(out_dim.div_ceil(32), "linear output tiles")?,
-            grid_y(rows.div_ceil(32), "linear row tiles (rows / 32)")?,
-            1,
-        ),
-        block: (32, 8, 1),
-    })
+/// `ATTEND_KEYS` (attend.cu): keys per tile, one per lane; a chunk is a whole number of tiles.
+pub const ATTEND_KEYS: usize = 32;
+/// Blocks of an `attend` launch above which its chunks grow (more tiles per block) instead of
+/// multiplying: enough to fill a large GPU several times over, while the partials (`part`,
+/// `n · (D + 2)` floats per block) stay small.
+pub const ATTEND_TARGET_BLOCKS: usize = 1024;
+
+/// The key chunking of one `attend` launch for `seqs` sequences (both towers) of at most
+/// `max_len` keys and `heads` heads: `(chunks, chunk_keys)`, `chunk_keys` a multiple of
+/// [`ATTEND_KEYS`] and `chunks · chunk_keys ≥ max_len`. One tile per chunk while the grid stays
+/// under [`ATTEND_TARGET_BLOCKS`], so that batch 1 still spreads over many blocks.
+pub fn attend_chunks(max_len: usize, seqs: usize, heads: usize) -> (usize, usize) {
+    let tiles = max_len.div_ceil(ATTEND_KEYS);
+    if tiles == 0 {
+        return (0, ATTEND_KEYS);
+    }
+    let per_chunk = (tiles * seqs * heads)
+        .div_ceil(ATTEND_TARGET_BLOCKS)
+        .clamp(1, tiles);
+    (tiles.div_ceil(per_chunk), per_chunk * ATTEND_KEYS)
 }
 
-/// `gather.cu`: one warp per row, 8 rows per block.
-pub fn gather(count: usize) -> Result<Geometry> {
+/// `attend.cu`: block 256 per (chunk, head, sequence); nothing without a chunk or an interest.
+pub fn attend(chunks: usize, heads: usize, seqs: usize, n: usize) -> Result<Geometry> {
+    if n > MAX_INTERESTS {
+        return Err(Error::Device(format!(
+            "attend with n = {n}: the kernel supports n ≤ {MAX_INTERESTS}"
+        )));
+    }
+    if chunks == 0 || n == 0 || seqs == 0 {
+        return Ok(Geometry::NONE);
+    }
     Ok(Geometry {
-        grid: (dim(count.div_ceil(8), "gathered rows")?, 1, 1),
+        grid: (
+            dim(chunks, "key chunks")?,
+            grid_y(heads, "heads")?,
+            grid_y(seqs, "sequences per batch (2 · users)")?,
+        ),
         block: (256, 1, 1),
     })
 }
 
-/// `attention.cu`: one block of 4 warps per (head, user); nothing for `n = 0` interests.
-pub fn attention(heads: usize, users: usize, n: usize, head_dim: usize) -> Result<Geometry> {
-    if head_dim == 0 || head_dim > MAX_HEAD_DIM {
-        return Err(Error::Device(format!(
-            "head dimension d = {head_dim} is outside the kernels' range 1..={MAX_HEAD_DIM}"
-        )));
-    }
+/// `attend_combine.cu`: one block of 256 per sequence (both towers); nothing for `n = 0`.
+pub fn attend_combine(seqs: usize, n: usize) -> Result<Geometry> {
     if n == 0 {
         return Ok(Geometry::NONE);
     }
     Ok(Geometry {
-        grid: (dim(heads, "heads")?, grid_y(users, "users per batch")?, 1),
-        block: (128, 1, 1),
+        grid: (grid_y(seqs, "sequences per batch (2 · users)")?, 1, 1),
+        block: (256, 1, 1),
     })
 }
 
-/// `co_interest.cu`: one block per user; `n ≤ MAX_INTERESTS` interests (nothing for 0),
+/// `co_fusion.cu`: one block per user; `n ≤ MAX_INTERESTS` interests (nothing for 0),
 /// `blocks ≤ MAX_CONCAT_BLOCKS`.
-pub fn co_interest(users: usize, n: usize, blocks: usize) -> Result<Geometry> {
+pub fn co_fusion(users: usize, n: usize, blocks: usize) -> Result<Geometry> {
     if n > MAX_INTERESTS || blocks > MAX_CONCAT_BLOCKS {
         return Err(Error::Device(format!(
-            "co_interest with n = {n} and {blocks} blocks: the kernel supports n ≤ \
+            "co_fusion with n = {n} and {blocks} blocks: the kernel supports n ≤ \
              {MAX_INTERESTS} and ≤ {MAX_CONCAT_BLOCKS} blocks"
         )));
     }
@@ -228,7 +246,7 @@ pub fn extent(rows: usize, ld: usize, cols: usize) -> usize {
     }
 }
 
-/// Packs concat block codes 2 bits each, block t in bits `[2t, 2t + 2)` (co_interest.cu).
+/// Packs concat block codes 2 bits each, block t in bits `[2t, 2t + 2)` (co_fusion.cu).
 pub fn pack_blocks(blocks: &[u8]) -> u32 {
     blocks
         .iter()
@@ -261,6 +279,40 @@ mod tests {
             "\n#define TOPK_BUCKET_SHIFT {}\n",
             64 - TOPK_BUCKETS.trailing_zeros()
         )));
+    }
+
+    #[test]
+    fn attend_constants_match_the_kernel() {
+        let src = include_str!("../../kernels/attend.cu");
+        assert!(src.contains(&format!("\n#define ATTEND_KEYS {ATTEND_KEYS} ")));
+    }
+
+    #[test]
+    fn attend_chunks_cover_the_keys_and_spread_small_batches() {
+        assert_eq!(attend_chunks(0, 2, 4), (0, ATTEND_KEYS));
+        // Batch 1, industrial (500 keys, h = 4): a tile per chunk, 16 · 4 · 2 = 128 blocks.
+        assert_eq!(attend_chunks(500, 2, 4), (16, 32));
+        for (len, seqs, heads) in [
+            (1, 1, 1),
+            (33, 4, 2),
+            (500, 128, 4),
+            (5000, 2, 64),
+            (64, 9999, 3),
+        ] {
+            let (chunks, keys) = attend_chunks(len, seqs, heads);
+            assert!(
+                keys % ATTEND_KEYS == 0 && chunks * keys >= len,
+                "{len} {seqs} {heads}"
+            );
+            assert!(
+                (chunks - 1) * keys < len,
+                "no empty chunk: {len} {seqs} {heads}"
+            );
+            assert!(
+                chunks * seqs * heads <= ATTEND_TARGET_BLOCKS.max(seqs * heads) * 2,
+                "{len} {seqs} {heads}"
+            );
+        }
     }
 
     #[test]

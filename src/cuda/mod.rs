@@ -8,7 +8,7 @@
 //!   ([`device::CudaBackend`], cudarc) or the CPU emulation of the same kernels ([`emu`], used by
 //!   the tests because CI has no GPU).
 //! * [`CudaExecutor`] is the entry point the engine uses: stores and weights are uploaded once,
-//!   then [`CudaExecutor::run_batch`] runs `2·(1 + 4r) + 7` launches per batch (41 for r = 4)
+//!   then [`CudaExecutor::run_batch`] runs `2r + 5` launches per batch (13 for r = 4)
 //!   whatever its size.
 //!   A batch runs on one of the executor's streams (lanes) with that lane's persistent device
 //!   workspace and page-locked staging (see [`device`], [`pool`]): no device allocation once

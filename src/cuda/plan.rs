@@ -2,33 +2,38 @@
 //! which kernels run, in which order, on which buffers. One batch is
 //!
 //! ```text
-//! per tower (long, short):  gather X (1) · per layer l: [K|V] = X [Wk;Wv]ᵀ (1), Q (1, none at l = 0),
-//!                           attention (1), H_l = A Woᵀ into the r·D concat (1) · merge (1)
-//! co_interest concat (1) · X̃ = concat Wcᵀ into the fusion input (1) · X^U = fusion (1)
+//! per layer l, both towers and every user at once:
+//!     attend (1)          flash-decoding partials of A_k X over key chunks, straight over the
+//!                         token store (SPEC §1.2's rewrite: scores Q̃_k x_t, no K/V projection)
+//!     attend_combine (1)  combine, Wv, Wo into the r·D concat, then the next layer's Q̃
+//!                         (l < r − 1) or the merge F (l = r − 1)
+//! co_fusion (1)       co-interest, its linear and the fusion: X^U
 //! score (1) · top-k: histogram, compaction, select (3)
 //! ```
-//! i.e. `2·(1 + 4r) + 7` launches for the whole batch (41 for r = 4), independent of the number
-//! of users, with one [`Backend::upload_batch`] of every per-request input before the first
-//! launch and one [`Backend::read_back`] of the results after the last (on the GPU: asynchronous
-//! copies through reused pinned memory and a single synchronisation).
-//! Layer 0's `Q = seeds Wq_0ᵀ + bq_0` does not depend on the user and is computed once on the
-//! host at load (the attention kernel reads it with a user stride of 0); K and V share one GEMM
-//! with the stacked weight `[Wk; Wv]`. The user profile `X̂` (SPEC §1.4) is computed on the host
-//! (a few hundred flops) and enters the fusion GEMM as the right half of its input.
+//! i.e. `2r + 5` launches for the whole batch (13 for r = 4), independent of the number of
+//! users, with one [`Backend::upload_batch`] of every per-request input before the first launch
+//! and one [`Backend::read_back`] of the results after the last (on the GPU: asynchronous copies
+//! through reused pinned memory and a single synchronisation).
+//! Layer 0's `Q̃_k = (seeds Wq_0ᵀ + bq_0)_k Wk_{0,k} / sqrt(d)` does not depend on the user and is
+//! computed once on the host at load (`attend` reads it with user stride 0); the weights the
+//! per-user epilogues multiply by (`Wv`, `Wo`, `Wq`, the merge, `Wc`, `Wu`) are uploaded
+//! transposed, both towers' stacked. The user profile `X̂` (SPEC §1.4) is computed on the host (a
+//! few hundred flops) and enters the fusion as the right half of its input.
 //!
 //! Each launch fills its kernel's parameter struct (`src/abi.rs`) here, taking every buffer's
 //! address with [`input`] / [`output`] and the extent the kernel touches, which is checked
 //! against the buffer.
 
 use super::backend::{input, output, store_variant, Backend, HostInputs, StoreDesc};
-use super::launch::{self, extent, to_i32, Geometry};
+use super::launch::{self, to_i32, Geometry};
 use super::timing::{KernelTimer, Key};
 use crate::abi::{
-    AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, ScoreMode,
+    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, Out, ScoreMode,
     ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant,
 };
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
+
 use crate::tensor::DType;
 use crate::{Error, Result};
 
@@ -85,63 +90,46 @@ pub struct UserOutput {
     pub top_k: Vec<(usize, f32)>,
 }
 
+/// One layer's weights on the device, both towers stacked (long first), as `attend_combine`
+/// reads them.
 struct DeviceLayer<B: Backend> {
-    /// `seeds Wq_0ᵀ + bq_0` (`n × D`), only for layer 0.
-    q0: Option<B::F>,
-    wq: B::F,
-    bq: B::F,
-    /// `[Wk; Wv]`, `2D × D`, and `[bk; bv]`.
-    wkv: B::F,
-    bkv: B::F,
-    wo: B::F,
+    /// `Wvᵀ` (in × out) and `bv`.
+    wvt: B::F,
+    bv: B::F,
+    /// `Woᵀ` and `bo`.
+    wot: B::F,
     bo: B::F,
+    /// `Wqᵀ`, `bq` and `Wk` as stored, for layers ≥ 1 (layer 0's queries are [`DeviceTowers::qt0`]).
+    next: Option<NextQueries<B>>,
 }
 
-struct DeviceTower<B: Backend> {
+/// What `attend_combine` of layer `l − 1` needs of layer `l` to form its `Q̃`.
+struct NextQueries<B: Backend> {
+    wqt: B::F,
+    bq: B::F,
+    wk: B::F,
+}
+
+/// Both towers' weights (SPEC §1.2) on the device.
+struct DeviceTowers<B: Backend> {
     layers: Vec<DeviceLayer<B>>,
-    merge_w: B::F,
-    merge_b: B::F,
-    sites: &'static TowerSites,
+    /// Layer 0's `Q̃` per (tower, head): `2 · h` blocks of `n × D`, `1/sqrt(d)` folded in.
+    qt0: B::F,
+    /// `Wmᵀ` (`r·D × D`) and `bm`.
+    wmt: B::F,
+    bm: B::F,
 }
-
-/// The per-kernel timing labels of a tower's launches ([`crate::KernelTime::site`]).
-struct TowerSites {
-    gather: &'static str,
-    kv: &'static str,
-    q: &'static str,
-    attention: &'static str,
-    o: &'static str,
-    merge: &'static str,
-}
-
-const LONG_SITES: TowerSites = TowerSites {
-    gather: "long.gather",
-    kv: "long.kv",
-    q: "long.q",
-    attention: "long.attention",
-    o: "long.o",
-    merge: "long.merge",
-};
-
-const SHORT_SITES: TowerSites = TowerSites {
-    gather: "short.gather",
-    kv: "short.kv",
-    q: "short.q",
-    attention: "short.attention",
-    o: "short.o",
-    merge: "short.merge",
-};
 
 /// The plan with its weights and stores resident on the backend. Build once per model and
 /// device, then call [`Plan::run_batch`] per batch.
 pub struct Plan<B: Backend> {
     backend: B,
     cfg: HcnConfig,
-    long: DeviceTower<B>,
-    short: DeviceTower<B>,
-    co_w: B::F,
+    towers: DeviceTowers<B>,
+    /// `Wcᵀ` and `bc`, `Wuᵀ` and `bu`.
+    co_wt: B::F,
     co_b: B::F,
-    fusion_w: B::F,
+    fusion_wt: B::F,
     fusion_b: B::F,
     /// The co-interest concat blocks, packed as `CoInterestParams::block_codes`.
     block_codes: u32,
@@ -166,23 +154,49 @@ impl<B: Backend> std::fmt::Debug for Plan<B> {
     }
 }
 
-/// `y = x Wᵀ + b` on the host, f64 accumulation (load-time precomputation only).
-fn host_linear(l: &Linear, x: &[f32], rows: usize, relu: bool) -> Vec<f32> {
-    let mut y = vec![0.0f32; rows * l.out_dim];
-    for r in 0..rows {
-        let xr = &x[r * l.in_dim..(r + 1) * l.in_dim];
-        for o in 0..l.out_dim {
-            let s: f64 = l
-                .row(o)
-                .iter()
-                .zip(xr)
-                .map(|(&w, &v)| f64::from(w) * f64::from(v))
-                .sum::<f64>()
-                + f64::from(l.bias[o]);
-            y[r * l.out_dim + o] = if relu && s < 0.0 { 0.0 } else { s as f32 };
+/// `Wᵀ` (`in × out`, row-major) of a `[out, in]` weight.
+fn transposed(l: &Linear) -> Vec<f32> {
+    let mut t = vec![0.0f32; l.in_dim * l.out_dim];
+    for o in 0..l.out_dim {
+        for (i, &w) in l.row(o).iter().enumerate() {
+            t[i * l.out_dim + o] = w;
         }
     }
-    y
+    t
+}
+
+/// Layer 0's `Q̃` of a tower on the host, f64 accumulation (load time only): per head `k`,
+/// `Q̃_k = Q_k Wk_k / sqrt(d)` with `Q = seeds Wq_0ᵀ + bq_0` (`h` blocks of `n × D`).
+fn host_qt0(t: &Tower, n: usize, dim: usize, heads: usize) -> Vec<f32> {
+    let layer = &t.layers[0];
+    let d = dim / heads;
+    let q: Vec<f64> = (0..n * dim)
+        .map(|e| {
+            let (i, o) = (e / dim, e % dim);
+            let seed = &t.seeds[i * dim..(i + 1) * dim];
+            layer
+                .q
+                .row(o)
+                .iter()
+                .zip(seed)
+                .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                .sum::<f64>()
+                + f64::from(layer.q.bias[o])
+        })
+        .collect();
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut out = vec![0.0f32; heads * n * dim];
+    for k in 0..heads {
+        for i in 0..n {
+            for c in 0..dim {
+                let s: f64 = (0..d)
+                    .map(|j| q[i * dim + k * d + j] * f64::from(layer.k.row(k * d + j)[c]))
+                    .sum();
+                out[(k * n + i) * dim + c] = (s * scale) as f32;
+            }
+        }
+    }
+    out
 }
 
 fn tail(rows: &[u32], max: usize) -> &[u32] {
@@ -217,8 +231,7 @@ impl<B: Backend> Plan<B> {
         // `Block`'s discriminants are the kernel's codes (src/abi.rs).
         let block_codes: Vec<u8> = cfg.co_interest_concat.iter().map(|&b| b as u8).collect();
         let w = &model.weights;
-        let long = Self::upload_tower(&backend, &w.long, &cfg, &LONG_SITES)?;
-        let short = Self::upload_tower(&backend, &w.short, &cfg, &SHORT_SITES)?;
+        let towers = Self::upload_towers(&backend, [&w.long, &w.short], &cfg)?;
         let tokens =
             backend.upload_store(tokens.dtype, tokens.bytes, tokens.scales, tokens.rows, d)?;
         let candidates = backend.upload_store(
@@ -229,15 +242,14 @@ impl<B: Backend> Plan<B> {
             d,
         )?;
         Ok(Plan {
-            co_w: backend.upload_f32(&w.co_interest.weight)?,
+            co_wt: backend.upload_f32(&transposed(&w.co_interest))?,
             co_b: backend.upload_f32(&w.co_interest.bias)?,
-            fusion_w: backend.upload_f32(&w.fusion.weight)?,
+            fusion_wt: backend.upload_f32(&transposed(&w.fusion))?,
             fusion_b: backend.upload_f32(&w.fusion.bias)?,
             block_codes: launch::pack_blocks(&block_codes),
             num_blocks: cfg.co_interest_concat.len(),
             mode: cfg.score,
-            long,
-            short,
+            towers,
             tokens,
             candidates,
             token_variant,
@@ -248,38 +260,38 @@ impl<B: Backend> Plan<B> {
         })
     }
 
-    fn upload_tower(
-        backend: &B,
-        t: &Tower,
-        cfg: &HcnConfig,
-        sites: &'static TowerSites,
-    ) -> Result<DeviceTower<B>> {
-        let mut layers = Vec::with_capacity(t.layers.len());
-        for (l, layer) in t.layers.iter().enumerate() {
-            let q0 = if l == 0 {
-                Some(backend.upload_f32(&host_linear(&layer.q, &t.seeds, cfg.interests, false))?)
-            } else {
+    /// Both towers' weights, stacked per tensor (long first), and layer 0's `Q̃`.
+    fn upload_towers(backend: &B, t: [&Tower; 2], cfg: &HcnConfig) -> Result<DeviceTowers<B>> {
+        let (n, d, h) = (cfg.interests, cfg.dim, cfg.heads);
+        let stack = |f: &dyn Fn(&Tower) -> Vec<f32>| -> Result<B::F> {
+            let mut v = f(t[0]);
+            v.extend(f(t[1]));
+            backend.upload_f32(&v)
+        };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let next = if l == 0 {
                 None
+            } else {
+                Some(NextQueries {
+                    wqt: stack(&|t| transposed(&t.layers[l].q))?,
+                    bq: stack(&|t| t.layers[l].q.bias.clone())?,
+                    wk: stack(&|t| t.layers[l].k.weight.clone())?,
+                })
             };
-            let mut wkv = layer.k.weight.clone();
-            wkv.extend_from_slice(&layer.v.weight);
-            let mut bkv = layer.k.bias.clone();
-            bkv.extend_from_slice(&layer.v.bias);
             layers.push(DeviceLayer {
-                q0,
-                wq: backend.upload_f32(&layer.q.weight)?,
-                bq: backend.upload_f32(&layer.q.bias)?,
-                wkv: backend.upload_f32(&wkv)?,
-                bkv: backend.upload_f32(&bkv)?,
-                wo: backend.upload_f32(&layer.o.weight)?,
-                bo: backend.upload_f32(&layer.o.bias)?,
+                wvt: stack(&|t| transposed(&t.layers[l].v))?,
+                bv: stack(&|t| t.layers[l].v.bias.clone())?,
+                wot: stack(&|t| transposed(&t.layers[l].o))?,
+                bo: stack(&|t| t.layers[l].o.bias.clone())?,
+                next,
             });
         }
-        Ok(DeviceTower {
+        Ok(DeviceTowers {
+            qt0: stack(&|t| host_qt0(t, n, d, h))?,
+            wmt: stack(&|t| transposed(&t.merge))?,
+            bm: stack(&|t| t.merge.bias.clone())?,
             layers,
-            merge_w: backend.upload_f32(&t.merge.weight)?,
-            merge_b: backend.upload_f32(&t.merge.bias)?,
-            sites,
         })
     }
 
@@ -416,70 +428,33 @@ impl<B: Backend> Plan<B> {
             dev.i32s.try_into().map_err(|_| miscount())?;
         let [mut fuse_in]: [B::F; 1] = dev.f32s.try_into().map_err(|_| miscount())?;
 
-        let long_hat = self.tower(
-            &self.long,
-            &long_rows_dev,
-            &long_offs_dev,
-            long_rows.len(),
-            b,
-        )?;
-        let short_hat = self.tower(
-            &self.short,
-            &short_rows_dev,
-            &short_offs_dev,
-            short_rows.len(),
+        // F of both towers: B·n rows of L̂, then B·n rows of Ŝ.
+        let towers = self.towers(
+            (&long_rows_dev, &long_offs_dev, &long_offs),
+            (&short_rows_dev, &short_offs_dev, &short_offs),
             b,
         )?;
 
-        // Co-interest concat, then X̃ into the left half of the fusion input.
+        // Co-interest, X̃ into the left half of the fusion input, then X^U: one launch.
         let mut cat = be.scratch_f32(bn * k * d)?;
-        let p = CoInterestParams {
-            lhat: input(&long_hat, 0, extent(bn, d, d))?,
-            shat: input(&short_hat, 0, extent(bn, d, d))?,
-            out: output(&mut cat, 0, extent(bn, k * d, k * d))?,
-            ld_in: to_i32(d, "D")?,
-            ldo: to_i32(k * d, "co_interest width")?,
+        let mut xu = be.scratch_f32(bn * d)?;
+        let p = CoFusionParams {
+            towers: input(&towers, 0, 2 * bn * d)?,
+            cat: output(&mut cat, 0, bn * k * d)?,
+            co_wt: input(&self.co_wt, 0, k * d * d)?,
+            co_b: input(&self.co_b, 0, d)?,
+            fuse: output(&mut fuse_in, 0, bn * 2 * d)?,
+            fusion_wt: input(&self.fusion_wt, 0, 2 * d * d)?,
+            fusion_b: input(&self.fusion_b, 0, d)?,
+            xu: output(&mut xu, 0, bn * d)?,
+            users: to_i32(b, "users")?,
             n: to_i32(n, "n")?,
             dim: to_i32(d, "D")?,
             num_blocks: to_i32(k, "concat blocks")?,
             block_codes: self.block_codes,
         };
-        // SAFETY: the addresses cover the extents co_interest.cu touches for these shapes.
-        unsafe {
-            self.launch(
-                "co_interest",
-                Variant::F32,
-                &launch::co_interest(b, n, k)?,
-                &p,
-            )
-        }?;
-        self.linear(
-            "co_interest.linear",
-            (&cat, 0),
-            k * d,
-            &self.co_w,
-            &self.co_b,
-            (&mut fuse_in, 0),
-            2 * d,
-            bn,
-            k * d,
-            d,
-            false,
-        )?;
-        let mut xu = be.scratch_f32(bn * d)?;
-        self.linear(
-            "fusion",
-            (&fuse_in, 0),
-            2 * d,
-            &self.fusion_w,
-            &self.fusion_b,
-            (&mut xu, 0),
-            d,
-            bn,
-            2 * d,
-            d,
-            false,
-        )?;
+        // SAFETY: the addresses cover the extents co_fusion.cu touches for these shapes.
+        unsafe { self.launch("co_fusion", Variant::F32, &launch::co_fusion(b, n, k)?, &p) }?;
 
         // Scores and top-k over every user's candidates in one launch each.
         let total = cand_rows.len();
@@ -555,169 +530,130 @@ impl<B: Backend> Plan<B> {
         })?
     }
 
-    /// `linear.cu`: `y = relu?(x Wᵀ + b)` for `rows` rows of `in_dim` values (leading dimension
-    /// `ldx`, from element `x.1`), into `out_dim` columns (leading dimension `ldy`, from `y.1`).
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
+    /// SPEC §1.2 for both towers over the batch, by its rewrite (see `kernels/attend.cu`):
+    /// returns `F` of every sequence, `2·users · n × D` (the long tower's users first). Each
+    /// tower comes as its stacked token rows, their `users + 1` offsets on the device and the
+    /// same offsets on the host.
+    fn towers(
         &self,
-        site: &'static str,
-        x: (&B::F, usize),
-        ldx: usize,
-        w: &B::F,
-        b: &B::F,
-        y: (&mut B::F, usize),
-        ldy: usize,
-        rows: usize,
-        in_dim: usize,
-        out_dim: usize,
-        relu: bool,
-    ) -> Result<()> {
-        let p = LinearParams {
-            x: input(x.0, x.1, extent(rows, ldx, in_dim))?,
-            w: input(w, 0, out_dim * in_dim)?,
-            bias: input(b, 0, out_dim)?,
-            y: output(y.0, y.1, extent(rows, ldy, out_dim))?,
-            ldx: to_i32(ldx, "ldx")?,
-            ldy: to_i32(ldy, "ldy")?,
-            rows: to_i32(rows, "rows")?,
-            in_dim: to_i32(in_dim, "in_dim")?,
-            out_dim: to_i32(out_dim, "out_dim")?,
-            relu: i32::from(relu),
-        };
-        let geo = launch::linear(rows, out_dim)?;
-        // SAFETY: the addresses cover the extents linear.cu touches for these shapes.
-        unsafe { self.launch(site, Variant::F32, &geo, &p) }
-    }
-
-    /// SPEC §1.2 for one tower over the batch: returns `F` for every user (`B·n × D`). `rows`
-    /// holds the batch's `count` token rows, `offsets` the `users + 1` offsets into them.
-    fn tower(
-        &self,
-        t: &DeviceTower<B>,
-        rows_dev: &B::U,
-        offs_dev: &B::I,
-        count: usize,
+        long: (&B::U, &B::I, &[i32]),
+        short: (&B::U, &B::I, &[i32]),
         users: usize,
     ) -> Result<B::F> {
         let be = &self.backend;
+        let t = &self.towers;
         let (n, d, r, h) = (
             self.cfg.interests,
             self.cfg.dim,
             self.cfg.layers,
             self.cfg.heads,
         );
-        let bn = users * n;
-        let mut x = be.zeros_f32(count * d)?;
-        let p = GatherParams {
-            store: be.store_rows(&self.tokens),
-            scales: be.store_scales(&self.tokens),
-            rows: input(rows_dev, 0, count)?,
-            out: output(&mut x, 0, count * d)?,
-            count: to_i32(count, "token rows")?,
-            dim: to_i32(d, "D")?,
-        };
-        let sites = t.sites;
-        // SAFETY: the rows were checked against the token store (`validate`), whose scales (I8)
-        // cover every row (`check_store`); `count × D` out.
-        unsafe {
-            self.launch(
-                sites.gather,
-                self.token_variant,
-                &launch::gather(count)?,
-                &p,
-            )
-        }?;
-
-        // At least one row: V is addressed at column offset D of this buffer even when the whole
-        // batch has no token (every attention then reads nothing and writes zeros).
-        let mut kv = be.zeros_f32(count.max(1) * 2 * d)?;
-        let mut q = be.zeros_f32(bn * d)?;
-        let mut a = be.zeros_f32(bn * d)?;
-        let mut hcat = be.zeros_f32(bn * r * d)?;
+        let seqs = 2 * users;
+        let (nd, hnd) = (n * d, h * n * d);
+        let count = |offs: &[i32]| offs.last().map_or(0, |&c| c as usize);
+        let max_len = [long.2, short.2]
+            .iter()
+            .flat_map(|o| o.windows(2).map(|w| (w[1] - w[0]) as usize))
+            .max()
+            .unwrap_or(0);
+        let (chunks, chunk_keys) = launch::attend_chunks(max_len, seqs, h);
+        let part_len = seqs * h * chunks * n * (d + 2);
+        let mut part = be.scratch_f32(part_len)?;
+        let mut scratch = be.scratch_f32(seqs * (hnd + 2 * nd))?;
+        let mut hcat = be.scratch_f32(seqs * n * r * d)?;
+        // Layers ≥ 1 read their Q̃ from here (written by the previous layer's combine).
+        let mut qt = be.scratch_f32(if r > 1 { seqs * hnd } else { 0 })?;
+        let mut f = be.scratch_f32(seqs * nd)?;
+        let attend_geo = launch::attend(chunks, h, seqs, n)?;
+        let combine_geo = launch::attend_combine(seqs, n)?;
+        let (users32, n32, d32, h32) = (
+            to_i32(users, "users")?,
+            to_i32(n, "n")?,
+            to_i32(d, "D")?,
+            to_i32(h, "heads")?,
+        );
+        let (chunks32, keys32) = (to_i32(chunks, "key chunks")?, to_i32(chunk_keys, "keys")?);
+        let stride = |v: usize| i64::try_from(v).map_err(|_| Error::Device("Q̃ stride".into()));
+        let null_in = || In::from_addr(0);
         for (l, layer) in t.layers.iter().enumerate() {
-            self.linear(
-                sites.kv,
-                (&x, 0),
-                d,
-                &layer.wkv,
-                &layer.bkv,
-                (&mut kv, 0),
-                2 * d,
-                count,
-                d,
-                2 * d,
-                false,
-            )?;
-            // Layer 0's queries are the same for every user (stride 0 between users); later
-            // layers project C = H_{l−1}, read in place from its column block of the concat.
-            let (queries, user_stride) = match &layer.q0 {
-                Some(q0) => (q0, 0),
-                None => {
-                    self.linear(
-                        sites.q,
-                        (&hcat, (l - 1) * d),
-                        r * d,
-                        &layer.wq,
-                        &layer.bq,
-                        (&mut q, 0),
-                        d,
-                        bn,
-                        d,
-                        d,
-                        false,
-                    )?;
-                    (&q, n * d)
-                }
+            // Layer 0's Q̃ is shared by every user (user stride 0).
+            let (qt_in, tower_stride, user_stride) = if l == 0 {
+                (input(&t.qt0, 0, 2 * hnd)?, hnd, 0)
+            } else {
+                (input(&qt, 0, seqs * hnd)?, users * hnd, hnd)
             };
-            // Every user's n query rows (one set for all of them with stride 0); K and V are the
-            // two column halves of the `count × 2D` buffer.
-            let q_len = (users - 1) * user_stride + extent(n, d, d);
-            let p = AttentionParams {
-                q: input(queries, 0, q_len)?,
-                k: input(&kv, 0, extent(count, 2 * d, d))?,
-                v: input(&kv, d, extent(count, 2 * d, d))?,
-                kv_offsets: input(offs_dev, 0, users + 1)?,
-                out: output(&mut a, 0, extent(bn, d, d))?,
-                q_user_stride: i64::try_from(user_stride)
-                    .map_err(|_| Error::Device("query stride".into()))?,
-                ldq: to_i32(d, "D")?,
-                ldkv: to_i32(2 * d, "2D")?,
-                ldo: to_i32(d, "D")?,
-                n: to_i32(n, "n")?,
-                head_dim: to_i32(d / h, "d")?,
+            let p = AttendParams {
+                store: be.store_rows(&self.tokens),
+                scales: be.store_scales(&self.tokens),
+                long_rows: input(long.0, 0, count(long.2))?,
+                long_offsets: input(long.1, 0, users + 1)?,
+                short_rows: input(short.0, 0, count(short.2))?,
+                short_offsets: input(short.1, 0, users + 1)?,
+                qt: qt_in,
+                part: output(&mut part, 0, part_len)?,
+                qt_tower_stride: stride(tower_stride)?,
+                qt_user_stride: stride(user_stride)?,
+                users: users32,
+                n: n32,
+                dim: d32,
+                heads: h32,
+                chunks: chunks32,
+                chunk_keys: keys32,
             };
-            let geo = launch::attention(h, users, n, d / h)?;
-            // SAFETY: the offsets ascend to `count` (`stack`); the addresses cover the rows
-            // attention.cu reads and writes.
-            unsafe { self.launch(sites.attention, Variant::F32, &geo, &p) }?;
-            self.linear(
-                sites.o,
-                (&a, 0),
-                d,
-                &layer.wo,
-                &layer.bo,
-                (&mut hcat, l * d),
-                r * d,
-                bn,
-                d,
-                d,
-                false,
-            )?;
+            // SAFETY: the rows were checked against the token store (`validate`), whose scales
+            // (I8) cover every row (`check_store`); the offsets ascend to the row counts
+            // (`stack`), every sequence has at most `chunks · chunk_keys` keys; `part` holds
+            // every block's `n × (D + 2)`.
+            unsafe { self.launch("tower.attend", self.token_variant, &attend_geo, &p) }?;
+            let last = l + 1 == r;
+            let next = t.layers.get(l + 1).and_then(|x| x.next.as_ref());
+            let p = AttendCombineParams {
+                long_offsets: input(long.1, 0, users + 1)?,
+                short_offsets: input(short.1, 0, users + 1)?,
+                part: input(&part, 0, part_len)?,
+                wvt: input(&layer.wvt, 0, 2 * d * d)?,
+                bv: input(&layer.bv, 0, 2 * d)?,
+                wot: input(&layer.wot, 0, 2 * d * d)?,
+                bo: input(&layer.bo, 0, 2 * d)?,
+                wqt: next.map_or(Ok(null_in()), |x| input(&x.wqt, 0, 2 * d * d))?,
+                bq: next.map_or(Ok(null_in()), |x| input(&x.bq, 0, 2 * d))?,
+                wk: next.map_or(Ok(null_in()), |x| input(&x.wk, 0, 2 * d * d))?,
+                wmt: if last {
+                    input(&t.wmt, 0, 2 * r * d * d)?
+                } else {
+                    null_in()
+                },
+                bm: if last {
+                    input(&t.bm, 0, 2 * d)?
+                } else {
+                    null_in()
+                },
+                scratch: output(&mut scratch, 0, seqs * (hnd + 2 * nd))?,
+                hcat: output(&mut hcat, 0, seqs * n * r * d)?,
+                qt_next: if last {
+                    Out::from_addr(0)
+                } else {
+                    output(&mut qt, 0, seqs * hnd)?
+                },
+                out: if last {
+                    output(&mut f, 0, seqs * nd)?
+                } else {
+                    Out::from_addr(0)
+                },
+                users: users32,
+                n: n32,
+                dim: d32,
+                heads: h32,
+                chunks: chunks32,
+                chunk_keys: keys32,
+                layer: to_i32(l, "layer")?,
+                layers: to_i32(r, "layers")?,
+            };
+            // SAFETY: as above; the addresses cover what attend_combine.cu reads and writes for
+            // these shapes; the pointers left null are the ones this layer does not use (the
+            // next layer's queries at the last layer, the merge before it).
+            unsafe { self.launch("tower.combine", Variant::F32, &combine_geo, &p) }?;
         }
-        let mut f = be.zeros_f32(bn * d)?;
-        self.linear(
-            sites.merge,
-            (&hcat, 0),
-            r * d,
-            &t.merge_w,
-            &t.merge_b,
-            (&mut f, 0),
-            d,
-            bn,
-            r * d,
-            d,
-            false,
-        )?;
         Ok(f)
     }
 }

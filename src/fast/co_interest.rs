@@ -1,5 +1,5 @@
 //! SPEC §1.3 (eq. 4–6), the Co-Interest Network, on the CPU fast path. The oracle is
-//! `src/reference/co_interest.rs`, the GPU's `kernels/co_interest.cu`.
+//! `src/reference/co_interest.rs`, the GPU's `kernels/co_fusion.cu`.
 
 use super::{sized, Lin, Scratch};
 use crate::config::{Block, HcnConfig};

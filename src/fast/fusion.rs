@@ -1,5 +1,6 @@
 //! SPEC §1.4's fusion (eq. 7) on the CPU fast path. The oracle is `fuse` in
-//! `src/reference/profile.rs`; the GPU runs it as one `linear_f32` launch (`src/cuda/plan.rs`).
+//! `src/reference/profile.rs`; the GPU runs it at the end of `kernels/co_fusion.cu`
+//! (`src/cuda/plan.rs`).
 
 use super::{sized, Lin, Scratch};
 use crate::config::HcnConfig;

@@ -1,6 +1,7 @@
 //! SPEC §1.2 (Algorithm 1, eq. 2–3) on the CPU fast path: one tower `F(X)`, all heads of a layer
 //! at once, in the cheaper order SPEC §1.2 allows (see [`super`]). The oracle is
-//! `src/reference/tower.rs`, the GPU's `kernels/attention.cu` (+ `linear.cu`).
+//! `src/reference/tower.rs`, the GPU's `kernels/attend.cu` + `kernels/attend_combine.cu` (the same
+//! rewrite, per key chunk).
 //!
 //! A layer is a handful of products on [`Kernels::gemm`], laid out so that none copies or
 //! transposes the sequence `X` (`L × D`, as gathered):

@@ -437,11 +437,12 @@ mod tests {
         assert_eq!(site("topk.hist")["kernel"], "topk_hist_f32");
         assert_eq!(site("topk.compact")["kernel"], "topk_compact_f32");
         assert_eq!(site("topk.select")["kernel"], "topk_select_f32");
-        assert_eq!(site("long.gather")["count"], 2);
+        assert_eq!(site("co_fusion")["count"], 2);
         let r = engine.model().config.layers as u64;
-        assert_eq!(site("long.kv")["count"], 2 * r);
+        assert_eq!(site("tower.attend")["count"], 2 * r);
+        assert_eq!(site("tower.combine")["kernel"], "attend_combine_f32");
         let launches: u64 = kernels.iter().map(|k| k["count"].as_u64().unwrap()).sum();
-        assert_eq!(launches, 2 * (2 * (1 + 4 * r) + 7), "{line}");
+        assert_eq!(launches, 2 * (2 * r + 5), "{line}");
         for k in kernels {
             assert!(k["min_us"].as_f64().unwrap() >= 0.0, "{line}");
         }
