@@ -10,7 +10,9 @@
 #include "../co_interest.cu"
 #include "../gather.cu"
 #include "../linear.cu"
+#include "../mma_test.cu"
 #include "../score.cu"
+#include "../score_mma.cu"
 #include "../topk.cu"
 
 #include <cstring>
