@@ -3,7 +3,9 @@
 //! each against a plain f64 reference of SPEC §1 on awkward shapes: empty and length-1
 //! sequences, lengths and counts that are not multiples of the warp (32), the tile (32) or the
 //! score block (256), n = 1, D not a multiple of 32, F32/F16/BF16/I8 stores (I8 both with
-//! 16-byte aligned rows, the 128-bit-load path, and without), every score mode, top-k with ties. Tolerance: SPEC §5 GPU, `2e-3 · (1 + |ref|)`.
+//! 16-byte aligned rows, the 128-bit-load path, and without), every score mode, top-k with ties;
+//! the tensor-core scoring kernel (`score_mma_{f16,i8}`) and the emulated `mma.sync` itself
+//! against a plain matrix product. Tolerance: SPEC §5 GPU, `2e-3 · (1 + |ref|)`.
 //! Finally the whole GPU plan runs end to end on the emulation against a reference model.
 #![cfg(feature = "cuda-emulation")]
 
