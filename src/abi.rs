@@ -79,6 +79,13 @@ impl Variant {
         c_type: "float",
     };
 
+    /// Whether the tensor-core scoring kernel `score_mma` has this variant ([`MMA_STORE_DTYPES`]).
+    pub fn has_mma(self) -> bool {
+        STORE_DTYPES
+            .iter()
+            .any(|(n, v)| *v == self && MMA_STORE_DTYPES.contains(n))
+    }
+
     /// The store kernels' variant for a store of dtype `name` (`tensor::DType::name()`), if the
     /// kernels are instantiated for it.
     pub fn for_store(name: &str) -> Option<Variant> {
@@ -773,5 +780,15 @@ mod tests {
         assert_eq!(Variant::for_store("BF16").map(|v| v.suffix), Some("bf16"));
         assert_eq!(Variant::for_store("I8").map(|v| v.c_type), Some("int8_t"));
         assert_eq!(Variant::for_store("I4"), None);
+        let mma: Vec<Variant> = STORE_DTYPES
+            .iter()
+            .map(|&(_, v)| v)
+            .filter(|v| v.has_mma())
+            .collect();
+        assert_eq!(mma, Variants::MmaStoreDtypes.list());
+        assert_eq!(
+            mma.iter().map(|v| v.suffix).collect::<Vec<_>>(),
+            ["f16", "i8"]
+        );
     }
 }

@@ -9,7 +9,7 @@
 
 use hcn_prerank::cuda::abi::{
     AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, MmaTestParams,
-    ScoreMmaParams, ScoreParams, TopkParams, Variant, Variants, SCORE_MODES,
+    ScoreMmaParams, ScoreParams, TopkParams, Variant, SCORE_MODES,
 };
 use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::device::CudaBackend;
@@ -153,7 +153,7 @@ fn score_outputs<B: Backend>(
             be.download_f32(&sc).unwrap(),
         ));
         // The tensor-core kernel on the same inputs (F16 and I8 stores, D % 16 == 0).
-        if Variants::MmaStoreDtypes.list().contains(&variant) && launch::score_mma_fits(n, dim) {
+        if variant.has_mma() && launch::score_mma_fits(n, dim) {
             let mut sc = be.zeros_f32(ctotal).unwrap();
             let p = ScoreMmaParams::from(ScoreParams {
                 out: output(&mut sc, 0, ctotal).unwrap(),

@@ -25,7 +25,7 @@ use super::launch::{self, extent, to_i32, Geometry};
 use super::timing::{KernelTimer, Key};
 use crate::abi::{
     AttentionParams, CoInterestParams, GatherParams, KernelParams, LinearParams, ScoreMmaParams,
-    ScoreMode, ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant, Variants,
+    ScoreMode, ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant,
 };
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
@@ -498,11 +498,7 @@ impl<B: Backend> Plan<B> {
         // scales (I8) cover every row (`check_store`) and whose rows start 16-byte aligned
         // (`Backend::store_rows`), the offsets ascend to `total` (`stack`), and the addresses
         // cover what score.cu / score_mma.cu touch.
-        if launch::score_mma_fits(n, d)
-            && Variants::MmaStoreDtypes
-                .list()
-                .contains(&self.candidate_variant)
-        {
+        if launch::score_mma_fits(n, d) && self.candidate_variant.has_mma() {
             let geo = launch::score_mma(max_m, b, n, d)?;
             let p = ScoreMmaParams::from(p);
             unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
