@@ -127,3 +127,67 @@ __device__ __forceinline__ void hcn_block_linear(const float* x, long long ldx, 
     y[i * ldy + o] = a * scale + (bias ? bias[o] : 0.0f);
   }
 }
+// ------------------------------------------------------------ tensor cores and cp.async (sm_80+)
+// Thin wrappers over the PTX the tensor-core kernels use, so the emulation (cuda_emu.h) can
+// provide the same functions.  Fragments are plain 32-bit registers: a `.f16x2` register holds
+// two F16 values, the lower-indexed element in the low 16 bits.
+
+// The F16 bits of `x` rounded to nearest even (overflow to ±inf).
+__device__ __forceinline__ unsigned hcn_f16_bits(float x) {
+  return static_cast<unsigned>(__half_as_ushort(__float2half_rn(x)));
+}
+
+// Two F16 values packed as one `.f16x2` register: `lo` in bits 0–15.
+__device__ __forceinline__ unsigned hcn_pack_f16x2(float lo, float hi) {
+  return hcn_f16_bits(lo) | (hcn_f16_bits(hi) << 16);
+}
+
+#ifdef __CUDACC__
+// d = A B + c, one warp-wide `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (PTX ISA
+// "Matrix Fragments for mma.m16n8k16 with floating point type"; groupID g = lane >> 2,
+// threadID_in_group t = lane % 4):
+//   a[0..3] (a0..a7): A[g][2t..2t+1], A[g+8][2t..2t+1], A[g][2t+8..2t+9], A[g+8][2t+8..2t+9];
+//   b[0..1] (b0..b3): B[2t..2t+1][g], B[2t+8..2t+9][g];
+//   c/d[0..3]:        C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1].
+// Every lane of the warp must call it (converged, `.aligned`).
+__device__ __forceinline__ void hcn_mma_m16n8k16(float d[4], const unsigned a[4],
+                                                 const unsigned b[2], const float c[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+}
+
+// 16 bytes global → shared without passing through registers (`cp.async.cg`, L2 only); both
+// addresses 16-byte aligned.  Complete after the commit group it joins has been waited for.
+__device__ __forceinline__ void hcn_cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+
+// Closes the group of this thread's cp.async issued since the last commit (possibly empty).
+__device__ __forceinline__ void hcn_cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most N of this thread's committed groups are still pending.  The data is then
+// visible to this thread; other lanes see it after a `__syncwarp()` (or a barrier).
+template <int N>
+__device__ __forceinline__ void hcn_cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#else
+// The emulation's versions: cuda_emu.h (mma as a warp collective, cp.async as a plain copy).
+__device__ __forceinline__ void hcn_mma_m16n8k16(float d[4], const unsigned a[4],
+                                                 const unsigned b[2], const float c[4]) {
+  hcn_emu::mma_m16n8k16_f16_f32(d, a, b, c);
+}
+__device__ __forceinline__ void hcn_cp_async16(void* smem, const void* gmem) {
+  memcpy(smem, gmem, 16);
+}
+__device__ __forceinline__ void hcn_cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void hcn_cp_async_wait() {}
+#endif

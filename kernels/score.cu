@@ -28,42 +28,13 @@
 // candidates are entries cand_offsets[b] … cand_offsets[b+1] of `rows` and of `out`; for I8,
 // `scales` holds N values.
 #include "common.cuh"
+#include "score_agg.cuh"
 
 #define SCORE_WARPS 8
 #define SCORE_PER_BLOCK 256
 #define SCORE_MAX_XU 8192  // floats of X^U in shared memory: 32 KB
 // The I8 layout's padded X^U: one float more per 16 (34 KB).
 #define SCORE_MAX_XU_PADDED (SCORE_MAX_XU / 16 * 17)
-
-// The online aggregate of one candidate's n scores s_j (SPEC §1.5), in the order j = 0, 1, ….
-struct ScoreAgg {
-  float mx = -INFINITY, l = 0.0f, acc = 0.0f;
-
-  __device__ __forceinline__ void add(float s, int mode) {
-    if (mode == HCN_SCORE_SOFTMAX) {
-      if (s > mx) {  // rescale the running sums to the new max (0 on the first interest)
-        const float r = __expf(mx - s);
-        l = l * r + 1.0f;
-        acc = acc * r + s;
-        mx = s;
-      } else {
-        const float w = __expf(s - mx);
-        l += w;
-        acc += w * s;
-      }
-    } else if (mode == HCN_SCORE_MAX) {
-      mx = fmaxf(mx, s);
-    } else {
-      acc += s;
-    }
-  }
-
-  __device__ __forceinline__ float result(int mode, int n) const {
-    if (mode == HCN_SCORE_SOFTMAX) return acc / l;
-    if (mode == HCN_SCORE_MAX) return mx;
-    return acc / (float)n;
-  }
-};
 
 // One warp scores candidates [start + warp, end) step SCORE_WARPS of the user whose first
 // candidate is `first`.  CH = the number of columns per lane rounded up to a power of two, a

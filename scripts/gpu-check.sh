@@ -41,7 +41,7 @@
 #   executors       tests/executors.rs: the fixtures through every executor, cuda:0 included
 #   bench_public    the public profile at batch 1 and 64
 #   bench_i8        industrial at batch 1 and 64 with the candidate store quantized to I8
-#                   (`hcn quantize`, SPEC §3): attend_i8 is tested above, this times score_i8
+#                   (`hcn quantize`, SPEC §3): attend_i8 is tested above, this times score_mma_i8
 #   gpu_industrial_emulated  tests/cuda_gpu.rs's GPU-against-emulation industrial plan (the
 #                   emulation takes minutes: last)
 set -uo pipefail

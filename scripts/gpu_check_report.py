@@ -56,24 +56,10 @@ TOP_K = 1000
 # dependent chain, one shared-memory (MIO) instruction per SM per cycle, four warp instructions
 # issued per SM per cycle.
 L2_LATENCY = 300
+# A random global load that misses L2 (a candidate row), under load: ≈ 0.8 µs (rough).
+HBM_LATENCY = 1600
 CHAIN = 30
 MIN_KERNEL_US = 2.0  # a launch's device time is rarely under this, whatever its work
-
-
-def linear_site(rows, k_in, n_out):
-    """linear.cu: 32×32 output tiles of (32, 8) threads; per 32-wide k tile each thread issues
-    5 shared loads (1 for W, 4 broadcasts of x) per 4 FMAs, so the SM's shared-memory pipe (one
-    warp-wide load per cycle) bounds it at 4·32·2/5 FLOP per SM cycle (20% of FP32 peak); a lone
-    block also waits one L2 round trip per k tile."""
-    blocks = math.ceil(n_out / 32) * math.ceil(rows / 32)
-    tiles = math.ceil(k_in / 32)
-    flops = 2 * rows * k_in * n_out
-    bytes_ = 4 * (rows * k_in + n_out * k_in + n_out + rows * n_out)
-    per_tile = L2_LATENCY + 8 * 32 * 5 + 2 * 40  # 8 warps × 32 k × 5 LDS, two barriers
-    waves = math.ceil(blocks / (H200["sms"] * 8))
-    lds_bound = flops / (H200["sms"] * H200["clock_hz"] * (4 * 32 * 2 / 5))
-    latency = waves * tiles * per_tile / H200["clock_hz"]
-    return blocks, flops, bytes_, max(lds_bound, latency), "LDS-bound GEMM (no tensor cores)"
 
 
 ATTEND_KEYS, ATTEND_SLAB, ATTEND_TARGET_BLOCKS = 32, 64, 1024  # kernels/attend.cu, launch.rs
@@ -167,6 +153,45 @@ def score_i8_site(users, p):
     return blocks, flops, bytes_, per_sm / H200["clock_hz"], f"MIO-bound ({mio:.0f} LDS+SHFL/candidate)"
 
 
+SCORE_MMA_WARPS, SCORE_MMA_PER_BLOCK, SCORE_MMA_STAGES = 4, 256, 3  # kernels/score_mma.cu
+SCORE_MMA_BLOCKS_PER_SM = 4  # 48.6 KB (F16) / 42.5 KB (I8) of static shared memory a block
+
+
+def score_mma_fits(p):
+    """src/cuda/launch.rs score_mma_fits: D % 16 == 0, n ≤ 64, ⌈n/8⌉·8·D ≤ 8192."""
+    n, D = p["n"], p["D"]
+    return D % 16 == 0 and 16 <= D <= 1024 and n <= 64 and math.ceil(n / 8) * 8 * D <= 8192
+
+
+def score_mma_site(users, p, i8):
+    """score_mma.cu: a warp scores 16 candidates at a time on tensor cores (2·(D/16)·⌈n/8⌉
+    m16n8k16 mma per tile: hi and lo halves of X^U), rows fetched with 16-byte cp.async in
+    chunks of 16 rows × 32 columns through a 3-stage pipeline (2 chunks in flight per warp).
+    Bound by DRAM when enough warps are in flight, else by the chain of dependent row fetches
+    (each ≈ HBM_LATENCY): per warp 4 tiles × ⌈D/32⌉ chunks, 2 at a time, per wave of
+    4 blocks × 4 warps on each SM. Shared loads (A fragments, B as one uint4) and the tensor
+    math are far below both. Bytes per candidate: the row (+ a 4-byte scale for I8), its
+    index and its score."""
+    n, D, M = p["n"], p["D"], p["M"]
+    blocks = users * math.ceil(M / SCORE_MMA_PER_BLOCK)
+    cands = users * M
+    flops = 2 * n * D * cands
+    row = D + 4 if i8 else D * STORE_BYTES
+    bytes_ = cands * (row + 4 + 4) + users * n * D * 4
+    chunks = math.ceil(D / 32)
+    tiles_per_warp = SCORE_MMA_PER_BLOCK // 16 // SCORE_MMA_WARPS
+    waves = math.ceil(blocks / (H200["sms"] * SCORE_MMA_BLOCKS_PER_SM))
+    chain = waves * math.ceil(tiles_per_warp * chunks / (SCORE_MMA_STAGES - 1)) * HBM_LATENCY
+    mma = math.ceil(cands / 16) * 2 * (D // 16) * math.ceil(n / 8)
+    tc = mma * 16 * 8 * 16 * 2 / H200["tc16_flops"] * H200["clock_hz"]  # SM-cycles, all SMs
+    cycles = max(chain, tc / H200["sms"])
+    if bytes_ / H200["hbm_bps"] * H200["clock_hz"] >= cycles:
+        why = "HBM (tensor cores)"
+    else:
+        why = "row-fetch latency (cp.async, 2 chunks in flight per warp)"
+    return blocks, flops, bytes_, cycles / H200["clock_hz"], why
+
+
 TOPK_BUCKETS, TOPK_CHUNK, TOPK_CAPACITY = 4096, 1024, 4096  # kernels/topk.cu
 
 
@@ -236,7 +261,11 @@ def plan_sites(p, B):
     out = [("tower.attend", "attend_f16", r, attend_site(B, p))]
     out.append(("tower.combine", "attend_combine_f32", r, combine_site(B, p)))
     out.append(("co_fusion", "co_fusion_f32", 1, co_fusion_site(B, p)))
-    if p.get("candidates") == "i8":
+    i8 = p.get("candidates") == "i8"
+    if score_mma_fits(p):
+        kernel = "score_mma_i8" if i8 else "score_mma_f16"
+        out.append(("score", kernel, 1, score_mma_site(B, p, i8)))
+    elif i8:
         out.append(("score", "score_i8", 1, score_i8_site(B, p)))
     else:
         out.append(("score", "score_f16", 1, score_site(B, p)))
@@ -255,7 +284,9 @@ def roofline(profile, B):
         t_hbm = bytes_ / H200["hbm_bps"] * 1e6
         t_fp32 = flops / H200["fp32_flops"] * 1e6
         t_tc = flops / H200["tc16_flops"] * 1e6
-        est = max(est_s * 1e6, t_hbm, t_fp32, MIN_KERNEL_US)
+        # A tensor-core kernel's arithmetic floor is the tensor cores', not FP32's.
+        t_math = t_tc if kernel.startswith("score_mma") else t_fp32
+        est = max(est_s * 1e6, t_hbm, t_math, MIN_KERNEL_US)
         rows.append({
             "site": site,
             "kernel": kernel,
@@ -659,7 +690,7 @@ def selftest():
     assert rep["sanitizers"]["memcheck"] == ["ERROR SUMMARY: 0 errors", "ERROR SUMMARY: 2 errors"]
     assert [s["status"] for s in rep["steps"]] == ["pass", "pass", "fail", "timeout", "skipped"]
     for want in ("industrial_b1: median 700 µs", "ncu_b1: kernels 32 µs", "tower.attend",
-                 "score                     2.5     37.2     1.00    13.21     400",
+                 "score                     2.5      6.5     1.00    13.21     400",
                  "not ok: b, c", "memcheck: ERROR SUMMARY: 0 errors"):
         assert want in text, (want, text)
     import shutil

@@ -79,6 +79,13 @@ impl Variant {
         c_type: "float",
     };
 
+    /// Whether the tensor-core scoring kernel `score_mma` has this variant ([`MMA_STORE_DTYPES`]).
+    pub fn has_mma(self) -> bool {
+        STORE_DTYPES
+            .iter()
+            .any(|(n, v)| *v == self && MMA_STORE_DTYPES.contains(n))
+    }
+
     /// The store kernels' variant for a store of dtype `name` (`tensor::DType::name()`), if the
     /// kernels are instantiated for it.
     pub fn for_store(name: &str) -> Option<Variant> {
@@ -120,6 +127,10 @@ pub const STORE_DTYPES: [(&str, Variant); 4] = [
     ),
 ];
 
+/// The store dtypes (by `tensor::DType::name()`) the tensor-core scoring kernel `score_mma` is
+/// instantiated for: rows whose values are exact in F16 (F16 itself, I8's integers q).
+pub const MMA_STORE_DTYPES: [&str; 2] = ["F16", "I8"];
+
 /// Which variants a kernel is compiled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variants {
@@ -127,6 +138,9 @@ pub enum Variants {
     F32,
     /// One per [`STORE_DTYPES`] row; the body is a template over the store's element type.
     StoreDtypes,
+    /// One per [`MMA_STORE_DTYPES`] entry (its [`STORE_DTYPES`] variant); the body is a
+    /// template over the store's element type.
+    MmaStoreDtypes,
 }
 
 impl Variants {
@@ -135,6 +149,11 @@ impl Variants {
         match self {
             Variants::F32 => vec![Variant::F32],
             Variants::StoreDtypes => STORE_DTYPES.iter().map(|&(_, v)| v).collect(),
+            Variants::MmaStoreDtypes => STORE_DTYPES
+                .iter()
+                .filter(|(n, _)| MMA_STORE_DTYPES.contains(n))
+                .map(|&(_, v)| v)
+                .collect(),
         }
     }
 }
@@ -490,6 +509,41 @@ kernel_params! {
         mode: ScoreMode,
     }
 
+    /// `score_mma.cu`: `score.cu`'s scores on tensor cores (`mma.sync` m16n8k16, F16 operands,
+    /// F32 accumulation) for F16 and I8 stores with `dim` a multiple of 16; the fields are
+    /// [`ScoreParams`]'s (`From<ScoreParams>`), the limits `launch::score_mma`'s.
+    ScoreMmaParams for "score_mma", MmaStoreDtypes {
+        /// The candidate store's `N × dim` rows, in the variant's dtype, 16-byte aligned.
+        store: In<StoreRows>,
+        /// I8 stores: the `N` per-row scales; null for F16.
+        scales: In<f32>,
+        /// Candidate rows of every user, each `< N`.
+        rows: In<u32>,
+        /// `users + 1` ascending offsets into `rows` and `out`.
+        cand_offsets: In<i32>,
+        /// `X^U`, `users · n × dim`, contiguous.
+        xu: In<f32>,
+        /// One score per entry of `rows`.
+        out: Out<f32>,
+        dim: i32,
+        n: i32,
+        mode: ScoreMode,
+    }
+
+    /// `mma_test.cu`, a test of the `mma.sync` / `cp.async` wrappers (`kernels/common.cuh`) and
+    /// of their emulation, not launched by the plan: one warp copies A, B and C to shared memory
+    /// with `cp.async`, then `d = A B + C` with one m16n8k16 (A, B rounded to F16).
+    MmaTestParams for "mma_test", F32 {
+        /// `16 × 16`, row-major.
+        a: In<f32>,
+        /// `16 × 8` (K × N), row-major.
+        b: In<f32>,
+        /// `16 × 8`, row-major.
+        c: In<f32>,
+        /// `16 × 8`, row-major.
+        d: Out<f32>,
+    }
+
     /// `topk.cu`: per user the `k` largest scores (ties: lower position), in position order: the
     /// exact one-block select. The plan runs the multi-block `topk_hist` → `topk_compact` →
     /// `topk_select` below, whose select falls back to this kernel's body on overflow.
@@ -546,6 +600,22 @@ kernel_params! {
         out_score: Out<f32>,
         k: i32,
         capacity: i32,
+    }
+}
+
+impl From<ScoreParams> for ScoreMmaParams {
+    fn from(p: ScoreParams) -> Self {
+        ScoreMmaParams {
+            store: p.store,
+            scales: p.scales,
+            rows: p.rows,
+            cand_offsets: p.cand_offsets,
+            xu: p.xu,
+            out: p.out,
+            dim: p.dim,
+            n: p.n,
+            mode: p.mode,
+        }
     }
 }
 
@@ -617,7 +687,9 @@ fn entry_points(k: &KernelDesc) -> String {
     for v in k.variants.list() {
         let call = match k.variants {
             Variants::F32 => "body(p)".to_string(),
-            Variants::StoreDtypes => format!("body<{}>(p)", v.c_type),
+            Variants::StoreDtypes | Variants::MmaStoreDtypes => {
+                format!("body<{}>(p)", v.c_type)
+            }
         };
         s.push_str(&format!(
             " \\\n  extern \"C\" __global__ void {}_{}(const {} p) {{ {call}; }}",
@@ -731,7 +803,12 @@ mod tests {
         assert!(h.contains("  int mode;\n"));
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 6 + 2 * STORE_DTYPES.len());
+        assert!(names.contains(&"score_mma_i8".to_string()));
+        assert!(!names.contains(&"score_mma_f32".to_string()));
+        assert_eq!(
+            names.len(),
+            7 + 2 * STORE_DTYPES.len() + MMA_STORE_DTYPES.len()
+        );
     }
 
     #[test]
@@ -740,5 +817,15 @@ mod tests {
         assert_eq!(Variant::for_store("BF16").map(|v| v.suffix), Some("bf16"));
         assert_eq!(Variant::for_store("I8").map(|v| v.c_type), Some("int8_t"));
         assert_eq!(Variant::for_store("I4"), None);
+        let mma: Vec<Variant> = STORE_DTYPES
+            .iter()
+            .map(|&(_, v)| v)
+            .filter(|v| v.has_mma())
+            .collect();
+        assert_eq!(mma, Variants::MmaStoreDtypes.list());
+        assert_eq!(
+            mma.iter().map(|v| v.suffix).collect::<Vec<_>>(),
+            ["f16", "i8"]
+        );
     }
 }

@@ -8,8 +8,8 @@
 #![cfg(feature = "cuda-emulation")]
 
 use hcn_prerank::cuda::abi::{
-    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, Out, ScoreParams,
-    TopkParams, Variant, SCORE_MODES,
+    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, MmaTestParams, Out,
+    ScoreMmaParams, ScoreParams, TopkParams, Variant, SCORE_MODES,
 };
 use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::device::CudaBackend;
@@ -202,6 +202,59 @@ fn score_outputs<B: Backend>(
             format!("score {tag} mode {}", mode as i32),
             be.download_f32(&sc).unwrap(),
         ));
+        // The tensor-core kernel on the same inputs (F16 and I8 stores, D % 16 == 0).
+        if variant.has_mma() && launch::score_mma_fits(n, dim) {
+            let mut sc = be.zeros_f32(ctotal).unwrap();
+            let p = ScoreMmaParams::from(ScoreParams {
+                out: output(&mut sc, 0, ctotal).unwrap(),
+                ..p
+            });
+            let geo = launch::score_mma(300, cl.len(), n, dim).unwrap();
+            run(be, variant, geo, p);
+            out.push((
+                format!("score_mma {tag} mode {}", mode as i32),
+                be.download_f32(&sc).unwrap(),
+            ));
+        }
+    }
+}
+
+/// `mma_test.cu` (one `mma.sync` m16n8k16 after `cp.async` copies) on integer and on random
+/// F16 operands: on a GPU against the emulation, this is the check that the emulation's
+/// fragment layouts are the hardware's.
+fn mma_outputs<B: Backend>(be: &B, rng: &mut Rng, out: &mut Vec<(String, Vec<f32>)>) {
+    for case in 0..4 {
+        let mut draw = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    if case < 2 {
+                        rng.below(17) as f32 - 8.0
+                    } else {
+                        // Values exact in F16: multiples of 2^-8 in [-8, 8).
+                        ((i * 37 + rng.below(2048)) % 4096) as f32 / 256.0 - 8.0
+                    }
+                })
+                .collect()
+        };
+        let (a, b, c) = (draw(256), draw(128), draw(128));
+        let (a, b, c) = (
+            be.upload_f32(&a).unwrap(),
+            be.upload_f32(&b).unwrap(),
+            be.upload_f32(&c).unwrap(),
+        );
+        let mut d = be.zeros_f32(128).unwrap();
+        let p = MmaTestParams {
+            a: input(&a, 0, 256).unwrap(),
+            b: input(&b, 0, 128).unwrap(),
+            c: input(&c, 0, 128).unwrap(),
+            d: output(&mut d, 0, 128).unwrap(),
+        };
+        let geo = Geometry {
+            grid: (1, 1, 1),
+            block: (32, 1, 1),
+        };
+        run(be, Variant::F32, geo, p);
+        out.push((format!("mma_test {case}"), be.download_f32(&d).unwrap()));
     }
 }
 
@@ -209,6 +262,7 @@ fn score_outputs<B: Backend>(
 fn kernel_outputs<B: Backend>(be: &B, dtype: DType) -> Vec<(String, Vec<f32>)> {
     let mut rng = Rng::new(42);
     let mut out = Vec::new();
+    mma_outputs(be, &mut rng, &mut out);
     // attend: lengths 0, 1, 33, 70 (and 3, 0, 32, 1), D = 34 (d = 17), over the store.
     let (n, dim) = (5usize, 34usize);
     let n_rows = 60;
@@ -822,7 +876,7 @@ fn parity_fixtures_pass_on_the_gpu() {
         );
         common::check_case("GPU", case, &resps, TOL);
     }
-    // The `*_i8` cases ran through the I8 kernels (gather_i8, score_i8).
+    // The `*_i8` cases ran through the I8 kernels (attend_i8, score_mma_i8 / score_i8).
     assert!(i8_cases >= 1, "no parity case has an I8 store");
 }
 
@@ -894,5 +948,5 @@ fn kernel_timing_events_on_the_gpu() {
     assert!(t
         .kernels
         .iter()
-        .any(|k| k.kernel == "score_f16" && k.site == "score"));
+        .any(|k| k.kernel == "score_mma_f16" && k.site == "score"));
 }

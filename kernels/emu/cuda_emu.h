@@ -14,6 +14,14 @@
 // * Warp shuffles go through a per-warp exchange buffer: each lane publishes its value, the warp's
 //   32 threads meet at a warp barrier, read their source lane, and meet again before the buffer
 //   can be reused.  Only full-mask, converged shuffles are modelled (the mask is checked).
+// * `mma.sync` m16n8k16 (F16 × F16 + F32, `hcn_mma_m16n8k16` in common.cuh) is a warp
+//   collective the same way: each lane publishes its fragment registers (a0..a7, b0..b3,
+//   c0..c3), the warp meets, every lane assembles A (16 × 16), B (16 × 8) and C (16 × 8) from
+//   all 32 lanes' fragments with PTX ISA's documented m16n8k16 layouts, computes its own four
+//   accumulator elements D = A B + C (F16 values widened exactly, F32 fused multiply-adds in k
+//   order), and the warp meets again.  A wrong layout in a kernel would therefore give wrong
+//   results here too, not only on a GPU.  `cp.async` (16 bytes) is a synchronous copy and its
+//   commit / wait are no-ops; `__syncwarp()` is the warp barrier.
 // * threadIdx / blockIdx are thread_local; blockDim / gridDim are per-launch globals.
 //
 // Not modelled (so not checked here; the GPU tests in tests/cuda_gpu.rs cover them): real
@@ -41,6 +49,11 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __shared__ static
+#define __align__(n) alignas(n)
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 
 struct dim3 {
   unsigned x, y, z;
@@ -58,7 +71,11 @@ struct Block {
   std::unique_ptr<std::barrier<>> block_bar;
   std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
   std::vector<uint64_t> exchange;  // one slot per thread, for shuffles
+  std::vector<uint32_t> mma;       // kMmaWords per thread, for mma.sync
 };
+
+// Registers a lane contributes to one m16n8k16: a0..a7 (4 × f16x2), b0..b3 (2 × f16x2), c0..c3.
+inline constexpr unsigned kMmaWords = 10;
 
 inline Block* g_block = nullptr;
 inline std::mutex g_launch_mutex;
@@ -104,6 +121,7 @@ void launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
   b.block_bar = std::make_unique<std::barrier<>>(nthreads);
   for (unsigned w = 0; w < nthreads / 32; ++w) b.warp_bars.push_back(std::make_unique<std::barrier<>>(32));
   b.exchange.assign(nthreads, 0);
+  b.mma.assign(nthreads * kMmaWords, 0);
   g_block = &b;
   blockDim = block;
   gridDim = grid;
@@ -128,6 +146,15 @@ void launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
 }  // namespace hcn_emu
 
 inline void __syncthreads() { hcn_emu::g_block->block_bar->arrive_and_wait(); }
+
+// Full-mask only, as the shuffles (every lane of the warp must reach it).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) {
+    std::fprintf(stderr, "cuda_emu: only full-mask __syncwarp is emulated (mask %08x)\n", mask);
+    std::abort();
+  }
+  hcn_emu::g_block->warp_bars[hcn_emu::linear_tid() / 32]->arrive_and_wait();
+}
 
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
@@ -213,3 +240,92 @@ inline float __bfloat162float(__nv_bfloat16 h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+
+// Round to nearest even, as the GPU's cvt.rn.f16.f32: overflow to ±inf, subnormal halves kept,
+// NaN stays NaN.
+inline __half __float2half_rn(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  uint32_t h;
+  if (ax > 0x7f800000u) {
+    h = 0x7e00u;  // NaN
+  } else if (ax >= 0x477ff000u) {
+    h = 0x7c00u;  // ≥ 65520 (and inf): rounds to inf
+  } else if (ax < 0x38800000u) {
+    // Below 2^-14, F16's smallest normal: a multiple of 2^-24.  v · 2^24 is exact in F32 and
+    // below 1024, so rounding it to an integer (ties to even: nearbyint in the default mode) is
+    // the F16 rounding; 1024 lands on the smallest normal's bits, as it should.
+    float v;
+    std::memcpy(&v, &ax, 4);
+    h = static_cast<uint32_t>(std::nearbyint(v * 16777216.0f));
+  } else {
+    const uint32_t m = ax & 0x7fffffu;
+    h = ((((ax >> 23) - 112u) << 10) | (m >> 13));
+    const uint32_t rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry may bump the exponent
+  }
+  return __half{static_cast<uint16_t>(sign | h)};
+}
+
+namespace hcn_emu {
+
+inline float f16_lo(uint32_t r) { return __half2float(__half{static_cast<uint16_t>(r & 0xffffu)}); }
+inline float f16_hi(uint32_t r) { return __half2float(__half{static_cast<uint16_t>(r >> 16)}); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 as a warp collective (see the top of this
+// file).  The fragment layouts are PTX ISA's ("Matrix Fragments for mma.m16n8k16 with floating
+// point type"), with groupID = lane >> 2 and threadID_in_group = lane % 4:
+//   A, a_i (i = 0..7, a_{2r} low / a_{2r+1} high half of register r):
+//     row = groupID for 0 ≤ i < 2 or 4 ≤ i < 6, else groupID + 8;
+//     col = threadID_in_group · 2 + (i & 1), + 8 for i ≥ 4;
+//   B, b_i (i = 0..3, b_{2r} low / b_{2r+1} high half of register r):
+//     row = threadID_in_group · 2 + (i & 1), + 8 for i ≥ 2;  col = groupID;
+//   C and D, c_i (i = 0..3):
+//     row = groupID for i < 2, else groupID + 8;  col = threadID_in_group · 2 + (i & 1).
+inline void mma_m16n8k16_f16_f32(float d[4], const unsigned a[4], const unsigned b[2],
+                                 const float c[4]) {
+  const unsigned tid = linear_tid();
+  const unsigned warp = tid / 32, lane = tid % 32;
+  uint32_t* mine = &g_block->mma[tid * kMmaWords];
+  for (int r = 0; r < 4; ++r) mine[r] = a[r];
+  for (int r = 0; r < 2; ++r) mine[4 + r] = b[r];
+  for (int r = 0; r < 4; ++r) std::memcpy(&mine[6 + r], &c[r], 4);
+  g_block->warp_bars[warp]->arrive_and_wait();
+  float A[16][16], B[16][8], C[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const uint32_t* w = &g_block->mma[(warp * 32 + l) * kMmaWords];
+    const unsigned group = l >> 2, tig = l % 4;
+    for (unsigned i = 0; i < 8; ++i) {
+      const unsigned row = (i < 2 || (i >= 4 && i < 6)) ? group : group + 8;
+      const unsigned col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+      A[row][col] = (i & 1) ? f16_hi(w[i / 2]) : f16_lo(w[i / 2]);
+    }
+    for (unsigned i = 0; i < 4; ++i) {
+      const unsigned row = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+      B[row][group] = (i & 1) ? f16_hi(w[4 + i / 2]) : f16_lo(w[4 + i / 2]);
+    }
+    for (unsigned i = 0; i < 4; ++i) {
+      const unsigned row = i < 2 ? group : group + 8;
+      const unsigned col = tig * 2 + (i & 1);
+      std::memcpy(&C[row][col], &w[6 + i], 4);
+    }
+  }
+  const unsigned group = lane >> 2, tig = lane % 4;
+  float out[4];
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned row = i < 2 ? group : group + 8;
+    const unsigned col = tig * 2 + (i & 1);
+    float acc = C[row][col];
+    for (unsigned k = 0; k < 16; ++k) acc = std::fma(A[row][k], B[k][col], acc);
+    out[i] = acc;
+  }
+  // Every lane has read every fragment before any lane may publish its next one.
+  g_block->warp_bars[warp]->arrive_and_wait();
+  for (unsigned i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+}  // namespace hcn_emu

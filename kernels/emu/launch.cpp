@@ -9,7 +9,9 @@
 #include "../attend.cu"
 #include "../attend_combine.cu"
 #include "../co_fusion.cu"
+#include "../mma_test.cu"
 #include "../score.cu"
+#include "../score_mma.cu"
 #include "../topk.cu"
 
 #include <cstring>

@@ -278,8 +278,9 @@ pub trait Backend {
         dim: usize,
     ) -> Result<Self::Store>;
     fn store_desc(&self, s: &Self::Store) -> StoreDesc;
-    /// The address of a store's rows, for the store kernels (`gather`, `score`), whose variant
-    /// ([`store_variant`]) reads them as the store's dtype.
+    /// The address of a store's rows, for the store kernels (`gather`, `score`, `score_mma`),
+    /// whose variant ([`store_variant`]) reads them as the store's dtype. 16-byte aligned: the
+    /// I8 kernels' 128-bit loads and `score_mma`'s 16-byte `cp.async` rely on it.
     fn store_rows(&self, s: &Self::Store) -> In<StoreRows>;
     /// The address of an I8 store's `rows` scales (`AttendParams::scales`,
     /// `ScoreParams::scales`); null for a float store.

@@ -156,6 +156,43 @@ pub fn score(max_candidates: usize, users: usize, n: usize, d: usize) -> Result<
     })
 }
 
+/// `SCORE_MMA_MAX_XU` (score_mma.cu): `⌈n/8⌉·8 · D` at most, X^U's B fragments (hi and lo F16
+/// halves) in shared memory.
+pub const MAX_SCORE_MMA_XU: usize = 8192;
+
+/// Whether `score_mma.cu` takes a model of `n` interests and dimension `d`: `D` a multiple of 16
+/// (rows in k-steps of 16 and 16-byte `cp.async`), `D ≤ MAX_DIM`, `1 ≤ n ≤ MAX_INTERESTS`,
+/// `⌈n/8⌉·8 · D ≤ MAX_SCORE_MMA_XU`. The store dtype (F16 or I8, `abi::MMA_STORE_DTYPES`) is
+/// the caller's to check.
+pub fn score_mma_fits(n: usize, d: usize) -> bool {
+    d.is_multiple_of(16)
+        && (16..=MAX_DIM).contains(&d)
+        && (1..=MAX_INTERESTS).contains(&n)
+        && n.next_multiple_of(8) * d <= MAX_SCORE_MMA_XU
+}
+
+/// `score_mma.cu`: `SCORE_MMA_PER_BLOCK` = 256 candidates per block of 4 warps (16 per warp at
+/// a time), users along y; the model must fit ([`score_mma_fits`]); nothing for `n = 0`.
+pub fn score_mma(max_candidates: usize, users: usize, n: usize, d: usize) -> Result<Geometry> {
+    if n == 0 {
+        return Ok(Geometry::NONE);
+    }
+    if !score_mma_fits(n, d) {
+        return Err(Error::Device(format!(
+            "score_mma with n = {n}, D = {d}: the kernel needs D a multiple of 16, D ≤ {MAX_DIM}, \
+             n ≤ {MAX_INTERESTS} and ⌈n/8⌉·8 · D ≤ {MAX_SCORE_MMA_XU}"
+        )));
+    }
+    Ok(Geometry {
+        grid: (
+            dim(max_candidates.div_ceil(256), "candidate blocks")?,
+            grid_y(users, "users per batch")?,
+            1,
+        ),
+        block: (128, 1, 1),
+    })
+}
+
 /// `topk.cu`'s `topk` and `topk_select`: one block of `TOPK_THREADS` = 256 per user; nothing
 /// for `k = 0`.
 pub fn topk(users: usize, k: usize) -> Result<Geometry> {
@@ -279,6 +316,29 @@ mod tests {
             "\n#define TOPK_BUCKET_SHIFT {}\n",
             64 - TOPK_BUCKETS.trailing_zeros()
         )));
+    }
+
+    /// The tensor-core scoring kernel's limits are its `#define`s.
+    #[test]
+    fn score_mma_limits_match_the_kernel() {
+        let src = include_str!("../../kernels/score_mma.cu");
+        for (name, v) in [
+            ("SCORE_MMA_MAX_XU", MAX_SCORE_MMA_XU),
+            ("SCORE_MMA_PER_BLOCK", 256),
+            ("SCORE_MMA_WARPS", 4),
+        ] {
+            assert!(
+                src.contains(&format!("\n#define {name} {v}\n")),
+                "kernels/score_mma.cu: #define {name} {v}"
+            );
+        }
+        assert!(score_mma_fits(16, 128) && score_mma_fits(1, 1024) && score_mma_fits(64, 128));
+        assert!(!score_mma_fits(8, 40) && !score_mma_fits(9, 528) && !score_mma_fits(65, 16));
+        assert!(!score_mma_fits(0, 64) && !score_mma_fits(1, 1040));
+        let g = score_mma(300, 3, 5, 64).unwrap();
+        assert_eq!((g.grid, g.block), ((2, 3, 1), (128, 1, 1)));
+        assert!(score_mma(300, 3, 0, 64).unwrap().is_empty());
+        assert!(score_mma(300, 3, 5, 40).is_err());
     }
 
     #[test]

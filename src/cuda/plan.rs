@@ -28,8 +28,8 @@ use super::backend::{input, output, store_variant, Backend, HostInputs, StoreDes
 use super::launch::{self, to_i32, Geometry};
 use super::timing::{KernelTimer, Key};
 use crate::abi::{
-    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, Out, ScoreMode,
-    ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant,
+    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, Out, ScoreMmaParams,
+    ScoreMode, ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant,
 };
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
@@ -475,11 +475,21 @@ impl<B: Backend> Plan<B> {
             n: to_i32(n, "n")?,
             mode: self.mode,
         };
-        let geo = launch::score(max_m, b, n, d)?;
-        // SAFETY: rows were checked against the candidate store (`validate`), whose scales (I8)
-        // cover every row (`check_store`), the offsets ascend to `total` (`stack`), and the
-        // addresses cover what score.cu touches.
-        unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
+        // F16 and I8 stores with D % 16 == 0 (and X^U's fragments within the kernel's shared
+        // memory) score on tensor cores (score_mma.cu); the others, and models outside its
+        // limits (`launch::score_mma_fits`), on score.cu.
+        // SAFETY (both): rows were checked against the candidate store (`validate`), whose
+        // scales (I8) cover every row (`check_store`) and whose rows start 16-byte aligned
+        // (`Backend::store_rows`), the offsets ascend to `total` (`stack`), and the addresses
+        // cover what score.cu / score_mma.cu touch.
+        if launch::score_mma_fits(n, d) && self.candidate_variant.has_mma() {
+            let geo = launch::score_mma(max_m, b, n, d)?;
+            let p = ScoreMmaParams::from(p);
+            unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
+        } else {
+            let geo = launch::score(max_m, b, n, d)?;
+            unsafe { self.launch("score", self.candidate_variant, &geo, &p) }?;
+        }
         let k_dev = top_k.min(max_m);
         // SAFETY: the offsets ascend from 0 to `total` (`stack`), `scores` holds `total`.
         let (pos, val) = unsafe {
