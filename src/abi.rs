@@ -79,7 +79,8 @@ impl Variant {
         c_type: "float",
     };
 
-    /// Whether the tensor-core scoring kernel `score_mma` has this variant ([`MMA_STORE_DTYPES`]).
+    /// Whether the tensor-core kernels `score_mma` and `attend_mma` have this variant
+    /// ([`MMA_STORE_DTYPES`]).
     pub fn has_mma(self) -> bool {
         STORE_DTYPES
             .iter()
@@ -127,8 +128,9 @@ pub const STORE_DTYPES: [(&str, Variant); 4] = [
     ),
 ];
 
-/// The store dtypes (by `tensor::DType::name()`) the tensor-core scoring kernel `score_mma` is
-/// instantiated for: rows whose values are exact in F16 (F16 itself, I8's integers q).
+/// The store dtypes (by `tensor::DType::name()`) the tensor-core kernels `score_mma` and
+/// `attend_mma` are instantiated for: rows whose values are exact in F16 (F16 itself, I8's
+/// integers q).
 pub const MMA_STORE_DTYPES: [&str; 2] = ["F16", "I8"];
 
 /// Which variants a kernel is compiled in.
@@ -416,6 +418,42 @@ kernel_params! {
         chunk_keys: i32,
     }
 
+    /// `attend_mma.cu`: `attend.cu`'s partials on tensor cores (`mma.sync` m16n8k16, F16
+    /// operands, F32 accumulation) for F16 and I8 token stores with `dim` a multiple of 16; the
+    /// fields are [`AttendParams`]'s (`From<AttendParams>`), the limits `launch::attend_mma`'s.
+    AttendMmaParams for "attend_mma", MmaStoreDtypes {
+        /// The token store's `N × dim` rows, in the variant's dtype, 16-byte aligned.
+        store: In<StoreRows>,
+        /// I8 stores: the `N` per-row scales (row r is `scales[r] · q_r`, SPEC §3). Null for the
+        /// float dtypes, whose variants never read it.
+        scales: In<f32>,
+        /// The long sequences' token rows of every user, each `< N`.
+        long_rows: In<u32>,
+        /// `users + 1` ascending offsets into `long_rows`.
+        long_offsets: In<i32>,
+        /// The short sequences' token rows.
+        short_rows: In<u32>,
+        /// `users + 1` ascending offsets into `short_rows`.
+        short_offsets: In<i32>,
+        /// `Q̃ = Q_k Wk_k / sqrt(d)` per (tower, user, head), `n × dim` each; (tower, user,
+        /// head)'s at `tower · qt_tower_stride + user · qt_user_stride + head · n · dim`.
+        qt: In<f32>,
+        /// `2·users · heads · chunks` blocks of `n` rows of `dim + 2`: `Σ p x` (dim), max, Σ p.
+        part: Out<f32>,
+        /// Elements between the two towers' Q̃ (0: shared).
+        qt_tower_stride: i64,
+        /// Elements between two users' Q̃ (0: shared, layer 0's).
+        qt_user_stride: i64,
+        users: i32,
+        n: i32,
+        dim: i32,
+        heads: i32,
+        /// Key chunks per sequence in the grid (and in `part`).
+        chunks: i32,
+        /// Keys per chunk, a multiple of 32.
+        chunk_keys: i32,
+    }
+
     /// `attend_combine.cu`: fused attention 2/2 of layer `layer`: per sequence the combine of
     /// `attend`'s partials into `A_k X`, `Wv`, `Wo` into the concat, then the next layer's `Q̃`
     /// or (last layer) the merge. Weights of both towers stacked, long first.
@@ -619,6 +657,29 @@ impl From<ScoreParams> for ScoreMmaParams {
     }
 }
 
+impl From<AttendParams> for AttendMmaParams {
+    fn from(p: AttendParams) -> Self {
+        AttendMmaParams {
+            store: p.store,
+            scales: p.scales,
+            long_rows: p.long_rows,
+            long_offsets: p.long_offsets,
+            short_rows: p.short_rows,
+            short_offsets: p.short_offsets,
+            qt: p.qt,
+            part: p.part,
+            qt_tower_stride: p.qt_tower_stride,
+            qt_user_stride: p.qt_user_stride,
+            users: p.users,
+            n: p.n,
+            dim: p.dim,
+            heads: p.heads,
+            chunks: p.chunks,
+            chunk_keys: p.chunk_keys,
+        }
+    }
+}
+
 /// The C header the kernels include (`hcn_abi.h`).
 #[allow(dead_code)] // used by build.rs, and by a test
 pub fn header() -> String {
@@ -807,7 +868,7 @@ mod tests {
         assert!(!names.contains(&"score_mma_f32".to_string()));
         assert_eq!(
             names.len(),
-            7 + 2 * STORE_DTYPES.len() + MMA_STORE_DTYPES.len()
+            7 + 2 * STORE_DTYPES.len() + 2 * MMA_STORE_DTYPES.len()
         );
     }
 

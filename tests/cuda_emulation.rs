@@ -11,8 +11,8 @@
 
 use half::{bf16, f16};
 use hcn_prerank::cuda::abi::{
-    AttendCombineParams, AttendParams, CoFusionParams, KernelDesc, KernelParams, MmaTestParams,
-    ScoreMmaParams, ScoreMode, ScoreParams, TopkParams, Variant, SCORE_MODES,
+    AttendCombineParams, AttendMmaParams, AttendParams, CoFusionParams, KernelDesc, KernelParams,
+    MmaTestParams, ScoreMmaParams, ScoreMode, ScoreParams, TopkParams, Variant, SCORE_MODES,
 };
 use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::emu::{EmuBackend, EmuStore};
@@ -380,7 +380,9 @@ fn transpose(w: &[f32], out_dim: usize, in_dim: usize) -> Vec<f32> {
 /// straight over the token store, every dtype (I8: `scale · q`), against f64: empty and
 /// length-1 sequences, lengths around the tile (32) and the chunk, chunks of 1 to 3 tiles,
 /// n = 1 and n = 64, D under one slab (64), between and over two; Q̃ per user or shared by all
-/// (layer 0). Slots of chunks past a sequence's end are never written.
+/// (layer 0). Slots of chunks past a sequence's end are never written. Both kernels: attend.cu
+/// for every case, and attend_mma.cu (tensor cores) for the F16 and I8 stores where the model
+/// fits (`launch::attend_mma_fits`: n of 1, 2, 3 and 4 m-tiles, D from 16 to 256).
 #[test]
 fn attend_partials_match_reference() {
     let mut rng = Rng::new(3);
@@ -400,9 +402,21 @@ fn attend_partials_match_reference() {
         (1, 5, 4, 32, &[1], &[0], false),
         (4, 48, 9, 96, &[200, 0, 7], &[95, 97, 1], true),
         (1, 130, 64, 32, &[40], &[33], false),
+        (2, 32, 5, 32, &[0, 1, 31, 33, 70], &[3, 0, 32, 1, 64], false),
+        (1, 128, 16, 64, &[200, 1], &[0, 65], false),
+        (1, 256, 3, 32, &[40], &[17], true),
+        (2, 128, 17, 32, &[33], &[0], false),
+        (1, 80, 33, 64, &[70], &[16], false),
+        (1, 64, 64, 32, &[40], &[33], false),
+        (1, 16, 2, 32, &[1], &[5], false),
     ];
-    for dtype in DTYPES {
+    let mut mma_runs = 0;
+    for (dtype, mma) in DTYPES.into_iter().flat_map(|d| [(d, false), (d, true)]) {
+        let variant = store_variant(dtype).unwrap();
         for &(heads, dim, n, chunk_keys, long, short, shared) in cases {
+            if mma && !(variant.has_mma() && launch::attend_mma_fits(n, dim)) {
+                continue;
+            }
             let users = long.len();
             let seqs = 2 * users;
             let n_rows = 50;
@@ -440,8 +454,14 @@ fn attend_partials_match_reference() {
                 chunks: int(chunks),
                 chunk_keys: int(chunk_keys),
             };
-            let geo = launch::attend(chunks, heads, seqs, n).unwrap();
-            run(store_variant(dtype).unwrap(), geo, p).unwrap();
+            if mma {
+                let geo = launch::attend_mma(chunks, heads, seqs, n, dim).unwrap();
+                run(variant, geo, AttendMmaParams::from(p)).unwrap();
+                mma_runs += 1;
+            } else {
+                let geo = launch::attend(chunks, heads, seqs, n).unwrap();
+                run(variant, geo, p).unwrap();
+            }
             for s in 0..seqs {
                 let (tower, u) = (s / users, s % users);
                 let (o, r) = if tower == 0 { (&lo, &lr) } else { (&so, &sr) };
@@ -454,8 +474,9 @@ fn attend_partials_match_reference() {
                         let at = ((s * heads + k) * chunks + c) * n * ldp;
                         let got = &part[at..at + n * ldp];
                         let what = format!(
-                            "attend {dtype:?} h={heads} D={dim} n={n} keys/chunk={chunk_keys} \
+                            "attend{} {dtype:?} h={heads} D={dim} n={n} keys/chunk={chunk_keys} \
                              seq {s} (L={}) head {k} chunk {c}",
+                            if mma { "_mma" } else { "" },
                             seq.len()
                         );
                         if keys.is_empty() {
@@ -489,6 +510,7 @@ fn attend_partials_match_reference() {
             }
         }
     }
+    assert_eq!(mma_runs, 2 * 9, "attend_mma cases (F16, I8)");
 }
 
 /// `attend_combine`: the combine of chunk partials into `A_k X`, `Wv`, `Wo` into the concat,
@@ -1471,6 +1493,23 @@ fn run_plan_case(json: &str, seed: u64, tok_dtype: DType, cand_dtype: DType) {
         .map(|t| t.kernel.as_str())
         .collect();
     assert_eq!(scored, [want_kernel.as_str()], "D = {d}, {cand_dtype:?}");
+    // F16 and I8 token stores with a model inside `launch::attend_mma_fits` attend on tensor
+    // cores, the others on attend.cu (every layer's launch under one entry).
+    let tok_variant = store_variant(tok_dtype).unwrap().suffix;
+    let want_attend = if matches!(tok_dtype, DType::F16 | DType::I8)
+        && launch::attend_mma_fits(cfg.interests, d)
+    {
+        format!("attend_mma_{tok_variant}")
+    } else {
+        format!("attend_{tok_variant}")
+    };
+    let attended: Vec<&str> = times
+        .kernels
+        .iter()
+        .filter(|t| t.site == "tower.attend")
+        .map(|t| t.kernel.as_str())
+        .collect();
+    assert_eq!(attended, [want_attend.as_str()], "D = {d}, {tok_dtype:?}");
 
     let mode = cfg.score;
     let rows_f64 = |rows: &[u32], keep: usize| -> Vec<f64> {
@@ -1568,14 +1607,15 @@ fn plan_end_to_end_matches_reference_i8_stores() {
         DType::I8,
         DType::I8,
     );
-    // D = 64, n = 5: the tensor-core kernel on both candidate dtypes, softmax.
-    for (seed, cand) in [(17, DType::I8), (18, DType::F16)] {
+    // D = 64, n = 5: the tensor-core kernel on both candidate dtypes, softmax; attention on
+    // tensor cores over F16 tokens, on attend.cu over F32 ones.
+    for (seed, tok, cand) in [(17, DType::F16, DType::I8), (18, DType::F32, DType::F16)] {
         run_plan_case(
             r#"{"format": "hcn/1", "dim": 64, "interests": 5, "heads": 4, "layers": 1,
                 "long_len": 10, "short_len": 3, "user_fields": [{"name": "age", "vocab": 5}],
                 "user_dense": 2, "user_mlp_hidden": [6]}"#,
             seed,
-            DType::F32,
+            tok,
             cand,
         );
     }
@@ -1693,7 +1733,8 @@ fn an_industrial_batch_is_at_most_15_launches_at_any_batch_size() {
         .map(|k| (k.kernel.as_str(), k.site.as_str(), k.stat.count))
         .collect();
     assert!(
-        sites.contains(&("attend_f16", "tower.attend", 8)),
+        // F16 tokens, D = 128, n = 16: the tensor-core attention.
+        sites.contains(&("attend_mma_f16", "tower.attend", 8)),
         "{sites:?}"
     );
     assert!(

@@ -8,8 +8,8 @@
 #![cfg(feature = "cuda-emulation")]
 
 use hcn_prerank::cuda::abi::{
-    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, MmaTestParams, Out,
-    ScoreMmaParams, ScoreParams, TopkParams, Variant, SCORE_MODES,
+    AttendCombineParams, AttendMmaParams, AttendParams, CoFusionParams, In, KernelParams,
+    MmaTestParams, Out, ScoreMmaParams, ScoreParams, TopkParams, Variant, SCORE_MODES,
 };
 use hcn_prerank::cuda::backend::{input, output, store_variant, Backend};
 use hcn_prerank::cuda::device::CudaBackend;
@@ -79,7 +79,7 @@ fn store_bytes(dtype: DType, values: &[f32], dim: usize) -> (Vec<u8>, Option<Vec
     (bytes, Some(scales))
 }
 
-/// The store kernels (`attend`, then `score` in every mode) on a store of `dtype` with rows of
+/// The store kernels (`attend` and `attend_mma`, then `score` and `score_mma` in every mode) on a store of `dtype` with rows of
 /// `dim` values, appending each output to `out` under `tag`.
 fn store_kernel_outputs<B: Backend>(
     be: &B,
@@ -158,6 +158,20 @@ fn attend_outputs<B: Backend>(
             format!("attend {tag} chunk_keys {chunk_keys}"),
             be.download_f32(&part).unwrap(),
         ));
+        // The tensor-core kernel on the same inputs (F16 and I8 stores, D % 16 == 0).
+        if variant.has_mma() && launch::attend_mma_fits(n, dim) {
+            let mut part = be.zeros_f32(len).unwrap();
+            let p = AttendMmaParams::from(AttendParams {
+                part: output(&mut part, 0, len).unwrap(),
+                ..p
+            });
+            let geo = launch::attend_mma(chunks, heads, 2 * users, n, dim).unwrap();
+            run(be, variant, geo, p);
+            out.push((
+                format!("attend_mma {tag} chunk_keys {chunk_keys}"),
+                be.download_f32(&part).unwrap(),
+            ));
+        }
     }
 }
 
@@ -876,7 +890,7 @@ fn parity_fixtures_pass_on_the_gpu() {
         );
         common::check_case("GPU", case, &resps, TOL);
     }
-    // The `*_i8` cases ran through the I8 kernels (attend_i8, score_mma_i8 / score_i8).
+    // The `*_i8` cases ran through the I8 kernels (attend_i8 / attend_mma_i8, score_mma_i8 / score_i8).
     assert!(i8_cases >= 1, "no parity case has an I8 store");
 }
 

@@ -8,6 +8,7 @@
 
 #include "../attend.cu"
 #include "../attend_combine.cu"
+#include "../attend_mma.cu"
 #include "../co_fusion.cu"
 #include "../mma_test.cu"
 #include "../score.cu"

@@ -105,6 +105,50 @@ pub fn attend(chunks: usize, heads: usize, seqs: usize, n: usize) -> Result<Geom
     })
 }
 
+/// `ATTEND_MMA_MAX_DIM` (attend_mma.cu): `D` at most (a tile of 32 staged token rows).
+pub const MAX_ATTEND_MMA_DIM: usize = 256;
+/// `ATTEND_MMA_MAX_QD` (attend_mma.cu): `⌈n/16⌉·16 · D` at most, Q̃'s A fragments (hi and lo F16
+/// halves) in shared memory; it also bounds the per-warp accumulators.
+pub const MAX_ATTEND_MMA_QD: usize = 4096;
+
+/// Whether `attend_mma.cu` takes a model of `n` interests and dimension `d`: `D` a multiple of
+/// 16 (k-steps of 16, 16-byte `cp.async`), `16 ≤ D ≤ MAX_ATTEND_MMA_DIM`, `1 ≤ n ≤
+/// MAX_INTERESTS`, `⌈n/16⌉·16 · D ≤ MAX_ATTEND_MMA_QD`. The token store's dtype (F16 or I8,
+/// `abi::MMA_STORE_DTYPES`) is the caller's to check.
+pub fn attend_mma_fits(n: usize, d: usize) -> bool {
+    d.is_multiple_of(16)
+        && (16..=MAX_ATTEND_MMA_DIM).contains(&d)
+        && (1..=MAX_INTERESTS).contains(&n)
+        && n.next_multiple_of(16) * d <= MAX_ATTEND_MMA_QD
+}
+
+/// `attend_mma.cu`: block 128 (4 warps) per (chunk, head, sequence), the chunking of
+/// [`attend_chunks`]; the model must fit ([`attend_mma_fits`]); nothing without a chunk or an
+/// interest.
+pub fn attend_mma(
+    chunks: usize,
+    heads: usize,
+    seqs: usize,
+    n: usize,
+    d: usize,
+) -> Result<Geometry> {
+    if n != 0 && !attend_mma_fits(n, d) {
+        return Err(Error::Device(format!(
+            "attend_mma with n = {n}, D = {d}: the kernel needs D a multiple of 16, \
+             D ≤ {MAX_ATTEND_MMA_DIM}, n ≤ {MAX_INTERESTS} and ⌈n/16⌉·16 · D ≤ {MAX_ATTEND_MMA_QD}"
+        )));
+    }
+    let geo = attend(chunks, heads, seqs, n)?;
+    Ok(if geo.is_empty() {
+        geo
+    } else {
+        Geometry {
+            block: (128, 1, 1),
+            ..geo
+        }
+    })
+}
+
 /// `attend_combine.cu`: one block of 256 per sequence (both towers); nothing for `n = 0`.
 pub fn attend_combine(seqs: usize, n: usize) -> Result<Geometry> {
     if n == 0 {
@@ -345,6 +389,32 @@ mod tests {
     fn attend_constants_match_the_kernel() {
         let src = include_str!("../../kernels/attend.cu");
         assert!(src.contains(&format!("\n#define ATTEND_KEYS {ATTEND_KEYS} ")));
+    }
+
+    /// The tensor-core attention's limits are its `#define`s.
+    #[test]
+    fn attend_mma_limits_match_the_kernel() {
+        let src = include_str!("../../kernels/attend_mma.cu");
+        for (name, v) in [
+            ("ATTEND_MMA_KEYS", ATTEND_KEYS),
+            ("ATTEND_MMA_WARPS", 4),
+            ("ATTEND_MMA_MAX_DIM", MAX_ATTEND_MMA_DIM),
+            ("ATTEND_MMA_MAX_QD", MAX_ATTEND_MMA_QD),
+        ] {
+            assert!(
+                src.contains(&format!("\n#define {name} {v}")),
+                "kernels/attend_mma.cu: #define {name} {v}"
+            );
+        }
+        assert!(attend_mma_fits(16, 128) && attend_mma_fits(8, 48) && attend_mma_fits(1, 256));
+        assert!(attend_mma_fits(64, 64) && attend_mma_fits(48, 80) && attend_mma_fits(32, 128));
+        assert!(!attend_mma_fits(8, 40) && !attend_mma_fits(1, 272) && !attend_mma_fits(17, 256));
+        assert!(!attend_mma_fits(0, 64) && !attend_mma_fits(65, 16) && !attend_mma_fits(64, 80));
+        let g = attend_mma(3, 4, 2, 16, 128).unwrap();
+        assert_eq!((g.grid, g.block), ((3, 4, 2), (128, 1, 1)));
+        assert!(attend_mma(3, 4, 2, 0, 40).unwrap().is_empty());
+        assert!(attend_mma(0, 4, 2, 16, 128).unwrap().is_empty());
+        assert!(attend_mma(3, 4, 2, 16, 40).is_err());
     }
 
     #[test]

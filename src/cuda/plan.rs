@@ -28,8 +28,9 @@ use super::backend::{input, output, store_variant, Backend, HostInputs, StoreDes
 use super::launch::{self, to_i32, Geometry};
 use super::timing::{KernelTimer, Key};
 use crate::abi::{
-    AttendCombineParams, AttendParams, CoFusionParams, In, KernelParams, Out, ScoreMmaParams,
-    ScoreMode, ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams, Variant,
+    AttendCombineParams, AttendMmaParams, AttendParams, CoFusionParams, In, KernelParams, Out,
+    ScoreMmaParams, ScoreMode, ScoreParams, TopkCompactParams, TopkHistParams, TopkSelectParams,
+    Variant,
 };
 use crate::config::HcnConfig;
 use crate::model::{Linear, Model, Tower};
@@ -574,7 +575,14 @@ impl<B: Backend> Plan<B> {
         // Layers ≥ 1 read their Q̃ from here (written by the previous layer's combine).
         let mut qt = be.scratch_f32(if r > 1 { seqs * hnd } else { 0 })?;
         let mut f = be.scratch_f32(seqs * nd)?;
-        let attend_geo = launch::attend(chunks, h, seqs, n)?;
+        // F16 and I8 token stores with a model inside `launch::attend_mma_fits` attend on tensor
+        // cores (attend_mma.cu); the others on attend.cu (same parameters and output).
+        let mma = launch::attend_mma_fits(n, d) && self.token_variant.has_mma();
+        let attend_geo = if mma {
+            launch::attend_mma(chunks, h, seqs, n, d)?
+        } else {
+            launch::attend(chunks, h, seqs, n)?
+        };
         let combine_geo = launch::attend_combine(seqs, n)?;
         let (users32, n32, d32, h32) = (
             to_i32(users, "users")?,
@@ -613,8 +621,14 @@ impl<B: Backend> Plan<B> {
             // SAFETY: the rows were checked against the token store (`validate`), whose scales
             // (I8) cover every row (`check_store`); the offsets ascend to the row counts
             // (`stack`), every sequence has at most `chunks · chunk_keys` keys; `part` holds
-            // every block's `n × (D + 2)`.
-            unsafe { self.launch("tower.attend", self.token_variant, &attend_geo, &p) }?;
+            // every block's `n × (D + 2)`; for attend_mma, the store's rows start 16-byte aligned
+            // (`Backend::store_rows`) and the model fits (`mma`).
+            if mma {
+                let p = AttendMmaParams::from(p);
+                unsafe { self.launch("tower.attend", self.token_variant, &attend_geo, &p) }?;
+            } else {
+                unsafe { self.launch("tower.attend", self.token_variant, &attend_geo, &p) }?;
+            }
             let last = l + 1 == r;
             let next = t.layers.get(l + 1).and_then(|x| x.next.as_ref());
             let p = AttendCombineParams {
