@@ -94,6 +94,53 @@ def attend_site(users, p):
     return blocks, flops, bytes_, max(chain, spread) / H200["clock_hz"], "LDS-bound, FP32 cores"
 
 
+ATTEND_MMA_MAX_DIM, ATTEND_MMA_MAX_QD, ATTEND_MMA_WARPS = 256, 4096, 4  # kernels/attend_mma.cu
+
+
+def attend_mma_fits(p):
+    """src/cuda/launch.rs attend_mma_fits: D % 16 == 0, 16 ≤ D ≤ 256, n ≤ 64,
+    ⌈n/16⌉·16·D ≤ 4096 (the token store F16 or I8: the profiles' tokens are F16)."""
+    n, D = p["n"], p["D"]
+    return D % 16 == 0 and 16 <= D <= ATTEND_MMA_MAX_DIM and 1 <= n <= 64 and \
+        math.ceil(n / 16) * 16 * D <= ATTEND_MMA_MAX_QD
+
+
+def attend_mma_site(users, p):
+    """attend_mma.cu (one launch, both towers): a block of 128 (4 warps) per (key chunk, head,
+    sequence), attend_chunks' grid. Per 32-key tile, one after the other (no pipelining): the
+    rows' indices (an L2 round trip), the 32 token rows by 16-byte cp.async (a row fetch,
+    ≈ HBM_LATENCY: the heads' blocks share the rows, but the first touch is DRAM), S = Q̃ Xᵀ
+    on tensor cores (a dependent chain of 2·D/16 mma per accumulator: hi and lo of Q̃), the
+    online softmax (a warp per row, n/4 rows per warp, each two 5-shuffle reductions and an
+    exp: ≈ 12 dependent steps), acc += P X on tensor cores (a chain of 4 mma), 4 barriers.
+    Blocks on an SM overlap their latencies (static shared memory: 43 KB for F16, so 5 blocks
+    per SM); the shared-memory pipe (A/B fragment loads, P fragments) is far from saturated.
+    The estimate is the longest chunk's chain times the waves, or the busiest SM's shared
+    loads, whichever is larger."""
+    n, D, h, L, S = p["n"], p["D"], p["h"], p["L"], p["S"]
+    chunks, keys = attend_chunks(L, 2 * users, h)
+    blocks = chunks * h * 2 * users
+    tiles = users * h * (math.ceil(L / ATTEND_KEYS) + math.ceil(S / ATTEND_KEYS))
+    mts = math.ceil(n / 16)
+    smem = ATTEND_MMA_MAX_QD * 4 + 32 * (ATTEND_MMA_MAX_DIM * STORE_BYTES + 16) + 64 * 33 * 4 + 2048
+    per_sm = min(227 * 1024 // smem, 16)
+    per_tile = (L2_LATENCY + HBM_LATENCY + 2 * (D // 16) * CHAIN
+                + math.ceil(n / ATTEND_MMA_WARPS) * 12 * CHAIN + 4 * CHAIN + 4 * 40)
+    setup = 2 * L2_LATENCY + 40
+    chain = setup + (keys // ATTEND_KEYS) * per_tile
+    waves = math.ceil(blocks / (H200["sms"] * per_sm))
+    # Shared-memory instructions per tile and block: S (2 LDS.128 + 2 LDS.32 per k-step and
+    # m-tile, per warp), the softmax (2 per row), P·X (8 P loads per m-tile and k-step, 4 LDS.16
+    # per feature tile).
+    mio = ATTEND_MMA_WARPS * mts * (D // 16) * 4 + 2 * n + \
+        ATTEND_MMA_WARPS * mts * 2 * (8 + math.ceil(D / 8 / ATTEND_MMA_WARPS) * 4)
+    spread = math.ceil(tiles / H200["sms"]) * mio
+    flops = users * h * (L + S) * n * D * 4
+    bytes_ = users * (L + S) * (D * STORE_BYTES + 4) * h + 4 * blocks * n * (D + 2)
+    return blocks, flops, bytes_, max(waves * chain, spread) / H200["clock_hz"], \
+        "latency: row fetch + mma/softmax chains per tile (tensor cores)"
+
+
 def combine_layer(users, p, last):
     """attend_combine.cu (one launch, both towers): a block of 256 per sequence; the combine
     over the chunks, then Wv, Wo and the next layer's Wq and Wk fold (or the merge), each a
@@ -258,7 +305,10 @@ def co_fusion_site(users, p):
 def plan_sites(p, B):
     """The launch sites of one batch of B users, in plan order, with their launch counts."""
     r = p["r"]
-    out = [("tower.attend", "attend_f16", r, attend_site(B, p))]
+    if attend_mma_fits(p):
+        out = [("tower.attend", "attend_mma_f16", r, attend_mma_site(B, p))]
+    else:
+        out = [("tower.attend", "attend_f16", r, attend_site(B, p))]
     out.append(("tower.combine", "attend_combine_f32", r, combine_site(B, p)))
     out.append(("co_fusion", "co_fusion_f32", 1, co_fusion_site(B, p)))
     i8 = p.get("candidates") == "i8"
@@ -285,7 +335,7 @@ def roofline(profile, B):
         t_fp32 = flops / H200["fp32_flops"] * 1e6
         t_tc = flops / H200["tc16_flops"] * 1e6
         # A tensor-core kernel's arithmetic floor is the tensor cores', not FP32's.
-        t_math = t_tc if kernel.startswith("score_mma") else t_fp32
+        t_math = t_tc if kernel.startswith(("score_mma", "attend_mma")) else t_fp32
         est = max(est_s * 1e6, t_hbm, t_math, MIN_KERNEL_US)
         rows.append({
             "site": site,
