@@ -513,6 +513,81 @@ fn attend_partials_match_reference() {
     assert_eq!(mma_runs, 2 * 9, "attend_mma cases (F16, I8)");
 }
 
+/// Both attention kernels on a Q̃ with a non-finite value in one query row: that row's partials
+/// are not finite (its max, Σ exp and Σ p x: the finiteness rule sees it downstream), the
+/// other rows are finite and the two kernels agree on them (F16 and I8 token stores, two chunks
+/// of which the second is partial).
+#[test]
+fn attend_kernels_agree_on_a_non_finite_query_row() {
+    let mut rng = Rng::new(21);
+    let (heads, dim, n, chunk_keys, n_rows) = (1usize, 32usize, 3usize, 32usize, 20usize);
+    let (lo, so) = (offsets(&[45]), offsets(&[7]));
+    let chunks = 2;
+    for (dtype, bad) in [(DType::F16, f32::NAN), (DType::I8, f32::INFINITY)] {
+        let (st, _) = store(dtype, &rng.vec(n_rows * dim, 1.0), n_rows, dim);
+        let variant = store_variant(dtype).unwrap();
+        let rows = |o: &[i32], rng: &mut Rng| -> Vec<u32> {
+            (0..*o.last().unwrap())
+                .map(|_| rng.below(n_rows) as u32)
+                .collect()
+        };
+        let (lr, sr) = (rows(&lo, &mut rng), rows(&so, &mut rng));
+        let mut qt = rng.vec(2 * n * dim, 0.3);
+        qt[dim + 5] = bad; // long tower, row 1
+        qt[n * dim + dim + 5] = bad; // short tower, row 1
+        let ldp = dim + 2;
+        let part_len = 2 * heads * chunks * n * ldp;
+        let mut outs = Vec::new();
+        for mma in [false, true] {
+            let mut part = vec![0.0f32; part_len];
+            let p = AttendParams {
+                store: EmuBackend.store_rows(&st),
+                scales: EmuBackend.store_scales(&st),
+                long_rows: input(&lr, 0, lr.len()).unwrap(),
+                long_offsets: input(&lo, 0, 2).unwrap(),
+                short_rows: input(&sr, 0, sr.len()).unwrap(),
+                short_offsets: input(&so, 0, 2).unwrap(),
+                qt: input(&qt, 0, qt.len()).unwrap(),
+                part: output(&mut part, 0, part_len).unwrap(),
+                qt_tower_stride: (n * dim) as i64,
+                qt_user_stride: 0,
+                users: 1,
+                n: int(n),
+                dim: int(dim),
+                heads: int(heads),
+                chunks: int(chunks),
+                chunk_keys: int(chunk_keys),
+            };
+            if mma {
+                let geo = launch::attend_mma(chunks, heads, 2, n, dim).unwrap();
+                run(variant, geo, AttendMmaParams::from(p)).unwrap();
+            } else {
+                let geo = launch::attend(chunks, heads, 2, n).unwrap();
+                run(variant, geo, p).unwrap();
+            }
+            outs.push(part);
+        }
+        // Blocks: (seq 0, chunk 0), (seq 0, chunk 1), (seq 1, chunk 0); seq 1 has one chunk.
+        for block in 0..3 {
+            for i in 0..n {
+                let at = (block * n + i) * ldp;
+                let what = format!("{dtype:?} block {block} row {i}");
+                let (a, b) = (&outs[0][at..at + ldp], &outs[1][at..at + ldp]);
+                if i == 1 {
+                    for (k, v) in [a, b].iter().enumerate() {
+                        assert!(!v[dim + 1].is_finite(), "{what} kernel {k}: Σ exp {v:?}");
+                        assert!(v[..dim].iter().all(|x| !x.is_finite()), "{what} kernel {k}");
+                    }
+                } else {
+                    assert!(a.iter().chain(b).all(|x| x.is_finite()), "{what}");
+                    let want: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+                    assert_close(b, &want, &what);
+                }
+            }
+        }
+    }
+}
+
 /// `attend_combine`: the combine of chunk partials into `A_k X`, `Wv`, `Wo` into the concat,
 /// and the next layer's `Q̃` or (last layer) the merge, per sequence of both towers, against
 /// f64; partials of chunks past a sequence's end are NaN (never read), an empty sequence's
