@@ -110,7 +110,7 @@ fn executors(case: &Case) -> Vec<Exec> {
                 engine,
                 tol: GPU_TOL,
             }),
-            // I8 stores have kernels (attend_i8, score_mma_i8, score_i8): never skipped.
+            // I8 stores have kernels (attend_mma_i8 / attend_i8, score_mma_i8 / score_i8): never skipped.
             Err(e) if i8 => panic!("{}: {e}", case.name),
             // A model outside the kernels' limits: the GPU refuses it at load, by design.
             Err(e) => eprintln!("{}: no emulated GPU executor: {e}", case.name),
