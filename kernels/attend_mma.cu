@@ -322,32 +322,14 @@ __device__ __forceinline__ void attend_mma(const AttendMmaParams& p) {
   const int len = offs[user + 1] - offs[user];
   if (chunk * p.chunk_keys >= len) return;  // uniform over the block: fewer chunks
   const int n = p.n, D = p.dim;
-  const int warp = threadIdx.x / HCN_WARP, lane = threadIdx.x % HCN_WARP;
+  const int warp = threadIdx.x / HCN_WARP;
   const float* __restrict__ q = p.qt + tower * p.qt_tower_stride + user * p.qt_user_stride +
                                 (long long)head * n * D;
 
   // Per row of Q̃: 2^e with max|q| · 2^e in [2^14, 2^15) (e clamped to ±126) and its inverse,
   // NaN for a row holding a non-finite value.
-  for (int i = warp; i < n; i += ATTEND_MMA_WARPS) {
-    float mx = 0.0f, bad = 0.0f;
-    for (int c = lane; c < D; c += HCN_WARP) {
-      const float v = fabsf(q[(long long)i * D + c]);
-      if (!(v <= 3.40282347e38f)) bad = 1.0f;
-      else mx = fmaxf(mx, v);
-    }
-    mx = hcn_warp_max(mx);
-    bad = hcn_warp_max(bad);
-    if (lane == 0) {
-      int e = 0;
-      if (mx > 0.0f) {
-        const int biased = (int)((__float_as_uint(mx) >> 23) & 0xffu);  // 0: subnormal
-        e = 141 - biased;
-        e = e < -126 ? -126 : (e > 126 ? 126 : e);
-      }
-      qscale[i] = __uint_as_float((unsigned)(127 + e) << 23);
-      qinv[i] = bad != 0.0f ? __uint_as_float(0x7fc00000u) : __uint_as_float((unsigned)(127 - e) << 23);
-    }
-  }
+  for (int i = warp; i < n; i += ATTEND_MMA_WARPS)
+    hcn_warp_f16_row_scale(q + (long long)i * D, D, &qscale[i], &qinv[i]);
   __syncthreads();
   // Q̃ in A-fragment order, hi and lo halves; rows past n are zeros.
   const int mts = (n + 15) / 16, ks_n = D / 16;

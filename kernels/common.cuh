@@ -56,6 +56,33 @@ __device__ __forceinline__ float hcn_warp_max(float v) {
   return v;
 }
 
+// For the tensor-core kernels' hi + lo F16 split of an F32 row of `len` values (one whole warp,
+// converged): lane 0 writes the power of two 2^e that puts max|row| in [2^14, 2^15) (e clamped
+// to ±126, so 2^e and 2^−e are normal floats) to *scale, and its inverse to *inv — NaN for a
+// row holding a non-finite value.
+__device__ __forceinline__ void hcn_warp_f16_row_scale(const float* row, int len, float* scale,
+                                                       float* inv) {
+  const int lane = threadIdx.x % HCN_WARP;
+  float mx = 0.0f, bad = 0.0f;
+  for (int c = lane; c < len; c += HCN_WARP) {
+    const float v = fabsf(row[c]);
+    if (!(v <= 3.40282347e38f)) bad = 1.0f;
+    else mx = fmaxf(mx, v);
+  }
+  mx = hcn_warp_max(mx);
+  bad = hcn_warp_max(bad);
+  if (lane == 0) {
+    int e = 0;
+    if (mx > 0.0f) {
+      const int biased = (int)((__float_as_uint(mx) >> 23) & 0xffu);  // 0: subnormal
+      e = 141 - biased;                                                 // 14 − (biased − 127)
+      e = e < -126 ? -126 : (e > 126 ? 126 : e);
+    }
+    *scale = __uint_as_float((unsigned)(127 + e) << 23);
+    *inv = bad != 0.0f ? __uint_as_float(0x7fc00000u) : __uint_as_float((unsigned)(127 - e) << 23);
+  }
+}
+
 // Stored item vectors (SPEC §3) come in the dtypes of src/abi.rs STORE_DTYPES; compute is always
 // F32.  One overload per store element type (the store kernels' bodies are templates over it).
 // The widening is exact for F16 and BF16; for I8 it gives the integer q itself, without the

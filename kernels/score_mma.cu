@@ -215,31 +215,13 @@ __device__ __forceinline__ void score_mma(const ScoreMmaParams& p) {
   const int start = blockIdx.x * SCORE_MMA_PER_BLOCK;
   if (start >= m) return;  // uniform over the block, before any barrier
   const int end = hcn_min_i(start + SCORE_MMA_PER_BLOCK, m);
-  const int warp = threadIdx.x / HCN_WARP, lane = threadIdx.x % HCN_WARP;
+  const int warp = threadIdx.x / HCN_WARP;
   const float* xu_user = xu + (long long)user * n * dim;
 
   // Per interest: 2^e with max|x| · 2^e in [2^14, 2^15) (e clamped to ±126, so 2^e and 2^−e
   // are normal floats), and its inverse, NaN for an interest holding a non-finite value.
-  for (int j = warp; j < n; j += SCORE_MMA_WARPS) {
-    float mx = 0.0f, bad = 0.0f;
-    for (int c = lane; c < dim; c += HCN_WARP) {
-      const float v = fabsf(xu_user[j * dim + c]);
-      if (!(v <= 3.40282347e38f)) bad = 1.0f;
-      else mx = fmaxf(mx, v);
-    }
-    mx = hcn_warp_max(mx);
-    bad = hcn_warp_max(bad);
-    if (lane == 0) {
-      int e = 0;
-      if (mx > 0.0f) {
-        const int biased = (int)((__float_as_uint(mx) >> 23) & 0xffu);  // 0: subnormal
-        e = 141 - biased;                                                 // 14 − (biased − 127)
-        e = e < -126 ? -126 : (e > 126 ? 126 : e);
-      }
-      xscale[j] = __uint_as_float((unsigned)(127 + e) << 23);
-      xinv[j] = bad != 0.0f ? __uint_as_float(0x7fc00000u) : __uint_as_float((unsigned)(127 - e) << 23);
-    }
-  }
+  for (int j = warp; j < n; j += SCORE_MMA_WARPS)
+    hcn_warp_f16_row_scale(xu_user + (long long)j * dim, dim, &xscale[j], &xinv[j]);
   __syncthreads();
 
   // X^U in B-fragment order (see the top of the file), hi and lo halves.
