@@ -1115,7 +1115,7 @@ impl ScoreQuery {
         check_len("score: out", out.len(), Some(rows.len()))?;
         let nv = self.n.div_ceil(self.width);
         // Small per-call buffers (a few KB); a chunk of thousands of rows amortises them.
-        let mut scratch = vec![0.0f32; simd::BLOCK * self.d];
+        let mut scratch = vec![0.0f32; simd::scratch_len(self.d)];
         let mut sbuf = vec![0.0f32; simd::BLOCK * nv * self.width];
         let q = simd::ScoreLayout {
             ut: &self.ut,

@@ -251,11 +251,17 @@ unsafe fn scale_rows<S: Simd, const R: usize>(
 /// Most rows scored together (sizes the caller's scratch buffers); see [`score_rows`] and
 /// [`score_rows_by_lanes`].
 pub(crate) const BLOCK: usize = 32;
+/// Elements per chunk of a widened row in [`score_rows`]' scratch (see [`accumulate`]).
+pub(crate) const KC: usize = 64;
+/// Floats of scratch [`score_rows`] and [`score_rows_by_lanes`] need for rows of `d` elements.
+pub(crate) fn scratch_len(d: usize) -> usize {
+    BLOCK * d.next_multiple_of(KC)
+}
 /// How many rows ahead to prefetch. Rows are random gathers from a mapping far larger than the
 /// caches, so each costs a DRAM round trip (~100 ns) while scoring one takes ~10–50 ns.
 const PREFETCH_AHEAD: usize = 16;
 
-/// Scores `rows` into `out` (same length). `scratch` holds `BLOCK * d` floats (widened rows) and
+/// Scores `rows` into `out` (same length). `scratch` holds [`scratch_len`] floats (widened rows) and
 /// `sbuf` `BLOCK * nv * W` floats (the raw scores). Returns the position of the first row index
 /// that is out of range, leaving later outputs unwritten.
 ///
@@ -294,7 +300,7 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
     sbuf: &mut [f32],
 ) -> Result<(), usize> {
     debug_assert_eq!(rows.len(), out.len());
-    debug_assert!(B <= BLOCK && scratch.len() >= B * q.d && sbuf.len() >= B * q.nv * S::W);
+    debug_assert!(B <= BLOCK && scratch.len() >= scratch_len(q.d) && sbuf.len() >= B * q.nv * S::W);
     let m = rows.len();
     let mut i = 0;
     while i + B <= m {
@@ -377,10 +383,11 @@ unsafe fn block<S: Simd, const R: usize>(
     let d = q.d;
     let valid = rows.len();
     debug_assert!(valid >= 1 && valid <= R && out.len() == valid);
-    let mut xp = [std::ptr::null::<f32>(); R];
     // I8: each row's scale, applied to its scores after the dot products.
     let quantized = !src.scales.is_null();
     let mut sc = [1.0f32; R];
+    let xs = scratch.as_mut_ptr();
+    let esize = src.dtype.size();
     for r in 0..valid {
         let row = rows[r] as usize;
         if row >= src.rows {
@@ -390,18 +397,17 @@ unsafe fn block<S: Simd, const R: usize>(
             sc[r] = src.scale(row);
         }
         let p = src.base.add(row * src.row_stride);
-        xp[r] = match src.dtype {
-            // F32 rows are broadcast straight from the mapping.
-            DType::F32 => p.cast::<f32>(),
-            dt => {
-                let dst = scratch.as_mut_ptr().add(r * d);
-                widen_row(s, dt, p, dst, d);
-                dst
-            }
-        };
+        // Chunk `c` of the row (elements `c·KC ..`) at `xs[(c·R + r)·KC ..]`: see `accumulate`.
+        let mut k0 = 0;
+        while k0 < d {
+            let dst = xs.add((k0 * R) + r * KC);
+            widen_row(s, src.dtype, p.add(k0 * esize), dst, KC.min(d - k0));
+            k0 += KC;
+        }
     }
+    // Padding rows (results dropped) compute on whatever the scratch holds: finite values
+    // (zeros or earlier rows), never read back.
     for r in valid..R {
-        xp[r] = xp[0];
         sc[r] = sc[0];
     }
     let sb = sbuf.as_mut_ptr();
@@ -416,7 +422,7 @@ unsafe fn block<S: Simd, const R: usize>(
             y.as_mut_ptr()
         };
         if q.nv == 1 {
-            let mut acc = accumulate::<S, R>(s, ut, &xp, d);
+            let mut acc = accumulate::<S, R>(s, ut, xs, d);
             if quantized {
                 acc = scale_rows(s, acc, &sc);
             }
@@ -430,7 +436,7 @@ unsafe fn block<S: Simd, const R: usize>(
             let gstride = q.nv * S::W * S::W;
             for v in 0..q.nv {
                 let u = ut.add(v * d * S::W);
-                let mut acc = accumulate::<S, R>(s, u, &xp, d);
+                let mut acc = accumulate::<S, R>(s, u, xs, d);
                 if quantized {
                     acc = scale_rows(s, acc, &sc);
                 }
@@ -454,7 +460,7 @@ unsafe fn block<S: Simd, const R: usize>(
     }
     for v in 0..q.nv {
         let u = ut.add(v * d * S::W);
-        let mut acc = accumulate::<S, R>(s, u, &xp, d);
+        let mut acc = accumulate::<S, R>(s, u, xs, d);
         if quantized {
             acc = scale_rows(s, acc, &sc);
         }
@@ -780,23 +786,34 @@ unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S
 }
 
 /// The hot loop: `acc[r] = Σ_k x_r[k] · u[k]` for one `d × W` interest group `u` and the `R`
-/// rows `xp`: per `k`, one `u` load feeds `R` broadcast-FMAs (independent chains; on AVX-512
-/// the broadcast folds into the FMA's memory operand).
-// Indexing keeps the R accumulators and row pointers in step.
+/// rows widened into `xs` by [`block`]: per `k`, one `u` load feeds `R` broadcast-FMAs
+/// (independent chains; on AVX-512 the broadcast folds into the FMA's memory operand).
+/// The rows are laid out in chunks of [`KC`] elements, chunk `c` of row `r` at
+/// `xs[(c·R + r)·KC ..]`, so that within a chunk the `R` operands of step `k` sit at constant
+/// offsets `r·KC` from one pointer: with one pointer per row (16 rows) the registers ran out and
+/// the loop reloaded row pointers from the stack on every step.
+// Indexing keeps the R accumulators in step.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn accumulate<S: Simd, const R: usize>(
     s: S,
     u: *const f32,
-    xp: &[*const f32; R],
+    xs: *const f32,
     d: usize,
 ) -> [S::V; R] {
     let mut acc = [s.zero(); R];
-    for k in 0..d {
-        let uv = s.load(u.add(k * S::W));
-        for r in 0..R {
-            acc[r] = s.fma(s.splat(xp[r].add(k).read_unaligned()), uv, acc[r]);
+    let mut k0 = 0;
+    while k0 < d {
+        let kc = KC.min(d - k0);
+        let chunk = xs.add(k0 * R);
+        for kk in 0..kc {
+            let uv = s.load(u.add((k0 + kk) * S::W));
+            let x = chunk.add(kk);
+            for r in 0..R {
+                acc[r] = s.fma(s.splat(x.add(r * KC).read()), uv, acc[r]);
+            }
         }
+        k0 += KC;
     }
     acc
 }
