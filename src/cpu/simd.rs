@@ -257,9 +257,6 @@ pub(crate) const KC: usize = 64;
 pub(crate) fn scratch_len(d: usize) -> usize {
     BLOCK * d.next_multiple_of(KC)
 }
-/// How many rows ahead to prefetch. Rows are random gathers from a mapping far larger than the
-/// caches, so each costs a DRAM round trip (~100 ns) while scoring one takes ~10–50 ns.
-const PREFETCH_AHEAD: usize = 16;
 
 /// Scores `rows` into `out` (same length). `scratch` holds [`scratch_len`] floats (widened rows) and
 /// `sbuf` `BLOCK * nv * W` floats (the raw scores). Returns the position of the first row index
@@ -301,28 +298,185 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
 ) -> Result<(), usize> {
     debug_assert_eq!(rows.len(), out.len());
     debug_assert!(B <= BLOCK && scratch.len() >= scratch_len(q.d) && sbuf.len() >= B * q.nv * S::W);
-    let m = rows.len();
-    let mut i = 0;
-    while i + B <= m {
-        prefetch_rows(s, src, rows, i + PREFETCH_AHEAD, B, q.prefetch_l2);
-        block::<S, B>(
-            s,
-            q,
-            src,
-            &rows[i..i + B],
-            &mut out[i..i + B],
-            scratch,
-            sbuf,
-        )
-        .map_err(|p| i + p)?;
-        i += B;
+    // Every index is checked before any row is read: the pipeline below reads the next block's
+    // rows while scoring this one. The rows before a bad one are scored, as documented.
+    let max = rows.iter().fold(0u32, |a, &r| a.max(r));
+    let bad = if (max as usize) < src.rows {
+        None
+    } else {
+        rows.iter().position(|&r| r as usize >= src.rows)
+    };
+    let m = bad.unwrap_or(rows.len());
+    if m > 0 {
+        let (rows, out) = (&rows[..m], &mut out[..m]);
+        // The dtype as a constant, so the widening inside the FMA loop is one load + convert.
+        match src.dtype {
+            DType::F32 => pipeline::<S, B, 0>(s, q, src, rows, out, scratch, sbuf),
+            DType::F16 => pipeline::<S, B, 1>(s, q, src, rows, out, scratch, sbuf),
+            DType::BF16 => pipeline::<S, B, 2>(s, q, src, rows, out, scratch, sbuf),
+            DType::I8 => pipeline::<S, B, 3>(s, q, src, rows, out, scratch, sbuf),
+        }
     }
-    if i < m {
+    match bad {
+        Some(p) => Err(p),
+        None => Ok(()),
+    }
+}
+
+/// The dtype numbered by [`score_rows_by`]'s dispatch.
+#[inline(always)]
+const fn dtype_of(dt: u8) -> DType {
+    match dt {
+        0 => DType::F32,
+        1 => DType::F16,
+        2 => DType::BF16,
+        _ => DType::I8,
+    }
+}
+
+/// One block's rows, resolved: where each starts and (I8) its scale.
+struct Staged<const R: usize> {
+    ptrs: [*const u8; R],
+    sc: [f32; R],
+    valid: usize,
+}
+
+impl<const R: usize> Staged<R> {
+    /// `rows` (`1 ..= R` indices, all in range).
+    #[inline(always)]
+    unsafe fn new(src: RawRows, rows: &[u32]) -> Self {
+        let mut st = Staged {
+            ptrs: [src.base; R],
+            sc: [1.0; R],
+            valid: rows.len(),
+        };
+        for (r, &row) in rows.iter().enumerate() {
+            let row = row as usize;
+            st.ptrs[r] = src.base.add(row * src.row_stride);
+            if !src.scales.is_null() {
+                st.sc[r] = src.scale(row);
+            }
+        }
+        // Padding rows (results dropped) take the first row's scale; their widened values
+        // are whatever the buffer holds (finite: zeros or earlier rows).
+        for r in st.valid..R {
+            st.sc[r] = st.sc[0];
+        }
+        st
+    }
+}
+
+/// Widening a staged block into its buffer one `W`-vector at a time ([`Widen::step`]), so that
+/// the work (and the wait for the rows' cache lines) runs inside the previous block's FMA loop
+/// instead of in a phase of its own. Vectors go row by row; `d % W` tail elements are widened
+/// when the job is made.
+struct Widen<const R: usize, const DT: u8> {
+    ptrs: [*const u8; R],
+    dst: *mut f32,
+    valid: usize,
+    nvec: usize,
+    r: usize,
+    c: usize,
+}
+
+impl<const R: usize, const DT: u8> Widen<R, DT> {
+    #[inline(always)]
+    unsafe fn new<S: Simd>(s: S, st: &Staged<R>, dst: *mut f32, d: usize) -> Self {
+        let dtype = dtype_of(DT);
+        let nvec = d / S::W;
+        let tail = nvec * S::W;
+        if tail < d {
+            let mut tmp = [0.0f32; 64];
+            for r in 0..st.valid {
+                widen_row(
+                    s,
+                    dtype,
+                    st.ptrs[r].add(tail * dtype.size()),
+                    tmp.as_mut_ptr(),
+                    d - tail,
+                );
+                for (e, &v) in (tail..d).zip(&tmp) {
+                    *dst.add(chunked(e, r, R)) = v;
+                }
+            }
+        }
+        Widen {
+            ptrs: st.ptrs,
+            dst,
+            valid: if nvec == 0 { 0 } else { st.valid },
+            nvec,
+            r: 0,
+            c: 0,
+        }
+    }
+
+    /// Widens the next vector, if any is left.
+    #[inline(always)]
+    unsafe fn step<S: Simd>(&mut self, s: S) {
+        if self.r < self.valid {
+            let e = self.c * S::W;
+            let v = load_elems(s, dtype_of(DT), self.ptrs[self.r], e);
+            s.store(self.dst.add(chunked(e, self.r, R)), v);
+            self.c += 1;
+            if self.c == self.nvec {
+                self.c = 0;
+                self.r += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish<S: Simd>(&mut self, s: S) {
+        while self.r < self.valid {
+            self.step(s);
+        }
+    }
+}
+
+/// Where element `e` of row `r` of an `R`-row block lives in its widened buffer: chunk
+/// `e / KC` of the row at `((e / KC)·R + r)·KC` (see [`accumulate`]).
+#[inline(always)]
+fn chunked(e: usize, r: usize, rows: usize) -> usize {
+    (e / KC * rows + r) * KC + e % KC
+}
+
+/// The scoring loop of [`score_rows`] over in-range `rows`: two widened-row buffers, block
+/// `b + 1` widened during block `b`'s FMA loop ([`Widen`]) and its rows prefetched during
+/// block `b − 1`.
+#[inline(always)]
+unsafe fn pipeline<S: Simd, const B: usize, const DT: u8>(
+    s: S,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    sbuf: &mut [f32],
+) {
+    let d = q.d;
+    let half = B * d.next_multiple_of(KC);
+    let bufs = [scratch.as_mut_ptr(), scratch.as_mut_ptr().add(half)];
+    let m = rows.len();
+    let nblocks = m.div_ceil(B);
+    prefetch_rows(s, src, rows, B, B, q.prefetch_l2);
+    let mut cur = Staged::<B>::new(src, &rows[..B.min(m)]);
+    Widen::<B, DT>::new(s, &cur, bufs[0], d).finish(s);
+    for b in 0..nblocks {
+        let (i, end) = (b * B, (b * B + B).min(m));
+        prefetch_rows(s, src, rows, i + 2 * B, B, q.prefetch_l2);
+        let next = (end < m).then(|| Staged::<B>::new(src, &rows[end..(end + B).min(m)]));
+        let mut widen = match &next {
+            Some(n) => Widen::<B, DT>::new(s, n, bufs[(b + 1) % 2], d),
+            None => Widen::<B, DT>::new(s, &cur, bufs[(b + 1) % 2], 0),
+        };
         // The tail runs as a padded block, so a row's score never depends on where chunk
         // boundaries fall (same operations in the same order for every row).
-        block::<S, B>(s, q, src, &rows[i..], &mut out[i..], scratch, sbuf).map_err(|p| i + p)?;
+        block::<S, B, DT>(s, q, &cur, bufs[b % 2], &mut widen, &mut out[i..end], sbuf);
+        widen.finish(s);
+        if let Some(n) = next {
+            cur = n;
+        }
     }
-    Ok(())
 }
 
 #[inline(always)]
@@ -366,50 +520,26 @@ unsafe fn prefetch_rows<S: Simd>(
     }
 }
 
-/// Scores `rows.len() ≤ R` rows as one block of `R` (missing rows repeat the first one and
-/// their results are dropped). Returns the position (within the block) of a bad row index.
-// Indexing keeps the R parallel arrays (rows, pointers, accumulators, outputs) in step.
+/// Scores the `out.len() ≤ R` rows of `st`, widened in `xs`, as one block of `R` (padding rows'
+/// results are dropped), widening the next block (`widen`) along the way.
+// Indexing keeps the R parallel arrays (scales, accumulators, outputs) in step.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn block<S: Simd, const R: usize>(
+unsafe fn block<S: Simd, const R: usize, const DT: u8>(
     s: S,
     q: &ScoreLayout<'_>,
-    src: RawRows,
-    rows: &[u32],
+    st: &Staged<R>,
+    xs: *const f32,
+    widen: &mut Widen<R, DT>,
     out: &mut [f32],
-    scratch: &mut [f32],
     sbuf: &mut [f32],
-) -> Result<(), usize> {
+) {
     let d = q.d;
-    let valid = rows.len();
-    debug_assert!(valid >= 1 && valid <= R && out.len() == valid);
+    let valid = out.len();
+    debug_assert!(valid >= 1 && valid <= R && st.valid == valid);
     // I8: each row's scale, applied to its scores after the dot products.
-    let quantized = !src.scales.is_null();
-    let mut sc = [1.0f32; R];
-    let xs = scratch.as_mut_ptr();
-    let esize = src.dtype.size();
-    for r in 0..valid {
-        let row = rows[r] as usize;
-        if row >= src.rows {
-            return Err(r);
-        }
-        if quantized {
-            sc[r] = src.scale(row);
-        }
-        let p = src.base.add(row * src.row_stride);
-        // Chunk `c` of the row (elements `c·KC ..`) at `xs[(c·R + r)·KC ..]`: see `accumulate`.
-        let mut k0 = 0;
-        while k0 < d {
-            let dst = xs.add((k0 * R) + r * KC);
-            widen_row(s, src.dtype, p.add(k0 * esize), dst, KC.min(d - k0));
-            k0 += KC;
-        }
-    }
-    // Padding rows (results dropped) compute on whatever the scratch holds: finite values
-    // (zeros or earlier rows), never read back.
-    for r in valid..R {
-        sc[r] = sc[0];
-    }
+    let quantized = DT == 3;
+    let sc = &st.sc;
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();
     if R.is_multiple_of(S::W) {
@@ -422,9 +552,9 @@ unsafe fn block<S: Simd, const R: usize>(
             y.as_mut_ptr()
         };
         if q.nv == 1 {
-            let mut acc = accumulate::<S, R>(s, ut, xs, d);
+            let mut acc = accumulate::<S, R, DT>(s, ut, xs, d, widen);
             if quantized {
-                acc = scale_rows(s, acc, &sc);
+                acc = scale_rows(s, acc, sc);
             }
             let t = s.transpose(acc);
             for g in 0..groups {
@@ -436,9 +566,9 @@ unsafe fn block<S: Simd, const R: usize>(
             let gstride = q.nv * S::W * S::W;
             for v in 0..q.nv {
                 let u = ut.add(v * d * S::W);
-                let mut acc = accumulate::<S, R>(s, u, xs, d);
+                let mut acc = accumulate::<S, R, DT>(s, u, xs, d, widen);
                 if quantized {
-                    acc = scale_rows(s, acc, &sc);
+                    acc = scale_rows(s, acc, sc);
                 }
                 let t = s.transpose(acc);
                 for g in 0..groups {
@@ -456,13 +586,13 @@ unsafe fn block<S: Simd, const R: usize>(
         if valid < R {
             out.copy_from_slice(&y[..valid]);
         }
-        return Ok(());
+        return;
     }
     for v in 0..q.nv {
         let u = ut.add(v * d * S::W);
-        let mut acc = accumulate::<S, R>(s, u, xs, d);
+        let mut acc = accumulate::<S, R, DT>(s, u, xs, d, widen);
         if quantized {
-            acc = scale_rows(s, acc, &sc);
+            acc = scale_rows(s, acc, sc);
         }
         for r in 0..R {
             s.store(sb.add((r * q.nv + v) * S::W), acc[r]);
@@ -471,7 +601,6 @@ unsafe fn block<S: Simd, const R: usize>(
     for r in 0..valid {
         out[r] = finish(s, q, sb.add(r * q.nv * S::W));
     }
-    Ok(())
 }
 
 /// Gathers the stored rows `rows` of `src` into `out` (`rows.len() × d` F32, row-major): float
@@ -786,8 +915,9 @@ unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S
 }
 
 /// The hot loop: `acc[r] = Σ_k x_r[k] · u[k]` for one `d × W` interest group `u` and the `R`
-/// rows widened into `xs` by [`block`]: per `k`, one `u` load feeds `R` broadcast-FMAs
-/// (independent chains; on AVX-512 the broadcast folds into the FMA's memory operand).
+/// rows widened into `xs`: per `k`, one `u` load feeds `R` broadcast-FMAs (independent chains;
+/// on AVX-512 the broadcast folds into the FMA's memory operand), and one vector of the next
+/// block is widened ([`Widen::step`]).
 /// The rows are laid out in chunks of [`KC`] elements, chunk `c` of row `r` at
 /// `xs[(c·R + r)·KC ..]`, so that within a chunk the `R` operands of step `k` sit at constant
 /// offsets `r·KC` from one pointer: with one pointer per row (16 rows) the registers ran out and
@@ -795,11 +925,12 @@ unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S
 // Indexing keeps the R accumulators in step.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn accumulate<S: Simd, const R: usize>(
+unsafe fn accumulate<S: Simd, const R: usize, const DT: u8>(
     s: S,
     u: *const f32,
     xs: *const f32,
     d: usize,
+    widen: &mut Widen<R, DT>,
 ) -> [S::V; R] {
     let mut acc = [s.zero(); R];
     let mut k0 = 0;
@@ -812,6 +943,7 @@ unsafe fn accumulate<S: Simd, const R: usize>(
             for r in 0..R {
                 acc[r] = s.fma(s.splat(x.add(r * KC).read()), uv, acc[r]);
             }
+            widen.step(s);
         }
         k0 += KC;
     }
