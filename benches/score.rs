@@ -95,20 +95,26 @@ fn bench_score<M: Measurement>(c: &mut Criterion<M>) {
             .collect();
         // The 1M-row stores are the real case (cache- and TLB-cold gathers); the 2,048-row F16
         // store stays in L2 and shows what the arithmetic alone costs.
-        for (dtype, store_rows) in [
-            (DType::F16, STORE_ROWS),
-            (DType::I8, STORE_ROWS),
-            (DType::F32, STORE_ROWS),
-            (DType::F16, HOT_ROWS),
-            (DType::I8, HOT_ROWS),
+        // `-huge`: the same 1M-row store copied into memory advised `MADV_HUGEPAGE` (fewer
+        // page walks per random row; `EngineOptions::huge_pages`).
+        for (dtype, store_rows, huge) in [
+            (DType::F16, STORE_ROWS, false),
+            (DType::F16, STORE_ROWS, true),
+            (DType::I8, STORE_ROWS, false),
+            (DType::F32, STORE_ROWS, false),
+            (DType::F16, HOT_ROWS, false),
+            (DType::I8, HOT_ROWS, false),
         ] {
-            let store = synthetic_store(store_rows, d, dtype, 7);
+            let mut store = synthetic_store(store_rows, d, dtype, 7);
+            if huge {
+                store = store.to_anonymous(true).expect("anonymous copy");
+            }
             let src = RowSource::from_matrix(&store).expect("valid store");
             let rows: Vec<u32> = rows.iter().map(|&r| r % store_rows as u32).collect();
-            let label = if store_rows == STORE_ROWS {
-                dtype.name().to_string()
-            } else {
-                format!("{}-hot", dtype.name())
+            let label = match (store_rows == STORE_ROWS, huge) {
+                (true, false) => dtype.name().to_string(),
+                (true, true) => format!("{}-huge", dtype.name()),
+                (false, _) => format!("{}-hot", dtype.name()),
             };
             for level in Level::available() {
                 let k = Kernels::new(level).expect("available level");
