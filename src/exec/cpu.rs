@@ -4,7 +4,6 @@
 //! with candidate resolution and warm-up, chunked scoring with each chunk's finiteness check and
 //! pre-selection of its best k while its scores are in cache, the merge, keep-awake.
 
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -332,23 +331,21 @@ impl CpuExecutor {
         };
         let dim = fe.model.config.dim;
         let (interests, resolved) = if self.parallel() {
-            // While one thread computes the user side, another resolves the candidates and pulls
-            // their store rows towards the caches (the last-level cache is shared), stopping when
-            // the user side is done: the scoring that follows finds them closer than DRAM.
-            let done = AtomicBool::new(false);
+            // While one thread computes the user side, another resolves the candidates (and
+            // picks up the short tower the user side offers). It does not pull the candidates'
+            // rows towards the caches any more: the scoring kernels prefetch their own rows, and
+            // on a Zen 5 that warm-up (into the other core's L2) left F16 scoring no faster and
+            // made I8 scoring 2× slower (BENCHMARKS.md, session 7).
             let (interests, resolved) = rayon::join(
                 || {
                     let t = Instant::now();
                     let x = self.math.interests(fe, &user, &req.user.dense, true);
-                    done.store(true, AtomicOrdering::Release);
                     (x, t.elapsed())
                 },
                 || {
                     let t = Instant::now();
                     let r = fe.resolve_candidates(&req.candidates, opts)?;
-                    let resolve = t.elapsed();
-                    warm_rows(fe, &r.rows, &done);
-                    Ok::<_, Error>((r, resolve))
+                    Ok::<_, Error>((r, t.elapsed()))
                 },
             );
             let (resolved, resolve) = resolved?;
@@ -533,24 +530,5 @@ impl ChunkJob<'_> {
             winners.iter_mut().for_each(|w| w.0 += offset);
         }
         Ok(winners)
-    }
-}
-
-/// Touches the store rows of `rows` in order until `done` is set (a cache hint only).
-/// Between runs of rows it lets rayon hand this thread pending work first: the user side
-/// offers its short tower to another thread, which must not wait for a mere cache warm-up.
-fn warm_rows(fe: &Frontend, rows: &[u32], done: &AtomicBool) {
-    let store = &fe.candidates.vectors;
-    for chunk in rows.chunks(256) {
-        if done.load(AtomicOrdering::Acquire) {
-            return;
-        }
-        rayon::yield_now();
-        if done.load(AtomicOrdering::Acquire) {
-            return;
-        }
-        for &r in chunk {
-            store.prefetch_row(r as usize);
-        }
     }
 }
