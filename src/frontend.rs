@@ -5,7 +5,7 @@
 //! turns their output into a response).
 //!
 //! The CPU executor calls [`Frontend::resolve_candidates`] on a second thread while the first
-//! computes the user side (the resolution and the rows' warm-up hide behind it); every other
+//! computes the user side (the resolution hides behind it); every other
 //! executor resolves the whole request before it starts. Either way the rules are these.
 
 use std::sync::Arc;

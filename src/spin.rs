@@ -1,6 +1,6 @@
 //! Keeping rayon workers awake between requests (see `EngineOptions::keep_awake`).
 //!
-//! A request splits its work across the pool (the short tower and the candidate warm-up on a
+//! A request splits its work across the pool (the short tower and the candidate resolution on a
 //! second thread, then the candidate chunks). A rayon worker that finds no work spins briefly and
 //! then sleeps on a futex; waking it again costs a scheduler round trip, which on a virtual
 //! machine (an idle vCPU is halted and must be re-entered) measured tens of µs and more — as much

@@ -1,7 +1,7 @@
 //! The CPU executors: one driver ([`CpuExecutor`]) over two implementations of the math
 //! ([`CpuMath`]): [`FastCpu`] (f32 SIMD kernels, SPEC §1.2's cheaper order) and [`ReferenceCpu`]
 //! (the scalar f64 oracle). The driver does what both share: the pool, the user side overlapped
-//! with candidate resolution and warm-up, chunked scoring with each chunk's finiteness check and
+//! with candidate resolution, chunked scoring with each chunk's finiteness check and
 //! pre-selection of its best k while its scores are in cache, the merge, keep-awake.
 
 use std::sync::Arc;
