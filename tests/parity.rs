@@ -191,6 +191,9 @@ fn industrial_shape(dtype: hcn_prerank::tensor::DType) {
         .num_threads(2)
         .build()
         .unwrap();
+    // The interests' and scores' bits of the first two configurations (one thread, two).
+    type Bits = (Vec<u32>, Vec<Option<u32>>);
+    let mut by_threads: Vec<Vec<Bits>> = Vec::new();
     for (kernels, parallelism) in configs {
         let engine = Engine::load(
             &m,
@@ -203,9 +206,20 @@ fn industrial_shape(dtype: hcn_prerank::tensor::DType) {
             },
         )
         .unwrap();
+        let mut bits = Vec::new();
         for (i, (r, w)) in requests.iter().zip(&want).enumerate() {
             let got = pool.install(|| engine.run(r, Some(50))).unwrap();
             let what = format!("industrial {dtype:?} request {i} ({kernels:?}, {parallelism:?})");
+            bits.push((
+                got.interests
+                    .as_ref()
+                    .unwrap()
+                    .values
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+                got.scores.iter().map(|v| v.map(f32::to_bits)).collect(),
+            ));
             for (g, o) in got
                 .interests
                 .as_ref()
@@ -243,9 +257,18 @@ fn industrial_shape(dtype: hcn_prerank::tensor::DType) {
                 }
             }
         }
+        if by_threads.len() < 2 {
+            by_threads.push(bits);
+        }
     }
-    // A batch on two threads: requests in parallel, each splitting its towers (and its candidate
-    // warm-up) across rayon tasks, so a thread waiting in a join runs other requests' jobs (the
+    // The same bits on one thread and on two (the long tower's head groups then run side by
+    // side, the candidates in two chunks).
+    assert!(
+        by_threads[0] == by_threads[1],
+        "industrial {dtype:?}: 1 thread and 2 threads differ in the bits"
+    );
+    // A batch on two threads: requests in parallel, each splitting its towers across rayon
+    // tasks, so a thread waiting in a join runs other requests' jobs (the
     // user side must not hold per-thread state across the join). Same answers as one request at
     // a time.
     let engine = Engine::load(

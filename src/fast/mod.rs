@@ -114,6 +114,10 @@ pub(crate) struct Scratch {
     pub logits: Vec<f32>,
     pub z: Vec<f32>,
     pub sums: Vec<f32>,
+    /// The second head group's `logits`, `z`, `sums` (see `tower::tower`).
+    pub logits2: Vec<f32>,
+    pub z2: Vec<f32>,
+    pub sums2: Vec<f32>,
     pub heads: Vec<f32>,
     pub hs: Vec<f32>,
     pub c: Vec<f32>,
@@ -162,12 +166,12 @@ pub(crate) fn user_interests(
         if parallel && short_len > 0 && long_len + short_len >= PARALLEL_TOWERS_MIN {
             // The towers are independent until the co-interest network.
             rayon::join(
-                || tower::tower(k, &plan.long, cfg, x_long, s, &mut long),
-                || tower::tower(k, &plan.short, cfg, x_short, s_short, &mut short),
+                || tower::tower(k, &plan.long, cfg, x_long, s, true, &mut long),
+                || tower::tower(k, &plan.short, cfg, x_short, s_short, true, &mut short),
             );
         } else {
-            tower::tower(k, &plan.long, cfg, x_long, s, &mut long);
-            tower::tower(k, &plan.short, cfg, x_short, s, &mut short);
+            tower::tower(k, &plan.long, cfg, x_long, s, parallel, &mut long);
+            tower::tower(k, &plan.short, cfg, x_short, s, parallel, &mut short);
         }
         let x_tilde = co_interest::co_interest(k, &plan.co_interest, cfg, &long, &short, s);
         fusion::fuse(k, &plan.fusion, cfg, &x_tilde, x_hat, s, out);

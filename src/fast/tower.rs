@@ -109,13 +109,59 @@ fn fold_keys(
     }
 }
 
-/// `F(X)` for one sequence (`x`: `L × D`), into `out` (`n × D`).
+/// Sequences at least this long run a layer's two head groups on two threads (when parallel).
+const PARALLEL_HEADS_MIN: usize = 128;
+
+/// Steps 2–4 for the heads `[h0, h0 + hg)`: `Sᵀ` (`L × hg·n`) into `st`, its column softmax
+/// (`1/Σ` into `inv`), and `Z` (`hg·n × D`) into `z`. `qt` is all heads' `Q̃ᵀ` (`D × h·n`).
+#[allow(clippy::too_many_arguments)]
+fn attend_heads(
+    k: &Kernels,
+    x: MatRef<'_>,
+    qt: &[f32],
+    hn: usize,
+    cols: std::ops::Range<usize>,
+    st: &mut Vec<f32>,
+    inv: &mut Vec<f32>,
+    z: &mut Vec<f32>,
+) {
+    let (len, dim) = (x.rows, x.cols);
+    let w = cols.len();
+    let shapes = "user tower: shapes fixed at load";
+    let st = sized(st, len * w);
+    k.gemm(
+        x,
+        MatRef::with_stride(&qt[cols.start..], dim, w, hn),
+        MatMut::new(st, len, w),
+        None,
+        None,
+    )
+    .expect(shapes); // Sᵀ = X Q̃ᵀ
+    let inv = sized(inv, w);
+    k.softmax_cols(st, len, w, w, inv).expect(shapes);
+    let z = sized(z, w * dim);
+    k.gemm(
+        MatRef::new(st, len, w).t(),
+        x,
+        MatMut::new(z, w, dim),
+        None,
+        Some(inv),
+    )
+    .expect(shapes); // Z = Pᵀ X: these heads' A_k X
+}
+
+/// `F(X)` for one sequence (`x`: `L × D`), into `out` (`n × D`). A layer's heads go in two
+/// groups (the first `⌈h/2⌉`, the rest) whatever `parallel` says, so the bits never depend on
+/// it; with `parallel` and a long sequence the groups run on two threads (`rayon::join`): on 2
+/// threads the second is otherwise idle once it has resolved the candidates and run the short
+/// tower.
 pub(crate) fn tower(
     k: &Kernels,
     plan: &TowerPlan,
     cfg: &HcnConfig,
     x: &[f32],
     s: &mut Scratch,
+    parallel: bool,
     out: &mut [f32],
 ) {
     let (n, dim, h, r) = (cfg.interests, cfg.dim, cfg.heads, cfg.layers);
@@ -123,6 +169,8 @@ pub(crate) fn tower(
     let len = x.len() / dim;
     let hn = h * n;
     let shapes = "user tower: shapes fixed at load";
+    let split = h.div_ceil(2);
+    let xm = MatRef::new(x, len, dim);
 
     let mut hs = std::mem::take(&mut s.hs);
     let hs_l = sized(&mut hs, n * r * dim); // concat(H_0 … H_{r-1}), n × rD
@@ -142,30 +190,27 @@ pub(crate) fn tower(
                 fold_keys(k, layer, c, h, s, qt);
                 qt
             };
-            let st = sized(&mut s.logits, len * hn);
-            k.gemm(
-                MatRef::new(x, len, dim),
-                MatRef::new(qt, dim, hn),
-                MatMut::new(st, len, hn),
-                None,
-                None,
-            )
-            .expect(shapes); // Sᵀ = X Q̃ᵀ
+            {
+                let (st1, inv1, z1) = (&mut s.logits, &mut s.sums, &mut s.z);
+                let (st2, inv2, z2) = (&mut s.logits2, &mut s.sums2, &mut s.z2);
+                let mut first = move || attend_heads(k, xm, qt, hn, 0..split * n, st1, inv1, z1);
+                let mut second = move || attend_heads(k, xm, qt, hn, split * n..hn, st2, inv2, z2);
+                if parallel && len >= PARALLEL_HEADS_MIN {
+                    rayon::join(first, second);
+                } else {
+                    first();
+                    second();
+                }
+            }
             s.qt = qt_buf;
-            let inv = sized(&mut s.sums, hn);
-            k.softmax_cols(st, len, hn, hn, inv).expect(shapes);
-            let z = sized(&mut s.z, hn * dim);
-            k.gemm(
-                MatRef::new(st, len, hn).t(),
-                MatRef::new(x, len, dim),
-                MatMut::new(z, hn, dim),
-                None,
-                Some(inv),
-            )
-            .expect(shapes); // Z = Pᵀ X: every head's A_k X
             for hd in 0..h {
+                let z = if hd < split {
+                    &s.z[hd * n * dim..(hd + 1) * n * dim]
+                } else {
+                    &s.z2[(hd - split) * n * dim..(hd - split + 1) * n * dim]
+                };
                 k.gemm(
-                    MatRef::new(&z[hd * n * dim..(hd + 1) * n * dim], n, dim),
+                    MatRef::new(z, n, dim),
                     MatRef::with_stride(&layer.v.wt[hd * d..], dim, d, dim),
                     MatMut::with_stride(&mut heads[hd * d..], n, d, dim),
                     Some(&layer.v.bias[hd * d..(hd + 1) * d]),
