@@ -174,6 +174,31 @@ impl TopK {
     /// position. Scores must not be NaN.
     pub fn merge_ordered(lists: &[Vec<(usize, f32)>], k: usize, out: &mut Vec<(usize, f32)>) {
         out.clear();
+        if let [a, b] = lists {
+            // Two chunks (two threads): one comparison per winner, no scan over the lists.
+            out.reserve(k.min(a.len() + b.len()));
+            let (mut i, mut j) = (0, 0);
+            while out.len() < k {
+                let next = match (a.get(i), b.get(j)) {
+                    // `b`'s head only where strictly better: the general loop's tie rule.
+                    (Some(&x), Some(&y)) if better(y.1, x.1, y.0, x.0) == Ordering::Less => {
+                        j += 1;
+                        y
+                    }
+                    (Some(&x), _) => {
+                        i += 1;
+                        x
+                    }
+                    (None, Some(&y)) => {
+                        j += 1;
+                        y
+                    }
+                    (None, None) => break,
+                };
+                out.push(next);
+            }
+            return;
+        }
         let mut heads = vec![0usize; lists.len()];
         while out.len() < k {
             let mut best: Option<(usize, (usize, f32))> = None;
