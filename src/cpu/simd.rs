@@ -128,7 +128,7 @@ pub(crate) unsafe fn transpose_via_memory<S: Simd, const N: usize>(
 }
 
 /// Widens one stored row of `d` elements at `src` into `dst` (exact; I8 gives the integers, the
-/// row's scale is applied by the caller). The scoring kernels read F32 rows in place instead.
+/// row's scale is applied by the caller; F32 rows are copied).
 #[inline(always)]
 unsafe fn widen_row<S: Simd>(s: S, dtype: DType, src: *const u8, dst: *mut f32, d: usize) {
     let full = d / S::W * S::W;
@@ -311,10 +311,10 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
         let (rows, out) = (&rows[..m], &mut out[..m]);
         // The dtype as a constant, so the widening inside the FMA loop is one load + convert.
         match src.dtype {
-            DType::F32 => pipeline::<S, B, 0>(s, q, src, rows, out, scratch, sbuf),
-            DType::F16 => pipeline::<S, B, 1>(s, q, src, rows, out, scratch, sbuf),
-            DType::BF16 => pipeline::<S, B, 2>(s, q, src, rows, out, scratch, sbuf),
-            DType::I8 => pipeline::<S, B, 3>(s, q, src, rows, out, scratch, sbuf),
+            DType::F32 => pipeline::<S, B, DT_F32>(s, q, src, rows, out, scratch, sbuf),
+            DType::F16 => pipeline::<S, B, DT_F16>(s, q, src, rows, out, scratch, sbuf),
+            DType::BF16 => pipeline::<S, B, DT_BF16>(s, q, src, rows, out, scratch, sbuf),
+            DType::I8 => pipeline::<S, B, DT_I8>(s, q, src, rows, out, scratch, sbuf),
         }
     }
     match bad {
@@ -323,13 +323,19 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
     }
 }
 
-/// The dtype numbered by [`score_rows_by`]'s dispatch.
+/// A store dtype as a const generic parameter of [`pipeline`] (`DType` itself cannot be one).
+const DT_F32: u8 = 0;
+const DT_F16: u8 = 1;
+const DT_BF16: u8 = 2;
+const DT_I8: u8 = 3;
+
+/// The dtype a `DT_*` number stands for.
 #[inline(always)]
 const fn dtype_of(dt: u8) -> DType {
     match dt {
-        0 => DType::F32,
-        1 => DType::F16,
-        2 => DType::BF16,
+        DT_F32 => DType::F32,
+        DT_F16 => DType::F16,
+        DT_BF16 => DType::BF16,
         _ => DType::I8,
     }
 }
@@ -410,6 +416,19 @@ impl<const R: usize, const DT: u8> Widen<R, DT> {
         }
     }
 
+    /// A job with nothing to widen (after the last block).
+    #[inline(always)]
+    fn idle(dst: *mut f32) -> Self {
+        Widen {
+            ptrs: [std::ptr::null(); R],
+            dst,
+            valid: 0,
+            nvec: 0,
+            r: 0,
+            c: 0,
+        }
+    }
+
     /// Widens the next vector, if any is left.
     #[inline(always)]
     unsafe fn step<S: Simd>(&mut self, s: S) {
@@ -467,7 +486,7 @@ unsafe fn pipeline<S: Simd, const B: usize, const DT: u8>(
         let next = (end < m).then(|| Staged::<B>::new(src, &rows[end..(end + B).min(m)]));
         let mut widen = match &next {
             Some(n) => Widen::<B, DT>::new(s, n, bufs[(b + 1) % 2], d),
-            None => Widen::<B, DT>::new(s, &cur, bufs[(b + 1) % 2], 0),
+            None => Widen::<B, DT>::idle(bufs[(b + 1) % 2]),
         };
         // The tail runs as a padded block, so a row's score never depends on where chunk
         // boundaries fall (same operations in the same order for every row).
@@ -538,7 +557,7 @@ unsafe fn block<S: Simd, const R: usize, const DT: u8>(
     let valid = out.len();
     debug_assert!(valid >= 1 && valid <= R && st.valid == valid);
     // I8: each row's scale, applied to its scores after the dot products.
-    let quantized = DT == 3;
+    let quantized = DT == DT_I8;
     let sc = &st.sc;
     let sb = sbuf.as_mut_ptr();
     let ut = q.ut.as_ptr();

@@ -112,8 +112,9 @@ fn fold_keys(
 /// Sequences at least this long run a layer's two head groups on two threads (when parallel).
 const PARALLEL_HEADS_MIN: usize = 128;
 
-/// Steps 2–4 for the heads `[h0, h0 + hg)`: `Sᵀ` (`L × hg·n`) into `st`, its column softmax
-/// (`1/Σ` into `inv`), and `Z` (`hg·n × D`) into `z`. `qt` is all heads' `Q̃ᵀ` (`D × h·n`).
+/// Steps 2–4 for the columns `cols` of `Q̃ᵀ` (whole heads, `n` columns each): `Sᵀ`
+/// (`L × |cols|`) into `st`, its column softmax (`1/Σ` into `inv`), and `Z` (`|cols| × D`) into
+/// `z`. `qt` is all heads' `Q̃ᵀ` (`D × hn`).
 #[allow(clippy::too_many_arguments)]
 fn attend_heads(
     k: &Kernels,
