@@ -203,7 +203,17 @@ async fn answers_equal_the_engine_bit_for_bit_on_both_protocols() {
         let req = hcn_prerank::json::parse_request(&line, &cfg).unwrap();
         let want = engine.run_with(&req, &RunOptions::top_k(Some(5))).unwrap();
         let got = client.score(grpc_request(&req, 5)).await.unwrap();
-        assert!(got.metadata().get("x-queue-time-us").is_some());
+        for key in [
+            "x-receive-time-us",
+            "x-queue-time-us",
+            "x-inference-time-us",
+        ] {
+            let v = got
+                .metadata()
+                .get(key)
+                .map(|v| v.to_str().unwrap().parse::<u64>());
+            assert!(matches!(v, Some(Ok(_))), "{key}: {v:?}");
+        }
         let got = got.into_inner();
         assert_eq!(got.model_version, engine.version());
         let bits: Vec<u32> = got.scores.iter().map(|s| s.to_bits()).collect();

@@ -138,6 +138,12 @@ impl Prerank for Service {
         request: tonic::Request<ScoreRequest>,
     ) -> Result<tonic::Response<ScoreResponse>, Status> {
         let arrived = Instant::now();
+        // From the request's headers (stamped by `stamp_headers`) to its decoded message: the
+        // body's transfer and decoding.
+        let received = request
+            .extensions()
+            .get::<HeadersAt>()
+            .map_or(Duration::ZERO, |h| arrived.saturating_duration_since(h.0));
         let deadline = request
             .metadata()
             .get("grpc-timeout")
@@ -190,7 +196,7 @@ impl Prerank for Service {
         let mut out = tonic::Response::new(to_response(resp));
         // Moved into the trailers by `fix_up`.
         let md = out.metadata_mut();
-        for (key, d) in TIMINGS.into_iter().zip([queued, inference]) {
+        for (key, d) in TIMINGS.into_iter().zip([received, queued, inference]) {
             if let Ok(v) = d.as_micros().to_string().parse() {
                 md.insert(key, v);
             }
@@ -220,7 +226,23 @@ pub fn info(state: &State) -> InfoResponse {
 
 /// The timing entries the handler sets as headers; sent as trailing metadata instead (they are
 /// known only once the answer is, and gRPC clients read per-call figures from the trailers).
-const TIMINGS: [&str; 2] = ["x-queue-time-us", "x-inference-time-us"];
+const TIMINGS: [&str; 3] = [
+    "x-receive-time-us",
+    "x-queue-time-us",
+    "x-inference-time-us",
+];
+
+/// When a request's headers were read (before its body).
+#[derive(Clone, Copy)]
+struct HeadersAt(Instant);
+
+async fn stamp_headers(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    request.extensions_mut().insert(HeadersAt(Instant::now()));
+    next.run(request).await
+}
 
 /// Fixes up what tonic's stack answers: SPEC §7's RESOURCE_EXHAUSTED for a message over the size
 /// limit (tonic's decoder answers OUT_OF_RANGE (11) before any handler runs; the handlers never
@@ -305,7 +327,8 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(prerank).add_service(health_service);
     let app = routes
         .into_axum_router()
-        .layer(axum::middleware::map_response(fix_up));
+        .layer(axum::middleware::map_response(fix_up))
+        .layer(axum::middleware::from_fn(stamp_headers));
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)
         .await
