@@ -833,6 +833,68 @@ fn bench_prints_one_json_line() {
     );
 }
 
+/// `hcn bench --write-requests F`: the requests drawn, as SPEC §4 lines that `hcn score` takes
+/// back (full-length sequences, `--candidates-per-request` candidates each, store ids).
+#[test]
+fn bench_writes_the_requests_it_times() {
+    let tiny = Tiny::new("bench_write");
+    let file = scratch("bench_write_requests").join("requests.jsonl");
+    let mut args = vec!["bench".to_string()];
+    args.extend(tiny.engine_args());
+    for a in [
+        "--requests",
+        "4",
+        "--candidates-per-request",
+        "7",
+        "--threads",
+        "1",
+    ] {
+        args.push(a.into());
+    }
+    args.extend(["--write-requests".into(), file.display().to_string()]);
+    let out = run(&args, "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let known: Vec<u64> = (0..ROWS).map(id_of).collect();
+    for v in &lines {
+        assert_eq!(v["long"].as_array().unwrap().len(), 3, "{v}");
+        assert_eq!(v["short"].as_array().unwrap().len(), 2, "{v}");
+        let candidates = v["candidates"].as_array().unwrap();
+        assert_eq!(candidates.len(), 7, "{v}");
+        assert!(
+            candidates
+                .iter()
+                .all(|c| known.contains(&c.as_u64().unwrap())),
+            "{v}"
+        );
+        assert!(
+            v["fields"]["age"].as_u64().unwrap() < VOCAB_AGE as u64,
+            "{v}"
+        );
+        assert_eq!(v["dense"].as_array().unwrap().len(), DENSE, "{v}");
+    }
+    let mut args = vec!["score".to_string()];
+    args.extend(tiny.engine_args());
+    let out = run(&args, &text);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers = stdout_lines(&out);
+    assert_eq!(answers.len(), 4);
+    for a in &answers {
+        assert_eq!(a["scores"].as_array().unwrap().len(), 7, "{a}");
+        assert!(
+            a["missing_candidates"]
+                .as_array()
+                .is_none_or(|m| m.is_empty()),
+            "{a}"
+        );
+    }
+}
+
 #[test]
 fn score_kernel_flag_pins_tunes_or_names_the_error() {
     let tiny = Tiny::new("score_kernel");

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// line with each kernel's times (the timed run's figures are measured without the events).
     #[arg(long)]
     pub kernel_times: bool,
+    /// Also write the requests drawn (the same ones timed) to this file as SPEC §4 JSON lines,
+    /// before timing: the service's load tests send them (`scripts/serve_bench.sh`).
+    #[arg(long, value_name = "FILE")]
+    pub write_requests: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -74,6 +78,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         eprintln!("hcn bench: CPU score kernel {k}");
     }
     let requests = generate(&engine, &args)?;
+    if let Some(path) = &args.write_requests {
+        write_requests(path, &requests)?;
+    }
     let batch = usize::try_from(args.batch).map_err(|e| e.to_string())?;
     let batches: Vec<&[Request]> = requests.chunks(batch).collect();
 
@@ -126,6 +133,32 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// `--write-requests`: one SPEC §4 request per line (`dense` as shortest round-trip floats, so
+/// a server parses back the same values).
+fn write_requests(path: &std::path::Path, requests: &[Request]) -> Result<(), String> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(fail)?);
+    for r in requests {
+        let fields: serde_json::Map<String, serde_json::Value> = r
+            .user
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).into()))
+            .collect();
+        let line = serde_json::json!({
+            "long": r.user.long,
+            "short": r.user.short,
+            "fields": fields,
+            "dense": r.user.dense,
+            "candidates": r.candidates,
+        });
+        serde_json::to_writer(&mut out, &line).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(fail)?;
+    }
+    out.flush().map_err(fail)
 }
 
 /// `--kernel-times`: every batch once more with the per-kernel timing switch on, then one JSON
