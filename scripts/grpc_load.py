@@ -2,11 +2,11 @@
 """gRPC load against `hcn serve` with the official Python client (grpcio), for SERVING.md.
 
 Stubs are generated from proto/hcn/v1/prerank.proto at start (grpcio-tools, into a temp dir).
-Requests are SPEC §4 JSON lines (e.g. `hcn bench`'s shapes written by scripts/serve_bench.sh or
-weights/requests.jsonl), sent with top_k and return_scores=false. Each message is serialized once
+Requests are SPEC §4 JSON lines (e.g. `hcn bench --write-requests`, as scripts/serve_bench.sh does,
+or weights/requests.jsonl), sent with top_k and return_scores=false. Each message is serialized once
 at start and sent as bytes (the client spends no CPU re-encoding the same request: it shares the
 machine with the server); answers are left as bytes. The server's own split of each answer's time
-(the `x-queue-time-us` / `x-inference-time-us` trailers) is reported next to the client's latency.
+(the `x-receive-time-us` / `x-queue-time-us` / `x-inference-time-us` trailers) is reported next to the client's latency.
 Open-loop latency counts from each request's scheduled arrival (no coordinated omission).
 
   closed  N clients, each sending back to back: latency percentiles and max QPS
@@ -70,7 +70,7 @@ def main():
                                                         args.max_requests_loaded)
     opts = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
     lat, errors, lock = [], [], threading.Lock()
-    queue_us, inference_us = [], []
+    receive_us, queue_us, inference_us = [], [], []
 
     def score_call(ch):
         # Bytes in, bytes out: no protobuf work per call on the client.
@@ -79,6 +79,8 @@ def main():
     def timings(call):
         md = dict(call.trailing_metadata() or ())
         with lock:
+            if "x-receive-time-us" in md:
+                receive_us.append(int(md["x-receive-time-us"]))
             if "x-queue-time-us" in md:
                 queue_us.append(int(md["x-queue-time-us"]))
             if "x-inference-time-us" in md:
@@ -167,6 +169,7 @@ def main():
                       "answered": done, "errors": len(errors), "error_codes": sorted(set(errors)),
                       "median_ms": ms(pct(lat, 50)), "p90_ms": ms(pct(lat, 90)), "p99_ms": ms(pct(lat, 99)),
                       "qps": round(done / wall, 1),
+                      "server_receive_us_median": pct(receive_us, 50),
                       "server_queue_us_median": pct(queue_us, 50),
                       "server_inference_us_median": pct(inference_us, 50)}))
 
