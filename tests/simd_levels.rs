@@ -386,9 +386,10 @@ fn gather_rows_equals_the_scalar_widening_at_every_level() {
     }
 }
 
-/// Every `n` on both sides of AVX-512's rows-in-lanes switch (`n ≤ 12`) and of the 16-lane
-/// interest groups, `D` around its 16-column transpose chunks (below one chunk, exact, ragged),
-/// and `M` around the 8-, 16- and 32-row blocks (padded tails).
+/// Every `n` on both sides of the rows-in-lanes kernel's switch to one row vector per block
+/// (`n ≤ 6` on AVX2, `n ≤ 12` on AVX-512) and of the 8- and 16-lane interest groups, `D` around
+/// its 16-column transpose chunks (below one chunk, exact, ragged), and `M` around the 8-, 16-
+/// and 32-row blocks (padded tails).
 #[test]
 fn scores_match_f64_around_block_and_lane_edges() {
     let mut rng = Rng::new(6);
@@ -702,7 +703,7 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
             assert_eq!(ScoreKernel::from_name(&k.name()), Some(*k));
             assert!(k.unusable(n).is_none(), "{}", k.name());
         }
-        // Rows in lanes only with 16 lanes and n ≤ 16.
+        // Rows in lanes only with 8 or 16 lanes and n ≤ 16.
         let lanes = ScoreKernel {
             rows_in_lanes: true,
             ..ScoreKernel::by_rule(Level::Scalar, n)
@@ -711,12 +712,15 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
             .query(&vec![0.0; n * 4], n, 4, ScoreMode::Max)
             .unwrap_err();
         assert!(err.to_string().contains("scalar/lanes"), "{err}");
-        if Level::Avx512.is_supported() {
+        for level in [Level::Avx2, Level::Avx512] {
+            if !level.is_supported() {
+                continue;
+            }
             let k = ScoreKernel {
                 rows_in_lanes: true,
-                ..ScoreKernel::by_rule(Level::Avx512, n)
+                ..ScoreKernel::by_rule(level, n)
             };
-            assert_eq!(k.unusable(n).is_none(), n <= 16, "n={n}");
+            assert_eq!(k.unusable(n).is_none(), n <= 16, "{level:?} n={n}");
             assert_eq!(candidates.contains(&k), n <= 16);
         }
     }

@@ -163,7 +163,8 @@ fn check_extent(
 pub enum Level {
     /// Portable Rust, one lane.
     Scalar,
-    /// x86-64 AVX2 + FMA + F16C, 8 lanes.
+    /// x86-64 AVX2 + FMA + F16C, 8 lanes (candidate rows in the lanes, not interests, when
+    /// scoring with `n ≤ 16`).
     Avx2,
     /// x86-64 AVX-512F + VL (+ AVX2, FMA, F16C), 16 lanes (candidate rows in the lanes, not
     /// interests, when scoring with `n ≤ 12`).
@@ -243,10 +244,16 @@ impl Level {
     }
 
     /// Whether the scoring kernel puts candidate rows (not interests) in the lanes: AVX-512
-    /// with `n ≤ simd::LANES_RULE_MAX_N`, where 16 interest lanes would be partly padding (see
-    /// `simd::score_rows_by_lanes`).
+    /// with `n ≤ simd::LANES_RULE_MAX_N`, where 16 interest lanes would be partly padding, and
+    /// AVX2 with `n ≤ simd::LANES_MAX_N` (see `simd::score_rows_by_lanes`). AVX2, measured on a
+    /// Zen 5 (`scripts/ab.sh`, 2 threads, 1M-row F16 stores): public (n = 8, D = 48) scoring
+    /// 166 → 150 µs, industrial (n = 16, D = 128) 3.0–3.5 → 2.1–2.3 ms.
     fn score_rows_in_lanes(self, n: usize) -> bool {
-        self == Level::Avx512 && n <= simd::LANES_RULE_MAX_N
+        match self {
+            Level::Avx512 => n <= simd::LANES_RULE_MAX_N,
+            Level::Avx2 => n <= simd::LANES_MAX_N,
+            Level::Scalar | Level::Neon => false,
+        }
     }
 }
 
@@ -281,7 +288,7 @@ impl Prefetch {
 
 /// One candidate-scoring kernel: a SIMD level, its layout — interests in the lanes
 /// ("interleaved": `simd::score_rows`) or candidate rows in the lanes ("lanes":
-/// `simd::score_rows_by_lanes`, 16-lane levels with `n ≤ 16` only) — and its row [`Prefetch`].
+/// `simd::score_rows_by_lanes`, 8- and 16-lane levels with `n ≤ 16` only) — and its row [`Prefetch`].
 /// Every kernel is within SPEC §5 of the reference and deterministic; different layouts may
 /// differ in the last bits (the prefetch never changes them). Named `level/layout/prefetch`
 /// (`avx512/lanes/l2`, `avx2/interleaved/l1`) for options and reports; a name without the
@@ -294,8 +301,8 @@ pub struct ScoreKernel {
 }
 
 impl ScoreKernel {
-    /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes where
-    /// that level has 16 lanes and `n ≤ 12`; rows prefetched into L2.
+    /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes on
+    /// AVX-512 with `n ≤ 12` and on AVX2 with `n ≤ 16`; rows prefetched into L2.
     pub fn by_rule(level: Level, n: usize) -> ScoreKernel {
         ScoreKernel {
             level,
@@ -344,9 +351,11 @@ impl ScoreKernel {
                 self.level.name()
             ));
         }
-        if self.rows_in_lanes && (self.level.score_width() != 16 || n > simd::LANES_MAX_N) {
+        if self.rows_in_lanes
+            && (!matches!(self.level.score_width(), 8 | 16) || n > simd::LANES_MAX_N)
+        {
             return Some(format!(
-                "rows in lanes need a 16-lane level and at most {} interests (the model has {n})",
+                "rows in lanes need an 8- or 16-lane level and at most {} interests (the model has {n})",
                 simd::LANES_MAX_N
             ));
         }
@@ -736,7 +745,7 @@ struct ScoreOp<'a> {
     out: &'a mut [f32],
     scratch: &'a mut [f32],
     sbuf: &'a mut [f32],
-    /// Rows in lanes (only with 16 lanes: `Level::score_rows_in_lanes`).
+    /// Rows in lanes (8 or 16 lanes only: `ScoreKernel::unusable`).
     by_lanes: bool,
 }
 
@@ -745,11 +754,11 @@ impl SimdOp for ScoreOp<'_> {
     #[inline(always)]
     unsafe fn run<S: simd::Simd>(self, s: S) -> Self::Output {
         // SAFETY: features present (caller); the layout was built for this level's width (or
-        // k-major with 16 lanes when `by_lanes`, which only the 16-lane level sets); `scratch`
+        // k-major when `by_lanes`, which only 8- and 16-lane levels accept); `scratch`
         // and `sbuf` hold `BLOCK` rows; `raw` describes whole rows and every index is checked
         // against `raw.rows` before it is read; `out.len() == rows.len()` (checked).
         unsafe {
-            if self.by_lanes && S::W == 16 {
+            if self.by_lanes && (S::W == 16 || S::W == 8) {
                 simd::score_rows_by_lanes(s, self.q, self.raw, self.rows, self.out, self.scratch)
             } else {
                 simd::score_rows(

@@ -664,14 +664,24 @@ pub(crate) unsafe fn gather_rows<S: Simd>(
     Ok(())
 }
 
-/// Rows per vector in [`score_rows_by_lanes`] (`W = 16`).
+/// Most rows per vector in [`score_rows_by_lanes`] (the widest level's `W`; arrays are sized
+/// by it, a level uses its own `W`).
 const LANE_ROWS: usize = 16;
 /// Vectors of rows per block in [`score_rows_by_lanes`]: each broadcast interest value then
 /// feeds `LANE_VECS` FMAs (one load per two FMAs instead of one per FMA), and `LANE_VECS · n`
-/// accumulators are independent FMA chains. Blocks are `LANE_VECS · 16` rows.
+/// accumulators are independent FMA chains. Blocks are `LANE_VECS · W` rows.
 const LANE_VECS: usize = 2;
-/// Most interests [`score_rows_by_lanes`] takes: `LANE_VECS · n` accumulators + the row
-/// vectors + a broadcast must fit AVX-512's 32 registers. Measured on Zen 5 (F16, 10,000 rows
+/// Most interests [`score_rows_by_lanes`] takes with `LANE_VECS` row vectors per block:
+/// `LANE_VECS · n` accumulators + the row vectors + a broadcast must fit the registers (32 on
+/// AVX-512: n ≤ 12; 16 on AVX2: n ≤ 6); past it, one row vector per block.
+const fn lane_vecs_max_n(w: usize) -> usize {
+    if w >= 16 {
+        12
+    } else {
+        6
+    }
+}
+/// AVX-512 (the rule's case). Measured on Zen 5 (F16, 10,000 rows
 /// from a 2,048-row store): n = 8, D = 48: 128 → 80 µs; n = 12, D = 48: 120 → 100 µs;
 /// n = 10, D = 64: 146 → 115 µs. At n = 16 the interest lanes have no padding left to save,
 /// and transposing the rows costs more than transposing the scores: the rule
@@ -684,14 +694,15 @@ pub(crate) const LANES_RULE_MAX_N: usize = 12;
 pub(crate) const LANES_MAX_N: usize = 16;
 
 /// Scores `rows` like [`score_rows`], transposed: for few interests (`n ≤ LANES_MAX_N`) on a
-/// 16-lane level, where interests-in-lanes vectors would be (partly) padding. A block of 16 rows is
-/// widened into `scratch` k-major (`x^T[k]` = element `k` of the 16 rows, one vector), and per
-/// `k` that one vector feeds `n` FMAs against broadcast `u_j[k]`: `n` accumulators whose lanes
-/// are the block's rows, i.e. already the columns [`finish_columns`] wants. That is `n·D` full
-/// FMAs per 16 rows (vs `16·D` per 16 rows with interests in lanes), no padding lanes, and no
-/// transpose of the scores; the rows are transposed instead (16×16 in registers, `D/16` times).
-/// Blocks hold `LANE_VECS` such vectors of rows. `q.ut` must be [`layout_interests`] with
-/// `w = n` (`u[k·n + j]`); `scratch` holds `BLOCK · D` floats.
+/// level of `W` = 8 or 16 lanes, where interests-in-lanes vectors would be (partly) padding. A
+/// block of `W` rows is widened into `scratch` k-major (`x^T[k]` = element `k` of the `W` rows,
+/// one vector), and per `k` that one vector feeds `n` FMAs against broadcast `u_j[k]`: `n`
+/// accumulators whose lanes are the block's rows, i.e. already the columns [`finish_columns`]
+/// wants. That is `n·D` full FMAs per `W` rows (vs `⌈n/W⌉·W·D` with interests in lanes), no
+/// padding lanes, and no transpose of the scores; the rows are transposed instead (`W × W` in
+/// registers, `D/W` times). Blocks hold `LANE_VECS` such vectors of rows (one past
+/// [`lane_vecs_max_n`]). `q.ut` must be [`layout_interests`] with `w = n` (`u[k·n + j]`);
+/// `scratch` holds `BLOCK · D` floats.
 #[inline(always)]
 pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
     s: S,
@@ -701,26 +712,22 @@ pub(crate) unsafe fn score_rows_by_lanes<S: Simd>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), usize> {
-    // `n` becomes a constant, so the accumulators are a fixed set of registers.
-    match q.n {
-        1 => rows_by_lanes::<S, 1, LANE_VECS>(s, q, src, rows, out, scratch),
-        2 => rows_by_lanes::<S, 2, LANE_VECS>(s, q, src, rows, out, scratch),
-        3 => rows_by_lanes::<S, 3, LANE_VECS>(s, q, src, rows, out, scratch),
-        4 => rows_by_lanes::<S, 4, LANE_VECS>(s, q, src, rows, out, scratch),
-        5 => rows_by_lanes::<S, 5, LANE_VECS>(s, q, src, rows, out, scratch),
-        6 => rows_by_lanes::<S, 6, LANE_VECS>(s, q, src, rows, out, scratch),
-        7 => rows_by_lanes::<S, 7, LANE_VECS>(s, q, src, rows, out, scratch),
-        8 => rows_by_lanes::<S, 8, LANE_VECS>(s, q, src, rows, out, scratch),
-        9 => rows_by_lanes::<S, 9, LANE_VECS>(s, q, src, rows, out, scratch),
-        10 => rows_by_lanes::<S, 10, LANE_VECS>(s, q, src, rows, out, scratch),
-        11 => rows_by_lanes::<S, 11, LANE_VECS>(s, q, src, rows, out, scratch),
-        12 => rows_by_lanes::<S, 12, LANE_VECS>(s, q, src, rows, out, scratch),
-        // `LANE_VECS · n` accumulators would not fit the 32 registers: one row vector.
-        13 => rows_by_lanes::<S, 13, 1>(s, q, src, rows, out, scratch),
-        14 => rows_by_lanes::<S, 14, 1>(s, q, src, rows, out, scratch),
-        15 => rows_by_lanes::<S, 15, 1>(s, q, src, rows, out, scratch),
-        _ => rows_by_lanes::<S, 16, 1>(s, q, src, rows, out, scratch),
+    // `n` becomes a constant, so the accumulators are a fixed set of registers; past
+    // `lane_vecs_max_n`, `LANE_VECS · n` accumulators would not fit the registers: one row
+    // vector per block.
+    macro_rules! by_n {
+        ($($n:literal)*) => {
+            match q.n {
+                $($n => if $n <= lane_vecs_max_n(S::W) {
+                    rows_by_lanes::<S, $n, LANE_VECS>(s, q, src, rows, out, scratch)
+                } else {
+                    rows_by_lanes::<S, $n, 1>(s, q, src, rows, out, scratch)
+                },)*
+                _ => rows_by_lanes::<S, 16, 1>(s, q, src, rows, out, scratch),
+            }
+        };
     }
+    by_n!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
 }
 
 #[inline(always)]
@@ -732,8 +739,8 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize, const V: usize>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), usize> {
-    let b = V * LANE_ROWS;
-    debug_assert!(S::W == LANE_ROWS && b <= BLOCK && q.n == N);
+    let b = V * S::W;
+    debug_assert!((S::W == 8 || S::W == 16) && b <= BLOCK && q.n == N);
     debug_assert!(rows.len() == out.len() && scratch.len() >= b * q.d);
     // The same layout with `n` a constant (loops over interests unroll).
     let q = ScoreLayout {
@@ -759,7 +766,7 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize, const V: usize>(
     Ok(())
 }
 
-/// One block of `rows.len() ≤ 16·V` rows for [`score_rows_by_lanes`] (missing rows repeat the
+/// One block of `rows.len() ≤ V·W` rows for [`score_rows_by_lanes`] (missing rows repeat the
 /// first; their lanes are dropped). Returns the position of a bad row index.
 // Indexing keeps the parallel per-row and per-interest arrays in step.
 #[allow(clippy::needless_range_loop)]
@@ -772,10 +779,10 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), usize> {
-    const L: usize = LANE_ROWS;
+    let l = S::W;
     let d = q.d;
     let valid = rows.len();
-    let mut xp = [[std::ptr::null::<u8>(); L]; V];
+    let mut xp = [[std::ptr::null::<u8>(); LANE_ROWS]; V];
     // I8: the rows' scales, lanes = rows like the sums they multiply (padding rows: the first's).
     let quantized = !src.scales.is_null();
     let mut sc = [1.0f32; BLOCK];
@@ -787,17 +794,17 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
         if quantized {
             sc[r] = src.scale(row);
         }
-        xp[r / L][r % L] = src.base.add(row * src.row_stride);
+        xp[r / l][r % l] = src.base.add(row * src.row_stride);
     }
     let first = xp[0][0];
-    for r in valid..V * L {
-        xp[r / L][r % L] = first;
+    for r in valid..V * l {
+        xp[r / l][r % l] = first;
         sc[r] = sc[0];
     }
-    // x^T: vector `v` of element `k` at `xt[(k·V + v)·16 ..]`.
+    // x^T: vector `v` of element `k` at `xt[(k·V + v)·W ..]`.
     let xt = scratch.as_mut_ptr();
     for v in 0..V {
-        transpose_rows(s, src.dtype, &xp[v], d, xt.add(v * L), V * L);
+        transpose_rows(s, src.dtype, &xp[v], d, xt.add(v * l), V * l);
     }
 
     // With few chains (V·N < 8) two accumulator sets (even and odd k) cover the FMA latency;
@@ -810,7 +817,7 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     };
     if quantized {
         for v in 0..V {
-            let scv = s.load(sc.as_ptr().add(v * L));
+            let scv = s.load(sc.as_ptr().add(v * l));
             for j in 0..N {
                 sums[v][j] = s.mul(sums[v][j], scv);
             }
@@ -818,7 +825,7 @@ unsafe fn block_by_lanes<S: Simd, const N: usize, const V: usize>(
     }
     let mut y = [0.0f32; BLOCK];
     for v in 0..V {
-        finish_columns(s, q, |j| sums[v][j], y.as_mut_ptr().add(v * L));
+        finish_columns(s, q, |j| sums[v][j], y.as_mut_ptr().add(v * l));
     }
     out.copy_from_slice(&y[..valid]);
     Ok(())
@@ -835,7 +842,7 @@ unsafe fn dot_columns<S: Simd, const N: usize, const V: usize, const P: usize>(
     xt: *const f32,
     d: usize,
 ) -> [[S::V; N]; V] {
-    const L: usize = LANE_ROWS;
+    let l = S::W;
     // Plain loops, no closure: a closure is compiled without the level's features (see
     // `finish_columns`).
     let mut acc = [[[s.zero(); N]; V]; P];
@@ -846,7 +853,7 @@ unsafe fn dot_columns<S: Simd, const N: usize, const V: usize, const P: usize>(
             let uk = u.add((k + p) * N);
             let mut x = [s.zero(); V];
             for v in 0..V {
-                x[v] = s.load(xt.add(((k + p) * V + v) * L));
+                x[v] = s.load(xt.add(((k + p) * V + v) * l));
             }
             for j in 0..N {
                 let b = s.splat(uk.add(j).read());
@@ -867,11 +874,13 @@ unsafe fn dot_columns<S: Simd, const N: usize, const V: usize, const P: usize>(
     acc[0]
 }
 
-/// Widens element `k` of the 16 rows at `xp` into `xt[k·stride ..][..16]` for `k < d`: 16 columns
-/// at a time, loaded (and widened) per row, transposed in registers. A ragged end (`d % 16`)
-/// reloads the row's last 16 elements (overlapping, in bounds) and keeps the new columns; rows
-/// shorter than 16 go through a zero-padded copy.
-// Indexing keeps the 16 row pointers and vectors in step.
+/// Widens element `k` of the `W` rows at `xp[..W]` into `xt[k·stride ..][..W]` for `k < d`: 16
+/// columns at a time, loaded (and widened) per row — `16 / W` vectors per row — and transposed
+/// in registers (`W × W` blocks: vector `i` holds row `i % W` from column `(i / W)·W`, so the
+/// transposed vector `c` is column `c` of every row). A ragged end (`d % 16`) reloads the row's
+/// last 16 elements (overlapping, in bounds) and keeps the new columns; rows shorter than 16 go
+/// through a zero-padded copy.
+// Indexing keeps the row pointers and vectors in step.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn transpose_rows<S: Simd>(
@@ -882,15 +891,17 @@ unsafe fn transpose_rows<S: Simd>(
     xt: *mut f32,
     stride: usize,
 ) {
-    const R: usize = LANE_ROWS;
-    if d < R {
-        let mut tmp = [0.0f32; R * R];
-        for r in 0..R {
-            widen_row(s, dtype, xp[r], tmp.as_mut_ptr().add(r * R), d);
+    const C: usize = 16; // columns per step
+    let w = S::W;
+    debug_assert!(C.is_multiple_of(w));
+    if d < C {
+        let mut tmp = [0.0f32; LANE_ROWS * C];
+        for r in 0..w {
+            widen_row(s, dtype, xp[r], tmp.as_mut_ptr().add(r * C), d);
         }
-        let mut v = [s.zero(); R];
-        for r in 0..R {
-            v[r] = s.load(tmp.as_ptr().add(r * R));
+        let mut v = [s.zero(); C];
+        for i in 0..C {
+            v[i] = s.load(tmp.as_ptr().add((i % w) * C + (i / w) * w));
         }
         let t = s.transpose(v);
         for k in 0..d {
@@ -901,23 +912,23 @@ unsafe fn transpose_rows<S: Simd>(
     let mut k0 = 0;
     while k0 < d {
         // The last chunk starts at `d - 16` (overlapping the previous one when `d % 16 ≠ 0`).
-        let start = k0.min(d - R);
-        let mut v = [s.zero(); R];
-        for r in 0..R {
-            v[r] = load_elems(s, dtype, xp[r], start);
+        let start = k0.min(d - C);
+        let mut v = [s.zero(); C];
+        for i in 0..C {
+            v[i] = load_elems(s, dtype, xp[i % w], start + (i / w) * w);
         }
         let t = s.transpose(v);
         if start == k0 {
             // Constant indices: `t` stays in registers.
-            for c in 0..R {
+            for c in 0..C {
                 s.store(xt.add((start + c) * stride), t[c]);
             }
         } else {
-            for c in k0 - start..R {
+            for c in k0 - start..C {
                 s.store(xt.add((start + c) * stride), t[c]);
             }
         }
-        k0 = start + R;
+        k0 = start + C;
     }
 }
 
