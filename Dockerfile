@@ -2,7 +2,11 @@
 #   docker build -t hcn-prerank .
 #   docker run -p 50051:50051 -p 8080:8080 -v /path/to/models:/models:ro hcn-prerank \
 #       --model /models/model.safetensors --tokens /models/tokens.safetensors --candidates /models/candidates.safetensors
-# (Not built by CI: the project's machines have no Docker engine; deploy/k8s is validated.)
+# Not built by CI (its machines have no Docker engine; deploy/k8s is schema-validated there).
+# Built and run in session 8 (Docker 20.10, with stand-ins for the two base images, as Docker Hub
+# was unreachable: bookworm from debootstrap, Rust 1.95 from rustup) and checked with
+# scripts/docker-smoke.sh: ready, scores as `hcn score` does, uid 10001 on a read-only root,
+# admin reload, SIGTERM drains and exits 0.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
