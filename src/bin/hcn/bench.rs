@@ -445,6 +445,7 @@ mod tests {
             seed: 1,
             floors: false,
             kernel_times: true,
+            write_requests: None,
         };
         let requests = super::generate(&engine, &args).unwrap();
         let batches: Vec<&[hcn_prerank::Request]> = requests.chunks(3).collect();
