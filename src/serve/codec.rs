@@ -200,7 +200,7 @@ fn packed_u64_with(
                     extract(load(start), 8) | hi << 56
                 }
             } else {
-                varint_slow(&packed[start..=end])?
+                varint(&packed[start..=end])?
             };
             n += 1;
             if n == staged.len() {
@@ -239,6 +239,12 @@ fn packed_u64_with(
     (start == len).then_some(())
 }
 
+/// One varint given as exactly its bytes (the last one below 0x80): prost's decoder, so the
+/// same values and the same refusals (more than 10 bytes, a 10th byte above 1).
+fn varint(mut bytes: &[u8]) -> Option<u64> {
+    decode_varint(&mut bytes).ok()
+}
+
 /// How many values end in `packed` (bytes below 0x80), counted a word at a time in byte lanes
 /// (baseline x86-64 has no `popcnt`).
 fn value_ends(packed: &[u8]) -> usize {
@@ -270,20 +276,6 @@ fn compact7(raw: u64) -> u64 {
     let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
     let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
     (x & 0x0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4)
-}
-
-/// One varint given as exactly its bytes (the last one below 0x80), or `None` where it is past
-/// 64 bits (more than 10 bytes, or a 10th byte above 1: prost's rule).
-fn varint_slow(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() > 10 || (bytes.len() == 10 && bytes[9] > 1) {
-        return None;
-    }
-    Some(
-        bytes
-            .iter()
-            .enumerate()
-            .fold(0, |v, (i, &b)| v | u64::from(b & 0x7f) << (7 * i)),
-    )
 }
 
 #[cfg(test)]
