@@ -352,7 +352,7 @@ impl ScoreKernel {
             ));
         }
         if self.rows_in_lanes
-            && (!matches!(self.level.score_width(), 8 | 16) || n > simd::LANES_MAX_N)
+            && (!simd::lanes_width(self.level.score_width()) || n > simd::LANES_MAX_N)
         {
             return Some(format!(
                 "rows in lanes need an 8- or 16-lane level and at most {} interests (the model has {n})",
@@ -758,7 +758,7 @@ impl SimdOp for ScoreOp<'_> {
         // and `sbuf` hold `BLOCK` rows; `raw` describes whole rows and every index is checked
         // against `raw.rows` before it is read; `out.len() == rows.len()` (checked).
         unsafe {
-            if self.by_lanes && (S::W == 16 || S::W == 8) {
+            if self.by_lanes && simd::lanes_width(S::W) {
                 simd::score_rows_by_lanes(s, self.q, self.raw, self.rows, self.out, self.scratch)
             } else {
                 simd::score_rows(

@@ -689,6 +689,11 @@ const fn lane_vecs_max_n(w: usize) -> usize {
 /// `LANES_MAX_N` the kernel runs with one row vector per block (`16 + 2` registers) and is a
 /// candidate for tuning at load (`ScoreKernel`).
 pub(crate) const LANES_RULE_MAX_N: usize = 12;
+/// Whether [`score_rows_by_lanes`] runs on a level of `w` lanes (8 or 16: its transposes take
+/// 16 columns of `w` rows at a time).
+pub(crate) const fn lanes_width(w: usize) -> bool {
+    w == 8 || w == 16
+}
 /// Most interests [`score_rows_by_lanes`] can take at all (blocks of one row vector past
 /// [`LANES_RULE_MAX_N`]).
 pub(crate) const LANES_MAX_N: usize = 16;
@@ -740,7 +745,7 @@ unsafe fn rows_by_lanes<S: Simd, const N: usize, const V: usize>(
     scratch: &mut [f32],
 ) -> Result<(), usize> {
     let b = V * S::W;
-    debug_assert!((S::W == 8 || S::W == 16) && b <= BLOCK && q.n == N);
+    debug_assert!(lanes_width(S::W) && b <= BLOCK && q.n == N);
     debug_assert!(rows.len() == out.len() && scratch.len() >= b * q.d);
     // The same layout with `n` a constant (loops over interests unroll).
     let q = ScoreLayout {
