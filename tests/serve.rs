@@ -382,6 +382,96 @@ async fn a_deadline_past_in_the_queue_is_not_computed() {
     assert!(metrics.contains("hcn_candidates_total 0"), "{metrics}");
 }
 
+/// A client's deadline counts from its request's headers: a body that arrives after the deadline
+/// is answered DEADLINE_EXCEEDED / 504 and not computed, on both protocols, while the same slow
+/// body under a longer deadline is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_counts_from_the_headers_not_the_body() {
+    let server = Server::start(&[]);
+    let cfg = engine().model().config.clone();
+    let good = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
+    let slow = Duration::from_millis(400);
+
+    // gRPC: the headers (with `grpc-timeout`) go at once, the message `slow` later, over a
+    // plain HTTP/2 connection (tonic's client would start its own timer from that header).
+    let grpc_call = |timeout: &'static str| {
+        let msg = prost::Message::encode_to_vec(&grpc_request(&good, 3));
+        let addr = server.grpc.trim_start_matches("http://").to_string();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let req =
+                tonic::codegen::http::Request::post(format!("http://{addr}/hcn.v1.Prerank/Score"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("grpc-timeout", timeout)
+                    .body(())
+                    .unwrap();
+            let (resp, mut send) = client.send_request(req, false).unwrap();
+            tokio::time::sleep(slow).await;
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            frame.extend_from_slice(&msg);
+            send.send_data(frame.into(), true).unwrap();
+            let (parts, mut body) = resp.await.unwrap().into_parts();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            // A trailers-only answer carries the status in its headers.
+            let trailers = body.trailers().await.unwrap().unwrap_or_default();
+            let status = parts
+                .headers
+                .get("grpc-status")
+                .or(trailers.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_string());
+            Code::from_i32(status.expect("a grpc-status").parse().unwrap())
+        }
+    };
+    assert_eq!(grpc_call("150m").await, Code::DeadlineExceeded);
+    assert_eq!(grpc_call("20S").await, Code::Ok);
+
+    // HTTP: the same over a raw connection, the body written `slow` after the headers.
+    let http_call = |timeout_ms: u64| {
+        use std::io::{Read, Write};
+        let addr = server.http.trim_start_matches("http://").to_string();
+        let body = lines()[0].clone();
+        move || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /v1/score HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nx-timeout-ms: {timeout_ms}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            std::thread::sleep(slow);
+            s.write_all(body.as_bytes()).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            answer
+        }
+    };
+    let late = tokio::task::spawn_blocking(http_call(150)).await.unwrap();
+    assert!(late.starts_with("HTTP/1.1 504"), "{late}");
+    let in_time = tokio::task::spawn_blocking(http_call(20_000))
+        .await
+        .unwrap();
+    assert!(in_time.starts_with("HTTP/1.1 200"), "{in_time}");
+
+    // Only the two in time were computed.
+    let (_, metrics) = http_get(&format!("{}/metrics", server.http));
+    assert!(
+        metrics.contains("protocol=\"grpc\",code=\"DeadlineExceeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("protocol=\"http\",code=\"504\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hcn_batch_requests_count 2"), "{metrics}");
+}
+
 /// Health, readiness, metrics with SPEC §7's names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use super::batcher::{Answer, Job, Queue, Rejected};
 use super::pb::prerank_server::{Prerank, PrerankServer};
 use super::pb::{InfoRequest, InfoResponse, ScoreRequest, ScoreResponse, ScoredItem};
-use super::{no_delay, State};
+use super::{no_delay, stamp_headers, HeadersAt, State};
 use crate::{ErrorKind, Request, RunOptions, UserRequest};
 
 /// `hcn.v1.Prerank`.
@@ -96,6 +96,13 @@ impl Service {
         if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
             return Err((ErrorKind::Unavailable, "not ready".into()));
         }
+        // A deadline already past (its body arrived too late) never takes a queue slot either.
+        if options.deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err((
+                ErrorKind::DeadlineExceeded,
+                crate::Error::DeadlineExceeded { stage: "received" }.to_string(),
+            ));
+        }
         // Sizes first (cheap): a request over a limit never takes a queue slot.
         state
             .engine
@@ -140,16 +147,19 @@ impl Prerank for Service {
         let arrived = Instant::now();
         // From the request's headers (stamped by `stamp_headers`) to its decoded message: the
         // body's transfer and decoding.
-        let received = request
+        let headers_at = request
             .extensions()
             .get::<HeadersAt>()
-            .map_or(Duration::ZERO, |h| arrived.saturating_duration_since(h.0));
+            .map_or(arrived, |h| h.0);
+        let received = arrived.saturating_duration_since(headers_at);
+        // The client's deadline counts from when its request began to arrive (its headers), not
+        // from when the whole body was in: a slow body spends the client's time too.
         let deadline = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map(|t| arrived + t);
+            .map(|t| headers_at + t);
         let r = request.into_inner();
         let options = RunOptions {
             top_k: (r.top_k > 0).then_some(r.top_k as usize),
@@ -231,18 +241,6 @@ const TIMINGS: [&str; 3] = [
     "x-queue-time-us",
     "x-inference-time-us",
 ];
-
-/// When a request's headers were read (before its body).
-#[derive(Clone, Copy)]
-struct HeadersAt(Instant);
-
-async fn stamp_headers(
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    request.extensions_mut().insert(HeadersAt(Instant::now()));
-    next.run(request).await
-}
 
 /// Fixes up what tonic's stack answers: SPEC §7's RESOURCE_EXHAUSTED for a message over the size
 /// limit (tonic's decoder answers OUT_OF_RANGE (11) before any handler runs; the handlers never

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State as AxState};
+use axum::extract::{DefaultBodyLimit, Extension, State as AxState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::batcher::Queue;
 use super::grpc::Service;
-use super::{no_delay, ModelFiles, State};
+use super::{no_delay, stamp_headers, HeadersAt, ModelFiles, State};
 use crate::{ErrorKind, RunOptions};
 
 #[derive(Clone)]
@@ -34,7 +34,12 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn score(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+async fn score(
+    AxState(ctx): AxState<Ctx>,
+    Extension(HeadersAt(start)): Extension<HeadersAt>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrived = Instant::now();
     let m = &ctx.state.metrics;
     let reply = |status: StatusCode, resp: Response| {
@@ -60,7 +65,8 @@ async fn score(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Bytes) -> R
         .get("x-timeout-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| arrived + std::time::Duration::from_millis(ms));
+        // From the headers, as gRPC's (see `grpc::Service::score`).
+        .map(|ms| start + std::time::Duration::from_millis(ms));
     let options = RunOptions {
         top_k: extra
             .top_k
@@ -209,6 +215,7 @@ pub async fn serve_public(
             max_body_bytes,
             announced_length,
         ))
+        .layer(axum::middleware::from_fn(stamp_headers))
         .with_state(Ctx { state, queue });
     axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(stop)

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{Device, Engine, EngineOptions, Parallelism, SharedEngine};
 use pb::prerank_server as grpc_server;
@@ -315,4 +315,16 @@ async fn signals(state: &Arc<State>) {
             }
         }
     }
+}
+
+/// When a request's headers were read (before its body).
+#[derive(Clone, Copy)]
+pub(crate) struct HeadersAt(pub(crate) Instant);
+
+pub(crate) async fn stamp_headers(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    request.extensions_mut().insert(HeadersAt(Instant::now()));
+    next.run(request).await
 }
