@@ -472,6 +472,63 @@ async fn a_deadline_counts_from_the_headers_not_the_body() {
     assert!(metrics.contains("hcn_batch_requests_count 2"), "{metrics}");
 }
 
+/// A request whose client went away while it was queued is never computed, on both protocols
+/// (a gRPC call dropped by its client: an HTTP/2 reset; an HTTP connection closed), and is
+/// counted as such; the server goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_went_away_is_not_computed() {
+    // Every request waits 2 s in the queue for a batch to fill; the clients leave before that,
+    // well after their requests arrived.
+    let server = Server::start(&["--max-queue-delay-us", "2000000"]);
+    let cfg = engine().model().config.clone();
+    let good = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
+
+    // gRPC: the call is sent, then its client drops it.
+    let mut client = server.client().await;
+    let req = grpc_request(&good, 3);
+    let call = tokio::spawn(async move { client.score(req).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.abort();
+    // HTTP: the whole request is sent, then the connection is closed.
+    let addr = server.http.trim_start_matches("http://").to_string();
+    let body = lines()[0].clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let head = format!(
+            "POST /v1/score HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    })
+    .await
+    .unwrap();
+
+    // The batch comes due with nobody waiting: nothing is computed, both are counted.
+    let url = format!("{}/metrics", server.http);
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        let u = url.clone();
+        let (_, m) = tokio::task::spawn_blocking(move || http_get(&u))
+            .await
+            .unwrap();
+        if m.contains("code=\"Cancelled\"} 1") && m.contains("code=\"499\"} 1") {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(metrics.contains("hcn_batch_requests_count 0"), "{metrics}");
+    assert!(metrics.contains("hcn_candidates_total 0"), "{metrics}");
+
+    // And the next request is answered.
+    let mut client = server.client().await;
+    let resp = client.score(grpc_request(&good, 3)).await.unwrap();
+    assert_eq!(resp.into_inner().top_k.len(), 3);
+}
+
 /// Health, readiness, metrics with SPEC §7's names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {

@@ -177,29 +177,53 @@ fn run(rx: mpsc::Receiver<Job>, state: &Arc<State>, limits: BatchLimits) {
                 break;
             }
         }
-        execute(batch, candidates, state);
+        execute(batch, state);
         awake_until = Instant::now() + state.options.keep_awake;
     }
 }
 
-/// Answers the jobs whose deadline passed while queued, runs the rest as one engine batch.
-fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
+/// The code `hcn_requests_total` counts a request under when its client went away.
+fn gone(protocol: &str) -> &'static str {
+    if protocol == "grpc" {
+        "Cancelled"
+    } else {
+        "499"
+    }
+}
+
+/// The code `hcn_requests_total` counts a request under when its deadline passed.
+fn deadline_code(protocol: &str) -> &'static str {
+    if protocol == "grpc" {
+        "DeadlineExceeded"
+    } else {
+        "504"
+    }
+}
+
+/// Answers the jobs whose deadline passed while queued, drops those whose client went away, runs
+/// the rest as one engine batch.
+fn execute(batch: Vec<Job>, state: &Arc<State>) {
     let now = Instant::now();
     let mut live = Vec::with_capacity(batch.len());
     for job in batch {
         if job.options.deadline.is_some_and(|d| d <= now) {
-            let code = if job.protocol == "grpc" {
-                "DeadlineExceeded"
-            } else {
-                "504"
-            };
-            state.metrics.answered(job.protocol, code);
+            state
+                .metrics
+                .answered(job.protocol, deadline_code(job.protocol));
             let _ = job.reply.send(Answer {
                 result: Err(Error::DeadlineExceeded { stage: "queued" }),
                 queued: now - job.arrived,
                 inference: Duration::ZERO,
                 counted: true,
             });
+        } else if job
+            .options
+            .cancel
+            .as_ref()
+            .is_some_and(crate::CancelToken::is_cancelled)
+        {
+            // Nobody is waiting for the answer: counted here, never computed.
+            state.metrics.answered(job.protocol, gone(job.protocol));
         } else {
             live.push(job);
         }
@@ -207,6 +231,7 @@ fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
     if live.is_empty() {
         return;
     }
+    let candidates: usize = live.iter().map(|j| j.request.candidates.len()).sum();
     state.metrics.batch_requests.observe(live.len() as f64);
     state.metrics.batch_candidates.observe(candidates as f64);
     let engine = state.engine.snapshot();
@@ -216,11 +241,22 @@ fn execute(batch: Vec<Job>, candidates: usize, state: &Arc<State>) {
     let results = engine.run_batch_with(&calls);
     let inference = started.elapsed();
     for (job, result) in live.into_iter().zip(results) {
-        let _ = job.reply.send(Answer {
+        let sent = job.reply.send(Answer {
             result,
             queued: started - job.arrived,
             inference,
             counted: false,
         });
+        if sent.is_err() {
+            // The client went away while its request ran (the work stopped at the engine's
+            // next check): its handler is gone and will not count it. A client whose deadline
+            // passed is counted under that.
+            let code = if job.options.deadline.is_some_and(|d| d <= Instant::now()) {
+                deadline_code(job.protocol)
+            } else {
+                gone(job.protocol)
+            };
+            state.metrics.answered(job.protocol, code);
+        }
     }
 }

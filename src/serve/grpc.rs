@@ -11,7 +11,7 @@ use super::batcher::{Answer, Job, Queue, Rejected};
 use super::pb::prerank_server::{Prerank, PrerankServer};
 use super::pb::{InfoRequest, InfoResponse, ScoreRequest, ScoreResponse, ScoredItem};
 use super::{no_delay, stamp_headers, HeadersAt, State};
-use crate::{ErrorKind, Request, RunOptions, UserRequest};
+use crate::{CancelToken, ErrorKind, Request, RunOptions, UserRequest};
 
 /// `hcn.v1.Prerank`.
 pub struct Service {
@@ -90,7 +90,7 @@ impl Service {
         state: &Arc<State>,
         queue: &Queue,
         request: Request,
-        options: RunOptions,
+        mut options: RunOptions,
         protocol: &'static str,
     ) -> Result<Answer, (ErrorKind, String)> {
         if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
@@ -109,6 +109,10 @@ impl Service {
             .snapshot()
             .check_limits(&request)
             .map_err(|e| (e.kind(), e.to_string()))?;
+        // Dropped unanswered (the client went away), the handler cancels the request's work.
+        let token = CancelToken::new();
+        options.cancel = Some(token.clone());
+        let mut on_drop = CancelOnDrop(Some(token));
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             request,
@@ -129,12 +133,27 @@ impl Service {
                 return Err((ErrorKind::Unavailable, "shutting down".into()));
             }
         }
-        answer.await.map_err(|_| {
+        let answer = answer.await.map_err(|_| {
             (
                 ErrorKind::Internal,
                 "the batch this request was in failed".into(),
             )
-        })
+        });
+        on_drop.0 = None;
+        answer
+    }
+}
+
+/// Cancels a request's work when its handler is dropped before the answer came: the client went
+/// away (an HTTP/2 reset, e.g. its own deadline; a closed connection). A queued request is then
+/// never computed, and one being computed stops at the engine's next check.
+struct CancelOnDrop(Option<CancelToken>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take() {
+            token.cancel();
+        }
     }
 }
 
