@@ -117,6 +117,12 @@ fn grpc_request(r: &Request, top_k: u32) -> ScoreRequest {
 }
 
 fn http_post(url: &str, body: &str) -> (u16, String) {
+    let (status, text, _) = http_post_headers(url, body);
+    (status, text)
+}
+
+/// [`http_post`], with the answer's headers.
+fn http_post_headers(url: &str, body: &str) -> (u16, String, ureq::http::HeaderMap) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -127,7 +133,12 @@ fn http_post(url: &str, body: &str) -> (u16, String) {
         .send(body)
         .unwrap();
     let status = resp.status().as_u16();
-    (status, resp.body_mut().read_to_string().unwrap_or_default())
+    let headers = resp.headers().clone();
+    (
+        status,
+        resp.body_mut().read_to_string().unwrap_or_default(),
+        headers,
+    )
 }
 
 /// Announces a body of `len` bytes (`Content-Length`) and sends only its first bytes, then
@@ -240,9 +251,18 @@ async fn answers_equal_the_engine_bit_for_bit_on_both_protocols() {
         // HTTP: the §4 response line, as `hcn score --top-k 5` writes it.
         let mut body: serde_json::Value = serde_json::from_str(&line).unwrap();
         body["top_k"] = 5.into();
-        let (status, text) = http_post(&format!("{}/v1/score", server.http), &body.to_string());
+        let (status, text, headers) =
+            http_post_headers(&format!("{}/v1/score", server.http), &body.to_string());
         assert_eq!(status, 200, "{text}");
         assert_eq!(text, hcn_prerank::json::response_json(&want, false, true));
+        for key in [
+            "x-receive-time-us",
+            "x-queue-time-us",
+            "x-inference-time-us",
+        ] {
+            let v = headers.get(key).map(|v| v.to_str().unwrap().parse::<u64>());
+            assert!(matches!(v, Some(Ok(_))), "{key}: {v:?}");
+        }
     }
     let info = client.info(InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.model_version, engine.version());

@@ -113,6 +113,10 @@ async fn score(
     )
         .into_response();
     for (key, d) in [
+        (
+            "x-receive-time-us",
+            arrived.saturating_duration_since(start),
+        ),
         ("x-queue-time-us", answer.queued),
         ("x-inference-time-us", answer.inference),
     ] {
