@@ -181,6 +181,23 @@ fn http_get(url: &str) -> (u16, String) {
     (status, resp.body_mut().read_to_string().unwrap_or_default())
 }
 
+/// `hcn_requests_total` counted one gRPC request under `grpc_code` and one HTTP request under
+/// `http_code`.
+fn assert_counted_once(metrics: &str, grpc_code: &str, http_code: &str) {
+    for (protocol, code) in [("grpc", grpc_code), ("http", http_code)] {
+        let line = format!("hcn_requests_total{{protocol=\"{protocol}\",code=\"{code}\"}} 1");
+        assert!(metrics.contains(&line), "no {line:?} in {metrics}");
+    }
+}
+
+/// The head of a `POST /v1/score` of `len` bytes, for a client that sends it by hand (`extra`:
+/// more header lines, each ending in CRLF).
+fn score_head(addr: &str, len: usize, extra: &str) -> String {
+    format!(
+        "POST /v1/score HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {len}\r\n\r\n"
+    )
+}
+
 /// Waits until the server has started executing a batch.
 async fn wait_for_a_batch(server: &Server) {
     let url = format!("{}/metrics", server.http);
@@ -389,14 +406,7 @@ async fn a_deadline_past_in_the_queue_is_not_computed() {
     .unwrap();
     assert_eq!(status, 504, "{text}");
     let (_, metrics) = http_get(&format!("{}/metrics", server.http));
-    assert!(
-        metrics.contains("protocol=\"grpc\",code=\"DeadlineExceeded\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("protocol=\"http\",code=\"504\"} 1"),
-        "{metrics}"
-    );
+    assert_counted_once(&metrics, "DeadlineExceeded", "504");
     // Neither was computed: no batch ran, no candidate was scored.
     assert!(metrics.contains("hcn_batch_requests_count 0"), "{metrics}");
     assert!(metrics.contains("hcn_candidates_total 0"), "{metrics}");
@@ -460,10 +470,8 @@ async fn a_deadline_counts_from_the_headers_not_the_body() {
         let body = lines()[0].clone();
         move || {
             let mut s = std::net::TcpStream::connect(&addr).unwrap();
-            let head = format!(
-                "POST /v1/score HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nx-timeout-ms: {timeout_ms}\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
+            let extra = format!("Connection: close\r\nx-timeout-ms: {timeout_ms}\r\n");
+            let head = score_head(&addr, body.len(), &extra);
             s.write_all(head.as_bytes()).unwrap();
             std::thread::sleep(slow);
             s.write_all(body.as_bytes()).unwrap();
@@ -481,14 +489,7 @@ async fn a_deadline_counts_from_the_headers_not_the_body() {
 
     // Only the two in time were computed.
     let (_, metrics) = http_get(&format!("{}/metrics", server.http));
-    assert!(
-        metrics.contains("protocol=\"grpc\",code=\"DeadlineExceeded\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("protocol=\"http\",code=\"504\"} 1"),
-        "{metrics}"
-    );
+    assert_counted_once(&metrics, "DeadlineExceeded", "504");
     assert!(metrics.contains("hcn_batch_requests_count 2"), "{metrics}");
 }
 
@@ -515,10 +516,7 @@ async fn a_request_whose_client_went_away_is_not_computed() {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        let head = format!(
-            "POST /v1/score HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = score_head(&addr, body.len(), "");
         s.write_all(head.as_bytes()).unwrap();
         s.write_all(body.as_bytes()).unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -540,6 +538,7 @@ async fn a_request_whose_client_went_away_is_not_computed() {
         assert!(started.elapsed() < Duration::from_secs(20), "{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    assert_counted_once(&metrics, "Cancelled", "499");
     assert!(metrics.contains("hcn_batch_requests_count 0"), "{metrics}");
     assert!(metrics.contains("hcn_candidates_total 0"), "{metrics}");
 
