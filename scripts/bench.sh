@@ -20,12 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-which_profiles=${1:-all}
-case "$which_profiles" in
-  public | industrial) profiles=("$which_profiles") ;;
-  all) profiles=(public industrial) ;;
-  *) echo "usage: $0 [public|industrial|all]" >&2; exit 2 ;;
-esac
+source scripts/bench-common.sh
+parse_profiles "${1:-all}"
 PYTHON=${PYTHON:-.venv/bin/python}
 THREADS=${THREADS:-2}
 REQUESTS=${REQUESTS:-200}
@@ -50,14 +46,8 @@ fi
 # The peers must draw the engine's requests (same splitmix64 stream): checked before any timing.
 "$PYTHON" reference/bench_peers.py --self-test >&2
 
-echo "# building the engine (cargo build --release)" >&2
-cargo build --release >&2
-HCN=${CARGO_TARGET_DIR:-target}/release/hcn
-
-# The machine, for the record.
-cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
-echo "# machine: ${cpu:-unknown cpu}; nproc $(nproc); $(uname -sr); load average now:$(uptime | sed 's/.*load average://')"
-echo "# engine: $(git describe --always --dirty 2>/dev/null || echo '?'), $(rustc --version 2>/dev/null || echo 'rustc ?')"
+build_engine
+print_machine
 echo "# peers: $("$PYTHON" -c 'import torch, onnxruntime, platform; print(f"python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")')"
 # Spinning thread pools (OpenMP under PyTorch, ORT's, rayon) degrade badly, and unevenly, when the
 # cores are shared: a loaded machine gives figures that compare nothing.
@@ -65,24 +55,11 @@ load1=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
   echo "# WARNING: 1-minute load average $load1 > 0.5: the machine is busy, figures are not comparable" | tee /dev/stderr
 fi
-echo "# threads $THREADS, top-k $TOP_K, seed 0, stores $ROWS rows"
-
-# Prefixes every JSON line of stdin with "profile" (and any extra "key": value pairs given).
-tag() {
-  local extra=$1
-  sed -u "s/^{/{\"profile\": \"$profile\", $extra/"
-}
 
 for profile in "${profiles[@]}"; do
-  case "$profile" in
-    public) per_request=10000 ;;
-    industrial) per_request=50000 ;;
-  esac
+  per_request=$(per_request_of "$profile")
   dir=$MODELS/$profile
-  if [[ ! -f $dir/model.safetensors || ! -f $dir/tokens.safetensors || ! -f $dir/candidates.safetensors ]]; then
-    echo "# generating $dir (F16 stores, $ROWS rows)" >&2
-    "$PYTHON" reference/make_bench_model.py --profile "$profile" --rows "$ROWS" --dtype f16 --out "$dir" --seed 0 >&2
-  fi
+  ensure_model "$profile"
   if [[ $F32 == 1 && ! -f $dir/candidates-f32.safetensors ]]; then
     echo "# generating $dir/candidates-f32.safetensors" >&2
     "$PYTHON" reference/make_bench_model.py --profile "$profile" --rows "$ROWS" --dtype f32 --out "$dir" --seed 0 \

@@ -16,12 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-which_profiles=${1:-all}
-case "$which_profiles" in
-  public | industrial) profiles=("$which_profiles") ;;
-  all) profiles=(public industrial) ;;
-  *) echo "usage: $0 [public|industrial|all]" >&2; exit 2 ;;
-esac
+source scripts/bench-common.sh
+parse_profiles "${1:-all}"
 PYTHON=${PYTHON:-.venv/bin/python}
 THREADS=${THREADS:-2}
 ROWS=${ROWS:-1000000}
@@ -37,11 +33,9 @@ if ! "$PYTHON" -c 'import numpy, safetensors, grpc, grpc_tools' 2>/dev/null; the
   echo "$0: '$PYTHON' cannot import numpy/safetensors/grpc/grpc_tools; see the header of this script" >&2
   exit 1
 fi
-echo "# building the engine (cargo build --release)" >&2
-cargo build --release >&2
-HCN=${CARGO_TARGET_DIR:-target}/release/hcn
-echo "# machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), family $(lscpu | sed -n 's/^CPU family: *//p'), model $(lscpu | sed -n 's/^Model: *//p'); nproc $(nproc)"
-echo "# engine: $(git describe --always --dirty 2>/dev/null || echo '?'); threads $THREADS, top-k $TOP_K, rounds $ROUNDS"
+build_engine
+print_machine
+echo "# rounds $ROUNDS"
 
 server_pid=
 stop_server() {
@@ -53,25 +47,19 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# Prefixes every JSON line of stdin with "profile" and the given extra pairs.
-tag() {
-  sed -u "s/^{/{\"profile\": \"$profile\", $1/"
-}
 # The value of key $2 in JSON line $1.
 field() {
   python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
 
 for profile in "${profiles[@]}"; do
+  per_request=$(per_request_of "$profile")
   case "$profile" in
-    public) per_request=10000 count=400 ;;
-    industrial) per_request=50000 count=150 ;;
+    public) count=400 ;;
+    industrial) count=150 ;;
   esac
   dir=$MODELS/$profile
-  if [[ ! -f $dir/model.safetensors || ! -f $dir/tokens.safetensors || ! -f $dir/candidates.safetensors ]]; then
-    echo "# generating $dir (F16 stores, $ROWS rows)" >&2
-    "$PYTHON" reference/make_bench_model.py --profile "$profile" --rows "$ROWS" --dtype f16 --out "$dir" --seed 0 >&2
-  fi
+  ensure_model "$profile"
   files=(--model "$dir/model.safetensors" --tokens "$dir/tokens.safetensors" --candidates "$dir/candidates.safetensors")
   common=(--candidates-per-request "$per_request" --threads "$THREADS" --top-k "$TOP_K" --seed 0 --device cpu)
   requests=$dir/requests-$per_request.jsonl
