@@ -548,6 +548,38 @@ async fn a_request_whose_client_went_away_is_not_computed() {
     assert_eq!(resp.into_inner().top_k.len(), 3);
 }
 
+/// On the CPU a batch runs request by request and each request is answered when it is done: a
+/// small request batched with a large one does not wait for it (both in one batch, read from the
+/// metrics; each one's inference time from its trailers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_request_batched_with_a_large_one_does_not_wait_for_it() {
+    let server = Server::start(&["--max-queue-delay-us", "300000"]);
+    let cfg = engine().model().config.clone();
+    let small = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
+    let mut large = small.clone();
+    large.candidates = small.candidates.repeat(500);
+    let inference_us = |r: &tonic::Response<_>| -> u64 {
+        r.metadata()
+            .get("x-inference-time-us")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("x-inference-time-us in the trailers")
+    };
+    let (mut c1, mut c2) = (server.client().await, server.client().await);
+    let (s, l) = (grpc_request(&small, 3), grpc_request(&large, 3));
+    let small_call = tokio::spawn(async move { c1.score(s).await });
+    // The small one first; the large one joins its batch (the queue waits 300 ms for more).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let large_call = tokio::spawn(async move { c2.score(l).await });
+    let small_resp = small_call.await.unwrap().unwrap();
+    let large_resp = large_call.await.unwrap().unwrap();
+    let (_, metrics) = http_get(&format!("{}/metrics", server.http));
+    assert!(metrics.contains("hcn_batch_requests_count 1"), "{metrics}");
+    assert!(metrics.contains("hcn_batch_requests_sum 2"), "{metrics}");
+    let (a, b) = (inference_us(&small_resp), inference_us(&large_resp));
+    assert!(4 * a < b, "small {a} µs, large {b} µs");
+}
+
 /// Health, readiness, metrics with SPEC §7's names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {
