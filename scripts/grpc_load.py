@@ -71,6 +71,7 @@ def main():
     opts = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
     lat, errors, lock = [], [], threading.Lock()
     receive_us, queue_us, inference_us = [], [], []
+    late = []  # open loop: how far behind its schedule the client sent each request
 
     def score_call(ch):
         # Bytes in, bytes out: no protobuf work per call on the client.
@@ -152,6 +153,7 @@ def main():
                 time.sleep(min(t_next - now, 0.01))
                 continue
             t0 = start + t_next  # the scheduled arrival, even if this thread is late
+            late.append(time.perf_counter() - t0)
             f = stub.future(reqs[n % len(reqs)], timeout=30)
             f.add_done_callback(cb_factory(t0))
             pending.append(f)
@@ -171,7 +173,12 @@ def main():
                       "qps": round(done / wall, 1),
                       "server_receive_us_median": pct(receive_us, 50),
                       "server_queue_us_median": pct(queue_us, 50),
-                      "server_inference_us_median": pct(inference_us, 50)}))
+                      "server_inference_us_median": pct(inference_us, 50),
+                      # Where a tail comes from: the server's own times, and (open loop) the
+                      # client's lateness against its schedule, which the latencies include.
+                      "server_queue_us_p99": pct(queue_us, 99),
+                      "server_inference_us_p99": pct(inference_us, 99),
+                      "client_late_ms_p99": ms(pct(late, 99)) if late else None}))
 
 
 if __name__ == "__main__":
