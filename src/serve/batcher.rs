@@ -205,7 +205,7 @@ fn deadline_code(protocol: &str) -> &'static str {
 }
 
 /// Answers the jobs whose deadline passed while queued, drops those whose client went away, runs
-/// the rest as one engine batch.
+/// the rest: as one engine batch where batches pay off (a GPU), else one by one ([`run_each`]).
 fn execute(batch: Vec<Job>, state: &Arc<State>) {
     let now = Instant::now();
     let mut live = Vec::with_capacity(batch.len());
