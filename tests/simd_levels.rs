@@ -29,17 +29,21 @@ fn kernels() -> Vec<Kernels> {
         .collect()
 }
 
-/// Every scoring kernel (level × layout) this CPU can run for `n` interests: each level's
-/// rule choice and its other layout where usable (the rule's prefetch: the other one gives the
-/// same bits, `prefetch_hint_never_changes_a_score`).
+/// Every scoring kernel (level × layout × VNNI) this CPU can run for `n` interests: each
+/// level's rule choice and its other layout where usable, each with and without VNNI where
+/// usable (the rule's prefetch: the other one gives the same bits,
+/// `prefetch_hint_never_changes_a_score`).
 fn score_kernels(n: usize) -> Vec<ScoreKernel> {
     let all: Vec<ScoreKernel> = kernels()
         .into_iter()
         .flat_map(|k| {
-            [false, true].map(|rows_in_lanes| ScoreKernel {
-                rows_in_lanes,
-                ..ScoreKernel::by_rule(k.level(), n)
-            })
+            [(false, false), (false, true), (true, false), (true, true)].map(
+                |(rows_in_lanes, vnni)| ScoreKernel {
+                    rows_in_lanes,
+                    vnni,
+                    ..ScoreKernel::by_rule(k.level(), n)
+                },
+            )
         })
         .filter(|k| k.unusable(n).is_none())
         .collect();
@@ -226,9 +230,16 @@ fn scores_match_f64_on_many_rows() {
 #[test]
 fn score_query_is_reusable_and_matches_one_shot() {
     let mut rng = Rng::new(3);
-    for (d, n) in [(48, 8), (128, 16), (33, 17), (9, 3)] {
+    for (d, n, dtype) in [
+        (48, 8, DType::F16),
+        (128, 16, DType::F16),
+        (33, 17, DType::F16),
+        (9, 3, DType::F16),
+        (128, 16, DType::I8),
+        (48, 8, DType::I8),
+    ] {
         let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
-        let store = Store::new(&mut rng, 50, d, DType::F16, 1.0, 1, 0);
+        let store = Store::new(&mut rng, 50, d, dtype, 1.0, 1, 0);
         let rows: Vec<u32> = (0..200).map(|_| rng.below(50) as u32).collect();
         for k in kernels() {
             let q = k.score_query(&xu, n, d, ScoreMode::Softmax).unwrap();
@@ -277,8 +288,12 @@ fn score_rejects_bad_inputs_without_panicking() {
     let mut rng = Rng::new(4);
     let (d, n) = (16, 4);
     let xu = vec![0.5f32; n * d];
-    let store = Store::new(&mut rng, 10, d, DType::F32, 1.0, 0, 0);
-    for k in kernels() {
+    // I8 too: on AVX-512 with VNNI its rows take another kernel (`ScoreKernel::vnni`).
+    for (k, dtype) in kernels()
+        .into_iter()
+        .flat_map(|k| [(k, DType::F32), (k, DType::I8)])
+    {
+        let store = Store::new(&mut rng, 10, d, dtype, 1.0, 0, 0);
         let mut out = vec![0.0; 9];
         // Row 10 of 10 is out of range, in the tail and in a full block.
         let mut rows: Vec<u32> = vec![1; 9];
@@ -746,6 +761,23 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
     let k = ScoreKernel::from_name("avx2/lanes/l1").unwrap();
     assert_eq!((k.rows_in_lanes, k.prefetch), (true, Prefetch::L1));
     assert_eq!(ScoreKernel::by_rule(Level::Avx2, 8).prefetch, Prefetch::L2);
+    // `/vnni` last, only where it can run (AVX-512 with VNNI, n ≤ 16).
+    let k = ScoreKernel::from_name("avx512/interleaved/vnni").unwrap();
+    assert_eq!(
+        (k.level, k.prefetch, k.vnni),
+        (Level::Avx512, Prefetch::L2, true)
+    );
+    assert_eq!(k.name(), "avx512/interleaved/l2/vnni");
+    assert_eq!(ScoreKernel::from_name("avx512/vnni/l2"), None);
+    assert!(k.unusable(17).is_some());
+    assert!(ScoreKernel {
+        vnni: true,
+        ..ScoreKernel::by_rule(Level::Avx2, 8)
+    }
+    .unusable(8)
+    .unwrap()
+    .contains("VNNI"));
+    assert!(!ScoreKernel::by_rule(Level::Avx2, 8).vnni);
     #[cfg(not(target_arch = "aarch64"))]
     {
         let neon = ScoreKernel::from_name("neon/interleaved").unwrap();

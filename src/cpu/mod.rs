@@ -37,6 +37,8 @@ mod neon;
 mod scalar;
 mod simd;
 mod topk;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::sync::OnceLock;
 
@@ -292,22 +294,28 @@ impl Prefetch {
 /// Every kernel is within SPEC §5 of the reference and deterministic; different layouts may
 /// differ in the last bits (the prefetch never changes them). Named `level/layout/prefetch`
 /// (`avx512/lanes/l2`, `avx2/interleaved/l1`) for options and reports; a name without the
-/// prefetch part means the rule's (`l2`).
+/// prefetch part means the rule's (`l2`). A `/vnni` suffix (`avx512/interleaved/l2/vnni`) scores
+/// I8 rows in integers with AVX-512 VNNI where `n ≤ 16` and `D % 4 = 0` (`vnni.rs`; other
+/// stores and shapes score as without it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScoreKernel {
     pub level: Level,
     pub rows_in_lanes: bool,
     pub prefetch: Prefetch,
+    /// I8 rows' dot products in integers (AVX-512 VNNI, `n ≤ 16`).
+    pub vnni: bool,
 }
 
 impl ScoreKernel {
     /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes on
-    /// AVX-512 with `n ≤ 12` and on AVX2 with `n ≤ 16`; rows prefetched into L2.
+    /// AVX-512 with `n ≤ 12` and on AVX2 with `n ≤ 16`; rows prefetched into L2; VNNI for I8
+    /// rows wherever it can run.
     pub fn by_rule(level: Level, n: usize) -> ScoreKernel {
         ScoreKernel {
             level,
             rows_in_lanes: level.score_rows_in_lanes(n),
             prefetch: Prefetch::default(),
+            vnni: vnni_usable(level, n),
         }
     }
 
@@ -317,11 +325,20 @@ impl ScoreKernel {
         } else {
             "interleaved"
         };
-        format!("{}/{layout}/{}", self.level.name(), self.prefetch.name())
+        let vnni = if self.vnni { "/vnni" } else { "" };
+        format!(
+            "{}/{layout}/{}{vnni}",
+            self.level.name(),
+            self.prefetch.name()
+        )
     }
 
     /// Parses [`ScoreKernel::name`]; `level/layout` alone takes the default prefetch.
     pub fn from_name(s: &str) -> Option<ScoreKernel> {
+        let (s, vnni) = match s.strip_suffix("/vnni") {
+            Some(s) => (s, true),
+            None => (s, false),
+        };
         let mut parts = s.split('/');
         let (level, layout) = (parts.next()?, parts.next()?);
         let prefetch = match parts.next() {
@@ -340,6 +357,7 @@ impl ScoreKernel {
             level: Level::from_name(level)?,
             rows_in_lanes,
             prefetch,
+            vnni,
         })
     }
 
@@ -357,6 +375,11 @@ impl ScoreKernel {
             return Some(format!(
                 "rows in lanes need an 8- or 16-lane level and at most {} interests (the model has {n})",
                 simd::LANES_MAX_N
+            ));
+        }
+        if self.vnni && !vnni_usable(self.level, n) {
+            return Some(format!(
+                "VNNI scoring needs the avx512 level, a CPU with AVX-512 VNNI and at most 16 interests (the model has {n})"
             ));
         }
         None
@@ -384,10 +407,13 @@ impl ScoreKernel {
                     &[Prefetch::L2, Prefetch::L1]
                 };
                 [false, true].into_iter().flat_map(move |rows_in_lanes| {
-                    prefetches.iter().map(move |&prefetch| ScoreKernel {
-                        level,
-                        rows_in_lanes,
-                        prefetch,
+                    prefetches.iter().flat_map(move |&prefetch| {
+                        [false, true].map(|vnni| ScoreKernel {
+                            level,
+                            rows_in_lanes,
+                            prefetch,
+                            vnni,
+                        })
                     })
                 })
             })
@@ -409,7 +435,20 @@ impl ScoreKernel {
     /// [`Kernels::score_query`] with this kernel.
     pub fn query(self, xu: &[f32], n: usize, d: usize, mode: ScoreMode) -> Result<ScoreQuery> {
         self.check(n)?;
-        Kernels { level: self.level }.query(xu, n, d, mode, self.rows_in_lanes, self.prefetch)
+        Kernels { level: self.level }.query(xu, n, d, mode, self)
+    }
+}
+
+/// Whether [`ScoreKernel::vnni`] can run for `n` interests on `level` here.
+fn vnni_usable(level: Level, n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level == Level::Avx512 && n <= 16 && vnni::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, n);
+        false
     }
 }
 
@@ -996,8 +1035,7 @@ impl Kernels {
         d: usize,
         mode: ScoreMode,
     ) -> Result<ScoreQuery> {
-        let k = ScoreKernel::by_rule(self.level, n);
-        self.query(xu, n, d, mode, k.rows_in_lanes, k.prefetch)
+        self.query(xu, n, d, mode, ScoreKernel::by_rule(self.level, n))
     }
 
     fn query(
@@ -1006,9 +1044,9 @@ impl Kernels {
         n: usize,
         d: usize,
         mode: ScoreMode,
-        by_lanes: bool,
-        prefetch: Prefetch,
+        k: ScoreKernel,
     ) -> Result<ScoreQuery> {
+        let (by_lanes, prefetch) = (k.rows_in_lanes, k.prefetch);
         if n == 0 || d == 0 {
             return Err(Error::Incompatible(format!(
                 "score: need at least one interest and one dimension, got n = {n}, D = {d}"
@@ -1023,8 +1061,17 @@ impl Kernels {
             self.level.score_width()
         };
         let (ut, pad) = simd::layout_interests(xu, n, d, width);
+        // I8 rows on AVX-512 with VNNI: scored in integers (see `vnni`).
+        #[cfg(target_arch = "x86_64")]
+        let vnni = if k.vnni && vnni_usable(self.level, n) {
+            vnni::VnniLayout::new(xu, n, d)
+        } else {
+            None
+        };
         Ok(ScoreQuery {
             kernels: *self,
+            #[cfg(target_arch = "x86_64")]
+            vnni,
             width,
             by_lanes,
             prefetch,
@@ -1058,6 +1105,10 @@ impl Kernels {
 #[derive(Debug, Clone)]
 pub struct ScoreQuery {
     kernels: Kernels,
+    /// The interests as `vnni::score_i8` takes them, where it can run (AVX-512 level, VNNI,
+    /// `n ≤ 16`, `D % 4 = 0`); used for I8 stores.
+    #[cfg(target_arch = "x86_64")]
+    vnni: Option<vnni::VnniLayout>,
     width: usize,
     /// Rows in lanes ([`Level::score_rows_in_lanes`]); `width` is then `n`.
     by_lanes: bool,
@@ -1136,6 +1187,13 @@ impl ScoreQuery {
             prefetch_l2: self.prefetch == Prefetch::L2,
         };
         let raw = src.raw();
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(v), DType::I8) = (&self.vnni, raw.dtype) {
+            // SAFETY: `vnni` is only built where `vnni::supported()`, for these `n` and `d`;
+            // `raw` is an I8 source (with scales) of whole rows of `d` columns (checked above).
+            let res = unsafe { vnni::score_i8(v, &q, raw, rows, out) };
+            return res.map_err(|pos| out_of_range(src, rows, pos));
+        }
         let res = self.kernels.run(ScoreOp {
             q: &q,
             raw,
@@ -1145,14 +1203,17 @@ impl ScoreQuery {
             sbuf: &mut sbuf,
             by_lanes: self.by_lanes,
         });
-        res.map_err(|pos| {
-            Error::Incompatible(format!(
-                "score: row index {} (position {pos}) is outside the store's {} rows",
-                rows[pos],
-                src.rows()
-            ))
-        })
+        res.map_err(|pos| out_of_range(src, rows, pos))
     }
+}
+
+/// The error for `rows[pos]`, a row index outside `src`.
+fn out_of_range(src: RowSource<'_>, rows: &[u32], pos: usize) -> Error {
+    Error::Incompatible(format!(
+        "score: row index {} (position {pos}) is outside the store's {} rows",
+        rows[pos],
+        src.rows()
+    ))
 }
 
 /// `dst (cols × rows, row stride ldd) ← srcᵀ` for `src` `rows × cols` at row stride `lds`.

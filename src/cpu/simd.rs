@@ -499,7 +499,7 @@ unsafe fn pipeline<S: Simd, const B: usize, const DT: u8>(
 }
 
 #[inline(always)]
-unsafe fn prefetch_rows<S: Simd>(
+pub(crate) unsafe fn prefetch_rows<S: Simd>(
     s: S,
     src: RawRows,
     rows: &[u32],
@@ -989,7 +989,7 @@ unsafe fn accumulate<S: Simd, const R: usize, const DT: u8>(
 /// block's score vectors transposed). The mode is then plain lane-wise arithmetic over `n`
 /// vectors — no horizontal reductions, no padding lanes — and the `W` outputs store at once.
 #[inline(always)]
-unsafe fn finish_columns<S: Simd>(
+pub(crate) unsafe fn finish_columns<S: Simd>(
     s: S,
     q: &ScoreLayout<'_>,
     col: impl Fn(usize) -> S::V,

@@ -1,0 +1,246 @@
+//! I8 rows scored in integers with AVX-512 VNNI (`vpdpbusd`: 64 byte products per instruction
+//! against an F32 FMA's 16), for `n ≤ 16` interests and `D` a multiple of 4.
+//!
+//! Each interest `u_j` is quantized once per request to 24-bit integers `U_jd = round(u_jd / a_j)`
+//! (`a_j = max_d |u_jd| / 8,355,711`), split into three signed bytes (`U = S0·2¹⁶ + S1·2⁸ + S2`,
+//! digits in `[-128, 127]`). A row's `q` (its stored bytes) enters as the unsigned `q + 128` (a
+//! sign-bit flip), so `Σ_d (q_d + 128)·S_k,jd` is one exact `i32` sum per plane `k`, from which
+//! the per-request constant `128·Σ_d S_k,jd` is subtracted. The three sums give
+//! `Σ_d q_d U_jd` (two exact integers combined in one F32 FMA), times `a_j` and the row's scale.
+//! Error: `U`'s rounding is at most `a_j / 2 = max|u_j| · 6e-8` per element, so
+//! `|s_j − s_j(f64)| ≤ 6e-8 · Σ_d |x_d| · max_d |u_jd|` plus three F32 roundings — the order of the
+//! F32 kernel's own accumulation error, and inside SPEC §5 wherever that kernel is.
+//! (Two planes, 16 bits, would be ~256× that: not within SPEC §5 in the worst case.)
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::avx512::Avx512;
+use super::simd::{finish_columns, prefetch_rows, RawRows, ScoreLayout, Simd};
+
+/// The largest `|U|`: three balanced base-256 digits reach `127·(2¹⁶ + 2⁸ + 1)`.
+const UMAX: f64 = 127.0 * 65793.0;
+/// Rows per block (one transposed finish); scored as two halves of [`HALF`].
+const ROWS: usize = 16;
+/// Rows whose three accumulators live in registers at once (24 of the 32).
+const HALF: usize = 8;
+
+/// The interests as three byte planes, laid out for [`score_i8`]: for each group `g` of four
+/// elements and plane `k`, 64 bytes at `(3g + k)·64`, lane `j`'s four bytes being
+/// `S_k,j,4g .. 4g+4` (zero for `j ≥ n`).
+#[derive(Debug, Clone)]
+pub(crate) struct VnniLayout {
+    planes: Vec<u8>,
+    /// `a_j` per lane (0 past `n`).
+    a: [f32; 16],
+    /// `128 · Σ_d S_k,jd` per plane and lane.
+    c: [[i32; 16]; 3],
+}
+
+impl VnniLayout {
+    /// `xu` is `n × d` row-major; `None` when the shape does not fit (`n > 16`, `d % 4 != 0`)
+    /// or a value is not finite.
+    pub(crate) fn new(xu: &[f32], n: usize, d: usize) -> Option<VnniLayout> {
+        if n == 0 || n > 16 || d == 0 || !d.is_multiple_of(4) || xu.len() != n * d {
+            return None;
+        }
+        let mut l = VnniLayout {
+            planes: vec![0u8; 3 * 16 * d],
+            a: [0.0; 16],
+            c: [[0; 16]; 3],
+        };
+        for j in 0..n {
+            let u = &xu[j * d..(j + 1) * d];
+            if u.iter().any(|v| !v.is_finite()) {
+                return None;
+            }
+            let m = u.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+            if m == 0.0 {
+                continue;
+            }
+            let a = m / UMAX;
+            l.a[j] = a as f32;
+            // `a_j` as used (F32), so that `a_j · U` is the interest the kernel scores.
+            let a = l.a[j] as f64;
+            for (e, &v) in u.iter().enumerate() {
+                let big = ((v as f64) / a).round().clamp(-UMAX, UMAX) as i64;
+                let s2 = (big + 128).rem_euclid(256) - 128;
+                let b1 = (big - s2) / 256;
+                let s1 = (b1 + 128).rem_euclid(256) - 128;
+                let s0 = (b1 - s1) / 256;
+                debug_assert!((-128..=127).contains(&s0));
+                for (k, s) in [s0, s1, s2].into_iter().enumerate() {
+                    l.planes[(3 * (e / 4) + k) * 64 + 4 * j + e % 4] = s as i8 as u8;
+                    l.c[k][j] += 128 * s as i32;
+                }
+            }
+        }
+        Some(l)
+    }
+}
+
+/// Whether this CPU runs [`score_i8`].
+pub(crate) fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Scores the I8 `rows` of `src` into `out` (same length) as [`super::simd::score_rows`] does,
+/// with `q`'s mode and `n`. Returns the position of the first row index out of range, leaving
+/// that output and later ones unwritten.
+///
+/// # Safety
+/// [`supported`] is true; `src` is an I8 source with `scales` (whole rows of `src.row_stride ≥
+/// d` bytes); `l` was built for `q.n` interests of `q.d` elements.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn score_i8(
+    l: &VnniLayout,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+) -> Result<(), usize> {
+    debug_assert_eq!(rows.len(), out.len());
+    let bad = rows.iter().position(|&r| r as usize >= src.rows);
+    let m = bad.unwrap_or(rows.len());
+    if m > 0 {
+        // SAFETY: as the caller promises; every index below `m` is in range.
+        unsafe { score_in_range(l, q, src, &rows[..m], &mut out[..m]) };
+    }
+    match bad {
+        Some(p) => Err(p),
+        None => Ok(()),
+    }
+}
+
+// Indexing keeps the per-row arrays (pointers, scales, accumulators) in step.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn score_in_range(
+    l: &VnniLayout,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+) {
+    let s = Avx512;
+    let m = rows.len();
+    let groups = q.d / 4;
+    let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+    let pl = l.planes.as_ptr();
+    let a = _mm512_loadu_ps(l.a.as_ptr());
+    let c = l.c.map(|c| _mm512_loadu_si512(c.as_ptr().cast()));
+    let two16 = _mm512_set1_ps(65536.0);
+    let mut y = [0.0f32; ROWS];
+    // Two blocks ahead, as the F32 kernels (`simd::pipeline`).
+    prefetch_rows(s, src, rows, 0, 2 * ROWS, q.prefetch_l2);
+    for i in (0..m).step_by(ROWS) {
+        let end = (i + ROWS).min(m);
+        prefetch_rows(s, src, rows, i + 2 * ROWS, ROWS, q.prefetch_l2);
+        // A short last block repeats its first row (results dropped): the same operations
+        // for every row wherever the block ends.
+        let mut ptr = [src.base; ROWS];
+        let mut sc = [0.0f32; ROWS];
+        for r in 0..ROWS {
+            let row = rows[if i + r < end { i + r } else { i }] as usize;
+            ptr[r] = src.base.add(row * src.row_stride);
+            sc[r] = f32::from_le_bytes(src.scales.add(4 * row).cast::<[u8; 4]>().read_unaligned());
+        }
+        let mut sv = [_mm512_setzero_ps(); ROWS];
+        for h in 0..ROWS / HALF {
+            let p: [*const u8; HALF] = std::array::from_fn(|r| ptr[h * HALF + r]);
+            let mut acc = [[_mm512_setzero_si512(); 3]; HALF];
+            for g in 0..groups {
+                let u = pl.add(g * 192);
+                let u0 = _mm512_loadu_si512(u.cast());
+                let u1 = _mm512_loadu_si512(u.add(64).cast());
+                let u2 = _mm512_loadu_si512(u.add(128).cast());
+                for r in 0..HALF {
+                    let x = p[r].add(4 * g).cast::<i32>().read_unaligned();
+                    let x = _mm512_xor_si512(_mm512_set1_epi32(x), flip);
+                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], x, u0);
+                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], x, u1);
+                    acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], x, u2);
+                }
+            }
+            for r in 0..HALF {
+                let hi = _mm512_sub_epi32(acc[r][0], c[0]);
+                let lo = _mm512_add_epi32(
+                    _mm512_slli_epi32::<8>(_mm512_sub_epi32(acc[r][1], c[1])),
+                    _mm512_sub_epi32(acc[r][2], c[2]),
+                );
+                let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), two16, _mm512_cvtepi32_ps(lo));
+                sv[h * HALF + r] =
+                    _mm512_mul_ps(_mm512_mul_ps(v, a), _mm512_set1_ps(sc[h * HALF + r]));
+            }
+        }
+        let t = s.transpose(sv);
+        if end - i == ROWS {
+            finish_columns(s, q, |j| t[j], out.as_mut_ptr().add(i));
+        } else {
+            finish_columns(s, q, |j| t[j], y.as_mut_ptr());
+            out[i..end].copy_from_slice(&y[..end - i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `U` back from the layout's three planes for interest `j`, element `e`.
+    fn digits(l: &VnniLayout, j: usize, e: usize) -> i64 {
+        let s = |k: usize| l.planes[(3 * (e / 4) + k) * 64 + 4 * j + e % 4] as i8 as i64;
+        s(0) * 65536 + s(1) * 256 + s(2)
+    }
+
+    #[test]
+    fn planes_hold_each_interest_to_24_bits() {
+        let (n, d) = (3, 8);
+        // Extremes (±max, which must reach ±UMAX exactly), zero, tiny and mid values; an
+        // all-zero interest.
+        let mut xu = vec![0.0f32; n * d];
+        xu[..d].copy_from_slice(&[2.5, -2.5, 0.0, 1e-7, -1.25, 0.3, -0.7, 2.4999]);
+        xu[2 * d..].copy_from_slice(&[-1e-3, 3e-4, 7e-4, -5e-4, 1e-3, 0.0, 1e-9, -2e-4]);
+        let l = VnniLayout::new(&xu, n, d).unwrap();
+        assert_eq!(l.a[1], 0.0);
+        assert_eq!(l.a[3..], [0.0; 13]);
+        for j in 0..n {
+            let mut sums = [0i64; 3];
+            for e in 0..d {
+                let u = digits(&l, j, e);
+                assert!(u.abs() <= UMAX as i64, "{u}");
+                let back = l.a[j] as f64 * u as f64;
+                // Within half a step of the interest's value.
+                let err = (back - xu[j * d + e] as f64).abs();
+                assert!(
+                    err <= 0.5 * l.a[j] as f64 * (1.0 + 1e-6),
+                    "j={j} e={e}: {err}"
+                );
+                for (k, sum) in sums.iter_mut().enumerate() {
+                    *sum += l.planes[(3 * (e / 4) + k) * 64 + 4 * j + e % 4] as i8 as i64;
+                }
+            }
+            for (c, sum) in l.c.iter().zip(sums) {
+                assert_eq!(c[j] as i64, 128 * sum);
+            }
+        }
+        assert_eq!(digits(&l, 0, 0), UMAX as i64);
+        assert_eq!(digits(&l, 0, 1), -(UMAX as i64));
+    }
+
+    #[test]
+    fn shapes_it_cannot_score_get_no_layout() {
+        assert!(VnniLayout::new(&[1.0; 17 * 4], 17, 4).is_none());
+        assert!(VnniLayout::new(&[1.0; 6], 1, 6).is_none());
+        assert!(VnniLayout::new(&[1.0; 8], 2, 8).is_none());
+        assert!(VnniLayout::new(&[f32::NAN; 4], 1, 4).is_none());
+        assert!(VnniLayout::new(&[], 0, 4).is_none());
+        assert!(VnniLayout::new(&[1.0; 4], 1, 4).is_some());
+    }
+}
