@@ -44,6 +44,48 @@ pub fn fma_peak(level: Level, threads: usize, reps: usize) -> Option<FmaPeak> {
     if !level.is_supported() {
         return None;
     }
+    let flops = fma_flops_per_thread(level);
+    Some(FmaPeak {
+        level: level.name(),
+        threads,
+        gflops: timed_peak(threads, reps, flops, || fma_loop(level, FMA_ITERS)),
+    })
+}
+
+/// Byte operations of one [`vnni_peak`] run per thread: 64 products and their adds (2 each)
+/// per `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+pub fn vnni_ops_per_thread() -> u64 {
+    FMA_ITERS * CHAINS as u64 * 64 * 2
+}
+
+/// [`fma_peak`] for AVX-512 VNNI's `vpdpbusd` (the I8 scoring kernel's instruction), labelled
+/// `avx512_vnni`, its `gflops` counting byte products and adds (2 per product); `None` where
+/// the CPU lacks it.
+pub fn vnni_peak(threads: usize, reps: usize) -> Option<FmaPeak> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::vnni_supported() {
+        return Some(FmaPeak {
+            level: "avx512_vnni",
+            threads,
+            // SAFETY: the CPU has AVX-512F and VNNI (checked above).
+            gflops: timed_peak(threads, reps, vnni_ops_per_thread(), || unsafe {
+                x86::dpbusd_avx512(FMA_ITERS) as f32
+            }),
+        });
+    }
+    let _ = (threads, reps);
+    None
+}
+
+/// The best rate (billions of `ops_per_thread` per second) of `reps` runs of `work` on
+/// `threads` threads, each its own OS thread, started before the clock.
+fn timed_peak(
+    threads: usize,
+    reps: usize,
+    ops_per_thread: u64,
+    work: impl Fn() -> f32 + Sync,
+) -> f64 {
     let threads = threads.max(1);
     let mut best = 0.0f64;
     for _ in 0..reps.max(1) {
@@ -54,7 +96,7 @@ pub fn fma_peak(level: Level, threads: usize, reps: usize) -> Option<FmaPeak> {
                     s.spawn(|| {
                         start_line.wait();
                         let t = Instant::now();
-                        std::hint::black_box(fma_loop(level, FMA_ITERS));
+                        std::hint::black_box(work());
                         t.elapsed()
                     })
                 })
@@ -66,17 +108,13 @@ pub fn fma_peak(level: Level, threads: usize, reps: usize) -> Option<FmaPeak> {
                 .max()
                 .unwrap_or_default()
         });
-        let flops = (threads as u64 * fma_flops_per_thread(level)) as f64;
+        let ops = (threads as u64 * ops_per_thread) as f64;
         let seconds = elapsed.as_secs_f64();
         if seconds > 0.0 {
-            best = best.max(flops / seconds / 1e9);
+            best = best.max(ops / seconds / 1e9);
         }
     }
-    Some(FmaPeak {
-        level: level.name(),
-        threads,
-        gflops: best,
-    })
+    best
 }
 
 fn lanes(level: Level) -> usize {
@@ -146,6 +184,23 @@ mod x86 {
             sum = _mm512_add_ps(sum, a);
         }
         _mm512_reduce_add_ps(sum)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn dpbusd_avx512(iters: u64) -> i32 {
+        let a = _mm512_set1_epi32(std::hint::black_box(0x0101_0101));
+        let b = _mm512_set1_epi32(std::hint::black_box(0x0102_0304));
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for c in &mut acc {
+                *c = _mm512_dpbusd_epi32(*c, a, b);
+            }
+        }
+        let mut sum = _mm512_setzero_si512();
+        for c in acc {
+            sum = _mm512_add_epi32(sum, c);
+        }
+        _mm512_reduce_add_epi32(sum)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -363,6 +418,18 @@ mod tests {
             .into_iter()
             .filter(|l| !l.is_supported())
             .all(|l| fma_peak(l, 1, 1).is_none()));
+        // VNNI's peak exactly where the I8 kernel can run, labelled as its JSON says.
+        #[cfg(target_arch = "x86_64")]
+        let has = crate::cpu::vnni_supported();
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        match vnni_peak(2, 1) {
+            Some(p) => {
+                assert!(has && p.gflops > 0.0 && p.threads == 2, "{p:?}");
+                assert_eq!(p.level, "avx512_vnni");
+            }
+            None => assert!(!has),
+        }
     }
 
     /// The gather reads every row it draws: its sum equals a plain sum of the same rows.

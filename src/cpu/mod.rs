@@ -439,6 +439,12 @@ impl ScoreKernel {
     }
 }
 
+/// Whether this CPU has what the VNNI scoring kernel needs (AVX-512 F/VL/BW + VNNI).
+#[cfg(target_arch = "x86_64")]
+pub fn vnni_supported() -> bool {
+    vnni::supported()
+}
+
 /// Whether [`ScoreKernel::vnni`] can run for `n` interests on `level` here.
 fn vnni_usable(level: Level, n: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -463,8 +469,9 @@ pub struct Tuned {
 /// Times every [`ScoreKernel::candidates`] on the actual shape and store: `rounds` passes per
 /// kernel, each over `sample` fresh random rows of `src` (the same draws on every call, seeded),
 /// fixed random interests, kernels alternating within each round; keeps the kernel with the
-/// least best-of-rounds time. Bounded: `candidates × (rounds + 1)` passes over `sample` rows
-/// (industrial, 2,048 rows, 5 rounds, 6 kernels: ≈ 10 ms). The choice
+/// least best-of-rounds time. The `/vnni` candidates only for an I8 store (they score other
+/// dtypes exactly as without it). Bounded: `candidates × (rounds + 1)` passes over `sample` rows
+/// (industrial, 2,048 rows, 5 rounds: ≈ 1.7 ms per kernel; 4–8 kernels on AVX-512 hosts). The choice
 /// depends on timing, so two calls may disagree between near-equal kernels; pin one
 /// (`EngineOptions::score_kernel`) for reproducible runs.
 pub fn tune_score_kernel(
@@ -475,7 +482,8 @@ pub fn tune_score_kernel(
     rounds: usize,
 ) -> Result<Tuned> {
     let d = src.cols();
-    let candidates = ScoreKernel::candidates(n);
+    let mut candidates = ScoreKernel::candidates(n);
+    candidates.retain(|k| !k.vnni || src.dtype() == DType::I8);
     let total = src.rows();
     let m = sample.max(1);
     let mut rng = crate::rng::SplitMix64::new(0x7e57_5c0e);

@@ -10,8 +10,9 @@ use std::time::Instant;
 use clap::Args;
 use hcn_prerank::cpu::Level;
 use hcn_prerank::floors::{
-    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, user_side_flops, FmaPeak,
+    anon_huge_pages_kib, cpu_identity, fma_peak, gather_rate, user_side_flops, vnni_peak, FmaPeak,
 };
+use hcn_prerank::tensor::DType;
 use hcn_prerank::{CpuKernels, Engine, ItemStore, Request, StageTimes, UserRequest};
 use serde::Serialize;
 
@@ -215,6 +216,7 @@ fn floors_report(
     let fma: Vec<FmaPeak> = Level::ALL
         .into_iter()
         .flat_map(|l| counts.iter().filter_map(move |&t| fma_peak(l, t, 5)))
+        .chain(counts.iter().filter_map(|&t| vnni_peak(t, 5)))
         .collect();
     let matrix = &engine.candidates().vectors;
     let rows = args.candidates_per_request;
@@ -265,10 +267,20 @@ fn floors_report(
         .map(|g| g.ms_per_draw * 1e3)
         .fold(f64::INFINITY, f64::min);
     let cfg = &engine.model().config;
-    let score_flops = (rows * cfg.interests * cfg.dim * 2) as f64;
+    // I8 rows under a `/vnni` kernel: 3 `vpdpbusd` (128 byte operations each) per 4 elements
+    // of a row, whatever n ≤ 16; otherwise n × D FMAs.
+    let vnni = matrix.dtype() == DType::I8
+        && engine
+            .score_kernel()
+            .is_some_and(|k| k.split(' ').next().is_some_and(|k| k.ends_with("/vnni")));
+    let (score_flops, arith) = if vnni {
+        ((rows * 3 * cfg.dim * 32) as f64, "avx512_vnni")
+    } else {
+        ((rows * cfg.interests * cfg.dim * 2) as f64, level.name())
+    };
     let peak = fma
         .iter()
-        .find(|p| p.level == level.name() && p.threads == threads)
+        .find(|p| p.level == arith && p.threads == threads)
         .map_or(0.0, |p| p.gflops);
     let fma_us = if peak > 0.0 {
         score_flops / (peak * 1e3)
