@@ -20,16 +20,18 @@ use super::simd::{finish_columns, prefetch_rows, RawRows, ScoreLayout, Simd};
 
 /// The largest `|U|`: three balanced base-256 digits reach `127·(2¹⁶ + 2⁸ + 1)`.
 const UMAX: f64 = 127.0 * 65793.0;
-/// Rows per block (one transposed finish); scored as two halves of [`HALF`].
+/// Rows per block (one transposed finish).
 const ROWS: usize = 16;
-/// Rows whose three accumulators live in registers at once (24 of the 32).
-const HALF: usize = 8;
+/// Vectors whose three accumulators live in registers at once (24 of the 32).
+const SLOTS: usize = 8;
 
 /// The interests as three byte planes, laid out for [`score_i8`]: for each group `g` of four
 /// elements and plane `k`, 64 bytes at `(3g + k)·64`, lane `j`'s four bytes being
-/// `S_k,j,4g .. 4g+4` (zero for `j ≥ n`).
+/// `S_k,j,4g .. 4g+4` (zero for `j ≥ n`). With `n ≤ 8` (`pairs`) lanes `8 + j` repeat lane `j`,
+/// so that one vector scores two rows (half the `vpdpbusd`s of 16 lanes with 8 idle).
 #[derive(Debug, Clone)]
 pub(crate) struct VnniLayout {
+    pairs: bool,
     planes: Vec<u8>,
     /// `a_j` per lane (0 past `n`).
     a: [f32; 16],
@@ -45,6 +47,7 @@ impl VnniLayout {
             return None;
         }
         let mut l = VnniLayout {
+            pairs: n <= 8,
             planes: vec![0u8; 3 * 16 * d],
             a: [0.0; 16],
             c: [[0; 16]; 3],
@@ -73,6 +76,15 @@ impl VnniLayout {
                     l.planes[(3 * (e / 4) + k) * 64 + 4 * j + e % 4] = s as i8 as u8;
                     l.c[k][j] += 128 * s as i32;
                 }
+            }
+        }
+        if l.pairs {
+            for g in 0..3 * d / 4 {
+                l.planes.copy_within(g * 64..g * 64 + 32, g * 64 + 32);
+            }
+            l.a.copy_within(0..8, 8);
+            for c in &mut l.c {
+                c.copy_within(0..8, 8);
             }
         }
         Some(l)
@@ -118,10 +130,32 @@ pub(crate) unsafe fn score_i8(
     }
 }
 
-// Indexing keeps the per-row arrays (pointers, scales, accumulators) in step.
-#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn score_in_range(
+    l: &VnniLayout,
+    q: &ScoreLayout<'_>,
+    src: RawRows,
+    rows: &[u32],
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        if l.pairs {
+            blocks::<true>(l, q, src, rows, out)
+        } else {
+            blocks::<false>(l, q, src, rows, out)
+        }
+    }
+}
+
+/// The rows in blocks of [`ROWS`], each scored in passes over `D` of [`SLOTS`] vectors, a vector
+/// holding one row (16 interest lanes) or, `PAIR`, two (rows `s` and `s + 8` of the block in
+/// lanes 0–7 and 8–15), each with its three plane accumulators in registers.
+// Indexing keeps the per-row arrays (pointers, scales, accumulators) in step.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn blocks<const PAIR: bool>(
     l: &VnniLayout,
     q: &ScoreLayout<'_>,
     src: RawRows,
@@ -136,6 +170,9 @@ unsafe fn score_in_range(
     let a = _mm512_loadu_ps(l.a.as_ptr());
     let c = l.c.map(|c| _mm512_loadu_si512(c.as_ptr().cast()));
     let two16 = _mm512_set1_ps(65536.0);
+    // The upper 8 lanes (a pair's second row).
+    const HI: __mmask16 = 0xff00;
+    let passes = if PAIR { 1 } else { ROWS / SLOTS };
     let mut y = [0.0f32; ROWS];
     // Two blocks ahead, as the F32 kernels (`simd::pipeline`).
     prefetch_rows(s, src, rows, 0, 2 * ROWS, q.prefetch_l2);
@@ -152,38 +189,58 @@ unsafe fn score_in_range(
             sc[r] = f32::from_le_bytes(src.scales.add(4 * row).cast::<[u8; 4]>().read_unaligned());
         }
         let mut sv = [_mm512_setzero_ps(); ROWS];
-        for h in 0..ROWS / HALF {
-            let p: [*const u8; HALF] = std::array::from_fn(|r| ptr[h * HALF + r]);
-            let mut acc = [[_mm512_setzero_si512(); 3]; HALF];
+        for h in 0..passes {
+            let p: [*const u8; SLOTS] = std::array::from_fn(|r| ptr[h * SLOTS + r]);
+            let p2: [*const u8; SLOTS] = std::array::from_fn(|r| ptr[SLOTS + r]);
+            let mut acc = [[_mm512_setzero_si512(); 3]; SLOTS];
             for g in 0..groups {
                 let u = pl.add(g * 192);
                 let u0 = _mm512_loadu_si512(u.cast());
                 let u1 = _mm512_loadu_si512(u.add(64).cast());
                 let u2 = _mm512_loadu_si512(u.add(128).cast());
-                for r in 0..HALF {
-                    let x = p[r].add(4 * g).cast::<i32>().read_unaligned();
-                    let x = _mm512_xor_si512(_mm512_set1_epi32(x), flip);
+                for r in 0..SLOTS {
+                    let x = _mm512_set1_epi32(p[r].add(4 * g).cast::<i32>().read_unaligned());
+                    let x = if PAIR {
+                        let x2 = p2[r].add(4 * g).cast::<i32>().read_unaligned();
+                        _mm512_mask_set1_epi32(x, HI, x2)
+                    } else {
+                        x
+                    };
+                    let x = _mm512_xor_si512(x, flip);
                     acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], x, u0);
                     acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], x, u1);
                     acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], x, u2);
                 }
             }
-            for r in 0..HALF {
+            for r in 0..SLOTS {
                 let hi = _mm512_sub_epi32(acc[r][0], c[0]);
                 let lo = _mm512_add_epi32(
                     _mm512_slli_epi32::<8>(_mm512_sub_epi32(acc[r][1], c[1])),
                     _mm512_sub_epi32(acc[r][2], c[2]),
                 );
                 let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), two16, _mm512_cvtepi32_ps(lo));
-                sv[h * HALF + r] =
-                    _mm512_mul_ps(_mm512_mul_ps(v, a), _mm512_set1_ps(sc[h * HALF + r]));
+                let row_scale = if PAIR {
+                    _mm512_mask_mov_ps(_mm512_set1_ps(sc[r]), HI, _mm512_set1_ps(sc[SLOTS + r]))
+                } else {
+                    _mm512_set1_ps(sc[h * SLOTS + r])
+                };
+                sv[h * SLOTS + r] = _mm512_mul_ps(_mm512_mul_ps(v, a), row_scale);
             }
         }
+        // Lanes = rows: transposed, column j is interest j's score for the block's 16 rows
+        // (pairs: rows 0–7 in the lower half of t[j], rows 8–15 in that of t[8 + j]).
         let t = s.transpose(sv);
+        let col = |j: usize| {
+            if PAIR {
+                _mm512_shuffle_f32x4::<0x44>(t[j], t[SLOTS + j])
+            } else {
+                t[j]
+            }
+        };
         if end - i == ROWS {
-            finish_columns(s, q, |j| t[j], out.as_mut_ptr().add(i));
+            finish_columns(s, q, col, out.as_mut_ptr().add(i));
         } else {
-            finish_columns(s, q, |j| t[j], y.as_mut_ptr());
+            finish_columns(s, q, col, y.as_mut_ptr());
             out[i..end].copy_from_slice(&y[..end - i]);
         }
     }
@@ -209,7 +266,7 @@ mod tests {
         xu[2 * d..].copy_from_slice(&[-1e-3, 3e-4, 7e-4, -5e-4, 1e-3, 0.0, 1e-9, -2e-4]);
         let l = VnniLayout::new(&xu, n, d).unwrap();
         assert_eq!(l.a[1], 0.0);
-        assert_eq!(l.a[3..], [0.0; 13]);
+        assert_eq!(l.a[3..8], [0.0; 5]);
         for j in 0..n {
             let mut sums = [0i64; 3];
             for e in 0..d {
@@ -230,6 +287,14 @@ mod tests {
                 assert_eq!(c[j] as i64, 128 * sum);
             }
         }
+        // n ≤ 8: lanes 8–15 repeat lanes 0–7 (a vector scores two rows).
+        assert!(l.pairs);
+        for g in l.planes.chunks_exact(64) {
+            assert_eq!(g[..32], g[32..]);
+        }
+        assert_eq!(l.a[..8], l.a[8..]);
+        assert!(l.c.iter().all(|c| c[..8] == c[8..]));
+        assert!(!VnniLayout::new(&[1.0; 9 * 4], 9, 4).unwrap().pairs);
         assert_eq!(digits(&l, 0, 0), UMAX as i64);
         assert_eq!(digits(&l, 0, 1), -(UMAX as i64));
     }
