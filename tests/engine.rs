@@ -562,13 +562,29 @@ fn score_kernel_choice_is_reported_and_unusable_pins_are_refused() {
             },
         )
     };
-    let engine = load(ScoreKernelChoice::Rule).unwrap();
-    let n = engine.model().config.interests;
-    let rule = ScoreKernel::by_rule(Level::detect(), n);
-    assert_eq!(
-        engine.score_kernel(),
-        Some(format!("{} (by rule)", rule.name()).as_str())
-    );
+    // The rule's kernel, reported; `/vnni` only where it scores: I8 candidates, D % 4 = 0.
+    let mut seen_i8 = false;
+    for case in common::cases() {
+        let engine = Engine::load(
+            &case.model,
+            &case.tokens,
+            &case.candidates,
+            EngineOptions::default(),
+        )
+        .unwrap();
+        let cfg = &engine.model().config;
+        let i8 = engine.candidates().vectors.dtype() == hcn_prerank::tensor::DType::I8;
+        seen_i8 |= i8;
+        let mut rule = ScoreKernel::by_rule(Level::detect(), cfg.interests);
+        rule.vnni &= i8 && cfg.dim.is_multiple_of(4);
+        assert_eq!(
+            engine.score_kernel(),
+            Some(format!("{} (by rule)", rule.name()).as_str()),
+            "{}",
+            case.name
+        );
+    }
+    assert!(seen_i8, "no I8 fixture was loaded");
     let scalar_lanes = ScoreKernel {
         rows_in_lanes: true,
         ..ScoreKernel::by_rule(Level::Scalar, 1)

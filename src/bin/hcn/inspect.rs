@@ -97,8 +97,13 @@ fn describe_model(model: &Model) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "  score kernel here:  {} by rule; `--score-kernel tune` times {}",
+        "  score kernel here:  {} by rule{}; `--score-kernel tune` times {}",
         rule.name(),
+        if rule.vnni {
+            " (`/vnni`: with an I8 candidate store and D % 4 = 0; `/vnni` kernels are timed on I8 stores only)"
+        } else {
+            ""
+        },
         candidates.join(", ")
     );
     let _ = writeln!(
