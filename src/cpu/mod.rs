@@ -469,8 +469,8 @@ pub struct Tuned {
 /// Times every [`ScoreKernel::candidates`] on the actual shape and store: `rounds` passes per
 /// kernel, each over `sample` fresh random rows of `src` (the same draws on every call, seeded),
 /// fixed random interests, kernels alternating within each round; keeps the kernel with the
-/// least best-of-rounds time. The `/vnni` candidates only for an I8 store (they score other
-/// dtypes exactly as without it). Bounded: `candidates × (rounds + 1)` passes over `sample` rows
+/// least best-of-rounds time. The `/vnni` candidates only for an I8 store with `D % 4 = 0`
+/// (elsewhere they score exactly as without it). Bounded: `candidates × (rounds + 1)` passes over `sample` rows
 /// (industrial, 2,048 rows, 5 rounds: ≈ 1.7 ms per kernel; 4–8 kernels on AVX-512 hosts). The choice
 /// depends on timing, so two calls may disagree between near-equal kernels; pin one
 /// (`EngineOptions::score_kernel`) for reproducible runs.
@@ -483,7 +483,7 @@ pub fn tune_score_kernel(
 ) -> Result<Tuned> {
     let d = src.cols();
     let mut candidates = ScoreKernel::candidates(n);
-    candidates.retain(|k| !k.vnni || src.dtype() == DType::I8);
+    candidates.retain(|k| !k.vnni || (src.dtype() == DType::I8 && d.is_multiple_of(4)));
     let total = src.rows();
     let m = sample.max(1);
     let mut rng = crate::rng::SplitMix64::new(0x7e57_5c0e);
