@@ -66,14 +66,8 @@ impl FastCpu {
                 (k, format!("{} (by rule)", k.name()))
             }
             ScoreKernelChoice::Pinned(k) => {
+                // A pinned `/vnni` scores other stores and shapes as without it (`ScoreKernel`).
                 k.check(n)?;
-                if k.vnni && !vnni_dim {
-                    return Err(Error::Device(format!(
-                        "score kernel {}: VNNI scoring needs D a multiple of 4 (the model has D = {})",
-                        k.name(),
-                        fe.model.config.dim
-                    )));
-                }
                 (k, format!("{} (pinned)", k.name()))
             }
             ScoreKernelChoice::Tune => {
