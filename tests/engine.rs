@@ -15,13 +15,7 @@ fn tiny() -> (common::Case, Engine) {
         .into_iter()
         .find(|c| c.name == "tiny_f32")
         .expect("tiny_f32 fixture");
-    let engine = Engine::load(
-        &case.model,
-        &case.tokens,
-        &case.candidates,
-        EngineOptions::default(),
-    )
-    .unwrap();
+    let engine = case.engine(EngineOptions::default());
     (case, engine)
 }
 
@@ -565,13 +559,7 @@ fn score_kernel_choice_is_reported_and_unusable_pins_are_refused() {
     // The rule's kernel, reported; `/vnni` only where it scores: I8 candidates, D % 4 = 0.
     let mut seen_i8 = false;
     for case in common::cases() {
-        let engine = Engine::load(
-            &case.model,
-            &case.tokens,
-            &case.candidates,
-            EngineOptions::default(),
-        )
-        .unwrap();
+        let engine = case.engine(EngineOptions::default());
         let cfg = &engine.model().config;
         let i8 = engine.candidates().vectors.dtype() == hcn_prerank::tensor::DType::I8;
         seen_i8 |= i8;

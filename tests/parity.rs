@@ -77,13 +77,7 @@ fn engine_matches_reference_outputs() {
 #[test]
 fn split_calls_equal_run_and_reference_score() {
     for case in cases() {
-        let engine = Engine::load(
-            &case.model,
-            &case.tokens,
-            &case.candidates,
-            EngineOptions::default(),
-        )
-        .unwrap();
+        let engine = case.engine(EngineOptions::default());
         let mode = engine.model().config.score;
         for req in &case.requests {
             let interests = engine.user_interests(&req.user).unwrap();

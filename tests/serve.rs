@@ -116,6 +116,15 @@ fn grpc_request(r: &Request, top_k: u32) -> ScoreRequest {
     }
 }
 
+/// A gRPC answer's microseconds under `key` (the x-*-time-us metadata; panics if absent).
+fn metadata_us<T>(r: &tonic::Response<T>, key: &str) -> u64 {
+    r.metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in the metadata"))
+}
+
 fn http_post(url: &str, body: &str) -> (u16, String) {
     let (status, text, _) = http_post_headers(url, body);
     (status, text)
@@ -343,26 +352,20 @@ async fn every_error_is_the_spec_code() {
 async fn a_lone_request_on_the_cpu_does_not_wait_for_a_batch() {
     let cfg = engine().model().config.clone();
     let good = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
-    let queue_us = |r: &tonic::Response<_>| -> u64 {
-        r.metadata()
-            .get("x-queue-time-us")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .expect("x-queue-time-us in the trailers")
-    };
     let server = Server::start(&[]);
     let mut client = server.client().await;
     let mut least = u64::MAX;
     for _ in 0..50 {
         let r = client.score(grpc_request(&good, 3)).await.unwrap();
-        least = least.min(queue_us(&r));
+        least = least.min(metadata_us(&r, "x-queue-time-us"));
     }
     assert!(least < 500, "least queue time {least} µs");
     drop(server);
     let server = Server::start(&["--max-queue-delay-us", "30000"]);
     let mut client = server.client().await;
     let r = client.score(grpc_request(&good, 3)).await.unwrap();
-    assert!(queue_us(&r) >= 30_000, "{}", queue_us(&r));
+    let queued = metadata_us(&r, "x-queue-time-us");
+    assert!(queued >= 30_000, "{queued}");
 }
 
 /// A deadline that passes while the request is queued: answered DEADLINE_EXCEEDED (HTTP 504)
@@ -558,13 +561,6 @@ async fn a_small_request_batched_with_a_large_one_does_not_wait_for_it() {
     let small = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
     let mut large = small.clone();
     large.candidates = small.candidates.repeat(500);
-    let inference_us = |r: &tonic::Response<_>| -> u64 {
-        r.metadata()
-            .get("x-inference-time-us")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .expect("x-inference-time-us in the trailers")
-    };
     let (mut c1, mut c2) = (server.client().await, server.client().await);
     let (s, l) = (grpc_request(&small, 3), grpc_request(&large, 3));
     let small_call = tokio::spawn(async move { c1.score(s).await });
@@ -576,7 +572,10 @@ async fn a_small_request_batched_with_a_large_one_does_not_wait_for_it() {
     let (_, metrics) = http_get(&format!("{}/metrics", server.http));
     assert!(metrics.contains("hcn_batch_requests_count 1"), "{metrics}");
     assert!(metrics.contains("hcn_batch_requests_sum 2"), "{metrics}");
-    let (a, b) = (inference_us(&small_resp), inference_us(&large_resp));
+    let (a, b) = (
+        metadata_us(&small_resp, "x-inference-time-us"),
+        metadata_us(&large_resp, "x-inference-time-us"),
+    );
     assert!(4 * a < b, "small {a} µs, large {b} µs");
 }
 

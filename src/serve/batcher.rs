@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::State;
-use crate::{Error, Request, Response, RunOptions};
+use crate::{Error, ErrorKind, Request, Response, RunOptions};
 
 /// The wait for a batch to fill where batches pay off, unless set (SPEC §7's default).
 pub const DEFAULT_DELAY: Duration = Duration::from_micros(500);
@@ -186,24 +186,6 @@ fn run(rx: mpsc::Receiver<Job>, state: &Arc<State>, limits: BatchLimits) {
     }
 }
 
-/// The code `hcn_requests_total` counts a request under when its client went away.
-fn gone(protocol: &str) -> &'static str {
-    if protocol == "grpc" {
-        "Cancelled"
-    } else {
-        "499"
-    }
-}
-
-/// The code `hcn_requests_total` counts a request under when its deadline passed.
-fn deadline_code(protocol: &str) -> &'static str {
-    if protocol == "grpc" {
-        "DeadlineExceeded"
-    } else {
-        "504"
-    }
-}
-
 /// Answers the jobs whose deadline passed while queued, drops those whose client went away, runs
 /// the rest: as one engine batch where batches pay off (a GPU), else one by one ([`run_each`]).
 fn execute(batch: Vec<Job>, state: &Arc<State>) {
@@ -213,7 +195,7 @@ fn execute(batch: Vec<Job>, state: &Arc<State>) {
         if job.options.deadline.is_some_and(|d| d <= now) {
             state
                 .metrics
-                .answered(job.protocol, deadline_code(job.protocol));
+                .failed(job.protocol, ErrorKind::DeadlineExceeded);
             let _ = job.reply.send(Answer {
                 result: Err(Error::DeadlineExceeded { stage: "queued" }),
                 queued: now - job.arrived,
@@ -227,7 +209,7 @@ fn execute(batch: Vec<Job>, state: &Arc<State>) {
             .is_some_and(crate::CancelToken::is_cancelled)
         {
             // Nobody is waiting for the answer: counted here, never computed.
-            state.metrics.answered(job.protocol, gone(job.protocol));
+            state.metrics.failed(job.protocol, ErrorKind::Cancelled);
         } else {
             live.push(job);
         }
@@ -294,11 +276,11 @@ fn reply(
         // The client went away while its request ran (the work stopped at the engine's next
         // check): its handler is gone and will not count it. A client whose deadline passed is
         // counted under that.
-        let code = if job.options.deadline.is_some_and(|d| d <= Instant::now()) {
-            deadline_code(job.protocol)
+        let kind = if job.options.deadline.is_some_and(|d| d <= Instant::now()) {
+            ErrorKind::DeadlineExceeded
         } else {
-            gone(job.protocol)
+            ErrorKind::Cancelled
         };
-        state.metrics.answered(job.protocol, code);
+        state.metrics.failed(job.protocol, kind);
     }
 }

@@ -200,20 +200,18 @@ impl Prerank for Service {
         } = match outcome {
             Ok(answer) => answer,
             Err((kind, msg)) => {
-                let code = status_code(kind);
-                m.answered("grpc", &format!("{code:?}"));
-                return Err(Status::new(code, msg));
+                m.failed("grpc", kind);
+                return Err(Status::new(status_code(kind), msg));
             }
         };
         m.queue_duration.observe(queued.as_secs_f64());
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                let code = status_code(e.kind());
                 if !counted {
-                    m.answered("grpc", &format!("{code:?}"));
+                    m.failed("grpc", e.kind());
                 }
-                return Err(Status::new(code, e.to_string()));
+                return Err(Status::new(status_code(e.kind()), e.to_string()));
             }
         };
         m.answered("grpc", "Ok");

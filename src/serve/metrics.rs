@@ -135,6 +135,17 @@ impl Metrics {
             .inc();
     }
 
+    /// [`Metrics::answered`] for a request that failed with `kind`, under the code its protocol
+    /// answers that with (gRPC: the status code's name; HTTP: the status, `Cancelled` 499).
+    pub fn failed(&self, protocol: &str, kind: crate::ErrorKind) {
+        let code = if protocol == "grpc" {
+            format!("{:?}", super::grpc::status_code(kind))
+        } else {
+            kind.http_status().to_string()
+        };
+        self.answered(protocol, &code);
+    }
+
     /// Marks `version`/`device` as the model served (and no other).
     pub fn set_model(&self, version: &str, device: &str) {
         self.model_info.clear();

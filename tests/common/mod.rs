@@ -32,6 +32,14 @@ pub struct Case {
     pub expected: Vec<Value>,
 }
 
+impl Case {
+    /// The case's model and stores loaded with `opts` (panics naming the case).
+    pub fn engine(&self, opts: hcn_prerank::EngineOptions) -> hcn_prerank::Engine {
+        hcn_prerank::Engine::load(&self.model, &self.tokens, &self.candidates, opts)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .expect("tests/fixtures exists")
