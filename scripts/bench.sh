@@ -13,6 +13,8 @@
 #   TOP_K          top-k per request [1000]
 #   F32=0          skip the F32-store engine figure (needs one more store file per profile)
 #   BATCH32=0      skip the engine's batch-32 figure
+#   I8=0           skip the engine's figure with an I8 candidate store (`hcn quantize` of the F16
+#                  one, made once; issue 13 compares it with the F16 figure of the same run)
 #   PEERS_F32=1    also time the peers on the F32 candidate store (off by default: it doubles their time)
 # Models and stores are generated once into target/bench-models/<profile>/ (about 0.1 GB for
 # public, 0.5 GB for industrial, +50% with F32) and reused. Output: the machine, then one JSON
@@ -30,6 +32,7 @@ ROWS=${ROWS:-1000000}
 TOP_K=${TOP_K:-1000}
 F32=${F32:-1}
 BATCH32=${BATCH32:-1}
+I8=${I8:-1}
 PEERS_F32=${PEERS_F32:-0}
 MODELS=target/bench-models
 
@@ -78,6 +81,13 @@ for profile in "${profiles[@]}"; do
   if [[ $F32 == 1 ]]; then
     "$HCN" bench "${files[@]}" --candidates "$dir/candidates-f32.safetensors" "${common[@]}" \
       --requests "$REQUESTS" --batch 1 | tag '"peer": "engine", "store_dtype": "float32", '
+  fi
+  if [[ $I8 == 1 ]]; then
+    if [[ ! -f $dir/candidates-i8.safetensors ]]; then
+      "$HCN" quantize --in "$dir/candidates.safetensors" --out "$dir/candidates-i8.safetensors" >&2
+    fi
+    "$HCN" bench "${files[@]}" --candidates "$dir/candidates-i8.safetensors" "${common[@]}" \
+      --requests "$REQUESTS" --batch 1 | tag '"peer": "engine", "store_dtype": "int8", '
   fi
   "$PYTHON" reference/bench_peers.py --dir "$dir" --candidates-per-request "$per_request" \
     --requests "$PEER_REQUESTS" --threads "$THREADS" --top-k "$TOP_K" --seed 0 --engine "$HCN" \
