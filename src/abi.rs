@@ -18,7 +18,7 @@
 use std::marker::PhantomData;
 
 /// How a candidate's `n` inner products become one logit (SPEC §1.5). The discriminant is the
-/// [`ScoreParams::mode`] the `score_*` kernels switch on.
+/// `ScoreParams::mode` the `score_*` kernels switch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(i32)]
 pub enum ScoreMode {
@@ -31,7 +31,7 @@ pub enum ScoreMode {
 }
 
 /// A concat block of the co-interest network (SPEC §1.3). The discriminant is the block's
-/// 2-bit code in [`CoFusionParams::block_codes`].
+/// 2-bit code in `CoFusionParams::block_codes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(i32)]
 pub enum Block {

@@ -5,7 +5,7 @@
 //! budget runs alone (it never waits for room that cannot come); a request whose deadline passed
 //! while it waited, or whose client went away, is not computed. On a GPU a batch is one engine
 //! batch (one launch plan); on the CPU its requests run one by one on the pool's threads, each
-//! answered when it is done ([`run_each`]).
+//! answered when it is done (`run_each`).
 //!
 //! The owner is an OS thread living inside the engine's rayon pool (not a task of the async
 //! runtime): the runtime's threads only do network I/O, a batch runs where its work runs (no

@@ -73,7 +73,7 @@ pub trait Decode: prost::Message + Default + Sized {
 impl Decode for InfoRequest {}
 
 /// Same result as prost's decoder (same value, an error where it errs: see the tests), with the
-/// packed `long`, `short` and `candidates` read by [`packed_u64`]; every other field (and an
+/// packed `long`, `short` and `candidates` read by `packed_u64`; every other field (and an
 /// unpacked id list, which proto3 parsers must accept too) goes through prost.
 impl Decode for ScoreRequest {
     fn decode_request(bytes: &[u8]) -> Result<Self, DecodeError> {
