@@ -46,7 +46,8 @@ pub struct EngineFiles {
     pub huge_pages: bool,
     /// The CPU's candidate-scoring kernel: `rule` (by the SIMD level and `n`), `tune` (time
     /// each kernel at load on this model and store, keep the fastest), or a kernel name such
-    /// as `avx512/lanes`, `avx2/interleaved` (pinned, for reproducible runs).
+    /// as `avx512/lanes`, `avx2/interleaved/l1`, `avx512/interleaved/l2/vnni` (pinned, for reproducible
+    /// runs; `/vnni`: I8 candidate rows scored with AVX-512 VNNI).
     #[arg(long, value_name = "K", default_value = "rule", value_parser = parse_score_kernel)]
     pub score_kernel: ScoreKernelChoice,
 }
