@@ -63,19 +63,30 @@ impl VnniLayout {
             }
             let a = m / UMAX;
             l.a[j] = a as f32;
+            if l.a[j] == 0.0 {
+                // Below F32's range (|u| < 1e-38): scored as 0, as a zero interest.
+                continue;
+            }
             // `a_j` as used (F32), so that `a_j · U` is the interest the kernel scores.
-            let a = l.a[j] as f64;
+            let inv = 1.0 / l.a[j] as f64;
+            let mut sums = [0i32; 3];
             for (e, &v) in u.iter().enumerate() {
-                let big = ((v as f64) / a).round().clamp(-UMAX, UMAX) as i64;
-                let s2 = (big + 128).rem_euclid(256) - 128;
-                let b1 = (big - s2) / 256;
-                let s1 = (b1 + 128).rem_euclid(256) - 128;
-                let s0 = (b1 - s1) / 256;
-                debug_assert!((-128..=127).contains(&s0));
-                for (k, s) in [s0, s1, s2].into_iter().enumerate() {
-                    l.planes[(3 * (e / 4) + k) * 64 + 4 * j + e % 4] = s as i8 as u8;
-                    l.c[k][j] += 128 * s as i32;
+                // Rounded to nearest (ties even) by adding 1.5·2⁵² (no libm call: the baseline
+                // x86-64 target has no rounding instruction); the integer is then the low bits.
+                let x = ((v as f64) * inv).clamp(-UMAX, UMAX);
+                let big = (x + 6_755_399_441_055_744.0).to_bits() as u32 as i32;
+                // Balanced base-256 digits: the bytes of `U + 128·(2¹⁶ + 2⁸ + 1)` (in
+                // `[0, 2²⁴)`), each minus 128.
+                let t = (big + 128 * 65793) as u32;
+                let at = 3 * (e / 4) * 64 + 4 * j + e % 4;
+                for (k, sum) in sums.iter_mut().enumerate() {
+                    let b = (t >> (16 - 8 * k)) & 255;
+                    l.planes[at + 64 * k] = (b ^ 0x80) as u8;
+                    *sum += b as i32 - 128;
                 }
+            }
+            for (c, sum) in l.c.iter_mut().zip(sums) {
+                c[j] = 128 * sum;
             }
         }
         if l.pairs {
@@ -264,6 +275,10 @@ mod tests {
         let mut xu = vec![0.0f32; n * d];
         xu[..d].copy_from_slice(&[2.5, -2.5, 0.0, 1e-7, -1.25, 0.3, -0.7, 2.4999]);
         xu[2 * d..].copy_from_slice(&[-1e-3, 3e-4, 7e-4, -5e-4, 1e-3, 0.0, 1e-9, -2e-4]);
+        // Values whose step would be below F32's range: a zero interest.
+        let tiny = VnniLayout::new(&[1e-40, -2e-40, 0.0, 3e-41], 1, 4).unwrap();
+        assert_eq!((tiny.a[0], tiny.c[0][0]), (0.0, 0));
+        assert!(tiny.planes.iter().all(|&b| b == 0));
         let l = VnniLayout::new(&xu, n, d).unwrap();
         assert_eq!(l.a[1], 0.0);
         assert_eq!(l.a[3..8], [0.0; 5]);
