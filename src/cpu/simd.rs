@@ -300,12 +300,7 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
     debug_assert!(B <= BLOCK && scratch.len() >= scratch_len(q.d) && sbuf.len() >= B * q.nv * S::W);
     // Every index is checked before any row is read: the pipeline below reads the next block's
     // rows while scoring this one. The rows before a bad one are scored, as documented.
-    let max = rows.iter().fold(0u32, |a, &r| a.max(r));
-    let bad = if (max as usize) < src.rows {
-        None
-    } else {
-        rows.iter().position(|&r| r as usize >= src.rows)
-    };
+    let bad = first_out_of_range(rows, src.rows);
     let m = bad.unwrap_or(rows.len());
     if m > 0 {
         let (rows, out) = (&rows[..m], &mut out[..m]);
@@ -320,6 +315,17 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
     match bad {
         Some(p) => Err(p),
         None => Ok(()),
+    }
+}
+
+/// The position of the first of `rows` that is not below `n` (a pass finding the largest first:
+/// the common case, every index in range, is then one vectorised scan).
+pub(crate) fn first_out_of_range(rows: &[u32], n: usize) -> Option<usize> {
+    let max = rows.iter().fold(0u32, |a, &r| a.max(r));
+    if (max as usize) < n {
+        None
+    } else {
+        rows.iter().position(|&r| r as usize >= n)
     }
 }
 
@@ -635,7 +641,7 @@ pub(crate) unsafe fn gather_rows<S: Simd>(
     rows: &[u32],
     out: *mut f32,
 ) -> Result<(), usize> {
-    if let Some(p) = rows.iter().position(|&r| r as usize >= src.rows) {
+    if let Some(p) = first_out_of_range(rows, src.rows) {
         return Err(p);
     }
     prefetch_rows(s, src, rows, 0, rows.len(), false);

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::Avx512;
-use super::simd::{finish_columns, prefetch_rows, RawRows, ScoreLayout, Simd};
+use super::simd::{finish_columns, first_out_of_range, prefetch_rows, RawRows, ScoreLayout, Simd};
 
 /// The largest `|U|`: three balanced base-256 digits reach `127·(2¹⁶ + 2⁸ + 1)`.
 const UMAX: f64 = 127.0 * 65793.0;
@@ -129,7 +129,7 @@ pub(crate) unsafe fn score_i8(
     out: &mut [f32],
 ) -> Result<(), usize> {
     debug_assert_eq!(rows.len(), out.len());
-    let bad = rows.iter().position(|&r| r as usize >= src.rows);
+    let bad = first_out_of_range(rows, src.rows);
     let m = bad.unwrap_or(rows.len());
     if m > 0 {
         // SAFETY: as the caller promises; every index below `m` is in range.
