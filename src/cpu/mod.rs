@@ -333,6 +333,15 @@ impl ScoreKernel {
         )
     }
 
+    /// This kernel as it scores a store of `dtype` rows of `d` elements: `vnni` kept only where
+    /// it changes anything (I8 rows, `D % 4 = 0`; elsewhere it scores as without it).
+    pub fn for_store(self, dtype: DType, d: usize) -> ScoreKernel {
+        ScoreKernel {
+            vnni: self.vnni && dtype == DType::I8 && d.is_multiple_of(4),
+            ..self
+        }
+    }
+
     /// Parses [`ScoreKernel::name`]; `level/layout` alone takes the default prefetch.
     pub fn from_name(s: &str) -> Option<ScoreKernel> {
         let (s, vnni) = match s.strip_suffix("/vnni") {
@@ -483,7 +492,7 @@ pub fn tune_score_kernel(
 ) -> Result<Tuned> {
     let d = src.cols();
     let mut candidates = ScoreKernel::candidates(n);
-    candidates.retain(|k| !k.vnni || (src.dtype() == DType::I8 && d.is_multiple_of(4)));
+    candidates.retain(|k| k.for_store(src.dtype(), d) == *k);
     let total = src.rows();
     let m = sample.max(1);
     let mut rng = crate::rng::SplitMix64::new(0x7e57_5c0e);

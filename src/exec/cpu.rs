@@ -18,7 +18,6 @@ use crate::options::{CpuKernels, EngineOptions, Parallelism, ScoreKernelChoice};
 use crate::post::{self, Computed};
 use crate::reference;
 use crate::request::{Request, Response, RunOptions, StageTimes};
-use crate::tensor::DType;
 
 /// Scores store rows: `out[i] = y(X^U, row rows[i])`.
 pub(crate) type RowScorer<'a> = Box<dyn Fn(&[u32], &mut [f32]) -> Result<()> + Sync + 'a>;
@@ -57,12 +56,11 @@ pub(crate) struct FastCpu {
 impl FastCpu {
     fn new(fe: &Frontend, kernels: Kernels, choice: ScoreKernelChoice) -> Result<Self> {
         let n = fe.model.config.interests;
-        let vnni_dim = fe.model.config.dim.is_multiple_of(4);
         let (score, score_report) = match choice {
             ScoreKernelChoice::Rule => {
-                let mut k = ScoreKernel::by_rule(kernels.level(), n);
                 // VNNI only changes how I8 rows are scored: named where it is used.
-                k.vnni &= fe.candidates.vectors.dtype() == DType::I8 && vnni_dim;
+                let k = ScoreKernel::by_rule(kernels.level(), n)
+                    .for_store(fe.candidates.vectors.dtype(), fe.model.config.dim);
                 (k, format!("{} (by rule)", k.name()))
             }
             ScoreKernelChoice::Pinned(k) => {
