@@ -135,7 +135,7 @@ impl Engine {
     }
 
     /// The CPU fast path's candidate-scoring kernel and how it was chosen, e.g.
-    /// `avx512/lanes (by rule)` or `avx512/interleaved (tuned at load, …)`
+    /// `avx512/tiles/l2 (by rule)` or `avx512/interleaved/l1 (tuned at load, …)`
     /// ([`EngineOptions::score_kernel`]); `None` on the reference path. (A GPU serving requests
     /// scores with its own kernels; this is the CPU's, used for fallbacks.)
     pub fn score_kernel(&self) -> Option<&str> {

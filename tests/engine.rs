@@ -542,7 +542,7 @@ fn huge_page_stores_answer_exactly_as_the_mapped_files() {
 /// default is the rule's choice, reported.
 #[test]
 fn score_kernel_choice_is_reported_and_unusable_pins_are_refused() {
-    use hcn_prerank::cpu::{Level, ScoreKernel};
+    use hcn_prerank::cpu::{Layout, Level, ScoreKernel};
     use hcn_prerank::ScoreKernelChoice;
     let case = &common::cases()[0];
     let load = |choice| {
@@ -574,7 +574,7 @@ fn score_kernel_choice_is_reported_and_unusable_pins_are_refused() {
     }
     assert!(seen_i8, "no I8 fixture was loaded");
     let scalar_lanes = ScoreKernel {
-        rows_in_lanes: true,
+        layout: Layout::Lanes,
         ..ScoreKernel::by_rule(Level::Scalar, 1)
     };
     match load(ScoreKernelChoice::Pinned(scalar_lanes)) {

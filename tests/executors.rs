@@ -9,7 +9,7 @@
 mod common;
 
 use common::{close, Case, CPU_TOL};
-use hcn_prerank::cpu::{Level, ScoreKernel};
+use hcn_prerank::cpu::{Layout, Level, ScoreKernel};
 use hcn_prerank::rng::SplitMix64;
 use hcn_prerank::{
     CancelToken, CpuKernels, Engine, EngineOptions, ErrorKind, Parallelism, Request, Response,
@@ -56,13 +56,13 @@ fn executors(case: &Case) -> Vec<Exec> {
                 tol: CPU_TOL,
             });
         }
-        // The level's other scoring layout, where the model's `n` allows it.
+        // The level's other scoring layouts, where the model's `n` allows them.
         let rule = ScoreKernel::by_rule(level, n);
-        let other = ScoreKernel {
-            rows_in_lanes: !rule.rows_in_lanes,
-            ..rule
-        };
-        if other.unusable(n).is_none() {
+        for layout in Layout::ALL.into_iter().filter(|&l| l != rule.layout) {
+            let other = ScoreKernel { layout, ..rule };
+            if other.unusable(n).is_some() {
+                continue;
+            }
             let engine = load(EngineOptions {
                 kernels: CpuKernels::Level(level),
                 parallelism: Parallelism::Threads(2),

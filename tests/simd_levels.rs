@@ -5,7 +5,8 @@
 
 use half::{bf16, f16};
 use hcn_prerank::cpu::{
-    top_k, transpose, tune_score_kernel, Kernels, Level, Prefetch, RowSource, ScoreKernel, TopK,
+    top_k, transpose, tune_score_kernel, Kernels, Layout, Level, Prefetch, RowSource, ScoreKernel,
+    TopK,
 };
 use hcn_prerank::tensor::DType;
 use hcn_prerank::ScoreMode;
@@ -30,20 +31,19 @@ fn kernels() -> Vec<Kernels> {
 }
 
 /// Every scoring kernel (level × layout × VNNI) this CPU can run for `n` interests: each
-/// level's rule choice and its other layout where usable, each with and without VNNI where
-/// usable (the rule's prefetch: the other one gives the same bits,
-/// `prefetch_hint_never_changes_a_score`).
+/// level's every usable layout, each with and without VNNI where usable (the rule's prefetch:
+/// the other one gives the same bits, `prefetch_hint_never_changes_a_score`).
 fn score_kernels(n: usize) -> Vec<ScoreKernel> {
     let all: Vec<ScoreKernel> = kernels()
         .into_iter()
         .flat_map(|k| {
-            [(false, false), (false, true), (true, false), (true, true)].map(
-                |(rows_in_lanes, vnni)| ScoreKernel {
-                    rows_in_lanes,
+            Layout::ALL.into_iter().flat_map(move |layout| {
+                [false, true].map(|vnni| ScoreKernel {
+                    layout,
                     vnni,
                     ..ScoreKernel::by_rule(k.level(), n)
-                },
-            )
+                })
+            })
         })
         .filter(|k| k.unusable(n).is_none())
         .collect();
@@ -718,9 +718,9 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
             assert_eq!(ScoreKernel::from_name(&k.name()), Some(*k));
             assert!(k.unusable(n).is_none(), "{}", k.name());
         }
-        // Rows in lanes only with 8 or 16 lanes and n ≤ 16.
+        // Rows in lanes only with 8 or 16 lanes and n ≤ 16; tiles only on AVX-512, n ≤ 16.
         let lanes = ScoreKernel {
-            rows_in_lanes: true,
+            layout: Layout::Lanes,
             ..ScoreKernel::by_rule(Level::Scalar, n)
         };
         let err = lanes
@@ -732,11 +732,34 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
                 continue;
             }
             let k = ScoreKernel {
-                rows_in_lanes: true,
+                layout: Layout::Lanes,
                 ..ScoreKernel::by_rule(level, n)
             };
             assert_eq!(k.unusable(n).is_none(), n <= 16, "{level:?} n={n}");
             assert_eq!(candidates.contains(&k), n <= 16);
+            let t = ScoreKernel {
+                layout: Layout::Tiles,
+                ..ScoreKernel::by_rule(level, n)
+            };
+            let tiles = level == Level::Avx512 && n <= 16;
+            assert_eq!(t.unusable(n).is_none(), tiles, "{level:?} n={n}");
+            assert_eq!(candidates.contains(&t), tiles);
+            if !tiles {
+                let err = t
+                    .query(&vec![0.0; n * 4], n, 4, ScoreMode::Max)
+                    .unwrap_err();
+                assert!(err.to_string().contains("/tiles"), "{err}");
+            }
+        }
+        // The rule: tiles on AVX-512 past the rows-in-lanes range.
+        if Level::Avx512.is_supported() {
+            let layout = ScoreKernel::by_rule(Level::Avx512, n).layout;
+            let want = match n {
+                ..=12 => Layout::Lanes,
+                13..=16 => Layout::Tiles,
+                _ => Layout::Interleaved,
+            };
+            assert_eq!(layout, want, "n={n}");
         }
     }
     for bad in [
@@ -754,12 +777,15 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
     // The prefetch part is optional (the rule's, L2) and round-trips.
     let k = ScoreKernel::from_name("avx2/interleaved").unwrap();
     assert_eq!(
-        (k.level, k.rows_in_lanes, k.prefetch),
-        (Level::Avx2, false, Prefetch::L2)
+        (k.level, k.layout, k.prefetch),
+        (Level::Avx2, Layout::Interleaved, Prefetch::L2)
     );
     assert_eq!(k.name(), "avx2/interleaved/l2");
     let k = ScoreKernel::from_name("avx2/lanes/l1").unwrap();
-    assert_eq!((k.rows_in_lanes, k.prefetch), (true, Prefetch::L1));
+    assert_eq!((k.layout, k.prefetch), (Layout::Lanes, Prefetch::L1));
+    let k = ScoreKernel::from_name("avx512/tiles").unwrap();
+    assert_eq!((k.level, k.layout), (Level::Avx512, Layout::Tiles));
+    assert_eq!(k.name(), "avx512/tiles/l2");
     assert_eq!(ScoreKernel::by_rule(Level::Avx2, 8).prefetch, Prefetch::L2);
     // `/vnni` last, only where it can run (AVX-512 with VNNI, n ≤ 16).
     let k = ScoreKernel::from_name("avx512/interleaved/vnni").unwrap();
@@ -844,6 +870,43 @@ fn prefetch_hint_never_changes_a_score() {
                         k.name()
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The tile kernel runs each score's FMA chain in the interleaved kernel's order (D padded with
+/// exact zeros): the two give equal scores, at any D, n ≤ 16, dtype and mode.
+#[test]
+fn tiles_score_as_the_interleaved_layout() {
+    if !Level::Avx512.is_supported() {
+        return;
+    }
+    let mut rng = Rng::new(22);
+    for (d, n) in [(128, 16), (48, 8), (20, 3), (33, 13), (16, 4), (1, 1)] {
+        let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
+        for dtype in DTYPES {
+            let store = Store::new(&mut rng, 300, d, dtype, 1.0, 3, 2);
+            let rows: Vec<u32> = (0..517).map(|i| (i * 7919 % 300) as u32).collect();
+            for mode in MODES {
+                let score = |layout| {
+                    let k = ScoreKernel {
+                        layout,
+                        vnni: false,
+                        ..ScoreKernel::by_rule(Level::Avx512, n)
+                    };
+                    let mut out = vec![0.0f32; rows.len()];
+                    k.query(&xu, n, d, mode)
+                        .unwrap()
+                        .score_rows(store.source(), &rows, &mut out)
+                        .unwrap();
+                    out
+                };
+                assert_eq!(
+                    score(Layout::Tiles),
+                    score(Layout::Interleaved),
+                    "{dtype:?} {mode:?} D={d} n={n}"
+                );
             }
         }
     }

@@ -36,6 +36,8 @@ mod gemm;
 mod neon;
 mod scalar;
 mod simd;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 mod topk;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
@@ -288,19 +290,46 @@ impl Prefetch {
     }
 }
 
-/// One candidate-scoring kernel: a SIMD level, its layout — interests in the lanes
-/// ("interleaved": `simd::score_rows`) or candidate rows in the lanes ("lanes":
-/// `simd::score_rows_by_lanes`, 8- and 16-lane levels with `n ≤ 16` only) — and its row [`Prefetch`].
+/// How a scoring kernel lays out its work (see [`ScoreKernel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Interests in the lanes (`simd::score_rows`): one broadcast row element per FMA.
+    Interleaved,
+    /// Candidate rows in the lanes (`simd::score_rows_by_lanes`): 8- and 16-lane levels, `n ≤ 16`.
+    Lanes,
+    /// 4 rows × 4 interests per vector (`tiles.rs`): AVX-512 only, `n ≤ 16`.
+    Tiles,
+}
+
+impl Layout {
+    pub const ALL: [Layout; 3] = [Layout::Interleaved, Layout::Lanes, Layout::Tiles];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Interleaved => "interleaved",
+            Layout::Lanes => "lanes",
+            Layout::Tiles => "tiles",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Layout> {
+        Layout::ALL.into_iter().find(|l| l.name() == s)
+    }
+}
+
+/// One candidate-scoring kernel: a SIMD level, its [`Layout`] — interests in the lanes
+/// ("interleaved"), candidate rows in the lanes ("lanes") or 4 × 4 tiles of rows and interests
+/// ("tiles", AVX-512) — and its row [`Prefetch`].
 /// Every kernel is within SPEC §5 of the reference and deterministic; different layouts may
 /// differ in the last bits (the prefetch never changes them). Named `level/layout/prefetch`
-/// (`avx512/lanes/l2`, `avx2/interleaved/l1`) for options and reports; a name without the
-/// prefetch part means the rule's (`l2`). A `/vnni` suffix (`avx512/interleaved/l2/vnni`) scores
+/// (`avx512/tiles/l2`, `avx2/interleaved/l1`) for options and reports; a name without the
+/// prefetch part means the rule's (`l2`). A `/vnni` suffix (`avx512/tiles/l2/vnni`) scores
 /// I8 rows in integers with AVX-512 VNNI where `n ≤ 16` and `D % 4 = 0` (`vnni.rs`; other
 /// stores and shapes score as without it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScoreKernel {
     pub level: Level,
-    pub rows_in_lanes: bool,
+    pub layout: Layout,
     pub prefetch: Prefetch,
     /// I8 rows' dot products in integers (AVX-512 VNNI, `n ≤ 16`).
     pub vnni: bool,
@@ -308,27 +337,30 @@ pub struct ScoreKernel {
 
 impl ScoreKernel {
     /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes on
-    /// AVX-512 with `n ≤ 12` and on AVX2 with `n ≤ 16`; rows prefetched into L2; VNNI for I8
-    /// rows wherever it can run.
+    /// AVX-512 with `n ≤ 12` and on AVX2 with `n ≤ 16`; tiles on AVX-512 with `12 < n ≤ 16`;
+    /// rows prefetched into L2; VNNI for I8 rows wherever it can run.
     pub fn by_rule(level: Level, n: usize) -> ScoreKernel {
+        let layout = if level.score_rows_in_lanes(n) {
+            Layout::Lanes
+        } else if tiles_usable(level, n) {
+            Layout::Tiles
+        } else {
+            Layout::Interleaved
+        };
         ScoreKernel {
             level,
-            rows_in_lanes: level.score_rows_in_lanes(n),
+            layout,
             prefetch: Prefetch::default(),
             vnni: vnni_usable(level, n),
         }
     }
 
     pub fn name(self) -> String {
-        let layout = if self.rows_in_lanes {
-            "lanes"
-        } else {
-            "interleaved"
-        };
         let vnni = if self.vnni { "/vnni" } else { "" };
         format!(
-            "{}/{layout}/{}{vnni}",
+            "{}/{}/{}{vnni}",
             self.level.name(),
+            self.layout.name(),
             self.prefetch.name()
         )
     }
@@ -357,14 +389,9 @@ impl ScoreKernel {
         if parts.next().is_some() {
             return None;
         }
-        let rows_in_lanes = match layout {
-            "lanes" => true,
-            "interleaved" => false,
-            _ => return None,
-        };
         Some(ScoreKernel {
             level: Level::from_name(level)?,
-            rows_in_lanes,
+            layout: Layout::from_name(layout)?,
             prefetch,
             vnni,
         })
@@ -378,12 +405,17 @@ impl ScoreKernel {
                 self.level.name()
             ));
         }
-        if self.rows_in_lanes
+        if self.layout == Layout::Lanes
             && (!simd::lanes_width(self.level.score_width()) || n > simd::LANES_MAX_N)
         {
             return Some(format!(
                 "rows in lanes need an 8- or 16-lane level and at most {} interests (the model has {n})",
                 simd::LANES_MAX_N
+            ));
+        }
+        if self.layout == Layout::Tiles && !tiles_usable(self.level, n) {
+            return Some(format!(
+                "tiles need the avx512 level and at most 16 interests (the model has {n})"
             ));
         }
         if self.vnni && !vnni_usable(self.level, n) {
@@ -394,7 +426,7 @@ impl ScoreKernel {
         None
     }
 
-    /// The kernels [`tune_score_kernel`] times for `n` interests here: both layouts and both
+    /// The kernels [`tune_score_kernel`] times for `n` interests here: every layout and both
     /// prefetches of every supported vector level (the scalar level, which has no prefetch,
     /// only where there is no other).
     pub fn candidates(n: usize) -> Vec<ScoreKernel> {
@@ -415,11 +447,11 @@ impl ScoreKernel {
                 } else {
                     &[Prefetch::L2, Prefetch::L1]
                 };
-                [false, true].into_iter().flat_map(move |rows_in_lanes| {
+                Layout::ALL.into_iter().flat_map(move |layout| {
                     prefetches.iter().flat_map(move |&prefetch| {
                         [false, true].map(|vnni| ScoreKernel {
                             level,
-                            rows_in_lanes,
+                            layout,
                             prefetch,
                             vnni,
                         })
@@ -452,6 +484,19 @@ impl ScoreKernel {
 #[cfg(target_arch = "x86_64")]
 pub fn vnni_supported() -> bool {
     vnni::supported()
+}
+
+/// Whether [`Layout::Tiles`] can run for `n` interests on `level` here.
+fn tiles_usable(level: Level, n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level == Level::Avx512 && (1..=16).contains(&n) && tiles::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, n);
+        false
+    }
 }
 
 /// Whether [`ScoreKernel::vnni`] can run for `n` interests on `level` here.
@@ -1063,7 +1108,7 @@ impl Kernels {
         mode: ScoreMode,
         k: ScoreKernel,
     ) -> Result<ScoreQuery> {
-        let (by_lanes, prefetch) = (k.rows_in_lanes, k.prefetch);
+        let (by_lanes, prefetch) = (k.layout == Layout::Lanes, k.prefetch);
         if n == 0 || d == 0 {
             return Err(Error::Incompatible(format!(
                 "score: need at least one interest and one dimension, got n = {n}, D = {d}"
@@ -1085,10 +1130,19 @@ impl Kernels {
         } else {
             None
         };
+        // Tiles (AVX-512): every shape `tiles_usable` admits has a layout.
+        #[cfg(target_arch = "x86_64")]
+        let tiles = if k.layout == Layout::Tiles && tiles_usable(self.level, n) {
+            tiles::TileLayout::new(xu, n, d)
+        } else {
+            None
+        };
         Ok(ScoreQuery {
             kernels: *self,
             #[cfg(target_arch = "x86_64")]
             vnni,
+            #[cfg(target_arch = "x86_64")]
+            tiles,
             width,
             by_lanes,
             prefetch,
@@ -1126,6 +1180,8 @@ pub struct ScoreQuery {
     /// `n ≤ 16`, `D % 4 = 0`); used for I8 stores.
     #[cfg(target_arch = "x86_64")]
     vnni: Option<vnni::VnniLayout>,
+    #[cfg(target_arch = "x86_64")]
+    tiles: Option<tiles::TileLayout>,
     width: usize,
     /// Rows in lanes ([`Level::score_rows_in_lanes`]); `width` is then `n`.
     by_lanes: bool,
@@ -1209,6 +1265,11 @@ impl ScoreQuery {
             // SAFETY: `vnni` is only built where `vnni::supported()`, for these `n` and `d`;
             // `raw` is an I8 source (with scales) of whole rows of `d` columns (checked above).
             let res = unsafe { vnni::score_i8(v, &q, raw, rows, out) };
+            return res.map_err(|pos| out_of_range(src, rows, pos));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = &self.tiles {
+            let res = unsafe { tiles::score_tiles(t, &q, raw, rows, out) };
             return res.map_err(|pos| out_of_range(src, rows, pos));
         }
         let res = self.kernels.run(ScoreOp {

@@ -946,7 +946,7 @@ unsafe fn transpose_rows<S: Simd>(
 /// `W` elements of a stored row from element `k`, widened. A function, not a closure: a closure
 /// is compiled without the level's features (see `finish_columns`).
 #[inline(always)]
-unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S::V {
+pub(crate) unsafe fn load_elems<S: Simd>(s: S, dtype: DType, row: *const u8, k: usize) -> S::V {
     match dtype {
         DType::F16 => s.load_f16(row.add(2 * k)),
         DType::BF16 => s.load_bf16(row.add(2 * k)),

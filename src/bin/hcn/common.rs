@@ -46,8 +46,8 @@ pub struct EngineFiles {
     pub huge_pages: bool,
     /// The CPU's candidate-scoring kernel: `rule` (by the SIMD level and `n`), `tune` (time
     /// each kernel at load on this model and store, keep the fastest), or a kernel name such
-    /// as `avx512/lanes`, `avx2/interleaved/l1`, `avx512/interleaved/l2/vnni` (pinned, for reproducible
-    /// runs; `/vnni`: I8 candidate rows scored with AVX-512 VNNI).
+    /// as `avx512/tiles`, `avx512/lanes`, `avx2/interleaved/l1`, `avx512/tiles/l2/vnni` (pinned, for
+    /// reproducible runs; `/vnni`: I8 candidate rows scored with AVX-512 VNNI).
     #[arg(long, value_name = "K", default_value = "rule", value_parser = parse_score_kernel)]
     pub score_kernel: ScoreKernelChoice,
 }
@@ -61,7 +61,7 @@ fn parse_score_kernel(s: &str) -> Result<ScoreKernelChoice, String> {
             .ok_or_else(|| {
                 format!(
                     "`{name}` is not `rule`, `tune` or a kernel LEVEL/LAYOUT[/PREFETCH] \
-                     (LEVEL: scalar, avx2, avx512, neon; LAYOUT: interleaved, lanes; \
+                     (LEVEL: scalar, avx2, avx512, neon; LAYOUT: interleaved, lanes, tiles; \
                      PREFETCH: l2 (default), l1)"
                 )
             }),
