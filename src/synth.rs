@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
+use crate::safetensors_file::padded_header;
 use crate::tensor::{narrow, quantize_row, DType};
 
 /// A SPEC §6 benchmark profile.
@@ -57,7 +58,8 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes a safetensors header for `entries` (name, dtype name, shape, byte length), data follows.
+/// Writes a safetensors header for `entries` (name, dtype name, shape, byte length), data follows;
+/// the `vectors` entry, if any, starts page-aligned (`safetensors_file::padded_header`).
 fn write_header(
     w: &mut impl Write,
     meta: Option<(&str, &str)>,
@@ -67,20 +69,18 @@ fn write_header(
     if let Some((k, v)) = meta {
         header.insert("__metadata__".into(), serde_json::json!({ k: v }));
     }
-    let mut offset = 0usize;
+    let (mut offset, mut at) = (0usize, 0usize);
     for (name, dtype, shape, len) in entries {
+        if name == "vectors" {
+            at = offset;
+        }
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len]}),
         );
         offset += len;
     }
-    let mut text = serde_json::Value::Object(header).to_string();
-    while !text.len().is_multiple_of(8) {
-        text.push(' '); // keep the data 8-byte aligned, as the Python writer does
-    }
-    w.write_all(&(text.len() as u64).to_le_bytes())?;
-    w.write_all(text.as_bytes())
+    w.write_all(&padded_header(&serde_json::Value::Object(header), at))
 }
 
 /// Writes a random model of `profile` (F32) to `path`.

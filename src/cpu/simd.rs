@@ -527,17 +527,14 @@ pub(crate) unsafe fn prefetch_rows<S: Simd>(
         if r >= src.rows {
             continue;
         }
-        // Each cache line the row touches: the first, any middle ones, the last (which may be
-        // the first again; an unaligned row can straddle one more line than its length says).
+        // Each cache line the row touches, once: 4 for a 256-byte row on a line boundary, 5 for
+        // one that is not (stores whose data is not 64-byte aligned in the file).
         let start = src.base.wrapping_add(r * row_bytes);
-        let last = start.wrapping_add(row_bytes - 1);
-        line(start);
-        let mut off = 64;
-        while off < row_bytes {
-            line(start.wrapping_add(off));
-            off += 64;
+        let first = start.wrapping_sub(start as usize % 64);
+        let lines = (start as usize % 64 + row_bytes).div_ceil(64);
+        for l in 0..lines {
+            line(first.wrapping_add(64 * l));
         }
-        line(last);
         if !src.scales.is_null() {
             // An I8 row's scale lives in another tensor: one more random line.
             line(src.scales.wrapping_add(4 * r));

@@ -9,7 +9,8 @@
 //! end, so `output` may be the input itself, and a failed run leaves no partial store behind.
 //!
 //! Layout: `ids` (8 bytes an element), then `scales` (4), then `vectors` (1), each naturally
-//! aligned after the 8-byte-padded header, as `reference/export.py` writes.
+//! aligned, the header padded so that `vectors` starts on a 4 KiB page (as `reference/export.py`
+//! writes; `safetensors_file::padded_header`).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::ItemStore;
 use crate::error::{Error, Result};
-use crate::safetensors_file::SafetensorsFile;
+use crate::safetensors_file::{padded_header, SafetensorsFile};
 use crate::tensor::quantize_row;
 
 /// Rows quantized and written per write call.
@@ -91,7 +92,7 @@ fn write(store: &ItemStore, ids: Option<(&str, &[u8])>, path: &Path) -> Result<Q
     let ids_len = ids.map_or(0, |(_, b)| b.len());
 
     // Header: ids, scales, vectors, contiguous from offset 0 (safetensors' rule), padded with
-    // spaces to 8 bytes so that every tensor is naturally aligned.
+    // spaces so that the vectors start page-aligned (`padded_header`).
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     let mut entry = |name: &str, dtype: &str, shape: Vec<usize>, len: usize| {
@@ -106,14 +107,11 @@ fn write(store: &ItemStore, ids: Option<(&str, &[u8])>, path: &Path) -> Result<Q
     }
     entry("scales", "F32", vec![rows], scales_len);
     entry("vectors", "I8", vec![rows, dim], vectors_len);
-    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let head = padded_header(&serde_json::Value::Object(header), ids_len + scales_len);
 
     let file = File::create(path).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(text.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&text).map_err(io)?;
+    w.write_all(&head).map_err(io)?;
     if let Some((_, bytes)) = ids {
         w.write_all(bytes).map_err(io)?;
     }
