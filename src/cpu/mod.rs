@@ -297,7 +297,7 @@ pub enum Layout {
     Interleaved,
     /// Candidate rows in the lanes (`simd::score_rows_by_lanes`): 8- and 16-lane levels, `n ≤ 16`.
     Lanes,
-    /// 4 rows × 4 interests per vector (`tiles.rs`): AVX-512 only, `n ≤ 16`.
+    /// 2 rows × 8 interests per vector (`tiles.rs`): AVX-512 only, `n ≤ 16`.
     Tiles,
 }
 
@@ -318,7 +318,7 @@ impl Layout {
 }
 
 /// One candidate-scoring kernel: a SIMD level, its [`Layout`] — interests in the lanes
-/// ("interleaved"), candidate rows in the lanes ("lanes") or 4 × 4 tiles of rows and interests
+/// ("interleaved"), candidate rows in the lanes ("lanes") or 2 × 8 tiles of rows and interests
 /// ("tiles", AVX-512) — and its row [`Prefetch`].
 /// Every kernel is within SPEC §5 of the reference and deterministic; different layouts may
 /// differ in the last bits (the prefetch never changes them). Named `level/layout/prefetch`

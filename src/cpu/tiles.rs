@@ -1,12 +1,14 @@
-//! Candidate rows scored in 4 × 4 tiles (AVX-512, `n ≤ 16`): each FMA multiplies
-//! four rows' element `k` (one 16-byte broadcast, lane `4l + b` = row `b`) by four interests'
-//! element `k` (lane `4l + b` = interest `l`), so a step over `k` of 16 rows × 16 interests is
-//! 16 FMAs fed by 4 + 4 vector loads — against 16 broadcast loads + 1 in the interleaved kernel
-//! (`simd::score_rows`), whose loop runs at ~85% of the FMA peak where this one runs at it.
-//! The next block's rows are widened inside the loop, four rows × 16 elements every four steps,
-//! into the layout the broadcasts read (a 4 × 4 transpose per 16 elements, 8 shuffles); the
-//! scores come out as four 4 × 4 blocks of 128-bit lanes per interest group, one lane transpose
-//! (8 shuffles) from the columns `finish_columns` takes.
+//! Candidate rows scored in tiles of 2 rows × 8 interests (AVX-512, `n ≤ 16`): each FMA
+//! multiplies two rows' element `k` (one 8-byte broadcast, lane `2l + b` = row `b`) by eight
+//! interests' element `k` (lane `2l + b` = interest `l`), so a step over `k` of 16 rows × 16
+//! interests is 16 FMAs fed by 8 + 2 vector loads — against 16 broadcast loads + 1 in the
+//! interleaved kernel (`simd::score_rows`), whose loop runs at ~85% of the FMA peak where this
+//! one runs at it. The next block's rows are widened inside the loop, two rows × 16 elements
+//! every two steps, into the layout the broadcasts read (2 unpacks per 16 elements); the scores
+//! come out as pairs of rows, one 8 × 8 transpose of 64-bit pairs (24 shuffles) per group of 8
+//! interests from the columns `finish_columns` takes. Per request the interests take `2 · G ·
+//! 16 · D` floats (16 KiB at n = 16, D = 128) and a block of widened rows `16 · D` (8 KiB, two
+//! of them): the loop's data stays inside a 48 KiB L1.
 //!
 //! `D` is padded to a multiple of 16 with zeros (masked loads: nothing past a row is read).
 //! Every score is the same FMA chain over `k` as the interleaved kernel's (and, for I8 rows,
@@ -22,14 +24,14 @@ use super::simd::{
 };
 use crate::tensor::DType;
 
-/// Rows per block (four quads).
+/// Rows per block (eight pairs).
 const ROWS: usize = 16;
-/// Elements per chunk: one quad's 4 × 16 transpose.
+/// Elements per chunk: one pair's widening.
 const KC: usize = 16;
 
 /// The interests laid out for [`score_tiles`]: for each element `k` (`D` padded to a multiple
-/// of 16) and group `g` of four interests, 16 floats at `(k·G + g)·16`, lane `4l + b` holding
-/// `u_{4g+l}[k]` (zero past `n` and past `D`).
+/// of 16) and group `g` of eight interests, 16 floats at `(k·G + g)·16`, lane `2l + b` holding
+/// `u_{8g+l}[k]` (zero past `n` and past `D`).
 #[derive(Debug, Clone)]
 pub(crate) struct TileLayout {
     groups: usize,
@@ -43,13 +45,13 @@ impl TileLayout {
         if !(1..=16).contains(&n) || d == 0 || xu.len() != n * d {
             return None;
         }
-        let groups = n.div_ceil(4);
+        let groups = n.div_ceil(8);
         let mut u = vec![0.0f32; d.next_multiple_of(KC) * groups * 16];
         for j in 0..n {
-            let (g, l) = (j / 4, j % 4);
+            let (g, l) = (j / 8, j % 8);
             for k in 0..d {
-                let at = (k * groups + g) * 16 + 4 * l;
-                u[at..at + 4].fill(xu[j * d + k]);
+                let at = (k * groups + g) * 16 + 2 * l;
+                u[at..at + 2].fill(xu[j * d + k]);
             }
         }
         Some(TileLayout { groups, u })
@@ -101,9 +103,7 @@ pub(crate) unsafe fn score_tiles(
             }
             match l.groups {
                 1 => by_dtype!(1),
-                2 => by_dtype!(2),
-                3 => by_dtype!(3),
-                _ => by_dtype!(4),
+                _ => by_dtype!(2),
             }
         }
     }
@@ -170,39 +170,74 @@ unsafe fn load_part<const DT: u8>(row: *const u8, k: usize, len: usize) -> __m51
     }
 }
 
-/// Widens elements `16c .. 16c + len` of the block's rows `4h .. 4h + 4` into `dst` (64
-/// floats): vector `e % 4` lane `e / 4` holds element `16c + e` of the four rows (row `b` at
-/// `b`), zero past `len`.
+/// Widens elements `16c .. 16c + len` of the block's rows `2p, 2p + 1` into `dst` (32 floats):
+/// element `16c + e` of row `b` at [`pair_at`]`(e) + b`, zero past `len`.
 #[inline(always)]
-unsafe fn widen_quad<const DT: u8>(b: &Block, h: usize, c: usize, len: usize, dst: *mut f32) {
+unsafe fn widen_pair<const DT: u8>(b: &Block, p: usize, c: usize, len: usize, dst: *mut f32) {
     let k = c * KC;
-    let r0 = load_part::<DT>(b.ptr[4 * h], k, len);
-    let r1 = load_part::<DT>(b.ptr[4 * h + 1], k, len);
-    let r2 = load_part::<DT>(b.ptr[4 * h + 2], k, len);
-    let r3 = load_part::<DT>(b.ptr[4 * h + 3], k, len);
-    let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
-    let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
-    let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
-    let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
-    _mm512_storeu_ps(dst, _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)));
-    _mm512_storeu_ps(dst.add(16), _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)));
-    _mm512_storeu_ps(dst.add(32), _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)));
-    _mm512_storeu_ps(dst.add(48), _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)));
+    let r0 = load_part::<DT>(b.ptr[2 * p], k, len);
+    let r1 = load_part::<DT>(b.ptr[2 * p + 1], k, len);
+    // 128-bit lane `q`: elements `4q, 4q + 1` (low) and `4q + 2, 4q + 3` (high), rows interleaved.
+    _mm512_storeu_ps(dst, _mm512_unpacklo_ps(r0, r1));
+    _mm512_storeu_ps(dst.add(16), _mm512_unpackhi_ps(r0, r1));
+}
+
+/// Where [`widen_pair`] puts element `e` (of 16) of a pair's two rows: the low or high unpack,
+/// its 128-bit lane `e / 4`, first or second pair in it.
+#[inline(always)]
+const fn pair_at(e: usize) -> usize {
+    (e % 4 / 2) * 16 + (e / 4) * 4 + (e % 2) * 2
 }
 
 /// Widens a whole block (the first one, before the loop).
 #[inline(always)]
 unsafe fn widen_block<const DT: u8>(b: &Block, d: usize, dst: *mut f32) {
     for c in 0..d.div_ceil(KC) {
-        for h in 0..4 {
-            widen_quad::<DT>(b, h, c, KC.min(d - c * KC), dst.add((c * 4 + h) * 64));
+        for p in 0..ROWS / 2 {
+            widen_pair::<DT>(b, p, c, KC.min(d - c * KC), dst.add((c * 8 + p) * 32));
         }
     }
 }
 
+/// An 8 × 8 transpose of 64-bit elements: `out[l]` lane `p` is `a[p]` lane `l`.
+#[inline(always)]
+unsafe fn transpose_pairs(a: [__m512; 8]) -> [__m512; 8] {
+    let a: [__m512d; 8] = std::array::from_fn(|i| _mm512_castps_pd(a[i]));
+    let t: [__m512d; 8] = std::array::from_fn(|i| {
+        let (x, y) = (a[i & !1], a[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_pd(x, y)
+        } else {
+            _mm512_unpackhi_pd(x, y)
+        }
+    });
+    // u[0..4] from t[0..4]: lanes {0, 4}, {2, 6}, {1, 5}, {3, 7} of rows 0–3; u[4..8] rows 4–7.
+    let u = [
+        _mm512_shuffle_f64x2::<0x88>(t[0], t[2]),
+        _mm512_shuffle_f64x2::<0xdd>(t[0], t[2]),
+        _mm512_shuffle_f64x2::<0x88>(t[1], t[3]),
+        _mm512_shuffle_f64x2::<0xdd>(t[1], t[3]),
+        _mm512_shuffle_f64x2::<0x88>(t[4], t[6]),
+        _mm512_shuffle_f64x2::<0xdd>(t[4], t[6]),
+        _mm512_shuffle_f64x2::<0x88>(t[5], t[7]),
+        _mm512_shuffle_f64x2::<0xdd>(t[5], t[7]),
+    ];
+    let c = [
+        _mm512_shuffle_f64x2::<0x88>(u[0], u[4]),
+        _mm512_shuffle_f64x2::<0x88>(u[2], u[6]),
+        _mm512_shuffle_f64x2::<0x88>(u[1], u[5]),
+        _mm512_shuffle_f64x2::<0x88>(u[3], u[7]),
+        _mm512_shuffle_f64x2::<0xdd>(u[0], u[4]),
+        _mm512_shuffle_f64x2::<0xdd>(u[2], u[6]),
+        _mm512_shuffle_f64x2::<0xdd>(u[1], u[5]),
+        _mm512_shuffle_f64x2::<0xdd>(u[3], u[7]),
+    ];
+    std::array::from_fn(|i| _mm512_castpd_ps(c[i]))
+}
+
 /// The rows in blocks of [`ROWS`]: block `i + 1` widened during block `i`'s FMA loop, rows
 /// prefetched two blocks ahead (as `simd::score_rows`).
-// Indexing keeps the accumulators, quads and groups in step.
+// Indexing keeps the accumulators, pairs and groups in step.
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma,f16c")]
@@ -231,52 +266,47 @@ unsafe fn blocks<const G: usize, const DT: u8>(
         let next = (end < m).then(|| Block::new(src, &rows[end..(end + ROWS).min(m)]));
         let xs = bufs[b % 2];
         let nx = bufs[(b + 1) % 2];
-        let mut acc = [[_mm512_setzero_ps(); 4]; G];
+        let mut acc = [[_mm512_setzero_ps(); 8]; G];
         for c in 0..chunks {
-            let xc = xs.add(c * 4 * 64);
+            let xc = xs.add(c * 8 * 32);
             let len = KC.min(d - c * KC);
-            for e4 in 0..4 {
+            for p2 in 0..8 {
                 if let Some(n) = &next {
-                    widen_quad::<DT>(n, e4, c, len, nx.add((c * 4 + e4) * 64));
+                    widen_pair::<DT>(n, p2, c, len, nx.add((c * 8 + p2) * 32));
                 }
-                for e1 in 0..4 {
-                    let e = 4 * e4 + e1;
+                for e1 in 0..2 {
+                    let e = 2 * p2 + e1;
                     let k = c * KC + e;
-                    let x: [__m512; 4] = std::array::from_fn(|h| {
-                        _mm512_broadcast_f32x4(_mm_loadu_ps(xc.add(h * 64 + e1 * 16 + e4 * 4)))
+                    let x: [__m512; 8] = std::array::from_fn(|p| {
+                        let at = xc.add(p * 32 + pair_at(e)).cast::<f64>();
+                        _mm512_castpd_ps(_mm512_set1_pd(at.read_unaligned()))
                     });
                     let uk = u.add(k * G * 16);
                     for g in 0..G {
                         let uv = _mm512_loadu_ps(uk.add(g * 16));
-                        for h in 0..4 {
-                            acc[g][h] = _mm512_fmadd_ps(x[h], uv, acc[g][h]);
+                        for p in 0..8 {
+                            acc[g][p] = _mm512_fmadd_ps(x[p], uv, acc[g][p]);
                         }
                     }
                 }
             }
         }
         if DT == 3 {
-            // I8: each row's scale, once, on its scores (lane `4l + b` is row `4h + b`).
-            for h in 0..4 {
-                let sv = _mm512_broadcast_f32x4(_mm_loadu_ps(cur.sc.as_ptr().add(4 * h)));
+            // I8: each row's scale, once, on its scores (lane `2l + b` is row `2p + b`).
+            for p in 0..8 {
+                let pair = cur.sc.as_ptr().add(2 * p).cast::<f64>().read_unaligned();
+                let sv = _mm512_castpd_ps(_mm512_set1_pd(pair));
                 for g in 0..G {
-                    acc[g][h] = _mm512_mul_ps(acc[g][h], sv);
+                    acc[g][p] = _mm512_mul_ps(acc[g][p], sv);
                 }
             }
         }
-        // Columns: interest `4g + l` over the block's 16 rows = 128-bit lane `l` of each of
-        // `acc[g][0..4]` (a 4 × 4 transpose of 128-bit lanes).
+        // Columns: interest `8g + l` over the block's 16 rows = pair `l` of each of
+        // `acc[g][0..8]` (an 8 × 8 transpose of 64-bit pairs).
         let mut cols = [_mm512_setzero_ps(); 16];
         for g in 0..G {
-            let [a, bb, c, dd] = acc[g];
-            let t0 = _mm512_shuffle_f32x4::<0x44>(a, bb);
-            let t1 = _mm512_shuffle_f32x4::<0xee>(a, bb);
-            let t2 = _mm512_shuffle_f32x4::<0x44>(c, dd);
-            let t3 = _mm512_shuffle_f32x4::<0xee>(c, dd);
-            cols[4 * g] = _mm512_shuffle_f32x4::<0x88>(t0, t2);
-            cols[4 * g + 1] = _mm512_shuffle_f32x4::<0xdd>(t0, t2);
-            cols[4 * g + 2] = _mm512_shuffle_f32x4::<0x88>(t1, t3);
-            cols[4 * g + 3] = _mm512_shuffle_f32x4::<0xdd>(t1, t3);
+            let t = transpose_pairs(acc[g]);
+            cols[8 * g..8 * g + 8].copy_from_slice(&t);
         }
         if end - i == ROWS {
             finish_columns(s, q, |j| cols[j], out.as_mut_ptr().add(i));
