@@ -329,15 +329,16 @@ pub(crate) fn first_out_of_range(rows: &[u32], n: usize) -> Option<usize> {
     }
 }
 
-/// A store dtype as a const generic parameter of [`pipeline`] (`DType` itself cannot be one).
-const DT_F32: u8 = 0;
-const DT_F16: u8 = 1;
-const DT_BF16: u8 = 2;
-const DT_I8: u8 = 3;
+/// A store dtype as a const generic parameter of [`pipeline`] and `tiles::blocks` (`DType` itself
+/// cannot be one).
+pub(crate) const DT_F32: u8 = 0;
+pub(crate) const DT_F16: u8 = 1;
+pub(crate) const DT_BF16: u8 = 2;
+pub(crate) const DT_I8: u8 = 3;
 
 /// The dtype a `DT_*` number stands for.
 #[inline(always)]
-const fn dtype_of(dt: u8) -> DType {
+pub(crate) const fn dtype_of(dt: u8) -> DType {
     match dt {
         DT_F32 => DType::F32,
         DT_F16 => DType::F16,

@@ -20,7 +20,8 @@ use std::arch::x86_64::*;
 
 use super::avx512::Avx512;
 use super::simd::{
-    finish_columns, first_out_of_range, load_elems, prefetch_rows, RawRows, ScoreLayout,
+    dtype_of, finish_columns, first_out_of_range, load_elems, prefetch_rows, RawRows, ScoreLayout,
+    DT_BF16, DT_F16, DT_F32, DT_I8,
 };
 use crate::tensor::DType;
 
@@ -58,14 +59,10 @@ impl TileLayout {
     }
 }
 
-/// Whether this CPU runs [`score_tiles`].
+/// Whether this CPU runs [`score_tiles`]: the AVX-512 level and AVX-512 BW (masked 8- and
+/// 16-bit loads of a row's last chunk).
 pub(crate) fn supported() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    super::Level::Avx512.is_supported() && is_x86_feature_detected!("avx512bw")
 }
 
 /// Scores `rows` of `src` into `out` (same length) as [`super::simd::score_rows`] does, with
@@ -94,10 +91,10 @@ pub(crate) unsafe fn score_tiles(
             macro_rules! by_dtype {
                 ($g:literal) => {
                     match src.dtype {
-                        DType::F16 => blocks::<$g, 1>(l, q, src, rows, out),
-                        DType::BF16 => blocks::<$g, 2>(l, q, src, rows, out),
-                        DType::F32 => blocks::<$g, 0>(l, q, src, rows, out),
-                        DType::I8 => blocks::<$g, 3>(l, q, src, rows, out),
+                        DType::F16 => blocks::<$g, DT_F16>(l, q, src, rows, out),
+                        DType::BF16 => blocks::<$g, DT_BF16>(l, q, src, rows, out),
+                        DType::F32 => blocks::<$g, DT_F32>(l, q, src, rows, out),
+                        DType::I8 => blocks::<$g, DT_I8>(l, q, src, rows, out),
                     }
                 };
             }
@@ -110,17 +107,6 @@ pub(crate) unsafe fn score_tiles(
     match bad {
         Some(p) => Err(p),
         None => Ok(()),
-    }
-}
-
-/// The dtype of a `DT` parameter (`DType` cannot be a const parameter).
-#[inline(always)]
-const fn dtype_of(dt: u8) -> DType {
-    match dt {
-        0 => DType::F32,
-        1 => DType::F16,
-        2 => DType::BF16,
-        _ => DType::I8,
     }
 }
 
@@ -291,7 +277,7 @@ unsafe fn blocks<const G: usize, const DT: u8>(
                 }
             }
         }
-        if DT == 3 {
+        if DT == DT_I8 {
             // I8: each row's scale, once, on its scores (lane `2l + b` is row `2p + b`).
             for p in 0..8 {
                 let pair = cur.sc.as_ptr().add(2 * p).cast::<f64>().read_unaligned();

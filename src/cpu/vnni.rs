@@ -104,13 +104,9 @@ impl VnniLayout {
 
 /// Whether this CPU runs [`score_i8`].
 pub(crate) fn supported() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512vl")
+    super::Level::Avx512.is_supported()
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
 }
 
 /// Scores the I8 `rows` of `src` into `out` (same length) as [`super::simd::score_rows`] does,
