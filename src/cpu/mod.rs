@@ -1122,7 +1122,6 @@ impl Kernels {
         } else {
             self.level.score_width()
         };
-        let (ut, pad) = simd::layout_interests(xu, n, d, width);
         // I8 rows on AVX-512 with VNNI: scored in integers (see `vnni`).
         #[cfg(target_arch = "x86_64")]
         let vnni = if k.vnni && vnni_usable(self.level, n) {
@@ -1136,6 +1135,16 @@ impl Kernels {
             tiles::TileLayout::new(xu, n, d)
         } else {
             None
+        };
+        #[cfg(target_arch = "x86_64")]
+        let tiled = tiles.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiled = false;
+        // The interleaved layout, for every kernel but the tiles (which read only their own).
+        let (ut, pad) = if tiled {
+            (Vec::new(), Vec::new())
+        } else {
+            simd::layout_interests(xu, n, d, width)
         };
         Ok(ScoreQuery {
             kernels: *self,
@@ -1247,9 +1256,6 @@ impl ScoreQuery {
         }
         check_len("score: out", out.len(), Some(rows.len()))?;
         let nv = self.n.div_ceil(self.width);
-        // Small per-call buffers (a few KB); a chunk of thousands of rows amortises them.
-        let mut scratch = vec![0.0f32; simd::scratch_len(self.d)];
-        let mut sbuf = vec![0.0f32; simd::BLOCK * nv * self.width];
         let q = simd::ScoreLayout {
             ut: &self.ut,
             pad: &self.pad,
@@ -1267,11 +1273,18 @@ impl ScoreQuery {
             let res = unsafe { vnni::score_i8(v, &q, raw, rows, out) };
             return res.map_err(|pos| out_of_range(src, rows, pos));
         }
+        // Small per-call buffers (a few KB), each kernel's own; a chunk of thousands of rows
+        // amortises them.
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = &self.tiles {
-            let res = unsafe { tiles::score_tiles(t, &q, raw, rows, out) };
+            let mut scratch = vec![0.0f32; tiles::scratch_len(self.d)];
+            // SAFETY: `tiles` is only built where `tiles::supported()`, for these `n` and `d`;
+            // `raw` is a source of whole rows of `d` columns (checked above), I8 with scales.
+            let res = unsafe { tiles::score_tiles(t, &q, raw, rows, out, &mut scratch) };
             return res.map_err(|pos| out_of_range(src, rows, pos));
         }
+        let mut scratch = vec![0.0f32; simd::scratch_len(self.d)];
+        let mut sbuf = vec![0.0f32; simd::BLOCK * nv * self.width];
         let res = self.kernels.run(ScoreOp {
             q: &q,
             raw,

@@ -300,8 +300,7 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
     debug_assert!(B <= BLOCK && scratch.len() >= scratch_len(q.d) && sbuf.len() >= B * q.nv * S::W);
     // Every index is checked before any row is read: the pipeline below reads the next block's
     // rows while scoring this one. The rows before a bad one are scored, as documented.
-    let bad = first_out_of_range(rows, src.rows);
-    let m = bad.unwrap_or(rows.len());
+    let (m, res) = in_range_prefix(rows, src.rows);
     if m > 0 {
         let (rows, out) = (&rows[..m], &mut out[..m]);
         // The dtype as a constant, so the widening inside the FMA loop is one load + convert.
@@ -312,9 +311,16 @@ unsafe fn score_rows_by<S: Simd, const B: usize>(
             DType::I8 => pipeline::<S, B, DT_I8>(s, q, src, rows, out, scratch, sbuf),
         }
     }
-    match bad {
-        Some(p) => Err(p),
-        None => Ok(()),
+    res
+}
+
+/// What the scoring kernels do with a bad row index: score the rows before it and report its
+/// position. Returns how many leading `rows` are below `n` and the kernel's result once those
+/// are scored (`Err` with the first bad position, if any).
+pub(crate) fn in_range_prefix(rows: &[u32], n: usize) -> (usize, Result<(), usize>) {
+    match first_out_of_range(rows, n) {
+        Some(p) => (p, Err(p)),
+        None => (rows.len(), Ok(())),
     }
 }
 
@@ -347,17 +353,19 @@ pub(crate) const fn dtype_of(dt: u8) -> DType {
     }
 }
 
-/// One block's rows, resolved: where each starts and (I8) its scale.
-struct Staged<const R: usize> {
-    ptrs: [*const u8; R],
-    sc: [f32; R],
-    valid: usize,
+/// One block's rows, resolved: where each starts and (I8) its scale. Padding rows (past
+/// `valid`, results dropped) point at the store's row 0 and take the first row's scale, so a
+/// kernel may read and score them like the others.
+pub(crate) struct Staged<const R: usize> {
+    pub ptrs: [*const u8; R],
+    pub sc: [f32; R],
+    pub valid: usize,
 }
 
 impl<const R: usize> Staged<R> {
     /// `rows` (`1 ..= R` indices, all in range).
     #[inline(always)]
-    unsafe fn new(src: RawRows, rows: &[u32]) -> Self {
+    pub(crate) unsafe fn new(src: RawRows, rows: &[u32]) -> Self {
         let mut st = Staged {
             ptrs: [src.base; R],
             sc: [1.0; R],
@@ -370,8 +378,8 @@ impl<const R: usize> Staged<R> {
                 st.sc[r] = src.scale(row);
             }
         }
-        // Padding rows (results dropped) take the first row's scale; their widened values
-        // are whatever the buffer holds (finite: zeros or earlier rows).
+        // Padding rows take the first row's scale. (`pipeline` does not widen them: their
+        // values are whatever the buffer holds, finite: zeros or earlier rows.)
         for r in st.valid..R {
             st.sc[r] = st.sc[0];
         }

@@ -20,8 +20,8 @@ use std::arch::x86_64::*;
 
 use super::avx512::Avx512;
 use super::simd::{
-    dtype_of, finish_columns, first_out_of_range, load_elems, prefetch_rows, RawRows, ScoreLayout,
-    DT_BF16, DT_F16, DT_F32, DT_I8,
+    dtype_of, finish_columns, in_range_prefix, load_elems, prefetch_rows, RawRows, ScoreLayout,
+    Staged, DT_BF16, DT_F16, DT_F32, DT_I8,
 };
 use crate::tensor::DType;
 
@@ -65,9 +65,14 @@ pub(crate) fn supported() -> bool {
     super::Level::Avx512.is_supported() && is_x86_feature_detected!("avx512bw")
 }
 
+/// Floats of scratch [`score_tiles`] needs for rows of `d` elements: two widened blocks.
+pub(crate) fn scratch_len(d: usize) -> usize {
+    2 * ROWS * d.next_multiple_of(KC)
+}
+
 /// Scores `rows` of `src` into `out` (same length) as [`super::simd::score_rows`] does, with
-/// `q`'s mode and `n`. Returns the position of the first row index out of range, leaving that
-/// output and later ones unwritten.
+/// `q`'s mode and `n`; `scratch` holds [`scratch_len`]`(q.d)` floats. Returns the position of the
+/// first row index out of range, leaving that output and later ones unwritten.
 ///
 /// # Safety
 /// [`supported`] is true; `src` holds whole rows of `q.d` elements (I8 rows with scales); `l` was
@@ -79,10 +84,14 @@ pub(crate) unsafe fn score_tiles(
     src: RawRows,
     rows: &[u32],
     out: &mut [f32],
+    scratch: &mut [f32],
 ) -> Result<(), usize> {
     debug_assert_eq!(rows.len(), out.len());
-    let bad = first_out_of_range(rows, src.rows);
-    let m = bad.unwrap_or(rows.len());
+    assert!(
+        scratch.len() >= scratch_len(q.d),
+        "score_tiles: scratch too small"
+    );
+    let (m, res) = in_range_prefix(rows, src.rows);
     if m > 0 {
         let (rows, out) = (&rows[..m], &mut out[..m]);
         // SAFETY: as the caller promises; every index below `m` is in range. The group count
@@ -91,10 +100,10 @@ pub(crate) unsafe fn score_tiles(
             macro_rules! by_dtype {
                 ($g:literal) => {
                     match src.dtype {
-                        DType::F16 => blocks::<$g, DT_F16>(l, q, src, rows, out),
-                        DType::BF16 => blocks::<$g, DT_BF16>(l, q, src, rows, out),
-                        DType::F32 => blocks::<$g, DT_F32>(l, q, src, rows, out),
-                        DType::I8 => blocks::<$g, DT_I8>(l, q, src, rows, out),
+                        DType::F16 => blocks::<$g, DT_F16>(l, q, src, rows, out, scratch),
+                        DType::BF16 => blocks::<$g, DT_BF16>(l, q, src, rows, out, scratch),
+                        DType::F32 => blocks::<$g, DT_F32>(l, q, src, rows, out, scratch),
+                        DType::I8 => blocks::<$g, DT_I8>(l, q, src, rows, out, scratch),
                     }
                 };
             }
@@ -104,36 +113,11 @@ pub(crate) unsafe fn score_tiles(
             }
         }
     }
-    match bad {
-        Some(p) => Err(p),
-        None => Ok(()),
-    }
+    res
 }
 
-/// One block's rows: where each starts and (I8) its scale; a short block repeats its first row.
-struct Block {
-    ptr: [*const u8; ROWS],
-    sc: [f32; ROWS],
-}
-
-impl Block {
-    #[inline(always)]
-    unsafe fn new(src: RawRows, rows: &[u32]) -> Block {
-        let mut b = Block {
-            ptr: [src.base; ROWS],
-            sc: [1.0; ROWS],
-        };
-        for r in 0..ROWS {
-            let row = rows[if r < rows.len() { r } else { 0 }] as usize;
-            b.ptr[r] = src.base.add(row * src.row_stride);
-            if !src.scales.is_null() {
-                b.sc[r] =
-                    f32::from_le_bytes(src.scales.add(4 * row).cast::<[u8; 4]>().read_unaligned());
-            }
-        }
-        b
-    }
-}
+/// One block's rows (a short block padded, results dropped: `Staged`).
+type Block = Staged<ROWS>;
 
 /// Elements `k .. k + len` (`len ≤ 16`) of a row, widened; zeros past `len`, nothing read there.
 #[inline(always)]
@@ -161,8 +145,8 @@ unsafe fn load_part<const DT: u8>(row: *const u8, k: usize, len: usize) -> __m51
 #[inline(always)]
 unsafe fn widen_pair<const DT: u8>(b: &Block, p: usize, c: usize, len: usize, dst: *mut f32) {
     let k = c * KC;
-    let r0 = load_part::<DT>(b.ptr[2 * p], k, len);
-    let r1 = load_part::<DT>(b.ptr[2 * p + 1], k, len);
+    let r0 = load_part::<DT>(b.ptrs[2 * p], k, len);
+    let r1 = load_part::<DT>(b.ptrs[2 * p + 1], k, len);
     // 128-bit lane `q`: elements `4q, 4q + 1` (low) and `4q + 2, 4q + 3` (high), rows interleaved.
     _mm512_storeu_ps(dst, _mm512_unpacklo_ps(r0, r1));
     _mm512_storeu_ps(dst.add(16), _mm512_unpackhi_ps(r0, r1));
@@ -233,14 +217,14 @@ unsafe fn blocks<const G: usize, const DT: u8>(
     src: RawRows,
     rows: &[u32],
     out: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let s = Avx512;
     let (m, d) = (rows.len(), q.d);
     let chunks = d.div_ceil(KC);
-    // Two widened blocks, `16 · D` floats each (`D` padded).
-    let half = chunks * KC * ROWS;
-    let mut buf = vec![0.0f32; 2 * half];
-    let bufs = [buf.as_mut_ptr(), buf.as_mut_ptr().add(half)];
+    // Two widened blocks in `scratch`, `16 · D` floats each (`D` padded).
+    let half = scratch_len(d) / 2;
+    let bufs = [scratch.as_mut_ptr(), scratch.as_mut_ptr().add(half)];
     let u = l.u.as_ptr();
     let mut y = [0.0f32; ROWS];
     prefetch_rows(s, src, rows, 0, 2 * ROWS, q.prefetch_l2);
@@ -304,5 +288,4 @@ unsafe fn blocks<const G: usize, const DT: u8>(
             cur = n;
         }
     }
-    drop(buf);
 }

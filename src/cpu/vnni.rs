@@ -16,7 +16,9 @@
 use std::arch::x86_64::*;
 
 use super::avx512::Avx512;
-use super::simd::{finish_columns, first_out_of_range, prefetch_rows, RawRows, ScoreLayout, Simd};
+use super::simd::{
+    finish_columns, in_range_prefix, prefetch_rows, RawRows, ScoreLayout, Simd, Staged,
+};
 
 /// The largest `|U|`: three balanced base-256 digits reach `127·(2¹⁶ + 2⁸ + 1)`.
 const UMAX: f64 = 127.0 * 65793.0;
@@ -125,16 +127,12 @@ pub(crate) unsafe fn score_i8(
     out: &mut [f32],
 ) -> Result<(), usize> {
     debug_assert_eq!(rows.len(), out.len());
-    let bad = first_out_of_range(rows, src.rows);
-    let m = bad.unwrap_or(rows.len());
+    let (m, res) = in_range_prefix(rows, src.rows);
     if m > 0 {
         // SAFETY: as the caller promises; every index below `m` is in range.
         unsafe { score_in_range(l, q, src, &rows[..m], &mut out[..m]) };
     }
-    match bad {
-        Some(p) => Err(p),
-        None => Ok(()),
-    }
+    res
 }
 
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -186,15 +184,9 @@ unsafe fn blocks<const PAIR: bool>(
     for i in (0..m).step_by(ROWS) {
         let end = (i + ROWS).min(m);
         prefetch_rows(s, src, rows, i + 2 * ROWS, ROWS, q.prefetch_l2);
-        // A short last block repeats its first row (results dropped): the same operations
-        // for every row wherever the block ends.
-        let mut ptr = [src.base; ROWS];
-        let mut sc = [0.0f32; ROWS];
-        for r in 0..ROWS {
-            let row = rows[if i + r < end { i + r } else { i }] as usize;
-            ptr[r] = src.base.add(row * src.row_stride);
-            sc[r] = f32::from_le_bytes(src.scales.add(4 * row).cast::<[u8; 4]>().read_unaligned());
-        }
+        // A short last block is padded (`Staged`; results dropped): the same operations for
+        // every row wherever the block ends.
+        let Staged { ptrs: ptr, sc, .. } = Staged::<ROWS>::new(src, &rows[i..end]);
         let mut sv = [_mm512_setzero_ps(); ROWS];
         for h in 0..passes {
             let p: [*const u8; SLOTS] = std::array::from_fn(|r| ptr[h * SLOTS + r]);
