@@ -109,18 +109,12 @@ impl UserPlan {
 /// Reused buffers of one thread (grow-only).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub qt: Vec<f32>,
-    pub qk: Vec<f32>,
-    pub logits: Vec<f32>,
-    pub z: Vec<f32>,
-    pub sums: Vec<f32>,
-    /// The second head group's `logits`, `z`, `sums` (see `tower::tower`).
-    pub logits2: Vec<f32>,
-    pub z2: Vec<f32>,
-    pub sums2: Vec<f32>,
+    /// Per head of a layer (see `tower::tower`).
+    pub head: Vec<tower::HeadScratch>,
+    /// A layer's `Qᵀ`, all heads.
+    pub q_t: Vec<f32>,
     pub heads: Vec<f32>,
     pub hs: Vec<f32>,
-    pub c: Vec<f32>,
     pub cat: Vec<f32>,
 }
 
