@@ -560,7 +560,7 @@ async fn a_small_request_batched_with_a_large_one_does_not_wait_for_it() {
     let cfg = engine().model().config.clone();
     let small = hcn_prerank::json::parse_request(&lines()[0], &cfg).unwrap();
     let mut large = small.clone();
-    large.candidates = small.candidates.repeat(500);
+    large.candidates = small.candidates.repeat(1000);
     let (mut c1, mut c2) = (server.client().await, server.client().await);
     let (s, l) = (grpc_request(&small, 3), grpc_request(&large, 3));
     let small_call = tokio::spawn(async move { c1.score(s).await });
@@ -576,7 +576,9 @@ async fn a_small_request_batched_with_a_large_one_does_not_wait_for_it() {
         metadata_us(&small_resp, "x-inference-time-us"),
         metadata_us(&large_resp, "x-inference-time-us"),
     );
-    assert!(4 * a < b, "small {a} µs, large {b} µs");
+    // Had the small one waited for the large one, a ≥ b; the margin leaves room for a stall of
+    // the small one on a loaded host (4 · a < b with half as many candidates failed once that way).
+    assert!(2 * a < b, "small {a} µs, large {b} µs");
 }
 
 /// Health, readiness, metrics with SPEC §7's names.
