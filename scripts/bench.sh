@@ -56,7 +56,10 @@ echo "# peers: $("$PYTHON" -c 'import torch, onnxruntime, platform; print(f"pyth
 # cores are shared: a loaded machine gives figures that compare nothing.
 load1=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
-  echo "# WARNING: 1-minute load average $load1 > 0.5: the machine is busy, figures are not comparable" | tee /dev/stderr
+  # Twice, not `tee /dev/stderr`: tee reopens a redirected stderr's file and truncates it.
+  warning="# WARNING: 1-minute load average $load1 > 0.5: the machine is busy, figures are not comparable"
+  echo "$warning"
+  echo "$warning" >&2
 fi
 
 for profile in "${profiles[@]}"; do
