@@ -927,6 +927,13 @@ fn score_kernel_flag_pins_tunes_or_names_the_error() {
         lines[1]["score_kernel"].as_str(),
         Some("scalar/interleaved/l2 (pinned)")
     );
+    // The user side against the FMA peak: on one thread, both shares use the same peak.
+    let share = lines[1]["user_share_of_fma_peak"].as_f64().unwrap();
+    assert!(share > 0.0, "{}", lines[1]);
+    assert_eq!(
+        lines[1]["user_share_of_fma_peak_all_threads"].as_f64(),
+        Some(share)
+    );
     let out = bench("scalar/interleaved/l1", true);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(

@@ -289,17 +289,21 @@ fn floors_report(
     };
     let floor_us = best_gather_us.max(fma_us);
     let score_us = median_us(&|s| s.score);
-    // The user side runs on one thread (its two towers overlap with the candidate warm-up).
-    let peak_1 = fma
-        .iter()
-        .find(|p| p.level == level.name() && p.threads == 1)
-        .map_or(0.0, |p| p.gflops);
+    // The user side against this level's FMA peak on one thread and on `threads` (its towers and
+    // head groups use the pool; the other thread also resolves the candidates meanwhile).
+    let peak_of = |t: usize| {
+        fma.iter()
+            .find(|p| p.level == level.name() && p.threads == t)
+            .map_or(0.0, |p| p.gflops)
+    };
     let user_flops = user_side_flops(cfg);
     let user_us = median_us(&|s| s.user);
-    let user_share = if user_us > 0.0 && peak_1 > 0.0 {
-        user_flops / (user_us * 1e-6) / (peak_1 * 1e9)
-    } else {
-        0.0
+    let user_share = |peak: f64| {
+        if user_us > 0.0 && peak > 0.0 {
+            user_flops / (user_us * 1e-6) / (peak * 1e9)
+        } else {
+            0.0
+        }
     };
     let out = serde_json::json!({
         "cpu": cpu_identity(),
@@ -313,7 +317,8 @@ fn floors_report(
         "score_floor_us": {"gather": best_gather_us, "fma": fma_us},
         "score_vs_floor": if floor_us > 0.0 { score_us / floor_us } else { 0.0 },
         "user_flops": user_flops,
-        "user_share_of_fma_peak": user_share,
+        "user_share_of_fma_peak": user_share(peak_of(1)),
+        "user_share_of_fma_peak_all_threads": user_share(peak_of(threads)),
     });
     serde_json::to_string(&out).map_err(|e| e.to_string())
 }
