@@ -718,7 +718,8 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
             assert_eq!(ScoreKernel::from_name(&k.name()), Some(*k));
             assert!(k.unusable(n).is_none(), "{}", k.name());
         }
-        // Rows in lanes only with 8 or 16 lanes and n ≤ 16; tiles only on AVX-512, n ≤ 16.
+        // Rows in lanes only with 8 or 16 lanes and n ≤ 16; tiles only on AVX-512 and AVX2,
+        // n ≤ 16.
         let lanes = ScoreKernel {
             layout: Layout::Lanes,
             ..ScoreKernel::by_rule(Level::Scalar, n)
@@ -741,7 +742,7 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
                 layout: Layout::Tiles,
                 ..ScoreKernel::by_rule(level, n)
             };
-            let tiles = level == Level::Avx512 && n <= 16;
+            let tiles = n <= 16;
             assert_eq!(t.unusable(n).is_none(), tiles, "{level:?} n={n}");
             assert_eq!(candidates.contains(&t), tiles);
             if !tiles {
@@ -751,7 +752,7 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
                 assert!(err.to_string().contains("/tiles"), "{err}");
             }
         }
-        // The rule: tiles on AVX-512 past the rows-in-lanes range.
+        // The rule: tiles on AVX-512 past the rows-in-lanes range, on AVX2 up to 16.
         if Level::Avx512.is_supported() {
             let layout = ScoreKernel::by_rule(Level::Avx512, n).layout;
             let want = match n {
@@ -760,6 +761,14 @@ fn score_kernels_are_named_listed_and_refused_where_unusable() {
                 _ => Layout::Interleaved,
             };
             assert_eq!(layout, want, "n={n}");
+        }
+        if Level::Avx2.is_supported() {
+            let want = if n <= 16 {
+                Layout::Tiles
+            } else {
+                Layout::Interleaved
+            };
+            assert_eq!(ScoreKernel::by_rule(Level::Avx2, n).layout, want, "n={n}");
         }
     }
     for bad in [
@@ -879,34 +888,44 @@ fn prefetch_hint_never_changes_a_score() {
 /// exact zeros): the two give equal scores, at any D, n ≤ 16, dtype and mode.
 #[test]
 fn tiles_score_as_the_interleaved_layout() {
-    if !Level::Avx512.is_supported() {
-        return;
-    }
-    let mut rng = Rng::new(22);
-    for (d, n) in [(128, 16), (48, 8), (20, 3), (33, 13), (16, 4), (1, 1)] {
-        let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
-        for dtype in DTYPES {
-            let store = Store::new(&mut rng, 300, d, dtype, 1.0, 3, 2);
-            let rows: Vec<u32> = (0..517).map(|i| (i * 7919 % 300) as u32).collect();
-            for mode in MODES {
-                let score = |layout| {
-                    let k = ScoreKernel {
-                        layout,
-                        vnni: false,
-                        ..ScoreKernel::by_rule(Level::Avx512, n)
+    for level in [Level::Avx512, Level::Avx2] {
+        if !level.is_supported() {
+            continue;
+        }
+        let mut rng = Rng::new(22);
+        for (d, n) in [
+            (128, 16),
+            (48, 8),
+            (20, 3),
+            (33, 13),
+            (16, 4),
+            (1, 1),
+            (7, 5),
+        ] {
+            let xu: Vec<f32> = (0..n * d).map(|_| rng.symmetric(1.0)).collect();
+            for dtype in DTYPES {
+                let store = Store::new(&mut rng, 300, d, dtype, 1.0, 3, 2);
+                let rows: Vec<u32> = (0..517).map(|i| (i * 7919 % 300) as u32).collect();
+                for mode in MODES {
+                    let score = |layout| {
+                        let k = ScoreKernel {
+                            layout,
+                            vnni: false,
+                            ..ScoreKernel::by_rule(level, n)
+                        };
+                        let mut out = vec![0.0f32; rows.len()];
+                        k.query(&xu, n, d, mode)
+                            .unwrap()
+                            .score_rows(store.source(), &rows, &mut out)
+                            .unwrap();
+                        out
                     };
-                    let mut out = vec![0.0f32; rows.len()];
-                    k.query(&xu, n, d, mode)
-                        .unwrap()
-                        .score_rows(store.source(), &rows, &mut out)
-                        .unwrap();
-                    out
-                };
-                assert_eq!(
-                    score(Layout::Tiles),
-                    score(Layout::Interleaved),
-                    "{dtype:?} {mode:?} D={d} n={n}"
-                );
+                    assert_eq!(
+                        score(Layout::Tiles),
+                        score(Layout::Interleaved),
+                        "{level:?} {dtype:?} {mode:?} D={d} n={n}"
+                    );
+                }
             }
         }
     }

@@ -38,6 +38,8 @@ mod scalar;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
+#[cfg(target_arch = "x86_64")]
+mod tiles_avx2;
 mod topk;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
@@ -237,26 +239,13 @@ impl Level {
         Level::ALL.into_iter().find(|l| l.name() == s)
     }
 
-    /// Lanes of the interests-in-lanes scoring kernel (unless [`Level::score_rows_in_lanes`]).
+    /// Lanes of the level's vectors: the interests-in-lanes kernel's width, the tiles' layout.
     fn score_width(self) -> usize {
         match self {
             Level::Scalar => 1,
             Level::Avx2 => 8,
             Level::Avx512 => 16,
             Level::Neon => 4,
-        }
-    }
-
-    /// Whether the scoring kernel puts candidate rows (not interests) in the lanes: AVX-512
-    /// with `n ≤ simd::LANES_RULE_MAX_N`, where 16 interest lanes would be partly padding, and
-    /// AVX2 with `n ≤ simd::LANES_MAX_N` (see `simd::score_rows_by_lanes`). AVX2, measured on a
-    /// Zen 5 (`scripts/ab.sh`, 2 threads, 1M-row F16 stores): public (n = 8, D = 48) scoring
-    /// 166 → 150 µs, industrial (n = 16, D = 128) 3.0–3.5 → 2.1–2.3 ms.
-    fn score_rows_in_lanes(self, n: usize) -> bool {
-        match self {
-            Level::Avx512 => n <= simd::LANES_RULE_MAX_N,
-            Level::Avx2 => n <= simd::LANES_MAX_N,
-            Level::Scalar | Level::Neon => false,
         }
     }
 }
@@ -297,7 +286,8 @@ pub enum Layout {
     Interleaved,
     /// Candidate rows in the lanes (`simd::score_rows_by_lanes`): 8- and 16-lane levels, `n ≤ 16`.
     Lanes,
-    /// 2 rows × 8 interests per vector (`tiles.rs`): AVX-512 only, `n ≤ 16`.
+    /// 2 rows × 8 interests per vector on AVX-512 (`tiles.rs`), 2 × 4 on AVX2
+    /// (`tiles_avx2.rs`): `n ≤ 16`.
     Tiles,
 }
 
@@ -318,8 +308,8 @@ impl Layout {
 }
 
 /// One candidate-scoring kernel: a SIMD level, its [`Layout`] — interests in the lanes
-/// ("interleaved"), candidate rows in the lanes ("lanes") or 2 × 8 tiles of rows and interests
-/// ("tiles", AVX-512) — and its row [`Prefetch`].
+/// ("interleaved"), candidate rows in the lanes ("lanes") or tiles of 2 rows × 8 (AVX-512) or
+/// × 4 (AVX2) interests ("tiles") — and its row [`Prefetch`].
 /// Every kernel is within SPEC §5 of the reference and deterministic; different layouts may
 /// differ in the last bits (the prefetch never changes them). Named `level/layout/prefetch`
 /// (`avx512/tiles/l2`, `avx2/interleaved/l1`) for options and reports; a name without the
@@ -337,10 +327,15 @@ pub struct ScoreKernel {
 
 impl ScoreKernel {
     /// The kernel chosen by rule for `n` interests on `level` (no timing): rows in lanes on
-    /// AVX-512 with `n ≤ 12` and on AVX2 with `n ≤ 16`; tiles on AVX-512 with `12 < n ≤ 16`;
-    /// rows prefetched into L2; VNNI for I8 rows wherever it can run.
+    /// AVX-512 with `n ≤ simd::LANES_RULE_MAX_N` (12), where 16 interest lanes would be partly
+    /// padding; tiles on AVX-512 with `12 < n ≤ 16` and on AVX2 with `n ≤ 16`; else interests
+    /// in the lanes. Rows prefetched into L2; VNNI for I8 rows wherever it can run. AVX2 tiles
+    /// against rows in lanes (the rule before), on a Zen 5 (`scripts/ab.sh`, 2 threads, 1M-row
+    /// F16 stores, 4 rounds each): industrial (n = 16, D = 128) scoring 2.2–2.6 → 1.5–1.8 ms,
+    /// public (n = 8, D = 48) 140–168 → 117–121 µs (rows in lanes had replaced interests in the
+    /// lanes: 3.0–3.5 → 2.1–2.3 ms and 166 → 150 µs).
     pub fn by_rule(level: Level, n: usize) -> ScoreKernel {
-        let layout = if level.score_rows_in_lanes(n) {
+        let layout = if level == Level::Avx512 && n <= simd::LANES_RULE_MAX_N {
             Layout::Lanes
         } else if tiles_usable(level, n) {
             Layout::Tiles
@@ -415,7 +410,7 @@ impl ScoreKernel {
         }
         if self.layout == Layout::Tiles && !tiles_usable(self.level, n) {
             return Some(format!(
-                "tiles need the avx512 level and at most 16 interests (the model has {n})"
+                "tiles need the avx512 or avx2 level and at most 16 interests (the model has {n})"
             ));
         }
         if self.vnni && !vnni_usable(self.level, n) {
@@ -490,7 +485,12 @@ pub fn vnni_supported() -> bool {
 fn tiles_usable(level: Level, n: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        level == Level::Avx512 && (1..=16).contains(&n) && tiles::supported()
+        (1..=16).contains(&n)
+            && match level {
+                Level::Avx512 => tiles::supported(),
+                Level::Avx2 => tiles_avx2::supported(),
+                _ => false,
+            }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -1129,10 +1129,10 @@ impl Kernels {
         } else {
             None
         };
-        // Tiles (AVX-512): every shape `tiles_usable` admits has a layout.
+        // Tiles (AVX-512, AVX2): every shape `tiles_usable` admits has a layout.
         #[cfg(target_arch = "x86_64")]
         let tiles = if k.layout == Layout::Tiles && tiles_usable(self.level, n) {
-            tiles::TileLayout::new(xu, n, d)
+            tiles::TileLayout::new(xu, n, d, self.level.score_width())
         } else {
             None
         };
@@ -1192,7 +1192,7 @@ pub struct ScoreQuery {
     #[cfg(target_arch = "x86_64")]
     tiles: Option<tiles::TileLayout>,
     width: usize,
-    /// Rows in lanes ([`Level::score_rows_in_lanes`]); `width` is then `n`.
+    /// Rows in lanes ([`Layout::Lanes`]); `width` is then `n`.
     by_lanes: bool,
     prefetch: Prefetch,
     ut: Vec<f32>,
@@ -1277,10 +1277,16 @@ impl ScoreQuery {
         // amortises them.
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = &self.tiles {
-            let mut scratch = vec![0.0f32; tiles::scratch_len(self.d)];
-            // SAFETY: `tiles` is only built where `tiles::supported()`, for these `n` and `d`;
-            // `raw` is a source of whole rows of `d` columns (checked above), I8 with scales.
-            let res = unsafe { tiles::score_tiles(t, &q, raw, rows, out, &mut scratch) };
+            // SAFETY: `tiles` is only built where the level's tile kernel is supported
+            // (`tiles_usable`), with that level's lanes, for these `n` and `d`; `raw` is a
+            // source of whole rows of `d` columns (checked above), I8 with scales.
+            let res = if self.kernels.level == Level::Avx512 {
+                let mut scratch = vec![0.0f32; tiles::scratch_len(self.d)];
+                unsafe { tiles::score_tiles(t, &q, raw, rows, out, &mut scratch) }
+            } else {
+                let mut scratch = vec![0.0f32; tiles_avx2::scratch_len(self.d)];
+                unsafe { tiles_avx2::score_tiles(t, &q, raw, rows, out, &mut scratch) }
+            };
             return res.map_err(|pos| out_of_range(src, rows, pos));
         }
         let mut scratch = vec![0.0f32; simd::scratch_len(self.d)];

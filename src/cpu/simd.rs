@@ -697,7 +697,7 @@ const fn lane_vecs_max_n(w: usize) -> usize {
 /// from a 2,048-row store): n = 8, D = 48: 128 → 80 µs; n = 12, D = 48: 120 → 100 µs;
 /// n = 10, D = 64: 146 → 115 µs. At n = 16 the interest lanes have no padding left to save,
 /// and transposing the rows costs more than transposing the scores: the rule
-/// ([`Level::score_rows_in_lanes`](super::Level)) stops at `LANES_RULE_MAX_N`; up to
+/// ([`ScoreKernel::by_rule`](super::ScoreKernel::by_rule)) stops at `LANES_RULE_MAX_N`; up to
 /// `LANES_MAX_N` the kernel runs with one row vector per block (`16 + 2` registers) and is a
 /// candidate for tuning at load (`ScoreKernel`).
 pub(crate) const LANES_RULE_MAX_N: usize = 12;

@@ -30,28 +30,30 @@ const ROWS: usize = 16;
 /// Elements per chunk: one pair's widening.
 const KC: usize = 16;
 
-/// The interests laid out for [`score_tiles`]: for each element `k` (`D` padded to a multiple
-/// of 16) and group `g` of eight interests, 16 floats at `(k·G + g)·16`, lane `2l + b` holding
-/// `u_{8g+l}[k]` (zero past `n` and past `D`).
+/// The interests laid out for [`score_tiles`] (`lanes` = 16) and `tiles_avx2::score_tiles`
+/// (`lanes` = 8): for each element `k` (`D` padded to a multiple of `lanes`) and group `g` of
+/// `lanes / 2` interests, `lanes` floats at `(k·G + g)·lanes`, lane `2l + b` holding
+/// `u_{g·lanes/2 + l}[k]` (zero past `n` and past `D`).
 #[derive(Debug, Clone)]
 pub(crate) struct TileLayout {
-    groups: usize,
-    u: Vec<f32>,
+    pub(crate) groups: usize,
+    pub(crate) u: Vec<f32>,
 }
 
 impl TileLayout {
-    /// `xu` is `n × d` row-major; `None` where the kernel does not run (`n` not in `1..=16`,
-    /// `d = 0`).
-    pub(crate) fn new(xu: &[f32], n: usize, d: usize) -> Option<TileLayout> {
-        if !(1..=16).contains(&n) || d == 0 || xu.len() != n * d {
+    /// `xu` is `n × d` row-major; `None` where the kernels do not run (`n` not in `1..=16`,
+    /// `d = 0`, `lanes` not 8 or 16).
+    pub(crate) fn new(xu: &[f32], n: usize, d: usize, lanes: usize) -> Option<TileLayout> {
+        if !(1..=16).contains(&n) || d == 0 || xu.len() != n * d || !matches!(lanes, 8 | 16) {
             return None;
         }
-        let groups = n.div_ceil(8);
-        let mut u = vec![0.0f32; d.next_multiple_of(KC) * groups * 16];
+        let per = lanes / 2;
+        let groups = n.div_ceil(per);
+        let mut u = vec![0.0f32; d.next_multiple_of(lanes) * groups * lanes];
         for j in 0..n {
-            let (g, l) = (j / 8, j % 8);
+            let (g, l) = (j / per, j % per);
             for k in 0..d {
-                let at = (k * groups + g) * 16 + 2 * l;
+                let at = (k * groups + g) * lanes + 2 * l;
                 u[at..at + 2].fill(xu[j * d + k]);
             }
         }
