@@ -67,6 +67,20 @@ pub(crate) fn supported() -> bool {
     super::Level::Avx512.is_supported() && is_x86_feature_detected!("avx512bw")
 }
 
+/// `blocks::<G, DT>(args)` with the store's dtype (`src.dtype` among the arguments' names) as
+/// the constant `DT`: the tile kernels' dispatch, shared with `tiles_avx2`.
+macro_rules! by_dtype {
+    ($f:ident::<$g:literal>($l:expr, $q:expr, $src:expr, $($a:expr),*)) => {
+        match $src.dtype {
+            DType::F16 => $f::<$g, DT_F16>($l, $q, $src, $($a),*),
+            DType::BF16 => $f::<$g, DT_BF16>($l, $q, $src, $($a),*),
+            DType::F32 => $f::<$g, DT_F32>($l, $q, $src, $($a),*),
+            DType::I8 => $f::<$g, DT_I8>($l, $q, $src, $($a),*),
+        }
+    };
+}
+pub(crate) use by_dtype;
+
 /// Floats of scratch [`score_tiles`] needs for rows of `d` elements: two widened blocks.
 pub(crate) fn scratch_len(d: usize) -> usize {
     2 * ROWS * d.next_multiple_of(KC)
@@ -99,19 +113,9 @@ pub(crate) unsafe fn score_tiles(
         // SAFETY: as the caller promises; every index below `m` is in range. The group count
         // and the dtype become constants, so the accumulators and the widening are fixed code.
         unsafe {
-            macro_rules! by_dtype {
-                ($g:literal) => {
-                    match src.dtype {
-                        DType::F16 => blocks::<$g, DT_F16>(l, q, src, rows, out, scratch),
-                        DType::BF16 => blocks::<$g, DT_BF16>(l, q, src, rows, out, scratch),
-                        DType::F32 => blocks::<$g, DT_F32>(l, q, src, rows, out, scratch),
-                        DType::I8 => blocks::<$g, DT_I8>(l, q, src, rows, out, scratch),
-                    }
-                };
-            }
             match l.groups {
-                1 => by_dtype!(1),
-                _ => by_dtype!(2),
+                1 => by_dtype!(blocks::<1>(l, q, src, rows, out, scratch)),
+                _ => by_dtype!(blocks::<2>(l, q, src, rows, out, scratch)),
             }
         }
     }

@@ -20,7 +20,7 @@ use super::simd::{
     dtype_of, finish_columns, in_range_prefix, load_elems, prefetch_rows, RawRows, ScoreLayout,
     Staged, DT_BF16, DT_F16, DT_F32, DT_I8,
 };
-use super::tiles::TileLayout;
+use super::tiles::{by_dtype, TileLayout};
 use crate::tensor::DType;
 
 /// Vector lanes: the [`TileLayout`] this kernel reads is built with `lanes` = 8.
@@ -70,21 +70,11 @@ pub(crate) unsafe fn score_tiles(
         // SAFETY: as the caller promises; every index below `m` is in range. The group count
         // and the dtype become constants, so the accumulators and the widening are fixed code.
         unsafe {
-            macro_rules! by_dtype {
-                ($g:literal) => {
-                    match src.dtype {
-                        DType::F16 => blocks::<$g, DT_F16>(l, q, src, rows, out, scratch),
-                        DType::BF16 => blocks::<$g, DT_BF16>(l, q, src, rows, out, scratch),
-                        DType::F32 => blocks::<$g, DT_F32>(l, q, src, rows, out, scratch),
-                        DType::I8 => blocks::<$g, DT_I8>(l, q, src, rows, out, scratch),
-                    }
-                };
-            }
             match l.groups {
-                1 => by_dtype!(1),
-                2 => by_dtype!(2),
-                3 => by_dtype!(3),
-                _ => by_dtype!(4),
+                1 => by_dtype!(blocks::<1>(l, q, src, rows, out, scratch)),
+                2 => by_dtype!(blocks::<2>(l, q, src, rows, out, scratch)),
+                3 => by_dtype!(blocks::<3>(l, q, src, rows, out, scratch)),
+                _ => by_dtype!(blocks::<4>(l, q, src, rows, out, scratch)),
             }
         }
     }
