@@ -109,9 +109,10 @@ impl UserPlan {
 /// Reused buffers of one thread (grow-only).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    /// Per head of a layer (see `tower::tower`).
+    /// Per head group of a layer (see `tower::tower`).
     pub head: Vec<tower::HeadScratch>,
-    /// A layer's `Qᵀ`, all heads.
+    /// A layer's `Q` and `Qᵀ`, all heads.
+    pub q: Vec<f32>,
     pub q_t: Vec<f32>,
     pub heads: Vec<f32>,
     pub hs: Vec<f32>,

@@ -99,7 +99,7 @@ fn fold_keys(
 ) {
     let (n, dim) = (c.rows, c.cols);
     let mut q_t = std::mem::take(&mut s.q_t);
-    project_queries(k, layer, c, &mut q_t);
+    project_queries(k, layer, c, &mut s.q, &mut q_t);
     for hd in 0..h {
         let qt = MatMut::with_stride(&mut qt[hd * n..], dim, n, h * n);
         fold_head(k, layer, &q_t, h, hd, qt);
@@ -107,20 +107,27 @@ fn fold_keys(
     s.q_t = q_t;
 }
 
-/// `Qᵀ` (`D × n`, all heads) into `q_t`: `Q = C Wqᵀ + bq` (`1/sqrt(d)` folded in), transposed.
-fn project_queries(k: &Kernels, layer: &LayerPlan, c: MatRef<'_>, q_t: &mut Vec<f32>) {
+/// `Qᵀ` (`D × n`, all heads) into `q_t`: `Q = C Wqᵀ + bq` (`1/sqrt(d)` folded in, into `q`),
+/// transposed.
+fn project_queries(
+    k: &Kernels,
+    layer: &LayerPlan,
+    c: MatRef<'_>,
+    q: &mut Vec<f32>,
+    q_t: &mut Vec<f32>,
+) {
     let (n, dim) = (c.rows, c.cols);
-    let mut q = vec![0.0f32; n * dim];
+    let q = sized(q, n * dim);
     k.gemm(
         c,
         MatRef::new(&layer.q.wt, dim, dim),
-        MatMut::new(&mut q, n, dim),
+        MatMut::new(q, n, dim),
         Some(&layer.q.bias),
         None,
     )
     .expect("user tower: shapes fixed at load");
     let q_t = sized(q_t, dim * n);
-    transpose_into(&q, n, dim, dim, q_t, n);
+    transpose_into(q, n, dim, dim, q_t, n);
 }
 
 /// Head `hd`'s `Q̃_kᵀ = Wk_kᵀ Q_kᵀ` (`D × n`, `Wk` read transposed in place) into `qt`, from
@@ -259,7 +266,7 @@ pub(crate) fn tower(
             let q_t = (l > 0).then(|| {
                 // C = H_{l-1}: column block l-1 of the concat.
                 let c = MatRef::with_stride(&hs_l[(l - 1) * dim..], n, dim, r * dim);
-                project_queries(k, layer, c, &mut s.q_t);
+                project_queries(k, layer, c, &mut s.q, &mut s.q_t);
                 &s.q_t[..dim * n]
             });
             let job = |(g, hsc): (usize, &mut HeadScratch)| {
